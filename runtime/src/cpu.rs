@@ -1,0 +1,135 @@
+//! The virtual CPU state that lives outside translated code: segment registers with
+//! their descriptor caches, descriptor-table registers, control and debug
+//! registers, the system flags, MSRs. The general registers, eip, the arithmetic
+//! flags and the virtual IF live in the translator's `VcpuCtx`.
+
+use bt86_translator::Mode;
+
+/// Segment register indices, in x86 encoding order.
+pub mod sreg {
+    pub const ES: usize = 0;
+    pub const CS: usize = 1;
+    pub const SS: usize = 2;
+    pub const DS: usize = 3;
+    pub const FS: usize = 4;
+    pub const GS: usize = 5;
+}
+
+/// A segment register: the visible selector and the hidden descriptor cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub selector: u16,
+    pub base: u32,
+    /// Limit in bytes (granularity already applied).
+    pub limit: u32,
+    /// Bits 8..24 of the descriptor's high dword (type, S, DPL, P, AVL, L, D/B, G)
+    /// shifted down by 8: `attrs & 0xf` = type, bit 4 = S, bits 5-6 = DPL, bit 7 = P,
+    /// bit 14 = D/B, bit 15 = G.
+    pub attrs: u16,
+}
+
+impl Segment {
+    /// A flat 4 GiB segment with the given selector and type (0x9b code, 0x93 data).
+    pub fn flat(selector: u16, type_byte: u8) -> Self {
+        Self { selector, base: 0, limit: 0xffff_ffff, attrs: u16::from(type_byte) | 0xc000 }
+    }
+}
+
+/// GDTR/IDTR.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableReg {
+    pub base: u32,
+    pub limit: u16,
+}
+
+/// EFLAGS bits kept outside host rflags.
+pub mod eflags {
+    pub const TF: u32 = 1 << 8;
+    pub const IF: u32 = 1 << 9;
+    pub const DF: u32 = 1 << 10;
+    pub const IOPL: u32 = 3 << 12;
+    pub const NT: u32 = 1 << 14;
+    pub const RF: u32 = 1 << 16;
+    pub const VM: u32 = 1 << 17;
+    pub const AC: u32 = 1 << 18;
+    pub const ID: u32 = 1 << 21;
+    /// Bit 1 always reads as one.
+    pub const FIXED: u32 = 1 << 1;
+}
+
+/// CR0 bits.
+pub mod cr0 {
+    pub const PE: u32 = 1 << 0;
+    pub const MP: u32 = 1 << 1;
+    pub const EM: u32 = 1 << 2;
+    pub const TS: u32 = 1 << 3;
+    pub const ET: u32 = 1 << 4;
+    pub const NE: u32 = 1 << 5;
+    pub const WP: u32 = 1 << 16;
+    pub const AM: u32 = 1 << 18;
+    pub const NW: u32 = 1 << 29;
+    pub const CD: u32 = 1 << 30;
+    pub const PG: u32 = 1 << 31;
+}
+
+/// The system state of the virtual CPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cpu {
+    /// es, cs, ss, ds, fs, gs (see `sreg`).
+    pub seg: [Segment; 6],
+    pub gdtr: TableReg,
+    pub idtr: TableReg,
+    pub ldtr: Segment,
+    pub tr: Segment,
+    pub cr0: u32,
+    pub cr2: u32,
+    pub cr3: u32,
+    pub cr4: u32,
+    pub dr: [u32; 8],
+    /// System flags other than IF and the arithmetic flags: TF, IOPL, NT, RF, AC, ID
+    /// (the virtual IF is `VcpuCtx::vif`).
+    pub sys_flags: u32,
+    pub sysenter_cs: u32,
+    pub sysenter_esp: u32,
+    pub sysenter_eip: u32,
+    /// Added to the host TSC for the guest's view (set by a TSC MSR write).
+    pub tsc_offset: i64,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Self {
+            seg: [Segment::default(); 6],
+            gdtr: TableReg::default(),
+            idtr: TableReg::default(),
+            ldtr: Segment::default(),
+            tr: Segment::default(),
+            cr0: cr0::PE | cr0::ET,
+            cr2: 0,
+            cr3: 0,
+            cr4: 0,
+            dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
+            sys_flags: 0,
+            sysenter_cs: 0,
+            sysenter_esp: 0,
+            sysenter_eip: 0,
+            tsc_offset: 0,
+        }
+    }
+}
+
+impl Cpu {
+    /// Current privilege level: the RPL of CS in protected mode.
+    pub fn cpl(&self) -> u8 {
+        (self.seg[sreg::CS].selector & 3) as u8
+    }
+
+    /// What translated code depends on.
+    pub fn mode(&self) -> Mode {
+        let mut seg_base = [0; 6];
+        for (b, s) in seg_base.iter_mut().zip(self.seg.iter()) {
+            *b = s.base;
+        }
+        Mode { seg_base, cpl: self.cpl() }
+    }
+}

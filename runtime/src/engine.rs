@@ -1,0 +1,327 @@
+//! The binary-translation engine: the dispatch loop that runs translated code and
+//! handles its exits (unchained branches, indirect-branch misses, callouts, host
+//! faults), chaining units as it goes.
+//!
+//! Self-modifying code: every frame that holds translated code is write-protected
+//! in the view. A guest write to it faults; the engine drops the frame's units,
+//! unprotects the frame and runs the writing instruction alone in a transient unit
+//! (one that is not cached and does not protect its page), then carries on. The next
+//! translation from that frame protects it again. Writes made by the VMM on the
+//! guest's behalf (emulated instructions) go through `LinearMemory`, which does the
+//! same invalidation without a fault.
+
+use crate::emulate::{self, GuestMemory, Machine, MemFault, Outcome, Stop};
+use crate::memory::GuestRam;
+use crate::signals;
+use crate::vm::{RunOutcome, Vm, VmError};
+use bt86_shadow_mmu::View;
+use bt86_translator::abi::ExitReason;
+use bt86_translator::{CalloutKind, Fixup, GuestCode, UnitKey};
+use hashbrown::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Where to go after an exit.
+enum Next {
+    /// Run the unit for this guest eip (translating it if needed).
+    Dispatch(u32),
+    /// Continue at a host address inside the code cache.
+    Resume(u64),
+    /// Run the instruction at this eip alone, untracked (after a write to its page).
+    Transient(u32),
+    Done(RunOutcome),
+}
+
+impl Vm {
+    /// Runs the guest until it stops.
+    pub fn run(&mut self) -> Result<RunOutcome, VmError> {
+        let (code_start, code_end) = self.tr.code_range();
+        signals::activate(signals::Active {
+            code_start,
+            code_end,
+            exit_fault: self.tr.stubs().exit_fault,
+            ctx: self.tr.ctx_mut(),
+        });
+        let started = Instant::now();
+        let result = self.run_loop();
+        signals::deactivate();
+        self.stats.run_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.bus.flush();
+        result
+    }
+
+    fn run_loop(&mut self) -> Result<RunOutcome, VmError> {
+        let mut next = Next::Dispatch(self.tr.ctx().eip);
+        loop {
+            let host = match next {
+                Next::Dispatch(eip) => self.unit_for(eip, false)?.1,
+                Next::Transient(eip) => self.unit_for(eip, true)?.1,
+                Next::Resume(h) => h,
+                Next::Done(outcome) => return Ok(outcome),
+            };
+            if self.stop_flag.load(Ordering::SeqCst) {
+                return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
+            }
+            self.tr.run(host)?;
+            self.stats.guest_exits += 1;
+            next = self.handle_exit()?;
+        }
+    }
+
+    /// The unit for `eip` in the current mode: (unit id, host entry).
+    fn unit_for(&mut self, eip: u32, transient: bool) -> Result<(u32, u64), VmError> {
+        let mode = self.cpu.mode();
+        self.tr.set_mode(mode);
+        let key = UnitKey { eip, phys: eip, mode };
+        if !transient {
+            if let Some(id) = self.tr.find(&key) {
+                return Ok((id, self.tr.entry(id)));
+            }
+        }
+        let ram_size = self.ram.size();
+        let mut fetch = CodeFetch { ram: &self.ram };
+        let mut frame_of = |page: u32| (page < ram_size).then_some(page >> 12);
+        let t = self.tr.translate(key, &mut fetch, &mut frame_of, transient)?;
+        for f in t.flushed_frames {
+            self.view.set_writable(f << 12, true)?;
+            self.protected.remove(&f);
+        }
+        for f in t.new_frames {
+            self.view.set_writable(f << 12, false)?;
+            self.protected.insert(f);
+        }
+        Ok((t.unit, t.host))
+    }
+
+    fn handle_exit(&mut self) -> Result<Next, VmError> {
+        let ctx = self.tr.ctx();
+        match ExitReason::from_raw(ctx.exit_reason) {
+            Some(ExitReason::Branch) => {
+                self.stats.exits_branch += 1;
+                let (slot, target) = (ctx.exit_arg, ctx.eip);
+                let (id, host) = self.unit_for(target, false)?;
+                self.tr.chain(slot, id)?;
+                Ok(Next::Resume(host))
+            }
+            Some(ExitReason::Indirect) => {
+                self.stats.exits_indirect += 1;
+                let target = ctx.eip;
+                let (id, host) = self.unit_for(target, false)?;
+                self.tr.remember_indirect(target, id);
+                Ok(Next::Resume(host))
+            }
+            Some(ExitReason::Callout) => {
+                self.stats.exits_callout += 1;
+                self.handle_callout()
+            }
+            Some(ExitReason::Fault) => {
+                self.stats.exits_fault += 1;
+                self.handle_fault()
+            }
+            None => Err(VmError::Internal(format!("unknown exit reason {}", ctx.exit_reason))),
+        }
+    }
+
+    fn handle_callout(&mut self) -> Result<Next, VmError> {
+        let site_id = self.tr.ctx().exit_arg;
+        let site = self
+            .tr
+            .site(site_id)
+            .cloned()
+            .ok_or_else(|| VmError::Internal(format!("unknown callout site {site_id}")))?;
+        if site.kind == CalloutKind::Emulate {
+            *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
+        }
+        let resume = self.tr.ctx().resume;
+        let mode_before = self.cpu.mode();
+        self.tr.ctx_mut().eip = site.eip;
+        let (outcome, wrote_code) = {
+            let (tr, cpu, bus) = (&mut self.tr, &mut self.cpu, &mut self.bus);
+            let mut mem = LinearMemory {
+                ram: &self.ram,
+                view: &mut self.view,
+                protected: &mut self.protected,
+                invalidate: Vec::new(),
+            };
+            let outcome = {
+                let ctx = tr.ctx_mut();
+                let mut m = Machine { cpu, ctx, mem: &mut mem, io: bus };
+                emulate::emulate(&mut m, &site)
+            };
+            let wrote_code = !mem.invalidate.is_empty();
+            for f in mem.invalidate {
+                tr.invalidate_frame(f)?;
+            }
+            (outcome, wrote_code)
+        };
+        let next_eip = site.eip.wrapping_add(u32::from(site.len));
+        match outcome {
+            Outcome::Continue => {
+                let unit_live = self.tr.resolve(resume).is_some_and(|(_, _, u)| self.tr.is_live(u));
+                if wrote_code || !unit_live || self.cpu.mode() != mode_before {
+                    self.tr.ctx_mut().eip = next_eip;
+                    Ok(Next::Dispatch(next_eip))
+                } else {
+                    Ok(Next::Resume(resume))
+                }
+            }
+            Outcome::Jump => Ok(Next::Dispatch(self.tr.ctx().eip)),
+            Outcome::Exception { vector, error, trap } => {
+                let eip = if trap { next_eip } else { site.eip };
+                Ok(self.raise(vector, error, eip))
+            }
+            Outcome::Stop(s) => Ok(Next::Done(s.into())),
+        }
+    }
+
+    /// Delivers a guest exception. Without an IDT the guest cannot handle it and
+    /// the run ends, naming the exception.
+    fn raise(&mut self, vector: u8, error: Option<u32>, eip: u32) -> Next {
+        *self.stats.exceptions.entry(vector).or_default() += 1;
+        self.tr.ctx_mut().eip = eip;
+        if self.cpu.idtr.limit == 0 {
+            return Next::Done(RunOutcome::GuestException { vector, error, eip });
+        }
+        Next::Done(RunOutcome::Unsupported {
+            eip,
+            what: format!(
+                "exception delivery through the IDT (vector {vector}) comes with the protected-mode machine"
+            ),
+        })
+    }
+
+    fn handle_fault(&mut self) -> Result<Next, VmError> {
+        let f = self.tr.ctx().fault;
+        let Some((eip, fixup, _unit)) = self.tr.resolve(f.host_rip) else {
+            return Err(VmError::Internal(format!(
+                "host signal {} at {:#x} outside any translation unit",
+                f.signo, f.host_rip
+            )));
+        };
+        self.apply_fixup(fixup);
+        self.tr.ctx_mut().eip = eip;
+        let sig = i32::try_from(f.signo).unwrap_or(-1);
+        if sig == libc::SIGSEGV && f.addr & !0xfff == self.tr.poll_page() {
+            self.tr.rearm_poll();
+            if self.stop_flag.load(Ordering::SeqCst) {
+                return Ok(Next::Done(RunOutcome::Stopped { eip }));
+            }
+            return Ok(Next::Dispatch(eip));
+        }
+        match sig {
+            libc::SIGSEGV if f.trapno == 14 => self.page_fault(eip, f.addr, f.err & 2 != 0),
+            libc::SIGSEGV => Ok(self.raise(13, Some(0), eip)),
+            libc::SIGFPE => {
+                let vector = match f.trapno {
+                    16 => 16,
+                    19 => 19,
+                    _ => 0,
+                };
+                Ok(self.raise(vector, None, eip))
+            }
+            libc::SIGILL => Ok(self.raise(6, None, eip)),
+            libc::SIGBUS if f.trapno == 17 => Ok(self.raise(17, Some(0), eip)),
+            _ => Err(VmError::Internal(format!(
+                "host signal {} (trap {}) in translated code at guest eip {eip:#010x}",
+                f.signo, f.trapno
+            ))),
+        }
+    }
+
+    fn page_fault(&mut self, eip: u32, addr: u64, write: bool) -> Result<Next, VmError> {
+        let Some(linear) = self.view.linear_of(addr) else {
+            if self.view.owns(addr) {
+                return Ok(Next::Done(RunOutcome::Unsupported {
+                    eip,
+                    what: "a string instruction stepped below linear address 0".into(),
+                }));
+            }
+            return Err(VmError::Internal(format!("fault at host {addr:#x} outside the view (guest eip {eip:#010x})")));
+        };
+        let frame = linear >> 12;
+        if write && self.protected.contains(&frame) {
+            self.stats.smc_faults += 1;
+            self.tr.invalidate_frame(frame)?;
+            self.view.set_writable(frame << 12, true)?;
+            self.protected.remove(&frame);
+            return Ok(Next::Transient(eip));
+        }
+        if linear >= self.ram.size() || linear.checked_add(16).is_none_or(|end| end > self.ram.size()) {
+            return Ok(Next::Done(RunOutcome::Unbacked { eip, linear }));
+        }
+        Err(VmError::Internal(format!("unexpected fault at guest linear {linear:#010x} (eip {eip:#010x})")))
+    }
+
+    fn apply_fixup(&mut self, fixup: Fixup) {
+        let ctx = self.tr.ctx_mut();
+        match fixup {
+            Fixup::None => {}
+            Fixup::SpilledLegacy(r) => {
+                #[allow(clippy::cast_possible_truncation)]
+                let v = ctx.scratch[0] as u32;
+                ctx.gpr[usize::from(r & 7)] = v;
+            }
+            Fixup::StringBias(mask) => {
+                #[allow(clippy::cast_possible_truncation)]
+                let bias = ctx.gs_base as u32;
+                for r in [6usize, 7] {
+                    if mask & (1 << r) != 0 {
+                        ctx.gpr[r] = ctx.gpr[r].wrapping_sub(bias);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Guest code as the translator fetches it (linear = physical: paging is off).
+struct CodeFetch<'a> {
+    ram: &'a GuestRam,
+}
+
+impl GuestCode for CodeFetch<'_> {
+    fn fetch(&mut self, linear: u32, buf: &mut [u8]) -> usize {
+        let avail = self.ram.size().saturating_sub(linear) as usize;
+        let n = buf.len().min(avail);
+        if n == 0 || self.ram.read(linear, &mut buf[..n]).is_err() {
+            return 0;
+        }
+        n
+    }
+}
+
+/// Guest memory for emulated instructions; writes to frames holding translated
+/// code unprotect them and are reported for invalidation.
+struct LinearMemory<'a> {
+    ram: &'a GuestRam,
+    view: &'a mut View,
+    protected: &'a mut HashSet<u32>,
+    invalidate: Vec<u32>,
+}
+
+impl GuestMemory for LinearMemory<'_> {
+    fn read(&mut self, linear: u32, buf: &mut [u8]) -> Result<(), MemFault> {
+        self.ram.read(linear, buf).map_err(|_| MemFault::Unbacked { linear })
+    }
+
+    fn write(&mut self, linear: u32, data: &[u8]) -> Result<(), MemFault> {
+        if !self.ram.contains(linear, data.len()) {
+            return Err(MemFault::Unbacked { linear });
+        }
+        let last = linear.wrapping_add(u32::try_from(data.len().max(1) - 1).unwrap_or(0));
+        for frame in [linear >> 12, last >> 12] {
+            if self.protected.remove(&frame) {
+                let _ = self.view.set_writable(frame << 12, true);
+                self.invalidate.push(frame);
+            }
+        }
+        self.ram.write(linear, data).map_err(|_| MemFault::Unbacked { linear })
+    }
+}
+
+/// Maps an engine stop into the outcome type (used by emulation results).
+impl From<Stop> for Next {
+    fn from(s: Stop) -> Self {
+        Next::Done(s.into())
+    }
+}

@@ -1,0 +1,14 @@
+//! The bt86 virtual machine: guest RAM, the multiboot loader, the vCPU, devices,
+//! and the engines.
+pub mod cpu;
+pub mod devices;
+pub mod emulate;
+mod engine;
+pub mod loader;
+pub mod memory;
+pub mod signals;
+pub mod snippet;
+pub mod stats;
+pub mod vm;
+
+pub use vm::{RunOutcome, StopHandle, Vm, VmConfig, VmError, DEFAULT_MEM_MIB};

@@ -1,0 +1,78 @@
+//! Run a short 32-bit code snippet under the binary translator and report the final
+//! machine state. This is the translated half of the differential oracle (the native
+//! half lives in `tests/src/oracle`): both place code, data and stack at the same
+//! guest addresses, so results compare one to one.
+
+/// Guest address where snippet code is placed (the terminator `hlt` is appended).
+pub const CODE_ADDR: u32 = 0x0010_0000;
+/// Guest address of the data block (`Snippet::data`).
+pub const DATA_ADDR: u32 = 0x0010_8000;
+/// Initial guest esp unless the snippet sets one: top of the stack area.
+pub const STACK_TOP: u32 = 0x0010_f000;
+/// Size of the whole snippet region starting at `CODE_ADDR`.
+pub const REGION_SIZE: u32 = 0x1_0000;
+
+/// One snippet: code bytes, initial registers (eax..edi in encoding order, esp at
+/// index 4), initial arithmetic flags, and the initial contents of the data block.
+#[derive(Clone, Debug, Default)]
+pub struct Snippet {
+    pub code: Vec<u8>,
+    pub regs: [u32; 8],
+    pub eflags: u32,
+    pub data: Vec<u8>,
+}
+
+/// A fault that ended the snippet early: the x86 vector and the guest EIP of the
+/// faulting instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnippetFault {
+    pub vector: u8,
+    pub eip: u32,
+}
+
+/// Final state after the snippet ran to its terminator or faulted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnippetResult {
+    pub regs: [u32; 8],
+    pub eflags: u32,
+    pub data: Vec<u8>,
+    pub fault: Option<SnippetFault>,
+}
+
+/// Runs `snippet` translated: a 2 MiB VM with flat segments, the code
+/// followed by `hlt` at `CODE_ADDR`, the data block at `DATA_ADDR`.
+pub fn run_snippet(snippet: &Snippet) -> Result<SnippetResult, String> {
+    run_snippet_with(snippet, None)
+}
+
+/// Like `run_snippet`, with units limited to `max_unit_insns` guest instructions.
+pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Result<SnippetResult, String> {
+    use crate::vm::{RunOutcome, Vm, VmConfig};
+    if snippet.code.len() + 1 > (DATA_ADDR - CODE_ADDR) as usize || snippet.data.len() > (STACK_TOP - DATA_ADDR) as usize {
+        return Err("snippet too large".into());
+    }
+    let mut vm = Vm::new(VmConfig { mem_mib: 2, console: Box::new(std::io::sink()) }).map_err(|e| e.to_string())?;
+    if let Some(n) = max_unit_insns {
+        vm.set_max_unit_insns(n);
+    }
+    let mut code = snippet.code.clone();
+    code.push(0xf4);
+    vm.ram().write(CODE_ADDR, &code).map_err(|e| e.to_string())?;
+    vm.ram().write(DATA_ADDR, &snippet.data).map_err(|e| e.to_string())?;
+    let mut regs = snippet.regs;
+    if regs[4] == 0 {
+        regs[4] = STACK_TOP;
+    }
+    vm.set_flat_state(CODE_ADDR, regs, snippet.eflags);
+    let outcome = crate::vm::run_with_timeout(&mut vm, std::time::Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let end = CODE_ADDR + u32::try_from(snippet.code.len()).map_err(|e| e.to_string())?;
+    let fault = match outcome {
+        RunOutcome::Halted { eip } if eip == end => None,
+        RunOutcome::GuestException { vector, eip, .. } => Some(SnippetFault { vector, eip }),
+        other => return Err(format!("snippet did not finish: {other:?}")),
+    };
+    let (regs, eflags) = vm.registers();
+    let mut data = vec![0u8; snippet.data.len()];
+    vm.ram().read(DATA_ADDR, &mut data).map_err(|e| e.to_string())?;
+    Ok(SnippetResult { regs, eflags, data, fault })
+}

@@ -1,0 +1,112 @@
+//! Counters kept by the engine and their report (`--stats`, `--stats json`).
+
+use bt86_translator::Translator;
+use hashbrown::HashMap;
+use iced_x86::Mnemonic;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Engine counters.
+#[derive(Default)]
+pub struct Stats {
+    pub guest_exits: u64,
+    pub exits_branch: u64,
+    pub exits_indirect: u64,
+    pub exits_callout: u64,
+    pub exits_fault: u64,
+    pub callouts: HashMap<Mnemonic, u64>,
+    pub smc_faults: u64,
+    pub exceptions: BTreeMap<u8, u64>,
+    pub run_nanos: u64,
+}
+
+/// Exit counts by reason.
+#[derive(Serialize, Debug, Clone)]
+pub struct ExitCounts {
+    pub branch: u64,
+    pub indirect: u64,
+    pub callout: u64,
+    pub fault: u64,
+}
+
+/// What `--stats` prints.
+#[derive(Serialize, Debug, Clone)]
+pub struct StatsReport {
+    pub units_translated: u64,
+    pub guest_instructions_translated: u64,
+    pub host_instructions_emitted: u64,
+    pub host_instructions_per_guest_instruction: f64,
+    pub guest_bytes_translated: u64,
+    pub code_cache_bytes: u64,
+    pub chained_jumps: u64,
+    pub callouts: BTreeMap<String, u64>,
+    pub guest_exits: u64,
+    pub exits: ExitCounts,
+    pub smc_faults: u64,
+    pub units_invalidated: u64,
+    pub cache_flushes: u64,
+    pub exceptions: BTreeMap<String, u64>,
+    pub translate_seconds: f64,
+    pub run_seconds: f64,
+}
+
+impl Stats {
+    /// The report, combining engine and translator counters.
+    pub fn report(&self, tr: &Translator) -> StatsReport {
+        let t = tr.stats();
+        #[allow(clippy::cast_precision_loss)]
+        let per = if t.guest_insns_translated == 0 {
+            0.0
+        } else {
+            t.host_insns_emitted as f64 / t.guest_insns_translated as f64
+        };
+        let callouts = self.callouts.iter().map(|(m, n)| (format!("{m:?}").to_lowercase(), *n)).collect();
+        let exceptions = self.exceptions.iter().map(|(v, n)| (v.to_string(), *n)).collect();
+        #[allow(clippy::cast_precision_loss)]
+        StatsReport {
+            units_translated: t.units_translated,
+            guest_instructions_translated: t.guest_insns_translated,
+            host_instructions_emitted: t.host_insns_emitted,
+            host_instructions_per_guest_instruction: (per * 100.0).round() / 100.0,
+            guest_bytes_translated: t.guest_bytes_translated,
+            code_cache_bytes: tr.cache_bytes() as u64,
+            chained_jumps: t.chained_jumps,
+            callouts,
+            guest_exits: self.guest_exits,
+            exits: ExitCounts {
+                branch: self.exits_branch,
+                indirect: self.exits_indirect,
+                callout: self.exits_callout,
+                fault: self.exits_fault,
+            },
+            smc_faults: self.smc_faults,
+            units_invalidated: t.units_invalidated,
+            cache_flushes: t.cache_flushes,
+            exceptions,
+            translate_seconds: t.translate_nanos as f64 / 1e9,
+            run_seconds: self.run_nanos as f64 / 1e9,
+        }
+    }
+}
+
+impl StatsReport {
+    /// Human-readable lines.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| s.push_str(&format!("  {k:<40} {v}\n"));
+        line("units translated", self.units_translated.to_string());
+        line("guest instructions translated", self.guest_instructions_translated.to_string());
+        line("host instructions per guest instruction", format!("{:.2}", self.host_instructions_per_guest_instruction));
+        line("code cache bytes", self.code_cache_bytes.to_string());
+        line("chained jumps", self.chained_jumps.to_string());
+        line("guest exits (to the VMM)", self.guest_exits.to_string());
+        line("  branch / indirect / callout / fault", format!("{} / {} / {} / {}", self.exits.branch, self.exits.indirect, self.exits.callout, self.exits.fault));
+        line("self-modifying-code faults", self.smc_faults.to_string());
+        line("units invalidated", self.units_invalidated.to_string());
+        line("translate time (s)", format!("{:.4}", self.translate_seconds));
+        line("run time (s)", format!("{:.4}", self.run_seconds));
+        let callouts: Vec<String> = self.callouts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        line("callouts", callouts.join(" "));
+        s
+    }
+}

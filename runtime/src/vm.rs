@@ -1,0 +1,206 @@
+//! A virtual machine: guest RAM, the kernel view, the vCPU, the port devices and
+//! the binary-translation engine, plus what it counts.
+
+use crate::cpu::{sreg, Cpu, Segment, TableReg};
+use crate::devices::PortBus;
+use crate::emulate::Stop;
+use crate::loader::{self, LoadError};
+use crate::memory::{GuestRam, MemoryError};
+use crate::stats::Stats;
+use bt86_shadow_mmu::{View, ViewError};
+use bt86_translator::{Translator, TranslatorError};
+use hashbrown::HashSet;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Default guest RAM in MiB.
+pub const DEFAULT_MEM_MIB: u32 = 128;
+const CODE_CACHE_BYTES: usize = 64 << 20;
+
+/// Errors that stop the VMM itself (not the guest).
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error("guest memory: {0}")]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    View(#[from] ViewError),
+    #[error("translator: {0}")]
+    Translator(#[from] TranslatorError),
+    #[error("cannot load the kernel: {0}")]
+    Load(#[from] LoadError),
+    #[error("guest memory size {0} MiB is out of range (1..=3072)")]
+    MemSize(u32),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How a run ended, from the guest's point of view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The guest asked to exit with this value (isa-debug-exit).
+    GuestExit(u32),
+    /// hlt with nothing that could wake the guest.
+    Halted { eip: u32 },
+    /// A guest exception the guest cannot handle (no IDT yet).
+    GuestException { vector: u8, error: Option<u32>, eip: u32 },
+    /// Something bt86 does not support yet.
+    Unsupported { eip: u32, what: String },
+    /// Guest access to memory that does not exist.
+    Unbacked { eip: u32, linear: u32 },
+    /// Stopped from outside (`StopHandle`).
+    Stopped { eip: u32 },
+}
+
+impl From<Stop> for RunOutcome {
+    fn from(s: Stop) -> Self {
+        match s {
+            Stop::GuestExit(v) => Self::GuestExit(v),
+            Stop::Halted { eip } => Self::Halted { eip },
+            Stop::Unsupported { eip, what } => Self::Unsupported { eip, what },
+            Stop::Unbacked { eip, linear } => Self::Unbacked { eip, linear },
+        }
+    }
+}
+
+/// Asks a running VM to stop (from another thread).
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    poll: bt86_translator::exec_mem::PollHandle,
+}
+
+impl StopHandle {
+    /// The VM stops at its next unit boundary.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.poll.request_exit();
+    }
+}
+
+/// Settings for a new VM.
+pub struct VmConfig {
+    pub mem_mib: u32,
+    pub console: Box<dyn Write + Send>,
+}
+
+/// One virtual machine with one vCPU.
+pub struct Vm {
+    pub(crate) ram: GuestRam,
+    pub(crate) view: View,
+    pub(crate) cpu: Cpu,
+    pub(crate) bus: PortBus,
+    pub(crate) tr: Translator,
+    /// Frames write-protected in the view because they hold translated code.
+    pub(crate) protected: HashSet<u32>,
+    pub(crate) stats: Stats,
+    pub(crate) stop_flag: Arc<AtomicBool>,
+}
+
+impl Vm {
+    /// Creates a VM with empty RAM.
+    pub fn new(cfg: VmConfig) -> Result<Self, VmError> {
+        if cfg.mem_mib == 0 || cfg.mem_mib > 3072 {
+            return Err(VmError::MemSize(cfg.mem_mib));
+        }
+        let ram = GuestRam::new(cfg.mem_mib << 20)?;
+        let mut view = View::reserve()?;
+        view.map_identity(ram.fd(), ram.size())?;
+        let mut tr = Translator::new(CODE_CACHE_BYTES)?;
+        tr.ctx_mut().gs_base = view.base();
+        Ok(Self {
+            ram,
+            view,
+            cpu: Cpu::default(),
+            bus: PortBus::standard(cfg.console),
+            tr,
+            protected: HashSet::new(),
+            stats: Stats::default(),
+            stop_flag: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Loads a multiboot kernel and sets the vCPU up the way a multiboot loader
+    /// leaves it: flat 32-bit protected mode, EAX = 0x2BADB002, EBX = the info.
+    pub fn load_multiboot(&mut self, image: &[u8], cmdline: &str) -> Result<(), VmError> {
+        let boot = loader::load_multiboot(&self.ram, image, cmdline)?;
+        let mut cpu = Cpu::default();
+        cpu.seg = [Segment::flat(boot.data_selector, 0x93); 6];
+        cpu.seg[sreg::CS] = Segment::flat(boot.code_selector, 0x9b);
+        cpu.gdtr = TableReg { base: boot.gdt_base, limit: boot.gdt_limit };
+        self.cpu = cpu;
+        let ctx = self.tr.ctx_mut();
+        ctx.gpr = [0; 8];
+        ctx.gpr[0] = loader::MULTIBOOT_BOOTLOADER_MAGIC;
+        ctx.gpr[3] = boot.mbi_addr;
+        ctx.gpr[4] = boot.initial_esp;
+        ctx.eip = boot.entry;
+        ctx.rflags = 0x2;
+        ctx.vif = 0;
+        Ok(())
+    }
+
+    /// Sets flat segments and registers directly (for snippets and tests).
+    pub fn set_flat_state(&mut self, eip: u32, regs: [u32; 8], arith_flags: u32) {
+        let mut cpu = Cpu::default();
+        cpu.seg = [Segment::flat(0x18, 0x93); 6];
+        cpu.seg[sreg::CS] = Segment::flat(0x10, 0x9b);
+        self.cpu = cpu;
+        let ctx = self.tr.ctx_mut();
+        ctx.gpr = regs;
+        ctx.eip = eip;
+        ctx.rflags = u64::from(arith_flags & bt86_translator::abi::ARITH_FLAGS) | 0x2;
+        ctx.vif = 0;
+    }
+
+    /// Guest RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// Guest general registers (eax..edi) and the arithmetic flags.
+    pub fn registers(&self) -> ([u32; 8], u32) {
+        let ctx = self.tr.ctx();
+        #[allow(clippy::cast_possible_truncation)]
+        let flags = ctx.rflags as u32 & bt86_translator::abi::ARITH_FLAGS;
+        (ctx.gpr, flags)
+    }
+
+    /// A handle to stop this VM from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle { flag: self.stop_flag.clone(), poll: self.tr.poll_handle() }
+    }
+
+    /// Limits translation units to `n` guest instructions (testing aid).
+    pub fn set_max_unit_insns(&mut self, n: usize) {
+        self.tr.set_max_unit_insns(n);
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> crate::stats::StatsReport {
+        self.stats.report(&self.tr)
+    }
+
+    /// Flushes device output (the console).
+    pub fn flush_devices(&mut self) {
+        self.bus.flush();
+    }
+}
+
+/// Runs `vm`, stopping it if it runs longer than `limit` (a guest must never hang
+/// a test). The watchdog is cancelled and joined before returning, so it never
+/// touches a VM that is gone.
+pub fn run_with_timeout(vm: &mut Vm, limit: std::time::Duration) -> Result<RunOutcome, VmError> {
+    let stop = vm.stop_handle();
+    let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if cancelled.recv_timeout(limit).is_err() {
+            stop.stop();
+        }
+    });
+    let outcome = vm.run();
+    let _ = cancel.send(());
+    let _ = watchdog.join();
+    outcome
+}

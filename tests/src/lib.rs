@@ -1,0 +1,2 @@
+//! End-to-end tests, the guest kit, and the differential oracle.
+pub mod oracle;

@@ -1,0 +1,162 @@
+//! The contract between translated code and the VMM: the vCPU context block that
+//! translated code addresses through `r15`, the host register roles, and the exit
+//! reasons.
+//!
+//! Host register roles while translated code runs (64-bit mode):
+//!
+//! | host | holds |
+//! |---|---|
+//! | rax, rcx, rdx, rbx, rbp, rsi, rdi | guest eax, ecx, edx, ebx, ebp, esi, edi (upper halves zero) |
+//! | r8  | guest esp (the host rsp stays a real host stack) |
+//! | r9–r12 | scratch for translation sequences |
+//! | r13 | the poll page: every unit starts with a load from it; the VMM revokes it to make translated code exit (interrupts, a stop request) without any flag-changing check |
+//! | r14 | the indirect-branch lookup table |
+//! | r15 | this `VcpuCtx` |
+//! | rflags | guest arithmetic flags and DF (IF, IOPL, AC, TF live in `VcpuCtx`) |
+//!
+//! Guest memory operands are `%gs:`-relative with 32-bit address size; the host GS
+//! base is the base of the current view, so a guest address can never leave it.
+
+use core::mem::offset_of;
+
+/// Why translated code returned to the VMM.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// A direct branch whose target is not chained yet. `exit_arg` = slot id, `eip` = target.
+    Branch = 1,
+    /// An indirect branch missed the lookup table. `eip` = target.
+    Indirect = 2,
+    /// A callout: `exit_arg` = site id; `resume` = host address to continue at.
+    Callout = 3,
+    /// A host signal inside translated code; `fault` describes it.
+    Fault = 4,
+}
+
+impl ExitReason {
+    /// Decodes the raw value stored by translated code.
+    pub fn from_raw(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Branch),
+            2 => Some(Self::Indirect),
+            3 => Some(Self::Callout),
+            4 => Some(Self::Fault),
+            _ => None,
+        }
+    }
+}
+
+/// What the signal handler saw when a host signal hit translated code.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultRecord {
+    /// Host instruction pointer of the faulting instruction.
+    pub host_rip: u64,
+    /// Faulting address (`si_addr`) for SIGSEGV/SIGBUS.
+    pub addr: u64,
+    /// Signal number.
+    pub signo: u32,
+    /// `si_code`.
+    pub code: i32,
+    /// Hardware trap number from the ucontext (13 = #GP, 14 = #PF, ...).
+    pub trapno: u32,
+    /// Page-fault error code from the ucontext.
+    pub err: u32,
+    /// Host rcx, rsi, rdi at the fault: string instructions keep biased pointers there.
+    pub rcx: u64,
+}
+
+/// The block translated code works on. One per vCPU, at a stable address.
+#[repr(C, align(64))]
+pub struct VcpuCtx {
+    /// Guest general registers, indexed by x86 register number (esp = 4).
+    pub gpr: [u32; 8],
+    /// Guest instruction pointer at the last exit (for branch exits: the target).
+    pub eip: u32,
+    /// Raw `ExitReason`.
+    pub exit_reason: u32,
+    /// Slot or site id for branch and callout exits.
+    pub exit_arg: u32,
+    /// Virtual interrupt flag (0 or 1): cli/sti write it inline.
+    pub vif: u8,
+    _pad0: [u8; 3],
+    /// Host rflags image: the guest's arithmetic flags and DF.
+    pub rflags: u64,
+    /// Host address to continue at after a callout.
+    pub resume: u64,
+    /// Host rsp inside `enter`, restored on every exit.
+    pub host_rsp: u64,
+    /// Host GS base: the base of the view the guest runs against.
+    pub gs_base: u64,
+    /// `-gs_base`: string instructions bias esi/edi by the view base and back.
+    pub neg_gs_base: u64,
+    /// Address of the poll page (loaded into r13).
+    pub poll_page: u64,
+    /// Address of the indirect lookup table (loaded into r14).
+    pub lookup_table: u64,
+    /// Host MXCSR saved while the guest runs.
+    pub host_mxcsr: u32,
+    /// Guest MXCSR saved while the VMM runs.
+    pub guest_mxcsr: u32,
+    /// Spill slots for translation sequences that need a legacy register.
+    pub scratch: [u64; 4],
+    /// Guest xmm0–xmm7 while the VMM runs (Rust code clobbers xmm registers).
+    pub xmm: [[u64; 2]; 8],
+    /// Written by the signal handler.
+    pub fault: FaultRecord,
+}
+
+impl Default for VcpuCtx {
+    fn default() -> Self {
+        Self {
+            gpr: [0; 8],
+            eip: 0,
+            exit_reason: 0,
+            exit_arg: 0,
+            vif: 0,
+            _pad0: [0; 3],
+            rflags: 0x2,
+            resume: 0,
+            host_rsp: 0,
+            gs_base: 0,
+            neg_gs_base: 0,
+            poll_page: 0,
+            lookup_table: 0,
+            host_mxcsr: 0x1f80,
+            guest_mxcsr: 0x1f80,
+            scratch: [0; 4],
+            xmm: [[0; 2]; 8],
+            fault: FaultRecord::default(),
+        }
+    }
+}
+
+/// Byte offsets into `VcpuCtx`, as translated code addresses them.
+pub mod off {
+    use super::*;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+    const fn o(x: usize) -> i32 {
+        x as i32
+    }
+    pub const GPR: i32 = o(offset_of!(VcpuCtx, gpr));
+    pub const EIP: i32 = o(offset_of!(VcpuCtx, eip));
+    pub const EXIT_REASON: i32 = o(offset_of!(VcpuCtx, exit_reason));
+    pub const EXIT_ARG: i32 = o(offset_of!(VcpuCtx, exit_arg));
+    pub const VIF: i32 = o(offset_of!(VcpuCtx, vif));
+    pub const RFLAGS: i32 = o(offset_of!(VcpuCtx, rflags));
+    pub const RESUME: i32 = o(offset_of!(VcpuCtx, resume));
+    pub const HOST_RSP: i32 = o(offset_of!(VcpuCtx, host_rsp));
+    pub const GS_BASE: i32 = o(offset_of!(VcpuCtx, gs_base));
+    pub const NEG_GS_BASE: i32 = o(offset_of!(VcpuCtx, neg_gs_base));
+    pub const POLL_PAGE: i32 = o(offset_of!(VcpuCtx, poll_page));
+    pub const LOOKUP_TABLE: i32 = o(offset_of!(VcpuCtx, lookup_table));
+    pub const HOST_MXCSR: i32 = o(offset_of!(VcpuCtx, host_mxcsr));
+    pub const GUEST_MXCSR: i32 = o(offset_of!(VcpuCtx, guest_mxcsr));
+    pub const SCRATCH: i32 = o(offset_of!(VcpuCtx, scratch));
+    pub const XMM: i32 = o(offset_of!(VcpuCtx, xmm));
+}
+
+/// Guest arithmetic flags kept in host rflags: CF PF AF ZF SF DF OF.
+pub const ARITH_FLAGS: u32 = 0x0cd5;
+/// EFLAGS.IF.
+pub const FLAG_IF: u32 = 1 << 9;

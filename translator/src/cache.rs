@@ -1,0 +1,446 @@
+//! The code cache: units keyed by (eip, physical frame, mode), chaining of direct
+//! branches, the indirect-branch lookup table, invalidation by physical frame (for
+//! self-modifying code and, later, page-table changes), and the side tables that map
+//! a host address back to a guest instruction.
+//!
+//! Memory is bump-allocated; a full cache is flushed whole (the VMM is told which
+//! frames no longer hold translated code). Invalidated units stay in memory until
+//! the next flush but are unreachable: every chained jump into them is patched back
+//! to its own exit stub and their lookup entry is cleared.
+
+use crate::abi::VcpuCtx;
+use crate::exec_mem::{ExecMem, ExecMemError, PollHandle, PollPage};
+use crate::translate::{self, BuildError, CalloutSite, Fixup, GuestCode, SideEntry};
+use crate::world::{self, Stubs};
+use crate::{Mode};
+use hashbrown::HashMap;
+use std::time::Instant;
+use thiserror::Error;
+
+const LOOKUP_ENTRIES: usize = 1 << 16;
+const EMPTY: [u64; 2] = [u64::MAX, 0];
+/// Room a unit may need at most: 64 instructions of at most ~120 host bytes each
+/// plus exit stubs.
+const MAX_UNIT_BYTES: usize = 16 * 1024;
+
+/// Errors from the translator.
+#[derive(Debug, Error)]
+pub enum TranslatorError {
+    #[error(transparent)]
+    Memory(#[from] ExecMemError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("the host lacks FSGSBASE (wrgsbase from user space), which bt86 needs")]
+    NoFsgsbase,
+}
+
+/// Identifies a unit: where it starts, which physical frame that is, and the mode
+/// its code was specialised for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnitKey {
+    pub eip: u32,
+    pub phys: u32,
+    pub mode: Mode,
+}
+
+struct Unit {
+    key: UnitKey,
+    host_start: u64,
+    side: Vec<SideEntry>,
+    /// Slots of other units chained to this one.
+    incoming: Vec<u32>,
+    frames: Vec<u32>,
+    live: bool,
+    transient: bool,
+}
+
+struct Slot {
+    unit: u32,
+    patch_at: u64,
+    stub: u64,
+    target: u32,
+    chained: bool,
+}
+
+/// Counters for `--stats`.
+#[derive(Clone, Debug, Default)]
+pub struct TranslatorStats {
+    pub units_translated: u64,
+    pub guest_insns_translated: u64,
+    pub host_insns_emitted: u64,
+    pub guest_bytes_translated: u64,
+    pub chained_jumps: u64,
+    pub units_invalidated: u64,
+    pub cache_flushes: u64,
+    pub translate_nanos: u64,
+}
+
+/// A freshly translated unit and what the VMM must do about page protection.
+pub struct Translated {
+    pub host: u64,
+    pub unit: u32,
+    /// Frames that hold translated code for the first time (write-protect them).
+    pub new_frames: Vec<u32>,
+    /// Frames whose code was dropped by a flush (they may be unprotected).
+    pub flushed_frames: Vec<u32>,
+}
+
+/// The translator: code cache, stubs, lookup table and the vCPU context.
+pub struct Translator {
+    mem: ExecMem,
+    stubs: Stubs,
+    stubs_end: usize,
+    used: usize,
+    units: Vec<Unit>,
+    by_key: HashMap<UnitKey, u32>,
+    by_frame: HashMap<u32, Vec<u32>>,
+    slots: Vec<Slot>,
+    sites: Vec<CalloutSite>,
+    lookup: Box<[[u64; 2]]>,
+    ctx: Box<VcpuCtx>,
+    poll: PollPage,
+    mode: Mode,
+    max_insns: usize,
+    stats: TranslatorStats,
+}
+
+impl Translator {
+    /// A translator with a code cache of `cache_bytes`.
+    pub fn new(cache_bytes: usize) -> Result<Self, TranslatorError> {
+        if !host_has_fsgsbase() {
+            return Err(TranslatorError::NoFsgsbase);
+        }
+        let mut mem = ExecMem::new(cache_bytes.max(2 * MAX_UNIT_BYTES))?;
+        let mut a = crate::emit::Asm::new(mem.base());
+        let stubs = world::emit_stubs(&mut a).map_err(|e| TranslatorError::Build(e.into()))?;
+        let code = a.finish();
+        mem.write(0, &code)?;
+        let used = code.len().next_multiple_of(64);
+        let poll = PollPage::new()?;
+        let lookup = vec![EMPTY; LOOKUP_ENTRIES].into_boxed_slice();
+        let mut ctx = Box::<VcpuCtx>::default();
+        ctx.poll_page = poll.addr();
+        ctx.lookup_table = lookup.as_ptr() as u64;
+        Ok(Self {
+            mem,
+            stubs,
+            stubs_end: used,
+            used,
+            units: Vec::new(),
+            by_key: HashMap::new(),
+            by_frame: HashMap::new(),
+            slots: Vec::new(),
+            sites: Vec::new(),
+            lookup,
+            ctx,
+            poll,
+            mode: Mode::default(),
+            max_insns: translate::MAX_UNIT_INSNS,
+            stats: TranslatorStats::default(),
+        })
+    }
+
+    /// Limits units to `n` guest instructions (1 = single-step translation).
+    pub fn set_max_unit_insns(&mut self, n: usize) {
+        self.max_insns = n.clamp(1, translate::MAX_UNIT_INSNS);
+    }
+
+    /// The vCPU context translated code works on.
+    pub fn ctx(&self) -> &VcpuCtx {
+        &self.ctx
+    }
+
+    /// Mutable access to the context (only while translated code is not running).
+    pub fn ctx_mut(&mut self) -> &mut VcpuCtx {
+        &mut self.ctx
+    }
+
+    /// Host addresses of the stubs (the signal handler needs `exit_fault`).
+    pub fn stubs(&self) -> &Stubs {
+        &self.stubs
+    }
+
+    /// The host address range of the code cache.
+    pub fn code_range(&self) -> (u64, u64) {
+        (self.mem.base(), self.mem.base() + self.mem.size() as u64)
+    }
+
+    /// A handle that makes running translated code exit soon.
+    pub fn poll_handle(&self) -> PollHandle {
+        self.poll.handle()
+    }
+
+    /// Host address of the poll page.
+    pub fn poll_page(&self) -> u64 {
+        self.poll.addr()
+    }
+
+    /// Makes the poll page readable again.
+    pub fn rearm_poll(&self) {
+        self.poll.rearm();
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &TranslatorStats {
+        &self.stats
+    }
+
+    /// Bytes of generated code in the cache (stubs included).
+    pub fn cache_bytes(&self) -> usize {
+        self.used
+    }
+
+    /// Sets the current mode; a change empties the lookup table, whose entries are
+    /// keyed by eip alone.
+    pub fn set_mode(&mut self, mode: Mode) {
+        if mode != self.mode {
+            self.mode = mode;
+            self.lookup.fill(EMPTY);
+        }
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The live unit for `key`, if any.
+    pub fn find(&self, key: &UnitKey) -> Option<u32> {
+        self.by_key.get(key).copied()
+    }
+
+    /// Host entry address of unit `id`.
+    pub fn entry(&self, id: u32) -> u64 {
+        self.units[id as usize].host_start
+    }
+
+    /// Translates the unit at `key.eip`. A `transient` unit is not cached, chained
+    /// or registered with its frames (it runs once, e.g. right after a write to its
+    /// own page). `frame_of` gives the physical frame of a linear page.
+    pub fn translate(
+        &mut self,
+        key: UnitKey,
+        mem: &mut dyn GuestCode,
+        frame_of: &mut dyn FnMut(u32) -> Option<u32>,
+        transient: bool,
+    ) -> Result<Translated, TranslatorError> {
+        let started = Instant::now();
+        let mut flushed_frames = Vec::new();
+        if self.used + MAX_UNIT_BYTES > self.mem.size() {
+            flushed_frames = self.flush();
+        }
+        let base = self.mem.base() + self.used as u64;
+        let first_slot = u32::try_from(self.slots.len()).expect("slot count");
+        let first_site = u32::try_from(self.sites.len()).expect("site count");
+        let built = translate::build_unit(
+            mem, key.eip, &key.mode, &self.stubs, base, first_slot, first_site, if transient { 1 } else { self.max_insns },
+        )?;
+        assert!(built.code.len() <= MAX_UNIT_BYTES, "unit larger than the reserve");
+        self.mem.write(self.used, &built.code)?;
+        let id = u32::try_from(self.units.len()).expect("unit count");
+        for s in &built.slots {
+            self.slots.push(Slot {
+                unit: id,
+                patch_at: base + u64::from(s.patch_off),
+                stub: base + u64::from(s.stub_off),
+                target: s.target,
+                chained: false,
+            });
+        }
+        self.sites.extend(built.sites);
+        let frames = unit_frames(built.guest_start, built.guest_len, frame_of);
+        let mut new_frames = Vec::new();
+        if !transient {
+            for &f in &frames {
+                let list = self.by_frame.entry(f).or_default();
+                if list.is_empty() {
+                    new_frames.push(f);
+                }
+                list.push(id);
+            }
+            self.by_key.insert(key, id);
+            self.lookup[lookup_index(key.eip)] = [u64::from(key.eip), base];
+        }
+        self.units.push(Unit {
+            key,
+            host_start: base,
+            side: built.side,
+            incoming: Vec::new(),
+            frames,
+            live: true,
+            transient,
+        });
+        self.used = (self.used + built.code.len()).next_multiple_of(16);
+        let st = &mut self.stats;
+        st.units_translated += 1;
+        st.guest_insns_translated += built.guest_insns as u64;
+        st.host_insns_emitted += built.host_insns as u64;
+        st.guest_bytes_translated += u64::from(built.guest_len);
+        st.translate_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Ok(Translated { host: base, unit: id, new_frames, flushed_frames })
+    }
+
+    /// Records that `eip` (in the current mode) is at host address `host` in the
+    /// indirect lookup table.
+    pub fn remember_indirect(&mut self, eip: u32, unit: u32) {
+        let u = &self.units[unit as usize];
+        if u.live && !u.transient {
+            self.lookup[lookup_index(eip)] = [u64::from(eip), u.host_start];
+        }
+    }
+
+    /// The guest target of branch slot `slot`.
+    pub fn slot_target(&self, slot: u32) -> Option<u32> {
+        self.slots.get(slot as usize).map(|s| s.target)
+    }
+
+    /// Chains branch slot `slot` straight to unit `target` (both must be live and
+    /// cached; otherwise nothing happens).
+    pub fn chain(&mut self, slot: u32, target: u32) -> Result<(), TranslatorError> {
+        let Some(s) = self.slots.get(slot as usize) else { return Ok(()) };
+        let (from, to) = (&self.units[s.unit as usize], &self.units[target as usize]);
+        if s.chained || !from.live || from.transient || !to.live || to.transient {
+            return Ok(());
+        }
+        let (patch_at, entry) = (s.patch_at, to.host_start);
+        self.patch_rel32(patch_at, entry)?;
+        self.slots[slot as usize].chained = true;
+        self.units[target as usize].incoming.push(slot);
+        self.stats.chained_jumps += 1;
+        Ok(())
+    }
+
+    fn patch_rel32(&mut self, at: u64, target: u64) -> Result<(), TranslatorError> {
+        let rel = i32::try_from(target.wrapping_sub(at + 4) as i64).expect("cache within rel32");
+        let offset = usize::try_from(at - self.mem.base()).expect("offset");
+        self.mem.write(offset, &rel.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// Drops every unit with code on physical frame `frame`. Returns whether any
+    /// unit was dropped.
+    pub fn invalidate_frame(&mut self, frame: u32) -> Result<bool, TranslatorError> {
+        let Some(ids) = self.by_frame.remove(&frame) else { return Ok(false) };
+        for id in ids {
+            self.invalidate_unit(id)?;
+        }
+        Ok(true)
+    }
+
+    fn invalidate_unit(&mut self, id: u32) -> Result<(), TranslatorError> {
+        let u = &mut self.units[id as usize];
+        if !u.live {
+            return Ok(());
+        }
+        u.live = false;
+        let key = u.key;
+        let incoming = core::mem::take(&mut u.incoming);
+        let frames = core::mem::take(&mut u.frames);
+        let host = u.host_start;
+        self.by_key.remove(&key);
+        for f in frames {
+            if let Some(list) = self.by_frame.get_mut(&f) {
+                list.retain(|&x| x != id);
+                if list.is_empty() {
+                    self.by_frame.remove(&f);
+                }
+            }
+        }
+        let idx = lookup_index(key.eip);
+        if self.lookup[idx][1] == host {
+            self.lookup[idx] = EMPTY;
+        }
+        for slot in incoming {
+            let (patch_at, stub) = (self.slots[slot as usize].patch_at, self.slots[slot as usize].stub);
+            self.patch_rel32(patch_at, stub)?;
+            self.slots[slot as usize].chained = false;
+        }
+        self.stats.units_invalidated += 1;
+        Ok(())
+    }
+
+    /// Whether unit `id` is still live (not invalidated or flushed).
+    pub fn is_live(&self, id: u32) -> bool {
+        self.units.get(id as usize).is_some_and(|u| u.live)
+    }
+
+    /// Whether any live unit has code on `frame`.
+    pub fn has_code_on(&self, frame: u32) -> bool {
+        self.by_frame.contains_key(&frame)
+    }
+
+    /// Drops every unit. Returns the frames that held code.
+    pub fn flush(&mut self) -> Vec<u32> {
+        let frames: Vec<u32> = self.by_frame.keys().copied().collect();
+        self.units.clear();
+        self.by_key.clear();
+        self.by_frame.clear();
+        self.slots.clear();
+        self.sites.clear();
+        self.lookup.fill(EMPTY);
+        self.used = self.stubs_end;
+        self.stats.cache_flushes += 1;
+        frames
+    }
+
+    /// The callout site `id`.
+    pub fn site(&self, id: u32) -> Option<&CalloutSite> {
+        self.sites.get(id as usize)
+    }
+
+    /// Maps a host address inside a unit to the guest instruction it belongs to.
+    pub fn resolve(&self, host_rip: u64) -> Option<(u32, Fixup, u32)> {
+        let pos = self.units.partition_point(|u| u.host_start <= host_rip);
+        let id = pos.checked_sub(1)?;
+        let u = &self.units[id];
+        let off = u32::try_from(host_rip - u.host_start).ok()?;
+        let row = u.side.partition_point(|e| e.host_off <= off).checked_sub(1)?;
+        let e = u.side[row];
+        Some((e.eip, e.fixup, u32::try_from(id).ok()?))
+    }
+
+    /// Runs translated code from host address `host` until it exits. The exit
+    /// reason and guest state are in `ctx()` afterwards.
+    pub fn run(&mut self, host: u64) -> Result<(), TranslatorError> {
+        self.mem.seal()?;
+        self.ctx.resume = host;
+        self.ctx.neg_gs_base = self.ctx.gs_base.wrapping_neg();
+        let ctx: *mut VcpuCtx = &mut *self.ctx;
+        // SAFETY: the cache is sealed and holds only stubs and units we generated;
+        // `ctx` is our boxed context, alive for the call; the GS base in it was set
+        // by the VMM to a view it owns (checked by the caller's construction).
+        unsafe { world::run(self.stubs.enter, ctx) };
+        Ok(())
+    }
+}
+
+fn lookup_index(eip: u32) -> usize {
+    (eip & 0xffff) as usize
+}
+
+fn unit_frames(start: u32, len: u32, frame_of: &mut dyn FnMut(u32) -> Option<u32>) -> Vec<u32> {
+    let last = start.wrapping_add(len.max(1) - 1);
+    let mut frames = Vec::new();
+    for page in [start & !0xfff, last & !0xfff] {
+        if let Some(f) = frame_of(page) {
+            if !frames.contains(&f) {
+                frames.push(f);
+            }
+        }
+    }
+    frames
+}
+
+fn host_has_fsgsbase() -> bool {
+    // AT_HWCAP2 bit 1: the kernel enabled FSGSBASE for user space.
+    const HWCAP2_FSGSBASE: u64 = 1 << 1;
+    std::fs::read("/proc/self/auxv")
+        .map(|auxv| {
+            auxv.chunks_exact(16).any(|kv| {
+                let k = u64::from_le_bytes(kv[..8].try_into().expect("8 bytes"));
+                let v = u64::from_le_bytes(kv[8..].try_into().expect("8 bytes"));
+                k == 26 && v & HWCAP2_FSGSBASE != 0
+            })
+        })
+        .unwrap_or(false)
+}

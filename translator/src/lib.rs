@@ -1,0 +1,70 @@
+//! The bt86 binary translator: 32-bit guest x86 code in, x86-64 host code out.
+//!
+//! Guest instructions are decoded with iced-x86 into *units* (a run of guest
+//! instructions ending at a control transfer, a page end or a size limit) and
+//! emitted as host code into an executable code cache. Units run natively:
+//! guest registers live in host registers, guest memory is reached through
+//! `%gs`-relative 32-bit addresses inside a view, and guest arithmetic flags live in
+//! host rflags. Direct branches between units are chained (patched to jump straight
+//! to their target); indirect branches go through a lookup table. Sensitive
+//! instructions exit to the VMM as *callouts*.
+//!
+//! Code map:
+//! - `abi`: the vCPU context block, host register roles, exit reasons.
+//! - `world`: the world switch (enter/exit stubs) and the indirect-branch lookup stub.
+//! - `translate`: the unit-building loop and one module per instruction family.
+//! - `cache`: units, slots (chaining), the lookup table, invalidation, side tables.
+//! - `exec_mem`: the W^X code cache memory and the poll page.
+//! - `emit`: a small assembler over iced's encoder.
+//! - `semantics`: pure guest semantics for the instructions the VMM emulates
+//!   (BCD adjustments, arpl), shared with the runtime.
+
+pub mod abi;
+pub mod cache;
+pub mod emit;
+pub mod exec_mem;
+pub mod semantics;
+pub mod translate;
+pub mod world;
+
+pub use cache::{Translated, Translator, TranslatorError, TranslatorStats, UnitKey};
+pub use translate::{CalloutSite, Fixup, GuestCode};
+
+use iced_x86::Register;
+
+/// What a callout asks the VMM to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CalloutKind {
+    /// Emulate the instruction (sensitive, or absent from 64-bit mode).
+    Emulate,
+    /// Raise #UD at the instruction.
+    RaiseUd,
+    /// The instruction straddles the end of fetchable guest memory.
+    FetchFault,
+    /// A form bt86 does not translate: stop with a clear message.
+    Unsupported,
+}
+
+/// The translation-relevant part of the vCPU mode: what translated code bakes in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Mode {
+    /// Segment bases in the order es, cs, ss, ds, fs, gs.
+    pub seg_base: [u32; 6],
+    /// Current privilege level.
+    pub cpl: u8,
+}
+
+impl Mode {
+    /// The base of segment register `r` (es..gs).
+    pub fn seg_base(&self, r: Register) -> u32 {
+        match r {
+            Register::ES => self.seg_base[0],
+            Register::CS => self.seg_base[1],
+            Register::SS => self.seg_base[2],
+            Register::DS => self.seg_base[3],
+            Register::FS => self.seg_base[4],
+            Register::GS => self.seg_base[5],
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! IDENT translation: the guest instruction itself, re-encoded for 64-bit mode.
+//!
+//! Rewrites: guest esp → r8; memory operands → `%gs:` with 32-bit address size;
+//! `inc`/`dec` 0x40–0x4f → their ModRM forms. Where the host cannot express the
+//! operand directly (16-bit addressing, a segment with a non-zero base) the
+//! effective address is computed into r9 first with `lea`/`movzx`, which leave the
+//! flags alone. High-byte registers (ah, ch, dh, bh) cannot be encoded together with
+//! any REX register, so an instruction that needs both borrows a guest register
+//! the instruction does not use, spilled to the context.
+//!
+//! Before anything is emitted, the rewritten instruction is checked: every memory
+//! access it makes must go through `%gs` with 32-bit addressing. An instruction
+//! that would touch host memory any other way is never run; it becomes an
+//! "unsupported instruction" exit.
+
+use super::{special, Builder, Fixup, Flow};
+use crate::emit::{ice, ins2rm, EmitError};
+use crate::CalloutKind;
+use iced_x86::{
+    Code, EncodingKind, FlowControl, Instruction, InstructionInfoFactory, MemoryOperand, OpAccess,
+    OpKind, Register,
+};
+
+pub(super) fn translate(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    let ins = b.ins;
+    if ins.encoding() != EncodingKind::Legacy {
+        // VEX/EVEX/XOP/3DNow!: hidden from the guest's CPUID, so #UD as on a CPU without them.
+        return special::raise_ud(b);
+    }
+    if ins.flow_control() != FlowControl::Next || denied(&ins) {
+        b.callout(CalloutKind::Unsupported)?;
+        return Ok(Flow::End);
+    }
+    let mut out = ins;
+    convert_legacy_code(&mut out);
+    let uses_memory = (0..out.op_count()).any(|i| out.op_kind(i) == OpKind::Memory);
+    let needs_ea = uses_memory && needs_ea_register(&out, b);
+    if needs_ea {
+        materialize_ea(b, &out, Register::R9D)?;
+        set_memory_to(&mut out, Register::R9D);
+    } else {
+        map_esp_in_memory(&mut out);
+    }
+    map_esp_registers(&mut out);
+    if uses_memory {
+        out.set_segment_prefix(Register::GS);
+    }
+    if !memory_is_confined(&out) {
+        b.callout(CalloutKind::Unsupported)?;
+        return Ok(Flow::End);
+    }
+    match b.a.ins(&out) {
+        Ok(()) => Ok(Flow::Next),
+        Err(e) if e.0.contains("REX") => with_legacy_temp(b, &out),
+        Err(_) => {
+            b.callout(CalloutKind::Unsupported)?;
+            Ok(Flow::End)
+        }
+    }
+}
+
+/// Instructions that are unprivileged on the host but must never run there: they
+/// would reach host state (protection keys, shadow stacks, monitor/mwait on a host
+/// address) or are privileged and meaningless.
+fn denied(ins: &Instruction) -> bool {
+    use iced_x86::Mnemonic::*;
+    matches!(
+        ins.mnemonic(),
+        Wrpkru | Rdpkru | Xsetbv | Wrfsbase | Wrgsbase | Rdfsbase | Rdgsbase | Swapgs | Incsspd
+            | Incsspq | Rdsspd | Rdsspq | Wrssd | Wrssq | Wrussd | Wrussq | Rstorssp | Saveprevssp
+            | Setssbsy | Clrssbsy | Monitor | Monitorx | Mwait | Mwaitx | Umonitor | Umwait
+            | Tpause | Encls | Enclu | Enclv | Rdpid | Rdtscp | Ptwrite | Xgetbv | Clac | Stac
+            | Rdpmc | Rsm | Hreset | Serialize | Uiret | Testui | Clui | Stui | Senduipi
+    )
+}
+
+/// `inc`/`dec` 0x40–0x4f do not exist in 64-bit mode: use the ModRM forms.
+fn convert_legacy_code(i: &mut Instruction) {
+    let code = match i.code() {
+        Code::Inc_r16 => Code::Inc_rm16,
+        Code::Inc_r32 => Code::Inc_rm32,
+        Code::Dec_r16 => Code::Dec_rm16,
+        Code::Dec_r32 => Code::Dec_rm32,
+        _ => return,
+    };
+    i.set_code(code);
+}
+
+fn needs_ea_register(i: &Instruction, b: &Builder<'_>) -> bool {
+    let sixteen = |r: Register| r != Register::None && r.size() == 2;
+    sixteen(i.memory_base()) || sixteen(i.memory_index()) || b.mode.seg_base(i.memory_segment()) != 0
+}
+
+/// Emits the guest effective address of `i`'s memory operand (segment base
+/// included) into `dst`, without touching the flags.
+pub(super) fn materialize_ea(b: &mut Builder<'_>, i: &Instruction, dst: Register) -> Result<(), EmitError> {
+    let base = i.memory_base();
+    let index = i.memory_index();
+    let disp = i64::from(i.memory_displacement32());
+    let dst64 = dst.full_register();
+    if base.size() == 2 || index.size() == 2 {
+        // 16-bit addressing: (base + index + disp16) mod 64 KiB.
+        let t = if dst == Register::R11D { Register::R10D } else { Register::R11D };
+        let mut mem = MemoryOperand::with_base_displ(Register::None, disp & 0xffff);
+        if base != Register::None {
+            b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, dst, map16(base)).map_err(ice)?)?;
+            mem.base = dst64;
+        }
+        if index != Register::None {
+            b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, t, map16(index)).map_err(ice)?)?;
+            if mem.base == Register::None { mem.base = t.full_register() } else { mem.index = t.full_register(); mem.scale = 1 }
+        }
+        b.a.ins(&ins2rm(Code::Lea_r32_m, dst, mem))?;
+        b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, dst, r16_of(dst)).map_err(ice)?)?;
+    } else {
+        let mut mem = MemoryOperand::with_base_index_scale_displ_size(
+            map32(base),
+            map32(index),
+            i.memory_index_scale(),
+            disp,
+            if disp == 0 { 0 } else { 4 },
+        );
+        if mem.base == Register::None && mem.index == Register::None {
+            mem.displ_size = 4;
+        }
+        b.a.ins(&ins2rm(Code::Lea_r32_m, dst, mem))?;
+    }
+    let seg_base = b.mode.seg_base(i.memory_segment());
+    if seg_base != 0 {
+        let m = MemoryOperand::with_base_displ(dst64, i64::from(seg_base as i32));
+        b.a.ins(&ins2rm(Code::Lea_r32_m, dst, m))?;
+    }
+    Ok(())
+}
+
+fn r16_of(r: Register) -> Register {
+    match r {
+        Register::R9D => Register::R9W,
+        Register::R10D => Register::R10W,
+        other => Register::try_from(other as usize - Register::EAX as usize + Register::AX as usize)
+            .unwrap_or(Register::None),
+    }
+}
+
+fn map16(r: Register) -> Register {
+    if r == Register::SP { Register::R8W } else { r }
+}
+
+fn map32(r: Register) -> Register {
+    if r == Register::ESP { Register::R8D } else { r }
+}
+
+fn set_memory_to(i: &mut Instruction, base: Register) {
+    i.set_memory_base(base);
+    i.set_memory_index(Register::None);
+    i.set_memory_index_scale(1);
+    i.set_memory_displacement64(0);
+    i.set_memory_displ_size(0);
+}
+
+fn map_esp_in_memory(i: &mut Instruction) {
+    if i.memory_base() == Register::ESP {
+        i.set_memory_base(Register::R8D);
+    }
+    if i.memory_index() == Register::ESP {
+        i.set_memory_index(Register::R8D);
+    }
+}
+
+fn map_esp_registers(i: &mut Instruction) {
+    for op in 0..i.op_count() {
+        if i.op_kind(op) == OpKind::Register {
+            match i.op_register(op) {
+                Register::ESP => i.set_op_register(op, Register::R8D),
+                Register::SP => i.set_op_register(op, Register::R8W),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every memory access of the host instruction goes through `%gs` with 32-bit
+/// addressing, i.e. lands inside the current view.
+fn memory_is_confined(i: &Instruction) -> bool {
+    let mut f = InstructionInfoFactory::new();
+    let info = f.info(i);
+    info.used_memory().iter().all(|m| {
+        m.access() == OpAccess::NoMemAccess
+            || (m.segment() == Register::GS
+                && (m.base() == Register::None || m.base().size() == 4)
+                && (m.index() == Register::None || m.index().size() == 4))
+    })
+}
+
+/// Re-emits `out` (already rewritten) with a legacy guest register standing in
+/// for r8 (esp) or r9 (the effective address), so that a high-byte register can be
+/// encoded alongside.
+fn with_legacy_temp(b: &mut Builder<'_>, out: &Instruction) -> Result<Flow, EmitError> {
+    let Some(t) = free_legacy(&b.ins) else {
+        b.callout(CalloutKind::Unsupported)?;
+        return Ok(Flow::End);
+    };
+    let mut i = *out;
+    let writes_esp = writes_register(&b.ins, Register::ESP);
+    b.fixup_from_here(Fixup::SpilledLegacy(reg_number(t)));
+    b.a.store_ctx64(crate::abi::off::SCRATCH, t.full_register())?;
+    let replaced = [Register::R8D, Register::R9D];
+    let r = if i.memory_base() == Register::R9D || uses_reg(&i, Register::R9D) { Register::R9D } else { Register::R8D };
+    b.a.mov_rr(t, r)?;
+    debug_assert!(replaced.contains(&r));
+    if i.memory_base() == r {
+        i.set_memory_base(t);
+    }
+    if i.memory_index() == r {
+        i.set_memory_index(t);
+    }
+    for op in 0..i.op_count() {
+        if i.op_kind(op) == OpKind::Register && i.op_register(op).full_register() == r.full_register() {
+            let sized = if i.op_register(op).size() == 2 { r16_of(t) } else { t };
+            i.set_op_register(op, sized);
+        }
+    }
+    b.a.ins(&i)?;
+    b.fixup_end();
+    if writes_esp && r == Register::R8D {
+        b.a.mov_rr(Register::R8D, t)?;
+    }
+    b.a.load_ctx64(t.full_register(), crate::abi::off::SCRATCH)?;
+    Ok(Flow::Next)
+}
+
+fn uses_reg(i: &Instruction, r: Register) -> bool {
+    (0..i.op_count()).any(|op| i.op_kind(op) == OpKind::Register && i.op_register(op).full_register() == r.full_register())
+        || i.memory_index() == r
+}
+
+fn free_legacy(i: &Instruction) -> Option<Register> {
+    let mut f = InstructionInfoFactory::new();
+    let info = f.info(i);
+    let used: Vec<Register> = info.used_registers().iter().map(|u| u.register().full_register32()).collect();
+    [Register::EBX, Register::ESI, Register::EDI, Register::EBP, Register::EDX, Register::ECX, Register::EAX]
+        .into_iter()
+        .find(|r| !used.contains(r))
+}
+
+fn writes_register(i: &Instruction, r: Register) -> bool {
+    let mut f = InstructionInfoFactory::new();
+    let info = f.info(i);
+    info.used_registers().iter().any(|u| {
+        u.register().full_register32() == r
+            && matches!(u.access(), OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite)
+    })
+}
+
+/// Host register number of a legacy 32-bit register (eax = 0 ... edi = 7).
+pub(super) fn reg_number(r: Register) -> u8 {
+    u8::try_from(r.full_register32() as usize - Register::EAX as usize).expect("legacy register")
+}

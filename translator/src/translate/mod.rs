@@ -1,0 +1,290 @@
+//! The unit-building loop: decode guest instructions from one eip until a control
+//! transfer, a page end or the size limit, and emit host code for each through the
+//! instruction families below (QEMU's translator loop, in small).
+//!
+//! Every guest instruction gets a side-table entry at the host offset where its code
+//! starts, so a fault inside it maps back to its guest EIP. Sequences are written
+//! "fault first": every host instruction that may fault comes before the first one
+//! that changes guest-visible state, so the host registers at a fault are the guest
+//! registers before the instruction (where that is impossible a `Fixup` says how to
+//! undo the difference).
+
+mod branch;
+mod ident;
+mod special;
+mod stack;
+mod string;
+
+use crate::abi::off;
+use crate::emit::{Asm, EmitError};
+use crate::world::Stubs;
+use crate::{CalloutKind, Mode};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
+
+/// Most guest instructions in one unit.
+pub const MAX_UNIT_INSNS: usize = 64;
+
+/// How to recover the guest state when a host fault lands inside a guest
+/// instruction's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fixup {
+    /// The host registers are the guest registers before the instruction.
+    None,
+    /// Host register number `reg` (a guest register) was spilled to scratch slot 0.
+    SpilledLegacy(u8),
+    /// A string instruction runs with esi/edi biased by the view base (host
+    /// register numbers in the mask: bit 6 = rsi, bit 7 = rdi); progress so far is
+    /// architectural, as on hardware.
+    StringBias(u8),
+}
+
+/// One side-table row: the code of the guest instruction at `eip` starts at host
+/// offset `host_off` within its unit.
+#[derive(Clone, Copy, Debug)]
+pub struct SideEntry {
+    pub host_off: u32,
+    pub eip: u32,
+    pub fixup: Fixup,
+}
+
+/// A direct branch exit: a rel32 field that chaining can point at another unit.
+#[derive(Clone, Copy, Debug)]
+pub struct PendingSlot {
+    /// Offset of the rel32 field within the unit.
+    pub patch_off: u32,
+    /// Offset of the slot's exit stub within the unit.
+    pub stub_off: u32,
+    pub target: u32,
+}
+
+/// A callout site as the VMM sees it: which guest instruction to emulate.
+#[derive(Clone, Debug)]
+pub struct CalloutSite {
+    pub eip: u32,
+    pub len: u8,
+    pub ins: Instruction,
+    pub kind: CalloutKind,
+}
+
+/// Where a unit's guest code came from.
+pub trait GuestCode {
+    /// Copies guest code bytes at linear address `linear` into `buf`, stopping at
+    /// the first byte that cannot be fetched; returns the count copied.
+    fn fetch(&mut self, linear: u32, buf: &mut [u8]) -> usize;
+}
+
+/// The result of building one unit, before it is placed in the cache.
+pub struct BuiltUnit {
+    pub code: Vec<u8>,
+    pub side: Vec<SideEntry>,
+    pub slots: Vec<PendingSlot>,
+    pub sites: Vec<CalloutSite>,
+    pub guest_start: u32,
+    pub guest_len: u32,
+    pub guest_insns: usize,
+    pub host_insns: usize,
+}
+
+/// Why a unit could not be built at all.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot fetch guest code at {0:#010x}")]
+    Fetch(u32),
+    #[error(transparent)]
+    Emit(#[from] EmitError),
+}
+
+/// Whether the unit continues after an instruction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Next,
+    End,
+}
+
+/// Per-unit translation state shared by the instruction families.
+pub(crate) struct Builder<'a> {
+    pub a: Asm,
+    pub stubs: &'a Stubs,
+    pub mode: &'a Mode,
+    pub slots: Vec<(usize, u32)>,
+    pub sites: Vec<CalloutSite>,
+    pub side: Vec<SideEntry>,
+    pub first_site_id: u32,
+    /// The instruction being translated.
+    pub ins: Instruction,
+}
+
+impl Builder<'_> {
+    pub fn next_eip(&self) -> u32 {
+        // Guest eips are 32-bit; wrap like the hardware would.
+        #[allow(clippy::cast_possible_truncation)]
+        let n = self.ins.next_ip32();
+        n
+    }
+
+    pub fn eip(&self) -> u32 {
+        self.ins.ip32()
+    }
+
+    /// Marks the current instruction's side-table entry with a fixup from here on.
+    pub fn fixup_from_here(&mut self, fixup: Fixup) {
+        let host_off = u32::try_from(self.a.pos()).expect("unit size");
+        self.side.push(SideEntry { host_off, eip: self.eip(), fixup });
+    }
+
+    /// Ends the fixup region started by `fixup_from_here`.
+    pub fn fixup_end(&mut self) {
+        self.fixup_from_here(Fixup::None);
+    }
+
+    /// `jmp` to a chainable exit for guest `target`.
+    pub fn jmp_slot(&mut self, target: u32) {
+        let at = self.a.jmp(self.a.here());
+        self.slots.push((at, target));
+    }
+
+    /// `jcc` to a chainable exit for guest `target`.
+    pub fn jcc_slot(&mut self, cc: iced_x86::ConditionCode, target: u32) {
+        let at = self.a.jcc(cc, self.a.here());
+        self.slots.push((at, target));
+    }
+
+    /// Exits to the VMM to emulate the current instruction; on `Continue` the VMM
+    /// resumes right after this sequence.
+    pub fn callout(&mut self, kind: CalloutKind) -> Result<(), EmitError> {
+        let id = self.first_site_id + u32::try_from(self.sites.len()).expect("sites");
+        let len = u8::try_from(self.ins.len()).expect("instruction length");
+        self.sites.push(CalloutSite { eip: self.eip(), len, ins: self.ins, kind });
+        self.a.store_ctx_imm32(off::EXIT_ARG, id)?;
+        self.a.call(self.stubs.exit_callout);
+        Ok(())
+    }
+
+    /// Jumps to the indirect lookup with the target eip already in r9d.
+    pub fn jmp_lookup(&mut self) {
+        self.a.jmp(self.stubs.lookup);
+    }
+}
+
+/// Builds one unit starting at `eip`. `first_slot_id` and `first_site_id` number
+/// the unit's exits, which the stubs embed.
+pub fn build_unit(
+    mem: &mut dyn GuestCode,
+    eip: u32,
+    mode: &Mode,
+    stubs: &Stubs,
+    host_base: u64,
+    first_slot_id: u32,
+    first_site_id: u32,
+    max_insns: usize,
+) -> Result<BuiltUnit, BuildError> {
+    let window = fetch_window(mem, eip);
+    if window.is_empty() {
+        return Err(BuildError::Fetch(eip));
+    }
+    let mut b = Builder {
+        a: Asm::new(host_base),
+        stubs,
+        mode,
+        slots: Vec::new(),
+        sites: Vec::new(),
+        side: Vec::new(),
+        first_site_id,
+        ins: Instruction::default(),
+    };
+    // The poll: a load from the poll page, which the VMM revokes to stop us here.
+    b.a.bytes(&[0x45, 0x8a, 0x4d, 0x00]); // mov r9b, [r13+0]
+    let mut dec = Decoder::with_ip(32, &window, u64::from(eip), DecoderOptions::NONE);
+    let page_end = (u64::from(eip) & !0xfff) + 0x1000;
+    let mut count = 0;
+    let mut guest_len = 0u32;
+    loop {
+        let at = dec.position();
+        let ins = dec.decode();
+        let complete = !(ins.is_invalid() && dec.last_error() == iced_x86::DecoderError::NoMoreBytes);
+        if !complete && count > 0 {
+            b.jmp_slot(eip.wrapping_add(guest_len));
+            break;
+        }
+        let _ = at;
+        b.ins = ins;
+        let host_off = u32::try_from(b.a.pos()).expect("unit size");
+        b.side.push(SideEntry { host_off: if count == 0 { 0 } else { host_off }, eip: ins.ip32(), fixup: Fixup::None });
+        count += 1;
+        guest_len += u32::try_from(ins.len()).expect("len");
+        let flow = if complete { translate_one(&mut b)? } else { special::raise_ud_fetch(&mut b)? };
+        if flow == Flow::End {
+            break;
+        }
+        if count >= max_insns || ins.next_ip() >= page_end {
+            b.jmp_slot(ins.next_ip32());
+            break;
+        }
+    }
+    Ok(finish(b, eip, guest_len, count, first_slot_id))
+}
+
+fn fetch_window(mem: &mut dyn GuestCode, eip: u32) -> Vec<u8> {
+    // The rest of this page plus enough of the next for one straddling instruction.
+    let to_page_end = 0x1000 - (eip & 0xfff) as usize;
+    let mut buf = vec![0u8; to_page_end + 15];
+    let n = mem.fetch(eip, &mut buf);
+    buf.truncate(n);
+    buf
+}
+
+fn finish(mut b: Builder<'_>, eip: u32, guest_len: u32, guest_insns: usize, first_slot_id: u32) -> BuiltUnit {
+    let mut slots = Vec::new();
+    let exits = core::mem::take(&mut b.slots);
+    for (n, (patch_at, target)) in exits.into_iter().enumerate() {
+        let stub_off = b.a.pos();
+        let id = first_slot_id + u32::try_from(n).expect("slots");
+        let stub = (|| -> Result<(), EmitError> {
+            b.a.store_ctx_imm32(off::EIP, target)?;
+            b.a.store_ctx_imm32(off::EXIT_ARG, id)?;
+            b.a.store_ctx_imm32(off::EXIT_REASON, crate::abi::ExitReason::Branch as u32)?;
+            b.a.jmp(b.stubs.exit_common);
+            Ok(())
+        })();
+        stub.expect("exit stubs always encode");
+        let stub_addr = b.a.here() - (b.a.pos() - stub_off) as u64;
+        b.a.patch_rel32(patch_at, stub_addr);
+        slots.push(PendingSlot {
+            patch_off: u32::try_from(patch_at).expect("unit size"),
+            stub_off: u32::try_from(stub_off).expect("unit size"),
+            target,
+        });
+    }
+    let host_insns = b.a.count;
+    BuiltUnit {
+        code: b.a.finish(),
+        side: b.side,
+        slots,
+        sites: b.sites,
+        guest_start: eip,
+        guest_len,
+        guest_insns,
+        host_insns,
+    }
+}
+
+/// Translates the instruction in `b.ins` by family.
+fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    use Mnemonic::*;
+    let m = b.ins.mnemonic();
+    if let Some(flow) = special::translate(b)? {
+        return Ok(flow);
+    }
+    match m {
+        Push | Pop | Pushad | Pusha | Popad | Popa | Enter | Leave => stack::translate(b),
+        Jmp | Call | Ret | Loop | Loope | Loopne | Jecxz | Jcxz => branch::translate(b),
+        _ if b.ins.is_jcc_short_or_near() => branch::translate(b),
+        Movsb | Movsw | Movsd | Stosb | Stosw | Stosd | Lodsb | Lodsw | Lodsd | Cmpsb | Cmpsw | Cmpsd
+        | Scasb | Scasw | Scasd
+            if string::is_string(&b.ins) =>
+        {
+            string::translate(b)
+        }
+        _ => ident::translate(b),
+    }
+}

@@ -1,0 +1,108 @@
+//! Sensitive instructions and the 32-bit encodings that 64-bit mode lacks.
+//!
+//! At CPL 0 a sensitive instruction must see the virtual machine, not the host:
+//! cli/sti write the virtual IF inline; the rest become callouts that the VMM
+//! emulates against the vCPU state (pushf/popf, segment registers, descriptor
+//! tables, control/debug registers, I/O, hlt, cpuid, rdtsc, MSRs, cache control,
+//! far transfers, interrupts, iret). The legacy arithmetic encodings that are
+//! invalid in 64-bit mode (BCD adjustments, bound, arpl) are callouts too; salc
+//! and into are expressed inline.
+
+use super::{Builder, Flow};
+use crate::abi::off;
+use crate::emit::{ice, EmitError};
+use crate::CalloutKind;
+use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
+
+/// Translates `b.ins` if it is special; `None` leaves it to the other families.
+pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> {
+    use Mnemonic::*;
+    let i = b.ins;
+    if i.is_invalid() {
+        return raise_ud(b).map(Some);
+    }
+    let flow = match i.mnemonic() {
+        Cli | Sti => {
+            let v = u32::from(i.mnemonic() == Sti);
+            b.a.ins(&Instruction::with2(Code::Mov_rm8_imm8, crate::emit::ctx(off::VIF), v).map_err(ice)?)?;
+            Flow::Next
+        }
+        Salc => salc(b)?,
+        Into => into(b)?,
+        Ud0 | Ud1 | Ud2 | Monitor | Mwait | Syscall | Sysret | Sysexit | Sysenter => raise_ud(b)?,
+        Hlt | Iretd | Iret | Int | Int1 | Int3 | Retf | Popfd | Popf | Rsm => end(b, CalloutKind::Emulate)?,
+        Jmp | Call if is_far(&i) => end(b, CalloutKind::Emulate)?,
+        Mov if touches_sreg(&i) => end(b, CalloutKind::Emulate)?,
+        Mov if touches_cr_dr(&i) => end(b, CalloutKind::Emulate)?,
+        Push | Pop if touches_sreg(&i) => end(b, CalloutKind::Emulate)?,
+        Lds | Les | Lfs | Lgs | Lss => end(b, CalloutKind::Emulate)?,
+        Pushfd | Pushf | In | Out | Insb | Insw | Insd | Outsb | Outsw | Outsd | Lgdt | Sgdt | Lidt
+        | Sidt | Lldt | Sldt | Ltr | Str | Smsw | Lmsw | Lar | Lsl | Verr | Verw | Cpuid | Rdtsc
+        | Rdmsr | Wrmsr | Wbinvd | Invd | Clts | Invlpg | Daa | Das | Aaa | Aas | Aam | Aad
+        | Bound | Arpl => {
+            b.callout(CalloutKind::Emulate)?;
+            Flow::Next
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(flow))
+}
+
+fn is_far(i: &Instruction) -> bool {
+    matches!(i.op0_kind(), OpKind::FarBranch16 | OpKind::FarBranch32)
+        || matches!(
+            i.code(),
+            Code::Jmp_m1616 | Code::Jmp_m1632 | Code::Call_m1616 | Code::Call_m1632
+        )
+}
+
+fn touches_sreg(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|op| i.op_kind(op) == OpKind::Register && i.op_register(op).is_segment_register())
+}
+
+fn touches_cr_dr(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|op| {
+        i.op_kind(op) == OpKind::Register && {
+            let r = i.op_register(op);
+            r.is_cr() || r.is_dr() || r.is_tr()
+        }
+    })
+}
+
+/// A callout after which the unit ends (the instruction may change eip or the
+/// translation mode); the fall-through continues at the next instruction.
+fn end(b: &mut Builder<'_>, kind: CalloutKind) -> Result<Flow, EmitError> {
+    b.callout(kind)?;
+    b.jmp_slot(b.next_eip());
+    Ok(Flow::End)
+}
+
+/// Raises #UD at the current instruction.
+pub(super) fn raise_ud(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    end(b, CalloutKind::RaiseUd)
+}
+
+/// The instruction runs off the end of fetchable guest memory.
+pub(super) fn raise_ud_fetch(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    end(b, CalloutKind::FetchFault)
+}
+
+/// salc: al = CF ? 0xff : 0, with cmov (flags untouched).
+fn salc(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    b.a.ins(&Instruction::with2(Code::Mov_r32_imm32, Register::R9D, 0u32).map_err(ice)?)?;
+    b.a.ins(&Instruction::with2(Code::Mov_r32_imm32, Register::R10D, 0xffu32).map_err(ice)?)?;
+    b.a.ins(&Instruction::with2(Code::Cmovb_r32_rm32, Register::R9D, Register::R10D).map_err(ice)?)?;
+    b.a.ins(&Instruction::with2(Code::Mov_r8_rm8, Register::AL, Register::R9L).map_err(ice)?)?;
+    Ok(Flow::Next)
+}
+
+/// into: trap to the VMM only when OF is set.
+fn into(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    b.a.bytes(&[0x70 | crate::emit::cc_nibble(ConditionCode::no), 0]);
+    let at = b.a.pos() - 1;
+    b.callout(CalloutKind::Emulate)?;
+    b.jmp_slot(b.next_eip());
+    b.a.patch_rel8_here(at);
+    b.jmp_slot(b.next_eip());
+    Ok(Flow::End)
+}
