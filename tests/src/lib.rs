@@ -1,2 +1,3 @@
-//! End-to-end tests, the guest kit, and the differential oracle.
+//! End-to-end tests, the guest kit's guests, and the differential oracle.
+pub mod guests;
 pub mod oracle;

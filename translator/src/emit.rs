@@ -45,6 +45,11 @@ impl Asm {
         Ok(())
     }
 
+    /// Drops everything emitted after offset `pos` (a failed translation attempt).
+    pub fn truncate(&mut self, pos: usize) {
+        self.buf.truncate(pos);
+    }
+
     /// Appends raw bytes.
     pub fn bytes(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(b);

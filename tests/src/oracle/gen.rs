@@ -483,6 +483,13 @@ pub struct MemOp {
     pub mem: Mem,
 }
 
+impl MemOp {
+    /// Whether the operand's setup writes register `r` (its base or index).
+    pub fn uses(&self, r: u8) -> bool {
+        self.mem.base == Some(r) || self.mem.index.map(|(i, _)| i) == Some(r)
+    }
+}
+
 const PTR_REGS: [u8; 7] = [EAX, ECX, EDX, EBX, EBP, ESI, EDI];
 
 fn mov_imm(r: u8, v: u32) -> Insn {
@@ -728,8 +735,9 @@ pub fn shxd_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
 }
 
 /// mul/imul (one-, two- and three-operand), div/idiv: mostly with the dividend and divisor
-/// set up so that the quotient fits, sometimes with whatever the registers hold (usually a
-/// divide error), sometimes dividing by zero. A divide error ends the snippet with #DE.
+/// set up so that the quotient fits, rarely with whatever the registers hold (usually a
+/// divide error) or dividing by zero. A divide error ends the snippet with #DE (so these
+/// are kept rare: about one sequence in seven ends in one).
 pub fn muldiv_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
     let mul1 = (any::<bool>(), size(), rm_gen(ctx, 0.3)).prop_map(|(signed, sz, rm)| {
         let (setup, rm) = rm.src();
@@ -759,6 +767,8 @@ pub fn muldiv_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
                 }
             }
             let mut v = Vec::new();
+            // The dividend registers must survive the memory operand's setup.
+            let use_mem = use_mem && !m.uses(EAX) && !m.uses(EDX);
             let rm = if use_mem {
                 v.extend(m.setup);
                 v.push(Insn::new(enc::mov_rm_imm(sz, Rm::M(m.mem), d)));
@@ -794,7 +804,7 @@ pub fn muldiv_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
             Insn::new(enc::grp3(if signed { enc::IDIV } else { enc::DIV }, sz, Rm::R(r))).fx(DIV_FX),
         ]
     });
-    prop_oneof![4 => mul1, 3 => imul2, 3 => imul3, 6 => div_safe, 1 => div_any, 1 => div_zero].boxed()
+    prop_oneof![40 => mul1, 30 => imul2, 30 => imul3, 60 => div_safe, 2 => div_any, 1 => div_zero].boxed()
 }
 
 /// bt bts btr btc (register and memory operands, imm8 and register bit offsets, big
@@ -905,7 +915,7 @@ pub fn bcd_insns() -> BoxedStrategy<Vec<Insn>> {
         });
     let plain = op.prop_map(|i| vec![i]);
     let aam0 = Just(vec![Insn::new(enc::aam(0)).fx((0, ALL6, OF | AF | CF))]);
-    prop_oneof![4 => explicit, 3 => after_alu, 2 => plain, 1 => aam0].boxed()
+    prop_oneof![40 => explicit, 30 => after_alu, 20 => plain, 1 => aam0].boxed()
 }
 
 /// Encodings that are invalid or different in 64-bit mode: inc/dec 40-4f, push/pop r16/r32,

@@ -31,8 +31,17 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
         b.callout(CalloutKind::Unsupported)?;
         return Ok(Flow::End);
     }
+    if ins.mnemonic() == iced_x86::Mnemonic::Xlatb {
+        return xlat(b);
+    }
     let mut out = ins;
     convert_legacy_code(&mut out);
+    if !out.code().op_code().mode64() {
+        // A 32-bit-only form this module does not re-express: never hand the host
+        // bytes that mean something else in 64-bit mode.
+        b.callout(CalloutKind::Unsupported)?;
+        return Ok(Flow::End);
+    }
     let uses_memory = (0..out.op_count()).any(|i| out.op_kind(i) == OpKind::Memory);
     let needs_ea = uses_memory && needs_ea_register(&out, b);
     if needs_ea {
@@ -81,6 +90,15 @@ fn convert_legacy_code(i: &mut Instruction) {
         Code::Inc_r32 => Code::Inc_rm32,
         Code::Dec_r16 => Code::Dec_rm16,
         Code::Dec_r32 => Code::Dec_rm32,
+        // 0x82 is an alias of 0x80 that 64-bit mode dropped.
+        Code::Add_rm8_imm8_82 => Code::Add_rm8_imm8,
+        Code::Or_rm8_imm8_82 => Code::Or_rm8_imm8,
+        Code::Adc_rm8_imm8_82 => Code::Adc_rm8_imm8,
+        Code::Sbb_rm8_imm8_82 => Code::Sbb_rm8_imm8,
+        Code::And_rm8_imm8_82 => Code::And_rm8_imm8,
+        Code::Sub_rm8_imm8_82 => Code::Sub_rm8_imm8,
+        Code::Xor_rm8_imm8_82 => Code::Xor_rm8_imm8,
+        Code::Cmp_rm8_imm8_82 => Code::Cmp_rm8_imm8,
         _ => return,
     };
     i.set_code(code);
@@ -255,4 +273,18 @@ fn writes_register(i: &Instruction, r: Register) -> bool {
 /// Host register number of a legacy 32-bit register (eax = 0 ... edi = 7).
 pub(super) fn reg_number(r: Register) -> u8 {
     u8::try_from(r.full_register32() as usize - Register::EAX as usize).expect("legacy register")
+}
+
+/// xlat reads `ds:(%ebx + %al)`: with a flat segment the host instruction with a
+/// `%gs` override and 32-bit addressing does exactly that inside the view.
+fn xlat(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    let i = b.ins;
+    if i.memory_base() != Register::EBX || b.mode.seg_base(i.memory_segment()) != 0 {
+        b.callout(CalloutKind::Unsupported)?;
+        return Ok(Flow::End);
+    }
+    let mut out = i;
+    out.set_segment_prefix(Register::GS);
+    b.a.ins(&out)?;
+    Ok(Flow::Next)
 }

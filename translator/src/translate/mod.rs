@@ -19,6 +19,7 @@ use crate::abi::off;
 use crate::emit::{Asm, EmitError};
 use crate::world::Stubs;
 use crate::{CalloutKind, Mode};
+
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
 
 /// Most guest instructions in one unit.
@@ -212,7 +213,7 @@ pub fn build_unit(
         b.side.push(SideEntry { host_off: if count == 0 { 0 } else { host_off }, eip: ins.ip32(), fixup: Fixup::None });
         count += 1;
         guest_len += u32::try_from(ins.len()).expect("len");
-        let flow = if complete { translate_one(&mut b)? } else { special::raise_ud_fetch(&mut b)? };
+        let flow = if complete { translate_or_refuse(&mut b)? } else { special::raise_ud_fetch(&mut b)? };
         if flow == Flow::End {
             break;
         }
@@ -268,6 +269,25 @@ fn finish(mut b: Builder<'_>, eip: u32, guest_len: u32, guest_insns: usize, firs
     }
 }
 
+/// Translates one instruction; a form the host encoder rejects becomes an
+/// "unsupported instruction" stop instead of failing the whole unit.
+fn translate_or_refuse(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    let (pos, slots, sites, side) = (b.a.pos(), b.slots.len(), b.sites.len(), b.side.len());
+    match translate_one(b) {
+        Ok(flow) => Ok(flow),
+        Err(e) => {
+            tracing::debug!(eip = b.eip(), error = %e, "cannot translate; stopping there");
+            b.a.truncate(pos);
+            b.slots.truncate(slots);
+            b.sites.truncate(sites);
+            b.side.truncate(side);
+            b.callout(CalloutKind::Unsupported)?;
+            b.jmp_slot(b.next_eip());
+            Ok(Flow::End)
+        }
+    }
+}
+
 /// Translates the instruction in `b.ins` by family.
 fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     use Mnemonic::*;
@@ -288,3 +308,6 @@ fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
         _ => ident::translate(b),
     }
 }
+
+#[cfg(test)]
+mod tests;

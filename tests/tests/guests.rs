@@ -1,0 +1,62 @@
+//! End to end: the kit's guests under bt86, checked against what real hardware gives
+//! (each guest checks itself and reports `RESULT: N passed, M failed`).
+
+use bt86_runtime::RunOutcome;
+use bt86_tests::guests::{self, run_guest};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn hello_sees_multiboot_state_and_cmdline() {
+    let r = run_guest(guests::HELLO, "console=ttyS0 bt86-test", LIMIT);
+    r.assert_passed();
+    assert!(r.console.contains("hello from the guest"), "{}", r.quoted_console());
+    assert!(r.console.contains("bt86-test"), "{}", r.quoted_console());
+}
+
+#[test]
+fn sensitive_instructions_see_the_virtual_machine() {
+    let r = run_guest(guests::SENSITIVE, "", LIMIT);
+    r.assert_passed();
+    for m in ["pushfd", "popfd", "lgdt", "sgdt", "cpuid", "in", "out", "lar"] {
+        assert!(r.stats.callouts.contains_key(m), "no {m} callout counted: {:?}", r.stats.callouts);
+    }
+}
+
+#[test]
+fn encodings_missing_from_64_bit_mode_run_correctly() {
+    run_guest(guests::LEGACY, "", LIMIT).assert_passed();
+}
+
+#[test]
+fn self_modifying_code_is_retranslated() {
+    let r = run_guest(guests::SMC, "", LIMIT);
+    r.assert_passed();
+    assert!(r.stats.smc_faults > 0 && r.stats.units_invalidated > 0, "{:?}", r.stats);
+}
+
+#[test]
+fn undefined_opcode_without_idt_names_vector_and_eip() {
+    let r = run_guest(guests::EXC_UD, "", LIMIT);
+    assert!(r.console.contains("BEFORE"), "{}", r.quoted_console());
+    match r.outcome {
+        RunOutcome::GuestException { vector: 6, eip, .. } => assert!(eip >= 0x0010_0000, "eip {eip:#x}"),
+        other => panic!("expected #UD, got {other:?}\n{}", r.quoted_console()),
+    }
+}
+
+#[test]
+fn divide_error_without_idt_names_vector_and_eip() {
+    let r = run_guest(guests::EXC_DE, "", LIMIT);
+    match r.outcome {
+        RunOutcome::GuestException { vector: 0, eip, .. } => assert!(eip >= 0x0010_0000, "eip {eip:#x}"),
+        other => panic!("expected #DE, got {other:?}\n{}", r.quoted_console()),
+    }
+}
+
+#[test]
+fn debug_exit_port_sets_the_exit_value() {
+    let r = run_guest(guests::EXIT_CODE, "", LIMIT);
+    assert_eq!(r.outcome, RunOutcome::GuestExit(42), "{}", r.quoted_console());
+}

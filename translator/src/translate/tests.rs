@@ -1,0 +1,129 @@
+//! Unit tests of the unit builder: shapes of translations, and the confinement
+//! property (no host memory access escapes the view) over arbitrary guest bytes.
+
+use super::*;
+use crate::world::{emit_stubs, Stubs};
+use iced_x86::{Decoder, DecoderOptions, GasFormatter, Formatter, InstructionInfoFactory, OpAccess, Register};
+use proptest::prelude::*;
+
+struct Bytes(Vec<u8>, u32);
+
+impl GuestCode for Bytes {
+    fn fetch(&mut self, linear: u32, buf: &mut [u8]) -> usize {
+        let off = linear.wrapping_sub(self.1) as usize;
+        let avail = self.0.len().saturating_sub(off);
+        let n = buf.len().min(avail);
+        buf[..n].copy_from_slice(&self.0[off..off + n]);
+        n
+    }
+}
+
+const HOST: u64 = 0x7000_0000_0000;
+
+fn stubs() -> Stubs {
+    let mut a = crate::emit::Asm::new(HOST);
+    emit_stubs(&mut a).expect("stubs")
+}
+
+fn build(code: &[u8], mode: Mode) -> BuiltUnit {
+    let s = stubs();
+    build_unit(&mut Bytes(code.to_vec(), 0x1000), 0x1000, &mode, &s, HOST + 0x10000, 0, 0, MAX_UNIT_INSNS)
+        .expect("build")
+}
+
+fn host_listing(u: &BuiltUnit) -> Vec<Instruction> {
+    let mut d = Decoder::with_ip(64, &u.code, HOST + 0x10000, DecoderOptions::NONE);
+    d.iter().collect()
+}
+
+fn text(i: &Instruction) -> String {
+    let mut s = String::new();
+    GasFormatter::new().format(i, &mut s);
+    s
+}
+
+#[test]
+fn esp_relative_load_uses_r8_and_gs() {
+    let u = build(&[0x8b, 0x44, 0x24, 0x04, 0xc3], Mode::default()); // mov 4(%esp),%eax; ret
+    let l: Vec<String> = host_listing(&u).iter().map(text).collect();
+    assert!(l.iter().any(|s| s == "mov %gs:4(%r8d),%eax"), "{l:#?}");
+}
+
+#[test]
+fn inc_short_form_is_re_encoded() {
+    let u = build(&[0x40, 0x4b, 0xc3], Mode::default()); // inc %eax; dec %ebx; ret
+    let l: Vec<String> = host_listing(&u).iter().map(text).collect();
+    assert!(l.contains(&"inc %eax".to_string()) && l.contains(&"dec %ebx".to_string()), "{l:#?}");
+}
+
+#[test]
+fn conditional_branch_ends_unit_with_two_slots() {
+    let u = build(&[0x31, 0xc0, 0x74, 0x02, 0x90, 0x90], Mode::default()); // xor; je +2; nop; nop
+    assert_eq!(u.guest_insns, 2);
+    assert_eq!(u.slots.len(), 2);
+    assert_eq!(u.slots[0].target, 0x1006);
+    assert_eq!(u.slots[1].target, 0x1004);
+}
+
+#[test]
+fn sensitive_instructions_become_callouts() {
+    // pushf; cli; sgdt (%eax); in $0x60,%al; hlt
+    let u = build(&[0x9c, 0xfa, 0x0f, 0x01, 0x00, 0xe4, 0x60, 0xf4], Mode::default());
+    let kinds: Vec<_> = u.sites.iter().map(|s| s.ins.mnemonic()).collect();
+    assert_eq!(kinds, vec![iced_x86::Mnemonic::Pushfd, iced_x86::Mnemonic::Sgdt, iced_x86::Mnemonic::In, iced_x86::Mnemonic::Hlt]);
+}
+
+#[test]
+fn segment_base_is_added_explicitly() {
+    let mut mode = Mode::default();
+    mode.seg_base[4] = 0x1234_0000; // fs
+    let u = build(&[0x64, 0x8b, 0x03, 0xc3], mode); // mov %fs:(%ebx),%eax
+    let l: Vec<String> = host_listing(&u).iter().map(text).collect();
+    assert!(l.iter().any(|s| s.contains("0x12340000")), "{l:#?}");
+    assert!(l.iter().any(|s| s == "mov %gs:(%r9d),%eax"), "{l:#?}");
+}
+
+#[test]
+fn unencodable_forms_stop_instead_of_running() {
+    // maskmovq %mm1,%mm0 writes to ds:(%edi) implicitly: never run it on the host.
+    let u = build(&[0x0f, 0xf7, 0xc1, 0xc3], Mode::default());
+    assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::Unsupported));
+}
+
+/// Every memory access the host code makes is `%gs:` with 32-bit addressing, a
+/// VMM structure (r13 poll page, r14 lookup table, r15 context), or a string
+/// instruction on biased rsi/rdi.
+fn assert_confined(u: &BuiltUnit) {
+    let mut f = InstructionInfoFactory::new();
+    for i in host_listing(u) {
+        let info = f.info(&i);
+        for m in info.used_memory() {
+            if m.access() == OpAccess::NoMemAccess {
+                continue;
+            }
+            let vmm = matches!(m.base(), Register::R13 | Register::R14 | Register::R15) && m.segment() != Register::GS;
+            let gs32 = m.segment() == Register::GS
+                && (m.base() == Register::None || m.base().size() == 4)
+                && (m.index() == Register::None || m.index().size() == 4 || m.index() == Register::AL);
+            let string = matches!(m.base(), Register::RSI | Register::RDI) && m.index() == Register::None && m.displacement() == 0;
+            let stack = m.base() == Register::RSP; // call into exit_callout pushes on the host stack
+            assert!(vmm || gs32 || string || stack, "unconfined access in `{}`: {m:?}", text(&i));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #[test]
+    fn arbitrary_guest_code_is_confined(code in proptest::collection::vec(any::<u8>(), 1..64)) {
+        let u = build(&code, Mode::default());
+        assert_confined(&u);
+    }
+
+    #[test]
+    fn arbitrary_guest_code_with_segment_bases_is_confined(code in proptest::collection::vec(any::<u8>(), 1..64), base in any::<u32>()) {
+        let mode = Mode { seg_base: [base, 0, base, 0, base, base], cpl: 0 };
+        let u = build(&code, mode);
+        assert_confined(&u);
+    }
+}
