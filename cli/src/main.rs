@@ -90,7 +90,7 @@ fn read_kernel(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 }
 
 fn run(image: &[u8], opts: &RunOpts) -> ExitCode {
-    let mut vm = match Vm::new(VmConfig { mem_mib: opts.mem, console: Box::new(std::io::stdout()) }) {
+    let mut vm = match Vm::new(VmConfig::new(opts.mem, Box::new(std::io::stdout()))) {
         Ok(vm) => vm,
         Err(e @ VmError::MemSize(_)) => {
             eprintln!("bt86: {e}");

@@ -98,9 +98,11 @@ impl Vm {
         match ExitReason::from_raw(ctx.exit_reason) {
             Some(ExitReason::Branch) => {
                 self.stats.exits_branch += 1;
-                let (slot, target) = (ctx.exit_arg, ctx.eip);
+                let (slot, target, epoch) = (ctx.exit_arg, ctx.eip, self.tr.epoch());
                 let (id, host) = self.unit_for(target, false)?;
-                self.tr.chain(slot, id)?;
+                if self.tr.epoch() == epoch {
+                    self.tr.chain(slot, id)?;
+                }
                 Ok(Next::Resume(host))
             }
             Some(ExitReason::Indirect) => {

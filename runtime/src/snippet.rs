@@ -39,7 +39,8 @@ pub struct SnippetResult {
     pub fault: Option<SnippetFault>,
 }
 
-/// Runs `snippet` translated: a 2 MiB VM with flat segments, the code
+/// Runs `snippet` translated at CPL 0 with flat segments: RAM up to the end of
+/// the snippet region, the code
 /// followed by `hlt` at `CODE_ADDR`, the data block at `DATA_ADDR`.
 pub fn run_snippet(snippet: &Snippet) -> Result<SnippetResult, String> {
     run_snippet_with(snippet, None)
@@ -51,7 +52,10 @@ pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Res
     if snippet.code.len() + 1 > (DATA_ADDR - CODE_ADDR) as usize || snippet.data.len() > (STACK_TOP - DATA_ADDR) as usize {
         return Err("snippet too large".into());
     }
-    let mut vm = Vm::new(VmConfig { mem_mib: 2, console: Box::new(std::io::sink()) }).map_err(|e| e.to_string())?;
+    // RAM ends where the snippet region ends, so an access past it stops like the
+    // native run's #PF does (there is no paging yet to make a hole elsewhere).
+    let cfg = VmConfig { mem_bytes: CODE_ADDR + REGION_SIZE, ..VmConfig::new(1, Box::new(std::io::sink())) };
+    let mut vm = Vm::new(cfg).map_err(|e| e.to_string())?;
     if let Some(n) = max_unit_insns {
         vm.set_max_unit_insns(n);
     }
@@ -69,6 +73,7 @@ pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Res
     let fault = match outcome {
         RunOutcome::Halted { eip } if eip == end => None,
         RunOutcome::GuestException { vector, eip, .. } => Some(SnippetFault { vector, eip }),
+        RunOutcome::Unbacked { eip, .. } => Some(SnippetFault { vector: 14, eip }),
         other => return Err(format!("snippet did not finish: {other:?}")),
     };
     let (regs, eflags) = vm.registers();

@@ -30,7 +30,7 @@ pub enum VmError {
     Translator(#[from] TranslatorError),
     #[error("cannot load the kernel: {0}")]
     Load(#[from] LoadError),
-    #[error("guest memory size {0} MiB is out of range (1..=3072)")]
+    #[error("guest memory size {0} MiB is out of range (1 to 3072 MiB)")]
     MemSize(u32),
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,8 +81,18 @@ impl StopHandle {
 
 /// Settings for a new VM.
 pub struct VmConfig {
-    pub mem_mib: u32,
+    /// Guest RAM in bytes (a multiple of 4 KiB, at least 1 MiB, at most 3 GiB).
+    pub mem_bytes: u32,
     pub console: Box<dyn Write + Send>,
+    /// Size of the code cache (it is flushed whole when full).
+    pub code_cache_bytes: usize,
+}
+
+impl VmConfig {
+    /// `mem_mib` MiB of RAM, the default code cache, output to `console`.
+    pub fn new(mem_mib: u32, console: Box<dyn Write + Send>) -> Self {
+        Self { mem_bytes: mem_mib.saturating_mul(1 << 20), console, code_cache_bytes: CODE_CACHE_BYTES }
+    }
 }
 
 /// One virtual machine with one vCPU.
@@ -101,13 +111,13 @@ pub struct Vm {
 impl Vm {
     /// Creates a VM with empty RAM.
     pub fn new(cfg: VmConfig) -> Result<Self, VmError> {
-        if cfg.mem_mib == 0 || cfg.mem_mib > 3072 {
-            return Err(VmError::MemSize(cfg.mem_mib));
+        if cfg.mem_bytes < crate::memory::MIN_RAM || cfg.mem_bytes > crate::memory::MAX_RAM || cfg.mem_bytes % 4096 != 0 {
+            return Err(VmError::MemSize(cfg.mem_bytes >> 20));
         }
-        let ram = GuestRam::new(cfg.mem_mib << 20)?;
+        let ram = GuestRam::new(cfg.mem_bytes)?;
         let mut view = View::reserve()?;
         view.map_identity(ram.fd(), ram.size())?;
-        let mut tr = Translator::new(CODE_CACHE_BYTES)?;
+        let mut tr = Translator::new(cfg.code_cache_bytes)?;
         tr.ctx_mut().gs_base = view.base();
         Ok(Self {
             ram,

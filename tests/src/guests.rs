@@ -20,7 +20,7 @@ pub struct GuestRun {
 pub fn run_guest(path: &str, cmdline: &str, limit: Duration) -> GuestRun {
     let image = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read guest {path}: {e}"));
     let console = SharedBuffer::new();
-    let mut vm = Vm::new(VmConfig { mem_mib: 32, console: Box::new(console.clone()) }).expect("create VM");
+    let mut vm = Vm::new(VmConfig::new(32, Box::new(console.clone()))).expect("create VM");
     vm.load_multiboot(&image, cmdline).expect("load guest");
     let outcome = run_with_timeout(&mut vm, limit).expect("VMM error");
     vm.flush_devices();

@@ -40,8 +40,8 @@ fn self_modifying_code_is_retranslated() {
 fn undefined_opcode_without_idt_names_vector_and_eip() {
     let r = run_guest(guests::EXC_UD, "", LIMIT);
     assert!(r.console.contains("BEFORE"), "{}", r.quoted_console());
-    match r.outcome {
-        RunOutcome::GuestException { vector: 6, eip, .. } => assert!(eip >= 0x0010_0000, "eip {eip:#x}"),
+    match &r.outcome {
+        RunOutcome::GuestException { vector: 6, eip, .. } => assert!(*eip >= 0x0010_0000, "eip {eip:#x}"),
         other => panic!("expected #UD, got {other:?}\n{}", r.quoted_console()),
     }
 }
@@ -49,8 +49,8 @@ fn undefined_opcode_without_idt_names_vector_and_eip() {
 #[test]
 fn divide_error_without_idt_names_vector_and_eip() {
     let r = run_guest(guests::EXC_DE, "", LIMIT);
-    match r.outcome {
-        RunOutcome::GuestException { vector: 0, eip, .. } => assert!(eip >= 0x0010_0000, "eip {eip:#x}"),
+    match &r.outcome {
+        RunOutcome::GuestException { vector: 0, eip, .. } => assert!(*eip >= 0x0010_0000, "eip {eip:#x}"),
         other => panic!("expected #DE, got {other:?}\n{}", r.quoted_console()),
     }
 }

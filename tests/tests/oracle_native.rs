@@ -12,11 +12,18 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, TestRunner};
 
 fn snip(code: &[u8]) -> Snippet {
-    Snippet { code: code.to_vec(), data: vec![0; 64], ..Default::default() }
+    Snippet {
+        code: code.to_vec(),
+        data: vec![0; 64],
+        ..Default::default()
+    }
 }
 
 fn fault(vector: u8, offset: u32) -> Option<SnippetFault> {
-    Some(SnippetFault { vector, eip: CODE_ADDR + offset })
+    Some(SnippetFault {
+        vector,
+        eip: CODE_ADDR + offset,
+    })
 }
 
 #[test]
@@ -46,10 +53,23 @@ fn registers_and_flags_round_trip() {
     for f in 0..128u32 {
         // Spread the 7 bits over CF PF AF ZF SF DF OF.
         let bits = [CF, PF, AF, ZF, SF, DF, OF];
-        let fl = bits.iter().enumerate().filter(|(i, _)| f & (1 << i) != 0).fold(0, |a, (_, b)| a | b);
+        let fl = bits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| f & (1 << i) != 0)
+            .fold(0, |a, (_, b)| a | b);
         let s = Snippet {
             code: vec![0x90],
-            regs: [0x1111_1111, 0x2222_2222, 0x3333_3333, 0x4444_4444, 0x10e0_00, 0x6666_6666, 0x7777_7777, 0x8888_8888],
+            regs: [
+                0x1111_1111,
+                0x2222_2222,
+                0x3333_3333,
+                0x4444_4444,
+                0x0010_e000,
+                0x6666_6666,
+                0x7777_7777,
+                0x8888_8888,
+            ],
             eflags: fl,
             data: vec![],
         };
@@ -94,7 +114,10 @@ fn data_block_writes_come_back() {
 #[test]
 fn divide_by_zero_is_de_at_the_div() {
     // mov $7,%eax; xor %ecx,%ecx; div %ecx; mov $1,%eax
-    let r = run_native(&snip(&[0xb8, 7, 0, 0, 0, 0x31, 0xc9, 0xf7, 0xf1, 0xb8, 1, 0, 0, 0])).unwrap();
+    let r = run_native(&snip(&[
+        0xb8, 7, 0, 0, 0, 0x31, 0xc9, 0xf7, 0xf1, 0xb8, 1, 0, 0, 0,
+    ]))
+    .unwrap();
     assert_eq!(r.fault, fault(0, 7));
     assert_eq!(r.regs[0], 7, "state before the div");
 }
@@ -102,7 +125,10 @@ fn divide_by_zero_is_de_at_the_div() {
 #[test]
 fn divide_overflow_is_de() {
     // mov $0x80000000,%eax; cdq; mov $-1,%ecx; idiv %ecx
-    let r = run_native(&snip(&[0xb8, 0, 0, 0, 0x80, 0x99, 0xb9, 0xff, 0xff, 0xff, 0xff, 0xf7, 0xf9])).unwrap();
+    let r = run_native(&snip(&[
+        0xb8, 0, 0, 0, 0x80, 0x99, 0xb9, 0xff, 0xff, 0xff, 0xff, 0xf7, 0xf9,
+    ]))
+    .unwrap();
     assert_eq!(r.fault, fault(0, 11));
 }
 
@@ -142,11 +168,20 @@ fn into_traps_only_with_of() {
 
 #[test]
 fn ud2_and_privileged_instructions() {
-    assert_eq!(run_native(&snip(&[0x90, 0x0f, 0x0b])).unwrap().fault, fault(6, 1));
+    assert_eq!(
+        run_native(&snip(&[0x90, 0x0f, 0x0b])).unwrap().fault,
+        fault(6, 1)
+    );
     // cli at CPL 3: #GP
-    assert_eq!(run_native(&snip(&[0x90, 0xfa])).unwrap().fault, fault(13, 1));
+    assert_eq!(
+        run_native(&snip(&[0x90, 0xfa])).unwrap().fault,
+        fault(13, 1)
+    );
     // a hlt that is not the terminator
-    assert_eq!(run_native(&snip(&[0xf4, 0x90])).unwrap().fault, fault(13, 0));
+    assert_eq!(
+        run_native(&snip(&[0xf4, 0x90])).unwrap().fault,
+        fault(13, 0)
+    );
     // int $0x10 through a DPL-0 gate: #GP
     let n = run_native_detailed(&snip(&[0xcd, 0x10])).unwrap();
     assert_eq!(n.result.fault, fault(13, 0));
@@ -190,18 +225,36 @@ fn rep_movs_fault_reports_partial_progress() {
     assert_eq!(r.regs[1], 8);
     assert_eq!(r.regs[6], DATA_ADDR + 8);
     assert_eq!(r.regs[7], CODE_ADDR + REGION_SIZE);
-    // rep stosd into the end of the data block (which is the end of the region here) then
-    // past it: the stores that fit are in the data block.
-    let data_len = (CODE_ADDR + REGION_SIZE - DATA_ADDR) as usize;
-    let mut s = Snippet { code: vec![0xf3, 0xab], data: vec![0; data_len], ..Default::default() };
-    s.regs[0] = 0xaabb_ccdd;
+    // rep movsd whose source runs off the end of the region: two dwords reach the data
+    // block, the third read faults.
+    let mut code = vec![0xc7, 0x05];
+    code.extend((CODE_ADDR + REGION_SIZE - 8).to_le_bytes());
+    code.extend(0x1122_3344u32.to_le_bytes());
+    code.extend([0xc7, 0x05]);
+    code.extend((CODE_ADDR + REGION_SIZE - 4).to_le_bytes());
+    code.extend(0x5566_7788u32.to_le_bytes());
+    let rep_at = code.len() as u32;
+    code.extend([0xf3, 0xa5]);
+    let mut s = Snippet {
+        code,
+        data: vec![0xee; 0x40],
+        ..Default::default()
+    };
     s.regs[1] = 8;
-    s.regs[4] = STACK_TOP;
-    s.regs[7] = CODE_ADDR + REGION_SIZE - 12;
+    s.regs[6] = CODE_ADDR + REGION_SIZE - 8;
+    s.regs[7] = DATA_ADDR + 0x10;
     let r = run_native(&s).unwrap();
-    assert_eq!(r.fault, fault(14, 0));
-    assert_eq!(r.regs[1], 5);
-    assert_eq!(&r.data[data_len - 12..], &[0xdd, 0xcc, 0xbb, 0xaa].repeat(3)[..]);
+    assert_eq!(r.fault, fault(14, rep_at));
+    assert_eq!(r.regs[1], 6);
+    assert_eq!(r.regs[6], CODE_ADDR + REGION_SIZE);
+    assert_eq!(r.regs[7], DATA_ADDR + 0x18);
+    assert_eq!(
+        &r.data[0x0c..0x1c],
+        &[
+            0xee, 0xee, 0xee, 0xee, 0x44, 0x33, 0x22, 0x11, 0x88, 0x77, 0x66, 0x55, 0xee, 0xee,
+            0xee, 0xee
+        ]
+    );
 }
 
 #[test]
@@ -242,8 +295,16 @@ fn parallel_runs() {
 
 #[test]
 fn rejects_oversized_input() {
-    assert!(run_native(&Snippet { code: vec![0x90; 0x8000], ..Default::default() }).is_err());
-    assert!(run_native(&Snippet { data: vec![0; 0x8001], ..Default::default() }).is_err());
+    assert!(run_native(&Snippet {
+        code: vec![0x90; 0x8000],
+        ..Default::default()
+    })
+    .is_err());
+    assert!(run_native(&Snippet {
+        data: vec![0; bt86_tests::oracle::native::MAX_DATA + 1],
+        ..Default::default()
+    })
+    .is_err());
 }
 
 /// Every generated case decodes (in 32-bit mode) into valid instructions whose starts
@@ -254,7 +315,10 @@ fn generated_cases_decode_and_run_natively() {
     use iced_x86::{Code, Decoder, DecoderOptions};
     let per_family = 60;
     for (name, strategy) in gen::families() {
-        let mut runner = TestRunner::new(Config { rng_seed: proptest::test_runner::RngSeed::Fixed(0x0b86), ..Config::default() });
+        let mut runner = TestRunner::new(Config {
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x0b86),
+            ..Config::default()
+        });
         let mut faults = 0;
         for _ in 0..per_family {
             let case = strategy.new_tree(&mut runner).unwrap().current();
@@ -262,18 +326,34 @@ fn generated_cases_decode_and_run_natively() {
             let mut starts = std::collections::HashSet::new();
             let mut dec = Decoder::with_ip(32, code, u64::from(CODE_ADDR), DecoderOptions::NONE);
             for ins in &mut dec {
-                assert_ne!(ins.code(), Code::INVALID, "{name}: invalid instruction at {:#x}\n{case:?}", ins.ip());
+                assert_ne!(
+                    ins.code(),
+                    Code::INVALID,
+                    "{name}: invalid instruction at {:#x}\n{case:?}",
+                    ins.ip()
+                );
                 starts.insert(ins.ip() as u32);
             }
             for &(eip, _) in &case.flags_at {
-                assert!(starts.contains(&eip), "{name}: {eip:#x} is not an instruction start\n{case:?}");
+                assert!(
+                    starts.contains(&eip),
+                    "{name}: {eip:#x} is not an instruction start\n{case:?}"
+                );
             }
             let r = run_native(&case.snippet).unwrap_or_else(|e| panic!("{name}: {e}\n{case:?}"));
             if let Some(f) = r.fault {
-                assert_eq!(f.vector, 0, "{name}: unexpected fault {f:?}\n{}", describe_input(&case.snippet));
+                assert_eq!(
+                    f.vector,
+                    0,
+                    "{name}: unexpected fault {f:?}\n{}",
+                    describe_input(&case.snippet)
+                );
                 faults += 1;
             }
             assert_eq!(r.data.len(), gen::DATA_LEN as usize);
+            // Native runs are deterministic (else the oracle would report false differences).
+            let again = run_native(&case.snippet).unwrap();
+            assert_eq!(r, again, "{name}: two native runs differ\n{case:?}");
         }
         eprintln!("{name}: {per_family} cases, {faults} ended in #DE");
     }

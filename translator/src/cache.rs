@@ -101,6 +101,8 @@ pub struct Translator {
     poll: PollPage,
     mode: Mode,
     max_insns: usize,
+    /// Incremented by every flush: slot and site ids from an older epoch are dead.
+    epoch: u64,
     stats: TranslatorStats,
 }
 
@@ -136,6 +138,7 @@ impl Translator {
             poll,
             mode: Mode::default(),
             max_insns: translate::MAX_UNIT_INSNS,
+            epoch: 0,
             stats: TranslatorStats::default(),
         })
     }
@@ -178,6 +181,11 @@ impl Translator {
     /// Makes the poll page readable again.
     pub fn rearm_poll(&self) {
         self.poll.rearm();
+    }
+
+    /// The flush epoch: ids of slots, sites and units from another epoch are stale.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Counters.
@@ -379,6 +387,7 @@ impl Translator {
         self.sites.clear();
         self.lookup.fill(EMPTY);
         self.used = self.stubs_end;
+        self.epoch += 1;
         self.stats.cache_flushes += 1;
         frames
     }

@@ -39,8 +39,12 @@ impl Asm {
     /// Encodes one instruction at the current position.
     pub fn ins(&mut self, i: &Instruction) -> Result<(), EmitError> {
         let ip = self.here();
-        self.enc.encode(i, ip).map_err(|e| EmitError(e.to_string()))?;
-        self.buf.extend_from_slice(&self.enc.take_buffer());
+        let result = self.enc.encode(i, ip);
+        // Take the buffer either way: a failed encode can leave partial bytes in it,
+        // which must not leak into the next instruction.
+        let bytes = self.enc.take_buffer();
+        result.map_err(|e| EmitError(e.to_string()))?;
+        self.buf.extend_from_slice(&bytes);
         self.count += 1;
         Ok(())
     }

@@ -56,6 +56,9 @@ pub fn das(al: u8, flags: u32) -> (u8, u32) {
     if old_al & 0x0f > 9 || flags & AF != 0 {
         al = al.wrapping_sub(6);
         f |= AF;
+        if old_al < 6 {
+            f |= CF; // the borrow of the first step survives (SDM)
+        }
     }
     if old_al > 0x99 || old_cf {
         al = al.wrapping_sub(0x60);
@@ -127,6 +130,13 @@ mod tests {
         // 0x35 - 0x47 = 0xee with CF; das → 0x88 with CF (35 - 47 = -12 → 88).
         let (al, f) = das(0xee, CF);
         assert_eq!(al, 0x88);
+        assert!(f & CF != 0);
+    }
+
+    #[test]
+    fn das_keeps_the_borrow_of_the_low_adjustment() {
+        let (al, f) = das(0x03, AF);
+        assert_eq!(al, 0xfd);
         assert!(f & CF != 0);
     }
 

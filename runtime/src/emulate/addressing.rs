@@ -107,7 +107,6 @@ pub(crate) enum Access {
 
 /// Attribute bits of `Segment::attrs`.
 pub(crate) mod attr {
-    pub const ACCESSED: u16 = 1 << 0;
     /// Readable (code) / writable (data).
     pub const RW: u16 = 1 << 1;
     /// Conforming (code) / expand-down (data).
@@ -123,11 +122,23 @@ pub(crate) mod attr {
 /// and limit (expand-up and expand-down). Unusable (not present) segment caches are
 /// not checked, like translated code, which uses only the base. Faults are #GP(0),
 /// or #SS(0) for the stack segment.
-pub(crate) fn linear(cpu: &Cpu, seg: usize, offset: u32, size: u32, access: Access) -> Result<u32, Fault> {
+pub(crate) fn linear(
+    cpu: &Cpu,
+    seg: usize,
+    offset: u32,
+    size: u32,
+    access: Access,
+) -> Result<u32, Fault> {
     let Some(s) = cpu.seg.get(seg) else {
         return Err(Fault::gp0());
     };
-    let fault = || if seg == sreg::SS { Fault::ss(0) } else { Fault::gp0() };
+    let fault = || {
+        if seg == sreg::SS {
+            Fault::ss(0)
+        } else {
+            Fault::gp0()
+        }
+    };
     let a = s.attrs;
     if a & attr::P == 0 || a & attr::S == 0 {
         return Ok(s.base.wrapping_add(offset));
@@ -141,7 +152,11 @@ pub(crate) fn linear(cpu: &Cpu, seg: usize, offset: u32, size: u32, access: Acce
         return Err(fault());
     }
     let ok = if a & attr::CODE == 0 && a & attr::CE != 0 {
-        let upper: u64 = if a & attr::DB != 0 { 0xffff_ffff } else { 0xffff };
+        let upper: u64 = if a & attr::DB != 0 {
+            0xffff_ffff
+        } else {
+            0xffff
+        };
         offset > s.limit && last <= upper
     } else {
         last <= u64::from(s.limit)
@@ -195,15 +210,14 @@ pub(crate) fn write_lin(m: &mut Machine<'_>, addr: u32, size: u32, v: u32) -> Re
 }
 
 /// Reads `size` bytes at `seg:offset`, with the segment checks.
-pub(crate) fn read_mem(m: &mut Machine<'_>, seg: usize, offset: u32, size: u32) -> Result<u32, Fault> {
+pub(crate) fn read_mem(
+    m: &mut Machine<'_>,
+    seg: usize,
+    offset: u32,
+    size: u32,
+) -> Result<u32, Fault> {
     let addr = linear(m.cpu, seg, offset, size, Access::Read)?;
     read_lin(m, addr, size)
-}
-
-/// Writes `size` bytes at `seg:offset`, with the segment checks.
-pub(crate) fn write_mem(m: &mut Machine<'_>, seg: usize, offset: u32, size: u32, v: u32) -> Result<(), Fault> {
-    let addr = linear(m.cpu, seg, offset, size, Access::Write)?;
-    write_lin(m, addr, size, v)
 }
 
 /// The memory operand of the instruction, or #UD if it has none (register forms of
@@ -214,8 +228,17 @@ pub(crate) fn mem_operand(m: &Machine<'_>, ins: &Instruction) -> Result<MemRef, 
 
 /// Reads operand `op`: a general register (its own width, zero-extended, then cut to
 /// `size` bytes) or `size` bytes of memory.
-pub(crate) fn read_op(m: &mut Machine<'_>, ins: &Instruction, op: u32, size: u32) -> Result<u32, Fault> {
-    let mask = if size >= 4 { u32::MAX } else { (1u32 << (8 * size)) - 1 };
+pub(crate) fn read_op(
+    m: &mut Machine<'_>,
+    ins: &Instruction,
+    op: u32,
+    size: u32,
+) -> Result<u32, Fault> {
+    let mask = if size >= 4 {
+        u32::MAX
+    } else {
+        (1u32 << (8 * size)) - 1
+    };
     match ins.op_kind(op) {
         OpKind::Register => Ok(read_reg(m.ctx, ins.op_register(op)) & mask),
         OpKind::Memory => {
@@ -242,7 +265,13 @@ pub(crate) fn dest(m: &Machine<'_>, ins: &Instruction, op: u32, size: u32) -> Re
         OpKind::Register => Ok(Dest::Reg(ins.op_register(op))),
         OpKind::Memory => {
             let r = mem_operand(m, ins)?;
-            Ok(Dest::Mem(linear(m.cpu, r.seg, r.offset, size, Access::Write)?))
+            Ok(Dest::Mem(linear(
+                m.cpu,
+                r.seg,
+                r.offset,
+                size,
+                Access::Write,
+            )?))
         }
         _ => Err(Fault::ud()),
     }
@@ -296,25 +325,71 @@ mod tests {
         ctx.gpr = [0x100, 0x8, 0, 0x1000, 0x7000, 0xfff0, 0x20, 0x30];
         // lgdt [ebx+ecx*4+0x10]
         let r = effective(&ctx, &decode(&[0x0f, 0x01, 0x54, 0x8b, 0x10])).unwrap();
-        assert_eq!(r, MemRef { seg: sreg::DS, offset: 0x1000 + 0x20 + 0x10 });
+        assert_eq!(
+            r,
+            MemRef {
+                seg: sreg::DS,
+                offset: 0x1000 + 0x20 + 0x10
+            }
+        );
         // lgdt [ebp-8]: ss
         let r = effective(&ctx, &decode(&[0x0f, 0x01, 0x55, 0xf8])).unwrap();
-        assert_eq!(r, MemRef { seg: sreg::SS, offset: 0xffe8 });
+        assert_eq!(
+            r,
+            MemRef {
+                seg: sreg::SS,
+                offset: 0xffe8
+            }
+        );
         // lgdt fs:[eax-0x200] wraps
-        let r = effective(&ctx, &decode(&[0x64, 0x0f, 0x01, 0x90, 0x00, 0xfe, 0xff, 0xff])).unwrap();
-        assert_eq!(r, MemRef { seg: sreg::FS, offset: 0xffff_ff00 });
+        let r = effective(
+            &ctx,
+            &decode(&[0x64, 0x0f, 0x01, 0x90, 0x00, 0xfe, 0xff, 0xff]),
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            MemRef {
+                seg: sreg::FS,
+                offset: 0xffff_ff00
+            }
+        );
         // 16-bit addressing: lgdt [bp+di+0x20] wraps at 64 KiB, default ss.
         let r = effective(&ctx, &decode(&[0x67, 0x0f, 0x01, 0x53, 0x20])).unwrap();
-        assert_eq!(r, MemRef { seg: sreg::SS, offset: (0xfff0 + 0x30 + 0x20) & 0xffff });
+        assert_eq!(
+            r,
+            MemRef {
+                seg: sreg::SS,
+                offset: (0xfff0 + 0x30 + 0x20) & 0xffff
+            }
+        );
         // 16-bit absolute: lgdt [0x1234]
         let r = effective(&ctx, &decode(&[0x67, 0x0f, 0x01, 0x16, 0x34, 0x12])).unwrap();
-        assert_eq!(r, MemRef { seg: sreg::DS, offset: 0x1234 });
+        assert_eq!(
+            r,
+            MemRef {
+                seg: sreg::DS,
+                offset: 0x1234
+            }
+        );
         // 16-bit negative displacement: lgdt [si-2]
         let r = effective(&ctx, &decode(&[0x67, 0x0f, 0x01, 0x54, 0xfe])).unwrap();
-        assert_eq!(r, MemRef { seg: sreg::DS, offset: 0x1e });
+        assert_eq!(
+            r,
+            MemRef {
+                seg: sreg::DS,
+                offset: 0x1e
+            }
+        );
         // 32-bit absolute
         let r = effective(&ctx, &decode(&[0x0f, 0x01, 0x15, 0x78, 0x56, 0x34, 0x12])).unwrap();
-        assert_eq!(r, MemRef { seg: sreg::DS, offset: 0x1234_5678 });
+        assert_eq!(
+            r,
+            MemRef {
+                seg: sreg::DS,
+                offset: 0x1234_5678
+            }
+        );
         // No memory operand.
         assert_eq!(effective(&ctx, &decode(&[0x0f, 0x00, 0xd0])), None);
     }
@@ -323,20 +398,43 @@ mod tests {
     fn segment_checks() {
         let t = TestMachine::new();
         let mut cpu = t.cpu.clone();
-        assert_eq!(linear(&cpu, sreg::DS, 0xffff_fffc, 4, Access::Write), Ok(0xffff_fffc));
-        assert_eq!(linear(&cpu, sreg::DS, 0xffff_fffd, 4, Access::Read), Err(Fault::gp0()));
-        assert_eq!(linear(&cpu, sreg::CS, 0x10, 4, Access::Write), Err(Fault::gp0()));
+        assert_eq!(
+            linear(&cpu, sreg::DS, 0xffff_fffc, 4, Access::Write),
+            Ok(0xffff_fffc)
+        );
+        assert_eq!(
+            linear(&cpu, sreg::DS, 0xffff_fffd, 4, Access::Read),
+            Err(Fault::gp0())
+        );
+        assert_eq!(
+            linear(&cpu, sreg::CS, 0x10, 4, Access::Write),
+            Err(Fault::gp0())
+        );
         assert_eq!(linear(&cpu, sreg::CS, 0x10, 4, Access::Read), Ok(0x10));
-        cpu.seg[sreg::SS] = Segment { selector: 0x10, base: 0x1000, limit: 0xfff, attrs: 0x4093 };
+        cpu.seg[sreg::SS] = Segment {
+            selector: 0x10,
+            base: 0x1000,
+            limit: 0xfff,
+            attrs: 0x4093,
+        };
         assert_eq!(linear(&cpu, sreg::SS, 0xffc, 4, Access::Read), Ok(0x1ffc));
-        assert_eq!(linear(&cpu, sreg::SS, 0xffd, 4, Access::Read), Err(Fault::ss(0)));
+        assert_eq!(
+            linear(&cpu, sreg::SS, 0xffd, 4, Access::Read),
+            Err(Fault::ss(0))
+        );
         // Expand-down: valid above the limit.
         cpu.seg[sreg::SS].attrs = 0x4097;
-        assert_eq!(linear(&cpu, sreg::SS, 0xffc, 4, Access::Read), Err(Fault::ss(0)));
+        assert_eq!(
+            linear(&cpu, sreg::SS, 0xffc, 4, Access::Read),
+            Err(Fault::ss(0))
+        );
         assert_eq!(linear(&cpu, sreg::SS, 0x1000, 4, Access::Read), Ok(0x2000));
         // Read-only data.
         cpu.seg[sreg::ES].attrs = 0xc091;
-        assert_eq!(linear(&cpu, sreg::ES, 0, 1, Access::Write), Err(Fault::gp0()));
+        assert_eq!(
+            linear(&cpu, sreg::ES, 0, 1, Access::Write),
+            Err(Fault::gp0())
+        );
         // Unusable caches are not checked.
         cpu.seg[sreg::GS] = Segment::default();
         assert_eq!(linear(&cpu, sreg::GS, 5, 4, Access::Write), Ok(5));

@@ -89,7 +89,12 @@ impl Descriptor {
 
     /// The descriptor cache for a load with `selector`.
     pub fn to_segment(self, selector: u16) -> Segment {
-        Segment { selector, base: self.base(), limit: self.limit(), attrs: self.attrs() }
+        Segment {
+            selector,
+            base: self.base(),
+            limit: self.limit(),
+            attrs: self.attrs(),
+        }
     }
 }
 
@@ -127,7 +132,10 @@ pub(crate) fn fetch(m: &mut Machine<'_>, sel: u16) -> Result<Option<Entry>, Faul
     read_linear(m, addr, &mut b)?;
     let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let hi = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    Ok(Some(Entry { desc: Descriptor { lo, hi }, addr }))
+    Ok(Some(Entry {
+        desc: Descriptor { lo, hi },
+        addr,
+    }))
 }
 
 /// Sets `bits` in the descriptor's type field in memory (accessed, busy) if they are
@@ -152,14 +160,20 @@ mod tests {
     #[test]
     fn decode_fields() {
         let raw = desc(0x1234_5678, 0xabcde, 0x9a, 0xc);
-        let d = Descriptor { lo: raw as u32, hi: (raw >> 32) as u32 };
+        let d = Descriptor {
+            lo: raw as u32,
+            hi: (raw >> 32) as u32,
+        };
         assert_eq!(d.base(), 0x1234_5678);
         assert_eq!(d.limit(), 0xabcd_efff);
         assert_eq!(d.attrs(), 0xc09a);
         assert!(d.is_code() && d.readable() && !d.conforming() && d.present() && d.big());
         assert_eq!(d.dpl(), 0);
         let raw = desc(0, 0x67, 0x89, 0);
-        let d = Descriptor { lo: raw as u32, hi: (raw >> 32) as u32 };
+        let d = Descriptor {
+            lo: raw as u32,
+            hi: (raw >> 32) as u32,
+        };
         assert!(d.is_system());
         assert_eq!(d.typ(), sys::TSS32_AVAIL);
         assert_eq!(d.limit(), 0x67);
@@ -168,13 +182,26 @@ mod tests {
     #[test]
     fn fetch_checks_table_limits() {
         let mut t = TestMachine::new();
-        t.cpu.gdtr = TableReg { base: GDT_BASE, limit: 0x17 };
-        let mut m = super::super::Machine { cpu: &mut t.cpu, ctx: &mut t.ctx, mem: &mut t.mem, io: &mut t.io };
+        t.cpu.gdtr = TableReg {
+            base: GDT_BASE,
+            limit: 0x17,
+        };
+        let mut m = super::super::Machine {
+            cpu: &mut t.cpu,
+            ctx: &mut t.ctx,
+            mem: &mut t.mem,
+            io: &mut t.io,
+        };
         assert!(fetch(&mut m, 0x10).unwrap().is_some());
         assert!(fetch(&mut m, 0x18).unwrap().is_none());
         // No LDT loaded.
         assert!(fetch(&mut m, 0x0c).unwrap().is_none());
-        m.cpu.ldtr = Segment { selector: 0x28, base: 0x3000, limit: 0xf, attrs: 0x82 };
+        m.cpu.ldtr = Segment {
+            selector: 0x28,
+            base: 0x3000,
+            limit: 0xf,
+            attrs: 0x82,
+        };
         assert_eq!(fetch(&mut m, 0x0f).unwrap().unwrap().addr, 0x3008);
         assert!(fetch(&mut m, 0x14).unwrap().is_none());
     }

@@ -39,9 +39,23 @@ pub(crate) fn write_eflags(m: &mut Machine<'_>, value: u32, mask: u32) {
     m.cpu.sys_flags = ((m.cpu.sys_flags & !sys) | (value & sys)) & !(eflags::RF | eflags::VM);
 }
 
+/// Sets or clears ZF in the host rflags image.
+pub(crate) fn set_zf(m: &mut Machine<'_>, zf: bool) {
+    const ZF: u64 = 1 << 6;
+    if zf {
+        m.ctx.rflags |= ZF;
+    } else {
+        m.ctx.rflags &= !ZF;
+    }
+}
+
 /// pushf (16-bit: the low half) / pushfd.
 pub(crate) fn pushf(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
-    let size = if site.ins.mnemonic() == Mnemonic::Pushf { 2 } else { 4 };
+    let size = if site.ins.mnemonic() == Mnemonic::Pushf {
+        2
+    } else {
+        4
+    };
     let v = read_eflags(m);
     push(m, size, v)?;
     Ok(Outcome::Continue)
@@ -51,7 +65,11 @@ pub(crate) fn pushf(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
 /// only when CPL <= IOPL. The 16-bit form writes only the low 16 bits. Leaves
 /// translated code (IF may have changed).
 pub(crate) fn popf(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
-    let size = if site.ins.mnemonic() == Mnemonic::Popf { 2 } else { 4 };
+    let size = if site.ins.mnemonic() == Mnemonic::Popf {
+        2
+    } else {
+        4
+    };
     let v = pop(m, size)?;
     let mut mask = ARITH_FLAGS | SYS_FLAGS | FLAG_IF;
     let cpl = m.cpu.cpl();
@@ -88,7 +106,10 @@ mod tests {
         t.cpu.sys_flags = eflags::IOPL | eflags::NT | eflags::RF | eflags::ID;
         assert_eq!(t.run(PUSHFD), Outcome::Continue);
         assert_eq!(t.esp(), STACK_TOP - 4);
-        assert_eq!(t.read_u32(STACK_TOP - 4), 0x0c41 | 0x2 | 0x200 | 0x3000 | 0x4000 | 0x20_0000);
+        assert_eq!(
+            t.read_u32(STACK_TOP - 4),
+            0x0c41 | 0x2 | 0x200 | 0x3000 | 0x4000 | 0x20_0000
+        );
         assert_eq!(t.run(PUSHFW), Outcome::Continue);
         assert_eq!(t.esp(), STACK_TOP - 6);
         assert_eq!(t.read_u16(STACK_TOP - 6), 0x7e43);
@@ -102,9 +123,15 @@ mod tests {
         assert_eq!(t.run(POPFD), Outcome::Jump);
         assert_eq!(t.ctx.eip, EIP + 1);
         assert_eq!(t.esp(), STACK_TOP + 4);
-        assert_eq!(t.ctx.rflags, 0x0cd7, "arithmetic flags and DF only, bit 1 set");
+        assert_eq!(
+            t.ctx.rflags, 0x0cd7,
+            "arithmetic flags and DF only, bit 1 set"
+        );
         assert_eq!(t.ctx.vif, 1);
-        assert_eq!(t.cpu.sys_flags, eflags::TF | eflags::IOPL | eflags::NT | eflags::AC | eflags::ID);
+        assert_eq!(
+            t.cpu.sys_flags,
+            eflags::TF | eflags::IOPL | eflags::NT | eflags::AC | eflags::ID
+        );
         // popf of zero clears them again.
         t.ctx.gpr[4] = STACK_TOP;
         t.write_u32(STACK_TOP, 0);

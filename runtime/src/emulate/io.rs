@@ -39,7 +39,9 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
 fn port_of(m: &Machine<'_>, ins: &Instruction, op: u32) -> Result<u16, Fault> {
     match ins.op_kind(op) {
         OpKind::Immediate8 => Ok(u16::from(ins.immediate8())),
-        OpKind::Register if ins.op_register(op) == Register::DX => Ok(read_reg(m.ctx, Register::DX) as u16),
+        OpKind::Register if ins.op_register(op) == Register::DX => {
+            Ok(read_reg(m.ctx, Register::DX) as u16)
+        }
         _ => Err(Fault::ud()),
     }
 }
@@ -93,12 +95,20 @@ fn string(m: &mut Machine<'_>, site: &CalloutSite, input: bool) -> EmuResult {
         OpKind::MemorySegESI => (Register::ESI, false),
         _ => return Err(Fault::ud()),
     };
-    let seg = if input { sreg::ES } else { sreg_index(ins.memory_segment()).ok_or_else(Fault::ud)? };
+    let seg = if input {
+        sreg::ES
+    } else {
+        sreg_index(ins.memory_segment()).ok_or_else(Fault::ud)?
+    };
     let port = read_reg(m.ctx, Register::DX) as u16;
     let rep = ins.has_rep_prefix() || ins.has_repne_prefix();
     let idx = if index_reg == Register::EDI { 7 } else { 6 };
     let width_mask: u32 = if a16 { 0xffff } else { u32::MAX };
-    let step = if m.ctx.rflags & DF != 0 { size.wrapping_neg() } else { size };
+    let step = if m.ctx.rflags & DF != 0 {
+        size.wrapping_neg()
+    } else {
+        size
+    };
 
     let mut count = if rep { m.ctx.gpr[1] & width_mask } else { 1 };
     let mut done = 0u32;
@@ -162,9 +172,15 @@ mod tests {
         assert_eq!(t.console.to_string_lossy(), "\n");
         // out 0xf4, eax → guest exit with the whole value.
         t.ctx.gpr[0] = 0x1_0003;
-        assert_eq!(t.run(&[0xe7, DEBUG_EXIT_PORT as u8]), Outcome::Stop(super::super::Stop::GuestExit(0x1_0003)));
+        assert_eq!(
+            t.run(&[0xe7, DEBUG_EXIT_PORT as u8]),
+            Outcome::Stop(super::super::Stop::GuestExit(0x1_0003))
+        );
         // out 0xf4, al
-        assert_eq!(t.run(&[0xe6, DEBUG_EXIT_PORT as u8]), Outcome::Stop(super::super::Stop::GuestExit(3)));
+        assert_eq!(
+            t.run(&[0xe6, DEBUG_EXIT_PORT as u8]),
+            Outcome::Stop(super::super::Stop::GuestExit(3))
+        );
     }
 
     #[test]
@@ -235,7 +251,10 @@ mod tests {
         t.ctx.gpr[1] = 5;
         assert_eq!(
             t.run(&[0xf3, 0x6c]),
-            Outcome::Stop(super::super::Stop::Unbacked { eip: EIP, linear: RAM as u32 })
+            Outcome::Stop(super::super::Stop::Unbacked {
+                eip: EIP,
+                linear: RAM as u32
+            })
         );
         assert_eq!(t.ctx.gpr[7], RAM as u32);
         assert_eq!(t.ctx.gpr[1], 3);

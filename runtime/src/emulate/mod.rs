@@ -81,7 +81,11 @@ pub enum Outcome {
     Jump,
     /// Raise a guest exception. `trap`: the saved eip is the next instruction
     /// (int n, int3, into); otherwise it is the instruction itself (faults).
-    Exception { vector: u8, error: Option<u32>, trap: bool },
+    Exception {
+        vector: u8,
+        error: Option<u32>,
+        trap: bool,
+    },
     /// End the run.
     Stop(Stop),
 }
@@ -162,8 +166,14 @@ impl Fault {
 
     fn into_outcome(self, eip: u32) -> Outcome {
         match self {
-            Fault::Exception { vector, error } => Outcome::Exception { vector, error, trap: false },
-            Fault::Mem(MemFault::Unbacked { linear }) => Outcome::Stop(Stop::Unbacked { eip, linear }),
+            Fault::Exception { vector, error } => Outcome::Exception {
+                vector,
+                error,
+                trap: false,
+            },
+            Fault::Mem(MemFault::Unbacked { linear }) => {
+                Outcome::Stop(Stop::Unbacked { eip, linear })
+            }
             Fault::Unsupported(what) => Outcome::Stop(Stop::Unsupported { eip, what }),
             Fault::Halted => Outcome::Stop(Stop::Halted { eip }),
             Fault::GuestExit(v) => Outcome::Stop(Stop::GuestExit(v)),
@@ -195,7 +205,11 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
     match site.kind {
         CalloutKind::Emulate => {}
         CalloutKind::RaiseUd => {
-            return Outcome::Exception { vector: vector::UD, error: None, trap: false }
+            return Outcome::Exception {
+                vector: vector::UD,
+                error: None,
+                trap: false,
+            }
         }
         CalloutKind::FetchFault => {
             return Outcome::Stop(Stop::Unsupported {
@@ -204,7 +218,10 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
             })
         }
         CalloutKind::Unsupported => {
-            return Outcome::Stop(Stop::Unsupported { eip: site.eip, what: describe(m, site) })
+            return Outcome::Stop(Stop::Unsupported {
+                eip: site.eip,
+                what: describe(m, site),
+            })
         }
     }
     let before = m.cpu.mode();
@@ -222,6 +239,9 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
 fn dispatch(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     use Mnemonic::*;
     let ins = &site.ins;
+    if ins.is_invalid() {
+        return Err(Fault::ud());
+    }
     match ins.mnemonic() {
         Pushf | Pushfd => flags::pushf(m, site),
         Popf | Popfd => flags::popf(m, site),
@@ -271,7 +291,14 @@ mod tests {
         let mut t = TestMachine::new();
         let mut site = t.site(&[0x0f, 0x0b]);
         site.kind = CalloutKind::RaiseUd;
-        assert_eq!(t.run_site(&site), Outcome::Exception { vector: 6, error: None, trap: false });
+        assert_eq!(
+            t.run_site(&site),
+            Outcome::Exception {
+                vector: 6,
+                error: None,
+                trap: false
+            }
+        );
         site.kind = CalloutKind::FetchFault;
         assert_eq!(
             t.run_site(&site),
@@ -299,12 +326,22 @@ mod tests {
         }
         // An Emulate site with an instruction no handler knows stops the same way.
         site.kind = CalloutKind::Emulate;
-        assert!(matches!(t.run_site(&site), Outcome::Stop(Stop::Unsupported { .. })));
+        assert!(matches!(
+            t.run_site(&site),
+            Outcome::Stop(Stop::Unsupported { .. })
+        ));
     }
 
     #[test]
     fn rsm_is_ud() {
         let mut t = TestMachine::new();
-        assert_eq!(t.run(&[0x0f, 0xaa]), Outcome::Exception { vector: 6, error: None, trap: false });
+        assert_eq!(
+            t.run(&[0x0f, 0xaa]),
+            Outcome::Exception {
+                vector: 6,
+                error: None,
+                trap: false
+            }
+        );
     }
 }

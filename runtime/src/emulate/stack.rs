@@ -39,7 +39,13 @@ pub(crate) fn read_at(m: &mut Machine<'_>, esp: u32, offset: u32, size: u32) -> 
 }
 
 /// Writes the low `bytes` bytes of `v` at ss:(`esp` + `offset`) without moving esp.
-pub(crate) fn write_at(m: &mut Machine<'_>, esp: u32, offset: u32, bytes: u32, v: u32) -> Result<(), Fault> {
+pub(crate) fn write_at(
+    m: &mut Machine<'_>,
+    esp: u32,
+    offset: u32,
+    bytes: u32,
+    v: u32,
+) -> Result<(), Fault> {
     let at = sp_offset(m.cpu, esp_plus(m.cpu, esp, offset));
     let addr = linear(m.cpu, sreg::SS, at, bytes, Access::Write)?;
     write_lin(m, addr, bytes, v)
@@ -47,7 +53,12 @@ pub(crate) fn write_at(m: &mut Machine<'_>, esp: u32, offset: u32, bytes: u32, v
 
 /// Pushes a `slot`-byte value of which the low `bytes` bytes are written (push of a
 /// segment register with 32-bit operand size writes 2 bytes into a 4-byte slot).
-pub(crate) fn push_partial(m: &mut Machine<'_>, slot: u32, bytes: u32, v: u32) -> Result<(), Fault> {
+pub(crate) fn push_partial(
+    m: &mut Machine<'_>,
+    slot: u32,
+    bytes: u32,
+    v: u32,
+) -> Result<(), Fault> {
     let esp = esp_plus(m.cpu, m.ctx.gpr[4], slot.wrapping_neg());
     write_at(m, esp, 0, bytes, v)?;
     m.ctx.gpr[4] = esp;
@@ -77,7 +88,12 @@ mod tests {
     fn push_pop_32_and_16_bit_stack() {
         let mut t = TestMachine::new();
         {
-            let mut m = Machine { cpu: &mut t.cpu, ctx: &mut t.ctx, mem: &mut t.mem, io: &mut t.io };
+            let mut m = Machine {
+                cpu: &mut t.cpu,
+                ctx: &mut t.ctx,
+                mem: &mut t.mem,
+                io: &mut t.io,
+            };
             push(&mut m, 4, 0xdead_beef).unwrap();
             push_partial(&mut m, 4, 2, 0x1_2345).unwrap();
         }
@@ -87,7 +103,12 @@ mod tests {
         // 16-bit stack: sp wraps inside the segment, esp's high half stays.
         t.cpu.seg[sreg::SS].attrs &= !attr::DB;
         t.ctx.gpr[4] = 0xabcd_0000;
-        let mut m = Machine { cpu: &mut t.cpu, ctx: &mut t.ctx, mem: &mut t.mem, io: &mut t.io };
+        let mut m = Machine {
+            cpu: &mut t.cpu,
+            ctx: &mut t.ctx,
+            mem: &mut t.mem,
+            io: &mut t.io,
+        };
         push(&mut m, 2, 0x4242).unwrap();
         assert_eq!(m.ctx.gpr[4], 0xabcd_fffe);
         assert_eq!(pop(&mut m, 2).unwrap(), 0x4242);

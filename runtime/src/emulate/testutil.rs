@@ -23,14 +23,20 @@ pub struct VecMem(pub Vec<u8>);
 impl GuestMemory for VecMem {
     fn read(&mut self, linear: u32, buf: &mut [u8]) -> Result<(), MemFault> {
         let start = linear as usize;
-        let src = self.0.get(start..start + buf.len()).ok_or(MemFault::Unbacked { linear })?;
+        let src = self
+            .0
+            .get(start..start + buf.len())
+            .ok_or(MemFault::Unbacked { linear })?;
         buf.copy_from_slice(src);
         Ok(())
     }
 
     fn write(&mut self, linear: u32, data: &[u8]) -> Result<(), MemFault> {
         let start = linear as usize;
-        let dst = self.0.get_mut(start..start + data.len()).ok_or(MemFault::Unbacked { linear })?;
+        let dst = self
+            .0
+            .get_mut(start..start + data.len())
+            .ok_or(MemFault::Unbacked { linear })?;
         dst.copy_from_slice(data);
         Ok(())
     }
@@ -69,7 +75,10 @@ impl TestMachine {
         };
         t.cpu.seg = [Segment::flat(KDATA, 0x93); 6];
         t.cpu.seg[sreg::CS] = Segment::flat(KCODE, 0x9b);
-        t.cpu.gdtr = TableReg { base: GDT_BASE, limit: 32 * 8 - 1 };
+        t.cpu.gdtr = TableReg {
+            base: GDT_BASE,
+            limit: 32 * 8 - 1,
+        };
         t.set_gdt(1, desc(0, 0xfffff, 0x9b, 0xc));
         t.set_gdt(2, desc(0, 0xfffff, 0x93, 0xc));
         t.ctx.gpr[4] = STACK_TOP;
@@ -79,10 +88,6 @@ impl TestMachine {
 
     pub fn set_gdt(&mut self, index: u32, d: u64) {
         self.write(GDT_BASE + index * 8, &d.to_le_bytes());
-    }
-
-    pub fn gdt(&self, index: u32) -> u64 {
-        self.read_u64(GDT_BASE + index * 8)
     }
 
     pub fn write(&mut self, addr: u32, data: &[u8]) {
@@ -111,21 +116,25 @@ impl TestMachine {
         u32::from_le_bytes(self.mem.0[a..a + 4].try_into().unwrap())
     }
 
-    pub fn read_u64(&self, addr: u32) -> u64 {
-        let a = addr as usize;
-        u64::from_le_bytes(self.mem.0[a..a + 8].try_into().unwrap())
-    }
-
     /// Decodes `bytes` at the current eip as an `Emulate` site.
     pub fn site(&self, bytes: &[u8]) -> CalloutSite {
         let mut d = Decoder::with_ip(32, bytes, u64::from(self.ctx.eip), DecoderOptions::NONE);
         let ins = d.decode();
-        CalloutSite { eip: self.ctx.eip, len: ins.len() as u8, ins, kind: CalloutKind::Emulate }
+        CalloutSite {
+            eip: self.ctx.eip,
+            len: ins.len() as u8,
+            ins,
+            kind: CalloutKind::Emulate,
+        }
     }
 
     pub fn run_site(&mut self, site: &CalloutSite) -> Outcome {
-        let mut m =
-            Machine { cpu: &mut self.cpu, ctx: &mut self.ctx, mem: &mut self.mem, io: &mut self.io };
+        let mut m = Machine {
+            cpu: &mut self.cpu,
+            ctx: &mut self.ctx,
+            mem: &mut self.mem,
+            io: &mut self.io,
+        };
         emulate(&mut m, site)
     }
 
@@ -164,7 +173,11 @@ impl TestMachine {
 }
 
 pub fn exc(vector: u8, error: Option<u32>) -> Outcome {
-    Outcome::Exception { vector, error, trap: false }
+    Outcome::Exception {
+        vector,
+        error,
+        trap: false,
+    }
 }
 
 pub fn gp(error: u32) -> Outcome {

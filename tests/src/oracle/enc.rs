@@ -65,10 +65,18 @@ pub struct Mem {
 
 impl Mem {
     pub fn abs(addr: u32) -> Mem {
-        Mem { base: None, index: None, disp: addr as i32 }
+        Mem {
+            base: None,
+            index: None,
+            disp: addr as i32,
+        }
     }
     pub fn based(base: u8, disp: i32) -> Mem {
-        Mem { base: Some(base), index: None, disp }
+        Mem {
+            base: Some(base),
+            index: None,
+            disp,
+        }
     }
 }
 
@@ -641,5 +649,36 @@ pub fn jecxz(rel: i8) -> Vec<u8> {
 pub fn jmp_rm(rm: Rm) -> Vec<u8> {
     let mut o = vec![0xff];
     modrm(&mut o, 4, rm);
+    o
+}
+
+// ---- atomics ----
+
+/// The `lock` prefix in front of an encoded instruction.
+pub fn lock(mut insn: Vec<u8>) -> Vec<u8> {
+    insn.insert(0, 0xf0);
+    insn
+}
+
+/// 0f c0/c1: xadd rm, r.
+pub fn xadd(sz: Size, rm: Rm, r: u8) -> Vec<u8> {
+    with(sz, |o| {
+        o.extend_from_slice(&[0x0f, 0xc0 | sz.w()]);
+        modrm(o, r, rm);
+    })
+}
+
+/// 0f b0/b1: cmpxchg rm, r (compares with al/ax/eax).
+pub fn cmpxchg(sz: Size, rm: Rm, r: u8) -> Vec<u8> {
+    with(sz, |o| {
+        o.extend_from_slice(&[0x0f, 0xb0 | sz.w()]);
+        modrm(o, r, rm);
+    })
+}
+
+/// 0f c7 /1: cmpxchg8b m64.
+pub fn cmpxchg8b(m: Mem) -> Vec<u8> {
+    let mut o = vec![0x0f, 0xc7];
+    modrm(&mut o, 1, Rm::M(m));
     o
 }

@@ -22,7 +22,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 
-use super::enc::{self, Count, ImmForm, Mem, Rep, Rm, Size, AH, AL, CL, EAX, EBP, EBX, ECX, EDI, EDX, ESI, ESP};
+use super::enc::{
+    self, Count, ImmForm, Mem, Rep, Rm, Size, AH, AL, CL, EAX, EBP, EBX, ECX, EDI, EDX, ESI, ESP,
+};
 use super::flags::{AF, ALL6, CF, OF, PF, SF, ZF};
 
 /// Size of the data block of generated cases.
@@ -42,7 +44,12 @@ pub struct Insn {
 
 impl Insn {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Insn {
-        Insn { bytes: bytes.into(), reads: 0, writes: 0, undefs: 0 }
+        Insn {
+            bytes: bytes.into(),
+            reads: 0,
+            writes: 0,
+            undefs: 0,
+        }
     }
     /// Flags this instruction reads.
     pub fn r(mut self, f: u32) -> Insn {
@@ -71,16 +78,33 @@ impl Insn {
 pub enum Unit {
     Seq(Vec<Insn>),
     /// `jcc L` (or `jmp L` when `cc` is None: the body is dead code); body; `L:`.
-    Skip { cc: Option<u8>, body: Vec<Insn> },
+    Skip {
+        cc: Option<u8>,
+        body: Vec<Insn>,
+    },
     /// `call L1; jmp L2; L1: body; ret; L2:`.
-    Call { body: Vec<Insn> },
+    Call {
+        body: Vec<Insn>,
+    },
     /// `mov $count,%ecx; L: body; loop/loope/loopne L` (the body never writes ecx).
-    Loop { opcode: u8, count: u32, body: Vec<Insn> },
+    Loop {
+        opcode: u8,
+        count: u32,
+        body: Vec<Insn>,
+    },
     /// [`mov $v,%ecx`]; `jecxz L`; body; `L:`.
-    Jecxz { ecx: Option<u32>, body: Vec<Insn> },
+    Jecxz {
+        ecx: Option<u32>,
+        body: Vec<Insn>,
+    },
     /// An indirect jump over a dead body: 0 `mov $L,%r; jmp *%r`, 1 `push $L; ret`,
     /// 2 `mov $L,%r; mov %r,(slot); jmp *(slot)` with the slot in the data block.
-    Indirect { kind: u8, reg: u8, slot: u32, body: Vec<Insn> },
+    Indirect {
+        kind: u8,
+        reg: u8,
+        slot: u32,
+        body: Vec<Insn>,
+    },
 }
 
 /// Initial machine state of a case.
@@ -112,7 +136,10 @@ impl Case {
             None => self.final_flags,
             Some(f) => match self.flags_at.iter().find(|(eip, _)| *eip == f.eip) {
                 Some(&(_, m)) => m,
-                None => self.flags_at.iter().fold(self.final_flags, |m, &(_, f)| m & f),
+                None => self
+                    .flags_at
+                    .iter()
+                    .fold(self.final_flags, |m, &(_, f)| m & f),
             },
         }
     }
@@ -223,7 +250,11 @@ struct Asm {
 
 impl Asm {
     fn new(undef: u32) -> Asm {
-        Asm { code: Vec::new(), undef, at: Vec::new() }
+        Asm {
+            code: Vec::new(),
+            undef,
+            at: Vec::new(),
+        }
     }
 
     fn put(&mut self, i: &Insn) {
@@ -294,7 +325,11 @@ impl Asm {
                 }
                 self.append(b);
             }
-            Unit::Loop { opcode, count, body } => {
+            Unit::Loop {
+                opcode,
+                count,
+                body,
+            } => {
                 self.put(&Insn::new(enc::mov_r_imm(Size::D, ECX, *count)));
                 let lreads = if *opcode == 0xe2 { 0 } else { ZF };
                 let outside = self.undef;
@@ -328,7 +363,12 @@ impl Asm {
                 self.append(b);
                 self.undef = entry | exit;
             }
-            Unit::Indirect { kind, reg, slot, body } => {
+            Unit::Indirect {
+                kind,
+                reg,
+                slot,
+                body,
+            } => {
                 let entry = self.undef;
                 let b = Asm::body(entry, body);
                 let here = CODE_ADDR + self.code.len() as u32;
@@ -355,7 +395,10 @@ impl Asm {
                         self.put(&Insn::new(enc::jmp_rm(slot_mem)));
                     }
                 }
-                debug_assert_eq!(CODE_ADDR + self.code.len() as u32 + b.code.len() as u32, target);
+                debug_assert_eq!(
+                    CODE_ADDR + self.code.len() as u32 + b.code.len() as u32,
+                    target
+                );
                 self.append(b);
                 self.undef = entry;
             }
@@ -401,7 +444,11 @@ pub fn assemble(units: &[Unit], init: &Init) -> Case {
     Case {
         snippet,
         final_flags: super::flags::ARITH & !a.undef,
-        flags_at: a.at.iter().map(|&(o, u)| (CODE_ADDR + o, super::flags::ARITH & !u)).collect(),
+        flags_at: a
+            .at
+            .iter()
+            .map(|&(o, u)| (CODE_ADDR + o, super::flags::ARITH & !u))
+            .collect(),
         init: init.clone(),
     }
 }
@@ -424,7 +471,16 @@ pub fn value() -> impl Strategy<Value = u32> + Clone {
 
 pub fn init() -> impl Strategy<Value = Init> {
     (
-        [value(), value(), value(), value(), value(), value(), value(), value()],
+        [
+            value(),
+            value(),
+            value(),
+            value(),
+            value(),
+            value(),
+            value(),
+            value(),
+        ],
         any::<bool>(),
         any::<u32>(),
         any::<u64>(),
@@ -454,11 +510,27 @@ pub struct Ctx {
     pub esp_mem: bool,
     /// No writes to ecx/cx/cl/ch (loop bodies).
     pub avoid_ecx: bool,
+    /// Memory operands stay below `DATA_ADDR + mem_end`. Bodies of calls keep below the
+    /// stack (which may live in the data block) so that they cannot overwrite their own
+    /// return address.
+    pub mem_end: u32,
 }
 
-pub const TOP: Ctx = Ctx { esp_mem: true, avoid_ecx: false };
-const BODY: Ctx = Ctx { esp_mem: false, avoid_ecx: false };
-const LOOP_BODY: Ctx = Ctx { esp_mem: false, avoid_ecx: true };
+pub const TOP: Ctx = Ctx {
+    esp_mem: true,
+    avoid_ecx: false,
+    mem_end: DATA_LEN,
+};
+const BODY: Ctx = Ctx {
+    esp_mem: false,
+    avoid_ecx: false,
+    mem_end: 0xc00,
+};
+const LOOP_BODY: Ctx = Ctx {
+    esp_mem: false,
+    avoid_ecx: true,
+    mem_end: 0xc00,
+};
 
 /// A destination register for size `sz` that respects `ctx` (never esp/sp).
 fn fix_dst(ctx: Ctx, sz: Size, r: u8) -> u8 {
@@ -496,52 +568,94 @@ fn mov_imm(r: u8, v: u32) -> Insn {
     Insn::new(enc::mov_r_imm(Size::D, r, v))
 }
 
-/// An offset in the data block where a 4-byte access fits; some straddle the page
-/// boundary in the middle of the block.
-fn addr_off() -> impl Strategy<Value = u32> + Clone {
-    prop_oneof![8 => 0..=DATA_LEN - 4, 1 => 0xff9u32..0x1000]
+/// An offset in the data block below `end` where a 4-byte access fits; some straddle the
+/// page boundary in the middle of the block.
+fn addr_off(end: u32) -> BoxedStrategy<u32> {
+    if end > 0x1000 {
+        prop_oneof![8 => 0..=end - 4, 1 => 0xff9u32..0x1000].boxed()
+    } else {
+        (0..=end - 4).boxed()
+    }
 }
 
 fn mem_operand(ctx: Ctx) -> BoxedStrategy<MemOp> {
-    let regs: Vec<u8> = PTR_REGS.iter().copied().filter(|&r| !(ctx.avoid_ecx && r == ECX)).collect();
+    let regs: Vec<u8> = PTR_REGS
+        .iter()
+        .copied()
+        .filter(|&r| !(ctx.avoid_ecx && r == ECX))
+        .collect();
     let base = select(regs.clone());
     let scale = select(vec![1u8, 2, 4, 8]);
-    let fresh = (base.clone(), addr_off(), -128i32..128).prop_map(|(b, a, d)| MemOp {
+    let end = ctx.mem_end;
+    let fresh = (base.clone(), addr_off(ctx.mem_end), -128i32..128).prop_map(|(b, a, d)| MemOp {
         setup: vec![mov_imm(b, (DATA_ADDR + a).wrapping_sub(d as u32))],
         mem: Mem::based(b, d),
     });
-    let far = (base.clone(), addr_off(), 0u32..0x20_0000).prop_map(|(b, a, x)| MemOp {
+    let far = (base.clone(), addr_off(ctx.mem_end), 0u32..0x20_0000).prop_map(|(b, a, x)| MemOp {
         setup: vec![mov_imm(b, x)],
         mem: Mem::based(b, (DATA_ADDR + a).wrapping_sub(x) as i32),
     });
-    let abs = addr_off().prop_map(|a| MemOp { setup: vec![], mem: Mem::abs(DATA_ADDR + a) });
-    // Data-dependent: base = DATA + k + scale * (low byte of some register).
-    let dep = (base.clone(), 0u8..8, scale.clone(), any::<u32>(), -128i32..128).prop_map(|(b, src8, s, k, d)| {
-        let room = DATA_LEN - 255 * u32::from(s) - 4 - 256;
-        let k = 128 + k % room;
-        MemOp {
-            setup: vec![
-                Insn::new(enc::movx(false, Size::B, b, Rm::R(src8))),
-                Insn::new(enc::lea(b, Mem { base: None, index: Some((b, s)), disp: (DATA_ADDR + k) as i32 })),
-            ],
-            mem: Mem::based(b, d),
-        }
+    let abs = addr_off(ctx.mem_end).prop_map(|a| MemOp {
+        setup: vec![],
+        mem: Mem::abs(DATA_ADDR + a),
     });
-    // base + index*scale + disp, the index data-dependent.
-    let sib = (0usize..regs.len(), 1usize..regs.len(), 0u8..8, scale, any::<u32>(), -128i32..128).prop_map(
-        move |(bi, step, src8, s, k, d)| {
-            let b = regs[bi];
-            let ix = regs[(bi + step) % regs.len()];
-            let room = DATA_LEN - 255 * u32::from(s) - 4 - 256;
+    // Data-dependent: base = DATA + k + scale * (low byte of some register).
+    let dep = (
+        base.clone(),
+        0u8..8,
+        scale.clone(),
+        any::<u32>(),
+        -128i32..128,
+    )
+        .prop_map(move |(b, src8, s, k, d)| {
+            let room = end - 255 * u32::from(s) - 4 - 256;
             let k = 128 + k % room;
             MemOp {
-                setup: vec![mov_imm(b, DATA_ADDR + k), Insn::new(enc::movx(false, Size::B, ix, Rm::R(src8)))],
-                mem: Mem { base: Some(b), index: Some((ix, s)), disp: d },
+                setup: vec![
+                    Insn::new(enc::movx(false, Size::B, b, Rm::R(src8))),
+                    Insn::new(enc::lea(
+                        b,
+                        Mem {
+                            base: None,
+                            index: Some((b, s)),
+                            disp: (DATA_ADDR + k) as i32,
+                        },
+                    )),
+                ],
+                mem: Mem::based(b, d),
             }
-        },
-    );
+        });
+    // base + index*scale + disp, the index data-dependent.
+    let sib = (
+        0usize..regs.len(),
+        1usize..regs.len(),
+        0u8..8,
+        scale,
+        any::<u32>(),
+        -128i32..128,
+    )
+        .prop_map(move |(bi, step, src8, s, k, d)| {
+            let b = regs[bi];
+            let ix = regs[(bi + step) % regs.len()];
+            let room = end - 255 * u32::from(s) - 4 - 256;
+            let k = 128 + k % room;
+            MemOp {
+                setup: vec![
+                    mov_imm(b, DATA_ADDR + k),
+                    Insn::new(enc::movx(false, Size::B, ix, Rm::R(src8))),
+                ],
+                mem: Mem {
+                    base: Some(b),
+                    index: Some((ix, s)),
+                    disp: d,
+                },
+            }
+        });
     if ctx.esp_mem {
-        let esp = (-64i32..64).prop_map(|d| MemOp { setup: vec![], mem: Mem::based(ESP, d) });
+        let esp = (-64i32..64).prop_map(|d| MemOp {
+            setup: vec![],
+            mem: Mem::based(ESP, d),
+        });
         prop_oneof![4 => fresh, 1 => far, 2 => abs, 2 => dep, 2 => sib, 1 => esp].boxed()
     } else {
         prop_oneof![4 => fresh, 1 => far, 2 => abs, 2 => dep, 2 => sib].boxed()
@@ -576,7 +690,8 @@ impl RmGen {
 }
 
 fn rm_gen(ctx: Ctx, mem_weight: f64) -> impl Strategy<Value = RmGen> + Clone {
-    (0u8..8, mem_operand(ctx), prop::bool::weighted(mem_weight)).prop_map(|(reg, mem, use_mem)| RmGen { reg, mem, use_mem })
+    (0u8..8, mem_operand(ctx), prop::bool::weighted(mem_weight))
+        .prop_map(|(reg, mem, use_mem)| RmGen { reg, mem, use_mem })
 }
 
 fn seq(mut setup: Vec<Insn>, i: Insn) -> Vec<Insn> {
@@ -597,37 +712,72 @@ fn mask(sz: Size, v: u32) -> u32 {
 
 /// Flag-setting ALU: add adc sub sbb and or xor cmp test inc dec neg not, 8/16/32-bit,
 /// reg-reg (both encodings), reg-imm (80/81/83 and the accumulator forms), reg-mem,
-/// mem-reg, mem-imm; also clc stc cmc lahf sahf.
+/// mem-reg, mem-imm; also clc stc cmc lahf sahf, mov/movzx/movsx, xadd, cmpxchg,
+/// cmpxchg8b and lock-prefixed memory operations.
 pub fn alu_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
     let op = 0u8..8;
-    let reg_reg = (op.clone(), size(), 0u8..8, 0u8..8, any::<bool>()).prop_map(move |(op, sz, d, s, dir)| {
-        let d = if op == enc::CMP { d } else { fix_dst(ctx, sz, d) };
-        let bytes = if dir { enc::alu_rm_r(op, sz, Rm::R(d), s) } else { enc::alu_r_rm(op, sz, d, Rm::R(s)) };
-        vec![Insn::new(bytes).fx(alu_fx(op))]
-    });
+    let reg_reg =
+        (op.clone(), size(), 0u8..8, 0u8..8, any::<bool>()).prop_map(move |(op, sz, d, s, dir)| {
+            let d = if op == enc::CMP {
+                d
+            } else {
+                fix_dst(ctx, sz, d)
+            };
+            let bytes = if dir {
+                enc::alu_rm_r(op, sz, Rm::R(d), s)
+            } else {
+                enc::alu_r_rm(op, sz, d, Rm::R(s))
+            };
+            vec![Insn::new(bytes).fx(alu_fx(op))]
+        });
     let imm_form = select(vec![ImmForm::Full, ImmForm::Short]);
-    let reg_imm = (op.clone(), size(), rm_gen(ctx, 0.35), value(), imm_form.clone()).prop_map(move |(op, sz, rm, imm, form)| {
-        let (setup, rm) = if op == enc::CMP { rm.src() } else { rm.dst(ctx, sz) };
-        seq(setup, Insn::new(enc::alu_rm_imm(op, sz, rm, imm, form)).fx(alu_fx(op)))
-    });
+    let reg_imm = (
+        op.clone(),
+        size(),
+        rm_gen(ctx, 0.35),
+        value(),
+        imm_form.clone(),
+    )
+        .prop_map(move |(op, sz, rm, imm, form)| {
+            let (setup, rm) = if op == enc::CMP {
+                rm.src()
+            } else {
+                rm.dst(ctx, sz)
+            };
+            seq(
+                setup,
+                Insn::new(enc::alu_rm_imm(op, sz, rm, imm, form)).fx(alu_fx(op)),
+            )
+        });
     let acc_imm = (op.clone(), size(), value())
         .prop_map(|(op, sz, imm)| vec![Insn::new(enc::alu_acc_imm(op, sz, imm)).fx(alu_fx(op))]);
     let reg_mem = (op.clone(), size(), 0u8..8, mem_operand(ctx)).prop_map(move |(op, sz, d, m)| {
-        let d = if op == enc::CMP { d } else { fix_dst(ctx, sz, d) };
-        seq(m.setup, Insn::new(enc::alu_r_rm(op, sz, d, Rm::M(m.mem))).fx(alu_fx(op)))
+        let d = if op == enc::CMP {
+            d
+        } else {
+            fix_dst(ctx, sz, d)
+        };
+        seq(
+            m.setup,
+            Insn::new(enc::alu_r_rm(op, sz, d, Rm::M(m.mem))).fx(alu_fx(op)),
+        )
     });
     let mem_reg = (op, size(), 0u8..8, mem_operand(ctx)).prop_map(move |(op, sz, s, m)| {
-        seq(m.setup, Insn::new(enc::alu_rm_r(op, sz, Rm::M(m.mem), s)).fx(alu_fx(op)))
+        seq(
+            m.setup,
+            Insn::new(enc::alu_rm_r(op, sz, Rm::M(m.mem), s)).fx(alu_fx(op)),
+        )
     });
-    let test = (size(), rm_gen(ctx, 0.3), 0u8..8, value(), 0u8..3).prop_map(|(sz, rm, s, imm, form)| {
-        let (setup, rm) = rm.src();
-        let bytes = match form {
-            0 => enc::test_rm_r(sz, rm, s),
-            1 => enc::test_rm_imm(sz, rm, imm),
-            _ => enc::test_acc_imm(sz, imm),
-        };
-        seq(setup, Insn::new(bytes).fx(TEST_FX))
-    });
+    let test =
+        (size(), rm_gen(ctx, 0.3), 0u8..8, value(), 0u8..3).prop_map(|(sz, rm, s, imm, form)| {
+            let (setup, rm) = rm.src();
+            let bytes = match form {
+                0 => enc::test_rm_r(sz, rm, s),
+                1 => enc::test_rm_imm(sz, rm, imm),
+                _ => enc::test_acc_imm(sz, imm),
+            };
+            seq(setup, Insn::new(bytes).fx(TEST_FX))
+        });
     let unary = (size(), rm_gen(ctx, 0.3), 0u8..5).prop_map(move |(sz, rm, kind)| {
         let (setup, rm) = rm.dst(ctx, sz);
         let i = match kind {
@@ -652,9 +802,86 @@ pub fn alu_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
             _ => Insn::new([enc::SAHF]).w(SF | ZF | AF | PF | CF),
         }]
     });
+    // Data movement: mov in all directions, movzx, movsx.
+    let moves = (size(), 0u8..8, rm_gen(ctx, 0.4), 0u8..4, any::<bool>()).prop_map(
+        move |(sz, r, rm, kind, signed)| match kind {
+            0 => {
+                let (setup, rm) = rm.src();
+                seq(setup, Insn::new(enc::mov_r_rm(sz, fix_dst(ctx, sz, r), rm)))
+            }
+            1 => {
+                let (setup, rm) = rm.dst(ctx, sz);
+                seq(setup, Insn::new(enc::mov_rm_r(sz, rm, r)))
+            }
+            _ => {
+                let (setup, rm) = rm.src();
+                let src = if kind == 2 { Size::B } else { Size::W };
+                seq(
+                    setup,
+                    Insn::new(enc::movx(signed, src, fix_dst(ctx, Size::D, r), rm)),
+                )
+            }
+        },
+    );
+    // xadd, cmpxchg (reg and memory, locked or not), locked memory ALU, cmpxchg8b.
+    let atomics = (
+        size(),
+        0u8..8,
+        mem_operand(ctx),
+        0u8..5,
+        any::<bool>(),
+        0u8..7,
+        value(),
+        0u32..ctx.mem_end - 8,
+    )
+        .prop_map(move |(sz, r, m, kind, locked, op, imm, a8)| {
+            let r = fix_dst(ctx, sz, r);
+            let lk = |b: Vec<u8>| if locked { enc::lock(b) } else { b };
+            match kind {
+                0 => vec![Insn::new(enc::xadd(sz, Rm::R(fix_dst(ctx, sz, op)), r)).w(ALL6)],
+                1 => seq(
+                    m.setup,
+                    Insn::new(lk(enc::xadd(sz, Rm::M(m.mem), r))).w(ALL6),
+                ),
+                2 => {
+                    if locked {
+                        seq(
+                            m.setup,
+                            Insn::new(lk(enc::cmpxchg(sz, Rm::M(m.mem), r))).w(ALL6),
+                        )
+                    } else {
+                        vec![Insn::new(enc::cmpxchg(sz, Rm::R(fix_dst(ctx, sz, op)), r)).w(ALL6)]
+                    }
+                }
+                3 => seq(
+                    m.setup,
+                    Insn::new(enc::lock(enc::alu_rm_imm(
+                        op,
+                        sz,
+                        Rm::M(m.mem),
+                        imm,
+                        ImmForm::Full,
+                    )))
+                    .fx(alu_fx(op)),
+                ),
+                _ => {
+                    let b = if ctx.avoid_ecx {
+                        EDI
+                    } else {
+                        [EBP, ESI, EDI][(op % 3) as usize]
+                    };
+                    vec![
+                        mov_imm(b, DATA_ADDR + a8),
+                        Insn::new(lk(enc::cmpxchg8b(Mem::based(b, 0)))).w(ZF),
+                    ]
+                }
+            }
+        });
     prop_oneof![
         6 => reg_reg,
         5 => reg_imm,
+        2 => moves,
+        2 => atomics,
         2 => acc_imm,
         3 => reg_mem,
         3 => mem_reg,
@@ -707,7 +934,10 @@ pub fn shift_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
                 }
                 CountGen::ClUnknown => (Count::Cl, None),
             };
-            seq(setup, Insn::new(enc::shift(ext, sz, rm, count)).fx(shift_fx(ext, sz.bits(), known)))
+            seq(
+                setup,
+                Insn::new(enc::shift(ext, sz, rm, count)).fx(shift_fx(ext, sz.bits(), known)),
+            )
         })
         .boxed()
 }
@@ -715,10 +945,22 @@ pub fn shift_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
 /// shld/shrd by imm8 and by cl, 16-bit (masked counts 0..16 only: larger ones leave the
 /// result undefined) and 32-bit.
 pub fn shxd_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
-    (any::<bool>(), wd(), rm_gen(ctx, 0.3), 0u8..8, any::<u8>(), 0u8..3, 0u8..8)
+    (
+        any::<bool>(),
+        wd(),
+        rm_gen(ctx, 0.3),
+        0u8..8,
+        any::<u8>(),
+        0u8..3,
+        0u8..8,
+    )
         .prop_map(move |(right, sz, rm, src, c, form, hi)| {
             let (mut setup, rm) = rm.dst(ctx, sz);
-            let c = if sz == Size::W { (c % 17) | (hi << 5) } else { c };
+            let c = if sz == Size::W {
+                (c % 17) | (hi << 5)
+            } else {
+                c
+            };
             let form = if ctx.avoid_ecx { 0 } else { form };
             let (count, known) = match form {
                 0 => (Count::Imm(c), Some(c)),
@@ -729,7 +971,10 @@ pub fn shxd_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
                 _ if sz == Size::D => (Count::Cl, None),
                 _ => (Count::Imm(c), Some(c)),
             };
-            seq(setup, Insn::new(enc::shxd(right, sz, rm, src, count)).fx(shxd_fx(known)))
+            seq(
+                setup,
+                Insn::new(enc::shxd(right, sz, rm, src, count)).fx(shxd_fx(known)),
+            )
         })
         .boxed()
 }
@@ -741,21 +986,48 @@ pub fn shxd_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
 pub fn muldiv_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
     let mul1 = (any::<bool>(), size(), rm_gen(ctx, 0.3)).prop_map(|(signed, sz, rm)| {
         let (setup, rm) = rm.src();
-        seq(setup, Insn::new(enc::grp3(if signed { enc::IMUL } else { enc::MUL }, sz, rm)).fx(MUL_FX))
+        seq(
+            setup,
+            Insn::new(enc::grp3(if signed { enc::IMUL } else { enc::MUL }, sz, rm)).fx(MUL_FX),
+        )
     });
     let imul2 = (wd(), 0u8..8, rm_gen(ctx, 0.3)).prop_map(move |(sz, d, rm)| {
         let (setup, rm) = rm.src();
-        seq(setup, Insn::new(enc::imul_r_rm(sz, fix_dst(ctx, sz, d), rm)).fx(MUL_FX))
+        seq(
+            setup,
+            Insn::new(enc::imul_r_rm(sz, fix_dst(ctx, sz, d), rm)).fx(MUL_FX),
+        )
     });
-    let imul3 = (wd(), 0u8..8, rm_gen(ctx, 0.3), value(), any::<bool>()).prop_map(move |(sz, d, rm, imm, short)| {
-        let (setup, rm) = rm.src();
-        seq(setup, Insn::new(enc::imul_r_rm_imm(sz, fix_dst(ctx, sz, d), rm, imm, short)).fx(MUL_FX))
-    });
+    let imul3 = (wd(), 0u8..8, rm_gen(ctx, 0.3), value(), any::<bool>()).prop_map(
+        move |(sz, d, rm, imm, short)| {
+            let (setup, rm) = rm.src();
+            seq(
+                setup,
+                Insn::new(enc::imul_r_rm_imm(sz, fix_dst(ctx, sz, d), rm, imm, short)).fx(MUL_FX),
+            )
+        },
+    );
     // Divisor registers that are neither part of the dividend nor esp.
-    let div_safe = (any::<bool>(), size(), select(vec![ECX, EBX, EBP, ESI, EDI]), mem_operand(ctx), any::<bool>(), value(), any::<u32>())
+    let div_safe = (
+        any::<bool>(),
+        size(),
+        select(vec![ECX, EBX, EBP, ESI, EDI]),
+        mem_operand(ctx),
+        any::<bool>(),
+        value(),
+        any::<u32>(),
+    )
         .prop_map(move |(signed, sz, r, m, use_mem, d, h)| {
-            let r = if sz == Size::B { [1u8, 3, 5, 7, 2, 6][(r as usize) % 6] } else { r };
-            let r = if ctx.avoid_ecx && (r == 1 || r == 5) { r + 2 } else { r };
+            let r = if sz == Size::B {
+                [1u8, 3, 5, 7, 2, 6][(r as usize) % 6]
+            } else {
+                r
+            };
+            let r = if ctx.avoid_ecx && (r == 1 || r == 5) {
+                r + 2
+            } else {
+                r
+            };
             let mut d = mask(sz, d);
             if d == 0 {
                 d = 3;
@@ -790,57 +1062,97 @@ pub fn muldiv_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
                     _ => enc::mov_r_imm(sz, EDX, high),
                 }));
             }
-            v.push(Insn::new(enc::grp3(if signed { enc::IDIV } else { enc::DIV }, sz, rm)).fx(DIV_FX));
+            v.push(
+                Insn::new(enc::grp3(if signed { enc::IDIV } else { enc::DIV }, sz, rm)).fx(DIV_FX),
+            );
             v
         });
     let div_any = (any::<bool>(), size(), rm_gen(ctx, 0.3)).prop_map(|(signed, sz, rm)| {
         let (setup, rm) = rm.src();
-        seq(setup, Insn::new(enc::grp3(if signed { enc::IDIV } else { enc::DIV }, sz, rm)).fx(DIV_FX))
+        seq(
+            setup,
+            Insn::new(enc::grp3(if signed { enc::IDIV } else { enc::DIV }, sz, rm)).fx(DIV_FX),
+        )
     });
     let div_zero = (any::<bool>(), size()).prop_map(move |(signed, sz)| {
         let r = if ctx.avoid_ecx { EBX } else { ECX };
         vec![
             Insn::new(enc::mov_r_imm(sz, r, 0)),
-            Insn::new(enc::grp3(if signed { enc::IDIV } else { enc::DIV }, sz, Rm::R(r))).fx(DIV_FX),
+            Insn::new(enc::grp3(
+                if signed { enc::IDIV } else { enc::DIV },
+                sz,
+                Rm::R(r),
+            ))
+            .fx(DIV_FX),
         ]
     });
-    prop_oneof![40 => mul1, 30 => imul2, 30 => imul3, 60 => div_safe, 2 => div_any, 1 => div_zero].boxed()
+    prop_oneof![40 => mul1, 30 => imul2, 30 => imul3, 60 => div_safe, 2 => div_any, 1 => div_zero]
+        .boxed()
 }
 
 /// bt bts btr btc (register and memory operands, imm8 and register bit offsets, big
 /// offsets into memory that stay inside the data block), bsf bsr, bswap, setcc, cmovcc.
 pub fn bit_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
-    let bt_reg = (0u8..4, wd(), 0u8..8, 0u8..8, any::<u8>(), any::<bool>()).prop_map(move |(op, sz, d, s, imm, by_imm)| {
-        let d = if op == enc::BT { d } else { fix_dst(ctx, sz, d) };
-        let bytes = if by_imm { enc::bt_rm_imm(op, sz, Rm::R(d), imm) } else { enc::bt_rm_r(op, sz, Rm::R(d), s) };
-        vec![Insn::new(bytes).fx(BT_FX)]
+    let bt_reg = (0u8..4, wd(), 0u8..8, 0u8..8, any::<u8>(), any::<bool>()).prop_map(
+        move |(op, sz, d, s, imm, by_imm)| {
+            let d = if op == enc::BT {
+                d
+            } else {
+                fix_dst(ctx, sz, d)
+            };
+            let bytes = if by_imm {
+                enc::bt_rm_imm(op, sz, Rm::R(d), imm)
+            } else {
+                enc::bt_rm_r(op, sz, Rm::R(d), s)
+            };
+            vec![Insn::new(bytes).fx(BT_FX)]
+        },
+    );
+    let bt_mem_imm = (0u8..4, wd(), mem_operand(ctx), any::<u8>()).prop_map(|(op, sz, m, imm)| {
+        seq(
+            m.setup,
+            Insn::new(enc::bt_rm_imm(op, sz, Rm::M(m.mem), imm)).fx(BT_FX),
+        )
     });
-    let bt_mem_imm = (0u8..4, wd(), mem_operand(ctx), any::<u8>())
-        .prop_map(|(op, sz, m, imm)| seq(m.setup, Insn::new(enc::bt_rm_imm(op, sz, Rm::M(m.mem), imm)).fx(BT_FX)));
-    let regs: Vec<u8> = PTR_REGS.iter().copied().filter(|&r| !(ctx.avoid_ecx && r == ECX)).collect();
+    let regs: Vec<u8> = PTR_REGS
+        .iter()
+        .copied()
+        .filter(|&r| !(ctx.avoid_ecx && r == ECX))
+        .collect();
     let n = regs.len();
-    let bt_mem_big = (0u8..4, wd(), 0..n, 1..n, -0x7800i32..0x7800, -64i32..64).prop_map(move |(op, sz, bi, step, off, disp)| {
-        let b = regs[bi];
-        let o = regs[(bi + step) % n];
-        vec![
-            mov_imm(b, DATA_ADDR + 0x1000),
-            mov_imm(o, off as u32),
-            Insn::new(enc::bt_rm_r(op, sz, Rm::M(Mem::based(b, disp)), o)).fx(BT_FX),
-        ]
-    });
+    // Bit offsets up to +-(mem_end/2 - 0x100) bytes around the middle of the allowed range.
+    let half = ctx.mem_end / 2;
+    let span = ((half - 0x100) * 8) as i32;
+    let bt_mem_big = (0u8..4, wd(), 0..n, 1..n, any::<i32>(), -64i32..64).prop_map(
+        move |(op, sz, bi, step, off, disp)| {
+            let b = regs[bi];
+            let o = regs[(bi + step) % n];
+            let off = off % span;
+            vec![
+                mov_imm(b, DATA_ADDR + half),
+                mov_imm(o, off as u32),
+                Insn::new(enc::bt_rm_r(op, sz, Rm::M(Mem::based(b, disp)), o)).fx(BT_FX),
+            ]
+        },
+    );
     let bsx = (any::<bool>(), wd(), 0u8..8, rm_gen(ctx, 0.3)).prop_map(move |(rev, sz, d, rm)| {
         let (setup, rm) = rm.src();
-        seq(setup, Insn::new(enc::bsx(rev, sz, fix_dst(ctx, sz, d), rm)).fx(BSX_FX))
+        seq(
+            setup,
+            Insn::new(enc::bsx(rev, sz, fix_dst(ctx, sz, d), rm)).fx(BSX_FX),
+        )
     });
     let bswap = (0u8..8).prop_map(move |r| vec![Insn::new(enc::bswap(fix_dst(ctx, Size::D, r)))]);
-    let setcc = (0u8..16, rm_gen(ctx, 0.3))
-        .prop_map(move |(cc, rm)| {
-            let (setup, rm) = rm.dst(ctx, Size::B);
-            seq(setup, Insn::new(enc::setcc(cc, rm)).r(cc_reads(cc)))
-        });
+    let setcc = (0u8..16, rm_gen(ctx, 0.3)).prop_map(move |(cc, rm)| {
+        let (setup, rm) = rm.dst(ctx, Size::B);
+        seq(setup, Insn::new(enc::setcc(cc, rm)).r(cc_reads(cc)))
+    });
     let cmov = (0u8..16, wd(), 0u8..8, rm_gen(ctx, 0.3)).prop_map(move |(cc, sz, d, rm)| {
         let (setup, rm) = rm.src();
-        seq(setup, Insn::new(enc::cmovcc(cc, sz, fix_dst(ctx, sz, d), rm)).r(cc_reads(cc)))
+        seq(
+            setup,
+            Insn::new(enc::cmovcc(cc, sz, fix_dst(ctx, sz, d), rm)).r(cc_reads(cc)),
+        )
     });
     prop_oneof![3 => bt_reg, 2 => bt_mem_imm, 3 => bt_mem_big, 3 => bsx, 1 => bswap, 3 => setcc, 3 => cmov].boxed()
 }
@@ -892,14 +1204,18 @@ pub fn string_insns() -> BoxedStrategy<Vec<Insn>> {
 /// after an 8-bit add/adc/sub/sbb, or on whatever the registers hold. aam with an
 /// immediate 0 raises #DE.
 pub fn bcd_insns() -> BoxedStrategy<Vec<Insn>> {
-    let op = (0u8..6, prop_oneof![4 => Just(10u8), 3 => 1u8..=255, 1 => Just(0u8), 1 => Just(16u8)]).prop_map(|(k, imm)| match k {
-        0 => Insn::new([enc::DAA]).fx((AF | CF, ALL6, OF)),
-        1 => Insn::new([enc::DAS]).fx((AF | CF, ALL6, OF)),
-        2 => Insn::new([enc::AAA]).fx((AF, ALL6, OF | SF | ZF | PF)),
-        3 => Insn::new([enc::AAS]).fx((AF, ALL6, OF | SF | ZF | PF)),
-        4 => Insn::new(enc::aam(if imm == 0 { 10 } else { imm })).fx((0, ALL6, OF | AF | CF)),
-        _ => Insn::new(enc::aad(imm)).fx((0, ALL6, OF | AF | CF)),
-    });
+    let op = (
+        0u8..6,
+        prop_oneof![4 => Just(10u8), 3 => 1u8..=255, 1 => Just(0u8), 1 => Just(16u8)],
+    )
+        .prop_map(|(k, imm)| match k {
+            0 => Insn::new([enc::DAA]).fx((AF | CF, ALL6, OF)),
+            1 => Insn::new([enc::DAS]).fx((AF | CF, ALL6, OF)),
+            2 => Insn::new([enc::AAA]).fx((AF, ALL6, OF | SF | ZF | PF)),
+            3 => Insn::new([enc::AAS]).fx((AF, ALL6, OF | SF | ZF | PF)),
+            4 => Insn::new(enc::aam(if imm == 0 { 10 } else { imm })).fx((0, ALL6, OF | AF | CF)),
+            _ => Insn::new(enc::aad(imm)).fx((0, ALL6, OF | AF | CF)),
+        });
     let explicit = (op.clone(), any::<u8>(), any::<u16>()).prop_map(|(i, f, ax)| {
         vec![
             Insn::new(enc::mov_r_imm(Size::B, AH, u32::from(f))),
@@ -908,9 +1224,19 @@ pub fn bcd_insns() -> BoxedStrategy<Vec<Insn>> {
             i,
         ]
     });
-    let after_alu = (op.clone(), select(vec![enc::ADD, enc::ADC, enc::SUB, enc::SBB]), any::<u8>(), 0u8..8, any::<bool>())
+    let after_alu = (
+        op.clone(),
+        select(vec![enc::ADD, enc::ADC, enc::SUB, enc::SBB]),
+        any::<u8>(),
+        0u8..8,
+        any::<bool>(),
+    )
         .prop_map(|(i, aop, imm, r, by_imm)| {
-            let a = if by_imm { enc::alu_acc_imm(aop, Size::B, u32::from(imm)) } else { enc::alu_rm_r(aop, Size::B, Rm::R(AL), r) };
+            let a = if by_imm {
+                enc::alu_acc_imm(aop, Size::B, u32::from(imm))
+            } else {
+                enc::alu_rm_r(aop, Size::B, Rm::R(AL), r)
+            };
             vec![Insn::new(a).fx(alu_fx(aop)), i]
         });
     let plain = op.prop_map(|i| vec![i]);
@@ -932,7 +1258,8 @@ pub fn legacy_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
         }
         v
     });
-    let pop = (wd(), 0u8..8).prop_map(move |(sz, r)| vec![Insn::new(enc::pop_r(sz, fix_dst(ctx, sz, r)))]);
+    let pop = (wd(), 0u8..8)
+        .prop_map(move |(sz, r)| vec![Insn::new(enc::pop_r(sz, fix_dst(ctx, sz, r)))]);
     let pusha = (wd(), any::<bool>()).prop_map(|(sz, pop)| {
         if pop {
             vec![Insn::new(enc::popa(sz))]
@@ -949,40 +1276,80 @@ pub fn legacy_insns(ctx: Ctx) -> BoxedStrategy<Vec<Insn>> {
             _ => Insn::new(enc::CDQ),
         }]
     });
-    let xchg = (size(), rm_gen(ctx, 0.3), 0u8..8, any::<bool>()).prop_map(move |(sz, rm, r, short)| {
-        let r = fix_dst(ctx, sz, r);
-        if short && sz != Size::B {
-            return vec![Insn::new(enc::xchg_acc(sz, r))];
-        }
-        let (setup, rm) = rm.dst(ctx, sz);
-        seq(setup, Insn::new(enc::xchg_rm_r(sz, rm, r)))
-    });
-    let lea_esp = (0u8..8, any::<i32>(), any::<i8>(), prop::option::of((0u8..8, select(vec![1u8, 2, 4, 8]))))
+    let xchg =
+        (size(), rm_gen(ctx, 0.3), 0u8..8, any::<bool>()).prop_map(move |(sz, rm, r, short)| {
+            let r = fix_dst(ctx, sz, r);
+            if short && sz != Size::B {
+                return vec![Insn::new(enc::xchg_acc(sz, r))];
+            }
+            let (setup, rm) = rm.dst(ctx, sz);
+            seq(setup, Insn::new(enc::xchg_rm_r(sz, rm, r)))
+        });
+    let lea_esp = (
+        0u8..8,
+        any::<i32>(),
+        any::<i8>(),
+        prop::option::of((0u8..8, select(vec![1u8, 2, 4, 8]))),
+    )
         .prop_map(move |(d, big, small, index)| {
             let disp = if big % 3 == 0 { big } else { i32::from(small) };
             let index = index.filter(|&(i, _)| i != ESP);
-            vec![Insn::new(enc::lea(fix_dst(ctx, Size::D, d), Mem { base: Some(ESP), index, disp }))]
+            vec![Insn::new(enc::lea(
+                fix_dst(ctx, Size::D, d),
+                Mem {
+                    base: Some(ESP),
+                    index,
+                    disp,
+                },
+            ))]
         });
-    let lea_any = (0u8..8, prop::option::of(0u8..8), prop::option::of((0u8..8, select(vec![1u8, 2, 4, 8]))), any::<i32>())
+    let lea_any = (
+        0u8..8,
+        prop::option::of(0u8..8),
+        prop::option::of((0u8..8, select(vec![1u8, 2, 4, 8]))),
+        any::<i32>(),
+    )
         .prop_map(move |(d, base, index, disp)| {
             let index = index.filter(|&(i, _)| i != ESP);
-            vec![Insn::new(enc::lea(fix_dst(ctx, Size::D, d), Mem { base, index, disp }))]
+            vec![Insn::new(enc::lea(
+                fix_dst(ctx, Size::D, d),
+                Mem { base, index, disp },
+            ))]
         });
-    let lea16 = (0u8..8, 0u8..8, 0u8..3, any::<u16>(), any::<bool>()).prop_map(move |(d, rm16, md, disp, w)| {
-        let d = fix_dst(ctx, Size::D, d);
-        let mut b = enc::lea16(d, rm16, md, disp);
-        if w {
-            // 66 67 8d: a 16-bit destination.
-            b.insert(0, 0x66);
-        }
-        vec![Insn::new(b)]
-    });
-    let push_mem = (mem_operand(ctx), wd()).prop_map(|(m, sz)| seq(m.setup, Insn::new(enc::push_rm(sz, Rm::M(m.mem)))));
-    let pop_mem = (mem_operand(ctx), wd()).prop_map(|(m, sz)| seq(m.setup, Insn::new(enc::pop_rm(sz, Rm::M(m.mem)))));
-    let push_imm = (wd(), value(), any::<bool>()).prop_map(|(sz, v, short)| vec![Insn::new(enc::push_imm(sz, v, short))]);
+    let lea16 = (0u8..8, 0u8..8, 0u8..3, any::<u16>(), any::<bool>()).prop_map(
+        move |(d, rm16, md, disp, w)| {
+            let d = fix_dst(ctx, Size::D, d);
+            let mut b = enc::lea16(d, rm16, md, disp);
+            if w {
+                // 66 67 8d: a 16-bit destination.
+                b.insert(0, 0x66);
+            }
+            vec![Insn::new(b)]
+        },
+    );
+    let push_mem = (mem_operand(ctx), wd())
+        .prop_map(|(m, sz)| seq(m.setup, Insn::new(enc::push_rm(sz, Rm::M(m.mem)))));
+    let pop_mem = (mem_operand(ctx), wd())
+        .prop_map(|(m, sz)| seq(m.setup, Insn::new(enc::pop_rm(sz, Rm::M(m.mem)))));
+    let push_imm = (wd(), value(), any::<bool>())
+        .prop_map(|(sz, v, short)| vec![Insn::new(enc::push_imm(sz, v, short))]);
     let alias82 = (0u8..8, rm_gen(ctx, 0.3), any::<u8>()).prop_map(move |(op, rm, imm)| {
-        let (setup, rm) = if op == enc::CMP { rm.src() } else { rm.dst(ctx, Size::B) };
-        seq(setup, Insn::new(enc::alu_rm_imm(op, Size::B, rm, u32::from(imm), ImmForm::Alias82)).fx(alu_fx(op)))
+        let (setup, rm) = if op == enc::CMP {
+            rm.src()
+        } else {
+            rm.dst(ctx, Size::B)
+        };
+        seq(
+            setup,
+            Insn::new(enc::alu_rm_imm(
+                op,
+                Size::B,
+                rm,
+                u32::from(imm),
+                ImmForm::Alias82,
+            ))
+            .fx(alu_fx(op)),
+        )
     });
     prop_oneof![
         3 => incdec,
@@ -1014,13 +1381,33 @@ fn body(ctx: Ctx, max_units: usize) -> impl Strategy<Value = Vec<Insn>> {
 /// Control structures: jcc/jmp over a block, call/ret, loop/loope/loopne, jecxz,
 /// indirect jumps (register, push+ret, through memory).
 pub fn control_units() -> BoxedStrategy<Unit> {
-    let skip = (prop::option::weighted(0.85, 0u8..16), body(BODY, 4)).prop_map(|(cc, body)| Unit::Skip { cc, body });
+    let skip = (prop::option::weighted(0.85, 0u8..16), body(BODY, 4))
+        .prop_map(|(cc, body)| Unit::Skip { cc, body });
     let call = body(BODY, 3).prop_map(|body| Unit::Call { body });
-    let lp = (select(vec![0xe2u8, 0xe1, 0xe0]), 1u32..=5, body(LOOP_BODY, 3))
-        .prop_map(|(opcode, count, body)| Unit::Loop { opcode, count, body });
-    let jecxz = (prop::option::weighted(0.7, 0u32..2), body(BODY, 3)).prop_map(|(ecx, body)| Unit::Jecxz { ecx, body });
-    let indirect = (0u8..3, select(vec![EAX, ECX, EDX, EBX, EBP, ESI, EDI]), 0u32..DATA_LEN / 4, body(BODY, 2))
-        .prop_map(|(kind, reg, slot, body)| Unit::Indirect { kind, reg, slot: slot * 4, body });
+    let lp = (
+        select(vec![0xe2u8, 0xe1, 0xe0]),
+        1u32..=5,
+        body(LOOP_BODY, 3),
+    )
+        .prop_map(|(opcode, count, body)| Unit::Loop {
+            opcode,
+            count,
+            body,
+        });
+    let jecxz = (prop::option::weighted(0.7, 0u32..2), body(BODY, 3))
+        .prop_map(|(ecx, body)| Unit::Jecxz { ecx, body });
+    let indirect = (
+        0u8..3,
+        select(vec![EAX, ECX, EDX, EBX, EBP, ESI, EDI]),
+        0u32..DATA_LEN / 4,
+        body(BODY, 2),
+    )
+        .prop_map(|(kind, reg, slot, body)| Unit::Indirect {
+            kind,
+            reg,
+            slot: slot * 4,
+            body,
+        });
     prop_oneof![4 => skip, 2 => call, 3 => lp, 2 => jecxz, 2 => indirect].boxed()
 }
 
@@ -1029,7 +1416,9 @@ fn units(s: BoxedStrategy<Vec<Insn>>) -> BoxedStrategy<Unit> {
 }
 
 fn cases(u: BoxedStrategy<Unit>) -> BoxedStrategy<Case> {
-    (vec(u, 1..=20), init()).prop_map(|(us, init)| assemble(&us, &init)).boxed()
+    (vec(u, 1..=20), init())
+        .prop_map(|(us, init)| assemble(&us, &init))
+        .boxed()
 }
 
 /// Flag-setting ALU sequences.
@@ -1069,7 +1458,10 @@ pub fn legacy() -> BoxedStrategy<Case> {
 
 /// Control structures mixed with straight-line code.
 pub fn control() -> BoxedStrategy<Case> {
-    cases(prop_oneof![3 => control_units(), 2 => units(alu_insns(TOP)), 1 => units(shift_insns(TOP))].boxed())
+    cases(
+        prop_oneof![3 => control_units(), 2 => units(alu_insns(TOP)), 1 => units(shift_insns(TOP))]
+            .boxed(),
+    )
 }
 
 /// Everything.

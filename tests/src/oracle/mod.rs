@@ -18,8 +18,11 @@ pub mod gen;
 pub mod native;
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
-use bt86_runtime::snippet::{run_snippet, Snippet, SnippetFault, SnippetResult, CODE_ADDR, DATA_ADDR, STACK_TOP};
+use bt86_runtime::snippet::{
+    run_snippet, Snippet, SnippetFault, SnippetResult, CODE_ADDR, DATA_ADDR, STACK_TOP,
+};
 
 /// EFLAGS bits the oracle compares.
 pub mod flags {
@@ -49,7 +52,11 @@ pub fn flag_names(f: u32) -> String {
         (flags::DF, "DF"),
         (flags::OF, "OF"),
     ];
-    let v: Vec<&str> = names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect();
+    let v: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     if v.is_empty() {
         "-".into()
     } else {
@@ -75,13 +82,23 @@ pub fn compare_case(c: &gen::Case) -> Result<(), String> {
 
 /// Runs `s` both ways and compares; `flags_for` gives the compared flags for the native
 /// run's fault (None: ran to the end).
-pub fn compare_with(s: &Snippet, flags_for: &dyn Fn(Option<SnippetFault>) -> u32) -> Result<(), String> {
-    let native = native::run_native_detailed(s).map_err(|e| report(s, &format!("native run failed: {e}"), None, None, 0))?;
-    let translated = run_snippet(s);
+pub fn compare_with(
+    s: &Snippet,
+    flags_for: &dyn Fn(Option<SnippetFault>) -> u32,
+) -> Result<(), String> {
+    let native = native::run_native_detailed(s)
+        .map_err(|e| report(s, &format!("native run failed: {e}"), None, None, 0))?;
+    let translated = run_translated(s, TRANSLATED_TIMEOUT);
     let translated = match translated {
         Ok(t) => t,
         Err(e) => {
-            return Err(report(s, &format!("translated run failed: {e}"), Some(&native), None, 0));
+            return Err(report(
+                s,
+                &format!("translated run failed: {e}"),
+                Some(&native),
+                None,
+                0,
+            ));
         }
     };
     let mask = flags_for(native.result.fault) & flags::ARITH;
@@ -89,29 +106,82 @@ pub fn compare_with(s: &Snippet, flags_for: &dyn Fn(Option<SnippetFault>) -> u32
     if d.is_empty() {
         Ok(())
     } else {
-        Err(report(s, &d.join("\n"), Some(&native), Some(&translated), mask))
+        Err(report(
+            s,
+            &d.join("\n"),
+            Some(&native),
+            Some(&translated),
+            mask,
+        ))
+    }
+}
+
+/// How long [`compare`] waits for the translated run before giving up on it.
+pub const TRANSLATED_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs `s` under the translator on a thread of its own and waits at most `timeout`, so that
+/// a translated run that never ends fails the test instead of hanging it (the thread is
+/// left behind).
+pub fn run_translated(s: &Snippet, timeout: Duration) -> Result<SnippetResult, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let snippet = s.clone();
+    std::thread::Builder::new()
+        .name("oracle-translated".into())
+        .spawn(move || {
+            let r = std::panic::catch_unwind(|| run_snippet(&snippet))
+                .unwrap_or_else(|p| Err(format!("run_snippet panicked: {}", panic_text(&p))));
+            let _ = tx.send(r);
+        })
+        .map_err(|e| format!("cannot spawn a thread: {e}"))?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no result within {timeout:?} (translated run hangs?)"
+        )),
+    }
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic)".into()
     }
 }
 
 /// Field-by-field differences between the native and the translated result (empty when
 /// they agree). `input` supplies the initial data block for context.
-pub fn diff(native: &SnippetResult, translated: &SnippetResult, compared_flags: u32, input: &Snippet) -> Vec<String> {
+pub fn diff(
+    native: &SnippetResult,
+    translated: &SnippetResult,
+    compared_flags: u32,
+    input: &Snippet,
+) -> Vec<String> {
     let mut out = Vec::new();
     if native.fault != translated.fault {
-        out.push(format!("fault: native {} translated {}", fault_str(native.fault), fault_str(translated.fault)));
+        out.push(format!(
+            "fault: native {} translated {}",
+            fault_str(native.fault),
+            fault_str(translated.fault)
+        ));
     }
-    for i in 0..8 {
-        if native.regs[i] != translated.regs[i] {
+    for (name, (n, t)) in REG_NAMES
+        .iter()
+        .zip(native.regs.iter().zip(&translated.regs))
+    {
+        if n != t {
             out.push(format!(
-                "{}: native {:#010x} translated {:#010x} (xor {:#010x})",
-                REG_NAMES[i],
-                native.regs[i],
-                translated.regs[i],
-                native.regs[i] ^ translated.regs[i]
+                "{name}: native {n:#010x} translated {t:#010x} (xor {:#010x})",
+                n ^ t
             ));
         }
     }
-    let (nf, tf) = (native.eflags & compared_flags, translated.eflags & compared_flags);
+    let (nf, tf) = (
+        native.eflags & compared_flags,
+        translated.eflags & compared_flags,
+    );
     if nf != tf {
         out.push(format!(
             "eflags (compared {}): native {:#06x} [{}] translated {:#06x} [{}], differing: {}",
@@ -124,7 +194,11 @@ pub fn diff(native: &SnippetResult, translated: &SnippetResult, compared_flags: 
         ));
     }
     if native.data.len() != translated.data.len() {
-        out.push(format!("data length: native {} translated {}", native.data.len(), translated.data.len()));
+        out.push(format!(
+            "data length: native {} translated {}",
+            native.data.len(),
+            translated.data.len()
+        ));
     }
     let mut shown = 0;
     let mut total = 0;
@@ -133,7 +207,11 @@ pub fn diff(native: &SnippetResult, translated: &SnippetResult, compared_flags: 
             total += 1;
             if shown < 24 {
                 shown += 1;
-                let was = input.data.get(i).map(|v| format!("{v:#04x}")).unwrap_or_else(|| "?".into());
+                let was = input
+                    .data
+                    .get(i)
+                    .map(|v| format!("{v:#04x}"))
+                    .unwrap_or_else(|| "?".into());
                 out.push(format!(
                     "data[{i:#06x}] @ {:#010x}: native {a:#04x} translated {b:#04x} (input {was})",
                     DATA_ADDR + i as u32
@@ -189,7 +267,12 @@ pub fn listing(code: &[u8]) -> String {
 /// The snippet's input: code (hex and disassembly), registers, flags, data size.
 pub fn describe_input(s: &Snippet) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "  code ({} bytes, `hlt` terminator at {:#010x}):", s.code.len(), CODE_ADDR as usize + s.code.len());
+    let _ = writeln!(
+        out,
+        "  code ({} bytes, `hlt` terminator at {:#010x}):",
+        s.code.len(),
+        CODE_ADDR as usize + s.code.len()
+    );
     out.push_str(&hex_dump(&s.code));
     out.push_str("  disassembly:\n");
     out.push_str(&listing(&s.code));
@@ -201,7 +284,14 @@ pub fn describe_input(s: &Snippet) -> String {
     for (i, r) in regs.iter().enumerate() {
         let _ = write!(out, " {}={:#010x}", REG_NAMES[i], r);
     }
-    let _ = writeln!(out, "\n  input eflags: {:#06x} [{}]; data block {} bytes at {:#010x}", s.eflags & flags::ARITH, flag_names(s.eflags), s.data.len(), DATA_ADDR);
+    let _ = writeln!(
+        out,
+        "\n  input eflags: {:#06x} [{}]; data block {} bytes at {:#010x}",
+        s.eflags & flags::ARITH,
+        flag_names(s.eflags),
+        s.data.len(),
+        DATA_ADDR
+    );
     out
 }
 
@@ -210,7 +300,13 @@ fn describe_result(r: &SnippetResult) -> String {
     for (i, v) in r.regs.iter().enumerate() {
         let _ = write!(out, " {}={:#010x}", REG_NAMES[i], v);
     }
-    let _ = write!(out, " eflags={:#06x} [{}] fault: {}", r.eflags & flags::ARITH, flag_names(r.eflags), fault_str(r.fault));
+    let _ = write!(
+        out,
+        " eflags={:#06x} [{}] fault: {}",
+        r.eflags & flags::ARITH,
+        flag_names(r.eflags),
+        fault_str(r.fault)
+    );
     out
 }
 
@@ -222,7 +318,10 @@ fn report(
     mask: u32,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "differential oracle: native and translated runs disagree");
+    let _ = writeln!(
+        out,
+        "differential oracle: native and translated runs disagree"
+    );
     out.push_str(&describe_input(s));
     if let Some(n) = native {
         let _ = writeln!(

@@ -39,6 +39,9 @@
 //!   instruction, and ecx, esi, edi (and the data written) reflect the iterations that
 //!   completed, so resuming re-executes only the remaining ones.
 //! - Memory outside `CODE_ADDR..CODE_ADDR + REGION_SIZE` is unmapped: any access there is #PF.
+//! - The snippet runs at CPL 3 with IOPL 0 (and IF=1 in pushed flags): privileged and
+//!   IOPL-sensitive instructions (`cli`, `hlt`, `in`/`out`, `mov %crN`, ...) and `int n`
+//!   through a DPL-0 gate are #GP; `pushf` pushes IF=1.
 //!
 //! Guest code must not make system calls (`int $0x80`, `syscall`, `sysenter`): seccomp
 //! strict mode kills the child (the run returns `Err`).
@@ -61,9 +64,8 @@ pub const USER_DS: u16 = 0x2b;
 pub const FLAGS_MASK: u32 = 0x0cd5;
 /// Largest code a snippet may have (the terminator must fit before the data block).
 pub const MAX_CODE: usize = (DATA_ADDR - CODE_ADDR) as usize - 1;
-/// Largest data block (up to the end of the region; above `STACK_TOP - DATA_ADDR` it
-/// overlaps the stack).
-pub const MAX_DATA: usize = (CODE_ADDR + REGION_SIZE - DATA_ADDR) as usize;
+/// Largest data block: up to the initial stack top (the limit `run_snippet` has too).
+pub const MAX_DATA: usize = (STACK_TOP - DATA_ADDR) as usize;
 /// The terminator appended to the code.
 pub const HLT: u8 = 0xf4;
 
@@ -97,10 +99,16 @@ pub fn run_native(s: &Snippet) -> Result<SnippetResult, String> {
 /// Like [`run_native`], with the signal, trap number, error code and CR2 as well.
 pub fn run_native_detailed(s: &Snippet) -> Result<NativeRun, String> {
     if s.code.len() > MAX_CODE {
-        return Err(format!("code too long: {} bytes (max {MAX_CODE})", s.code.len()));
+        return Err(format!(
+            "code too long: {} bytes (max {MAX_CODE})",
+            s.code.len()
+        ));
     }
     if s.data.len() > MAX_DATA {
-        return Err(format!("data too long: {} bytes (max {MAX_DATA})", s.data.len()));
+        return Err(format!(
+            "data too long: {} bytes (max {MAX_DATA})",
+            s.data.len()
+        ));
     }
     let mut code = Vec::with_capacity(s.code.len() + 1);
     code.extend_from_slice(&s.code);
@@ -247,7 +255,10 @@ mod sys {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(format!("mmap result page: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "mmap result page: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(p.cast())
     }
@@ -296,7 +307,10 @@ mod sys {
             };
             format!("native child killed by signal {sig}{hint} before reporting")
         } else if libc::WIFEXITED(status) {
-            format!("native child exited with status {} before reporting", libc::WEXITSTATUS(status))
+            format!(
+                "native child exited with status {} before reporting",
+                libc::WEXITSTATUS(status)
+            )
         } else {
             format!("native child ended with wait status {status:#x} before reporting")
         }
@@ -332,7 +346,11 @@ mod sys {
         if pidfd >= 0 {
             let exited = loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let mut pfd = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd: pidfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
                 let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
                 // SAFETY: one valid pollfd.
                 let r = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -354,7 +372,9 @@ mod sys {
             unsafe { libc::close(pidfd) };
             if !exited {
                 kill_and_reap(pid);
-                return Err(format!("native run timed out after {timeout:?} (child killed)"));
+                return Err(format!(
+                    "native run timed out after {timeout:?} (child killed)"
+                ));
             }
             return waitpid_blocking(pid);
         }
@@ -374,7 +394,9 @@ mod sys {
             }
             if Instant::now() >= deadline {
                 kill_and_reap(pid);
-                return Err(format!("native run timed out after {timeout:?} (child killed)"));
+                return Err(format!(
+                    "native run timed out after {timeout:?} (child killed)"
+                ));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -416,8 +438,14 @@ mod sys {
         if unsafe { libc::getppid() } != plan.parent {
             exit_raw(3);
         }
-        let core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        let cpu = libc::rlimit { rlim_cur: 5, rlim_max: 6 };
+        let core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let cpu = libc::rlimit {
+            rlim_cur: 5,
+            rlim_max: 6,
+        };
         // SAFETY: valid rlimit structures.
         unsafe {
             libc::setrlimit(libc::RLIMIT_CORE, &core);
@@ -444,8 +472,16 @@ mod sys {
         // MAX_CODE / MAX_DATA by the parent; sources are the parent's buffers, still valid in
         // the child's copy of memory.
         unsafe {
-            std::ptr::copy_nonoverlapping(plan.code.as_ptr(), CODE_ADDR as usize as *mut u8, plan.code.len());
-            std::ptr::copy_nonoverlapping(plan.data.as_ptr(), DATA_ADDR as usize as *mut u8, plan.data.len());
+            std::ptr::copy_nonoverlapping(
+                plan.code.as_ptr(),
+                CODE_ADDR as usize as *mut u8,
+                plan.code.len(),
+            );
+            std::ptr::copy_nonoverlapping(
+                plan.data.as_ptr(),
+                DATA_ADDR as usize as *mut u8,
+                plan.data.len(),
+            );
         }
 
         // Step 3: alternate signal stack.
@@ -463,7 +499,11 @@ mod sys {
         if alt == libc::MAP_FAILED {
             setup_failed(shared, 3);
         }
-        let ss = libc::stack_t { ss_sp: alt, ss_flags: 0, ss_size: ALT_STACK_SIZE };
+        let ss = libc::stack_t {
+            ss_sp: alt,
+            ss_flags: 0,
+            ss_size: ALT_STACK_SIZE,
+        };
         // SAFETY: `ss` describes the mapping above.
         if unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) } != 0 {
             setup_failed(shared, 3);
@@ -474,7 +514,13 @@ mod sys {
         DATA_LEN.store(plan.data.len(), Ordering::SeqCst);
 
         // Step 4: signal handlers, all signals blocked while one runs.
-        for sig in [libc::SIGSEGV, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGBUS] {
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+            libc::SIGBUS,
+        ] {
             // SAFETY: zeroed sigaction is valid; we fill in handler, flags and mask.
             let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
             sa.sa_sigaction = on_signal as *const () as usize;
@@ -501,7 +547,13 @@ mod sys {
         }
         // Step 6: seccomp strict: only read, write, exit and sigreturn from now on.
         // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_STRICT as libc::c_ulong) } != 0 {
+        if unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_STRICT as libc::c_ulong,
+            )
+        } != 0
+        {
             setup_failed(shared, 6);
         }
         let entry = plan.entry;
@@ -580,10 +632,18 @@ mod sys {
             ];
             s.eflags = r(libc::REG_EFL) as u32;
             if cs == u64::from(USER32_CS) {
-                std::ptr::copy_nonoverlapping(DATA_ADDR as usize as *const u8, s.data.as_mut_ptr(), data_len);
+                std::ptr::copy_nonoverlapping(
+                    DATA_ADDR as usize as *const u8,
+                    s.data.as_mut_ptr(),
+                    data_len,
+                );
             }
             fence(Ordering::SeqCst);
-            s.state = if cs == u64::from(USER32_CS) { STATE_DONE } else { STATE_HOST_FAULT };
+            s.state = if cs == u64::from(USER32_CS) {
+                STATE_DONE
+            } else {
+                STATE_HOST_FAULT
+            };
         }
         exit_raw(0);
     }

@@ -106,7 +106,12 @@ fn convert_legacy_code(i: &mut Instruction) {
 
 fn needs_ea_register(i: &Instruction, b: &Builder<'_>) -> bool {
     let sixteen = |r: Register| r != Register::None && r.size() == 2;
-    sixteen(i.memory_base()) || sixteen(i.memory_index()) || b.mode.seg_base(i.memory_segment()) != 0
+    // A 16-bit absolute address has no register to show its address size; its
+    // displacement size (2) does.
+    sixteen(i.memory_base())
+        || sixteen(i.memory_index())
+        || i.memory_displ_size() == 2
+        || b.mode.seg_base(i.memory_segment()) != 0
 }
 
 /// Emits the guest effective address of `i`'s memory operand (segment base
@@ -116,17 +121,20 @@ pub(super) fn materialize_ea(b: &mut Builder<'_>, i: &Instruction, dst: Register
     let index = i.memory_index();
     let disp = i64::from(i.memory_displacement32());
     let dst64 = dst.full_register();
-    if base.size() == 2 || index.size() == 2 {
+    if base.size() == 2 || index.size() == 2 || i.memory_displ_size() == 2 {
         // 16-bit addressing: (base + index + disp16) mod 64 KiB.
         let t = if dst == Register::R11D { Register::R10D } else { Register::R11D };
-        let mut mem = MemoryOperand::with_base_displ(Register::None, disp & 0xffff);
+        let mut mem = MemoryOperand::with_base_displ_size(Register::None, disp & 0xffff, 4);
         if base != Register::None {
             b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, dst, map16(base)).map_err(ice)?)?;
-            mem.base = dst64;
+            mem.base = dst;
         }
         if index != Register::None {
             b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, t, map16(index)).map_err(ice)?)?;
-            if mem.base == Register::None { mem.base = t.full_register() } else { mem.index = t.full_register(); mem.scale = 1 }
+            if mem.base == Register::None { mem.base = t } else { mem.index = t; mem.scale = 1 }
+        }
+        if mem.base != Register::None || mem.index != Register::None {
+            mem.displ_size = if mem.displacement == 0 { 0 } else { 4 };
         }
         b.a.ins(&ins2rm(Code::Lea_r32_m, dst, mem))?;
         b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, dst, r16_of(dst)).map_err(ice)?)?;

@@ -67,7 +67,10 @@ pub(super) fn guest_operand(
 ) -> Result<iced_x86::MemoryOperand, EmitError> {
     let base = i.memory_base();
     let index = i.memory_index();
-    let plain = base.size() != 2 && index.size() != 2 && b.mode.seg_base(i.memory_segment()) == 0;
+    let plain = base.size() != 2
+        && index.size() != 2
+        && i.memory_displ_size() != 2
+        && b.mode.seg_base(i.memory_segment()) == 0;
     if plain {
         let map = |r: Register| if r == Register::ESP { Register::R8D } else { r };
         let mut m = iced_x86::MemoryOperand::with_base_index_scale_displ_size(

@@ -127,3 +127,20 @@ proptest! {
         assert_confined(&u);
     }
 }
+
+#[test]
+fn high_byte_register_with_esp_memory_borrows_a_legacy_register() {
+    let u = build(&[0x02, 0x2c, 0x24, 0xc3], Mode::default()); // add (%esp),%ch
+    let l: Vec<String> = host_listing(&u).iter().map(text).collect();
+    assert!(l.iter().any(|s| s == "add %gs:(%ebx),%ch"), "{l:#?}");
+    // Regression: a failed first encoding attempt must leave no bytes behind.
+    assert!(!l.iter().any(|s| s.contains("%bpl") || s.contains("%r8d),%ch")), "{l:#?}");
+}
+
+#[test]
+fn sixteen_bit_addressing_is_computed_into_a_register() {
+    for code in [&[0x67, 0x8d, 0x78, 0xf0, 0xc3][..], &[0x67, 0x8d, 0x3e, 0xf0, 0xff, 0xc3], &[0x67, 0x8b, 0x40, 0x01, 0xc3]] {
+        let u = build(code, Mode::default());
+        assert!(u.sites.is_empty(), "{code:02x?} not translated: {:#?}", host_listing(&u).iter().map(text).collect::<Vec<_>>());
+    }
+}
