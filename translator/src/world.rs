@@ -10,7 +10,8 @@
 //! - `exit_callout`: reached by `call`, records the return address as the resume
 //!   point, then exits.
 //! - `exit_fault`: where the signal handler redirects a faulting unit.
-//! - `lookup`: the indirect-branch fast path (target eip in r9d), flag-free.
+//! - `lookup_miss`: where the inline indirect-branch lookup (`emit_lookup`) goes
+//!   when the target is not in the table.
 
 use crate::abi::{off, ExitReason, VcpuCtx};
 use crate::emit::{ctx, ice, ins2m, ins2rm, Asm, EmitError};
@@ -38,7 +39,7 @@ pub struct Stubs {
     pub exit_common: u64,
     pub exit_callout: u64,
     pub exit_fault: u64,
-    pub lookup: u64,
+    pub lookup_miss: u64,
 }
 
 /// Emits all stubs into `asm`.
@@ -55,8 +56,8 @@ pub fn emit_stubs(a: &mut Asm) -> Result<Stubs, EmitError> {
     s.exit_fault = a.here();
     a.store_ctx_imm32(off::EXIT_REASON, ExitReason::Fault as u32)?;
     a.jmp(s.exit_common);
-    s.lookup = a.here();
-    emit_lookup(a, s.exit_common)?;
+    s.lookup_miss = a.here();
+    emit_lookup_miss(a, s.exit_common)?;
     Ok(s)
 }
 
@@ -107,10 +108,13 @@ fn emit_exit_common(a: &mut Asm) -> Result<(), EmitError> {
     a.ins(&Instruction::with(Code::Retnq))
 }
 
-/// Indirect-branch lookup: hash = low 16 bits of the target, 16-byte entries
-/// `{ eip: u64, host: u64 }` (empty entries hold u64::MAX). The comparison uses
-/// `not`/`lea`/`jrcxz`, none of which touch the guest's flags.
-fn emit_lookup(a: &mut Asm, exit_common: u64) -> Result<(), EmitError> {
+/// Indirect-branch lookup, emitted inline at every indirect branch so that each
+/// site has its own host branch-prediction entry (one shared `jmp *` would
+/// mispredict on almost every return). Target eip in r9d. Hash = low 16 bits of
+/// the target; 16-byte entries `{ eip: u64, host: u64 }` (empty entries hold
+/// u64::MAX). The comparison uses `not`/`lea`/`jrcxz`, none of which touch the
+/// guest's flags. A miss jumps to `miss` with the guest registers intact.
+pub fn emit_lookup(a: &mut Asm, miss: u64) -> Result<(), EmitError> {
     use Register::*;
     a.ins(&Instruction::with2(Code::Movzx_r32_rm16, R10D, R9W).map_err(ice)?)?;
     a.ins(&ins2rm(Code::Lea_r64_m, R10, MemoryOperand::with_base_index(R10, R10)))?;
@@ -124,13 +128,19 @@ fn emit_lookup(a: &mut Asm, exit_common: u64) -> Result<(), EmitError> {
     a.bytes(&[0xe3, 0x00]); // jrcxz hit
     let hit_rel = a.pos() - 1;
     a.mov_rr(RCX, R12)?;
-    a.store_ctx32(off::EIP, R9D)?;
-    a.store_ctx_imm32(off::EXIT_REASON, ExitReason::Indirect as u32)?;
-    a.jmp(exit_common);
+    a.jmp(miss);
     a.patch_rel8_here(hit_rel);
     a.mov_rr(RCX, R12)?;
     let host = MemoryOperand::with_base_index_scale_displ_size(R14, R10, 8, 8, 1);
     a.ins(&Instruction::with1(Code::Jmp_rm64, host).map_err(ice)?)
+}
+
+/// The shared miss path of the inline lookup: exit with the target as eip.
+fn emit_lookup_miss(a: &mut Asm, exit_common: u64) -> Result<(), EmitError> {
+    a.store_ctx32(off::EIP, Register::R9D)?;
+    a.store_ctx_imm32(off::EXIT_REASON, ExitReason::Indirect as u32)?;
+    a.jmp(exit_common);
+    Ok(())
 }
 
 fn xmm(i: i32) -> Register {

@@ -18,8 +18,10 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
             counted(b, &i)?
         }
         _ => {
+            // The taken side is a side exit; translation goes on along the
+            // fall-through path, which then runs without a jump or a unit entry.
             b.jcc_slot(i.condition_code(), target(&i));
-            b.jmp_slot(b.next_eip());
+            return Ok(Flow::Next);
         }
     }
     Ok(Flow::End)
@@ -56,7 +58,7 @@ fn jmp(b: &mut Builder<'_>, i: &Instruction) -> Result<(), EmitError> {
         return Ok(());
     }
     load_target(b, i)?;
-    b.jmp_lookup();
+    b.jmp_lookup()?;
     Ok(())
 }
 
@@ -81,7 +83,7 @@ fn call(b: &mut Builder<'_>, i: &Instruction) -> Result<(), EmitError> {
     // The target is read before the push: `call *4(%esp)` uses the old esp.
     load_target(b, i)?;
     push_return(b, size)?;
-    b.jmp_lookup();
+    b.jmp_lookup()?;
     Ok(())
 }
 
@@ -91,7 +93,7 @@ fn ret(b: &mut Builder<'_>, i: &Instruction) -> Result<(), EmitError> {
     let (code, size) = if sixteen { (Code::Movzx_r32_rm16, 2) } else { (Code::Mov_r32_rm32, 4) };
     b.a.ins(&ins2rm(code, Register::R9D, gmem(Register::R8D, 0)))?;
     b.a.lea32(Register::R8D, Register::R8, size + extra)?;
-    b.jmp_lookup();
+    b.jmp_lookup()?;
     Ok(())
 }
 

@@ -161,9 +161,9 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// Jumps to the indirect lookup with the target eip already in r9d.
-    pub fn jmp_lookup(&mut self) {
-        self.a.jmp(self.stubs.lookup);
+    /// Continues at the guest eip in r9d through the inline lookup.
+    pub fn jmp_lookup(&mut self) -> Result<(), EmitError> {
+        crate::world::emit_lookup(&mut self.a, self.stubs.lookup_miss)
     }
 }
 
