@@ -130,6 +130,18 @@ impl Cpu {
         for (b, s) in seg_base.iter_mut().zip(self.seg.iter()) {
             *b = s.base;
         }
-        Mode { seg_base, cpl: self.cpl() }
+        use bt86_translator::fpu_mode;
+        let mut fpu = 0;
+        for (bit, on) in [
+            (fpu_mode::EM, self.cr0 & cr0::EM != 0),
+            (fpu_mode::TS, self.cr0 & cr0::TS != 0),
+            (fpu_mode::MP, self.cr0 & cr0::MP != 0),
+            (fpu_mode::OSFXSR, self.cr4 & (1 << 9) != 0),
+        ] {
+            if on {
+                fpu |= bit;
+            }
+        }
+        Mode { seg_base, cpl: self.cpl(), fpu }
     }
 }

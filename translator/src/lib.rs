@@ -39,6 +39,9 @@ pub enum CalloutKind {
     Emulate,
     /// Raise #UD at the instruction.
     RaiseUd,
+    /// Raise #NM (device not available) at the instruction: x87/MMX/SSE use while
+    /// CR0.TS or CR0.EM says so.
+    RaiseNm,
     /// The instruction straddles the end of fetchable guest memory.
     FetchFault,
     /// A form bt86 does not translate: stop with a clear message.
@@ -52,6 +55,20 @@ pub struct Mode {
     pub seg_base: [u32; 6],
     /// Current privilege level.
     pub cpl: u8,
+    /// FPU/SSE availability as CR0 and CR4 set it (`fpu_mode` bits).
+    pub fpu: u8,
+}
+
+/// Bits of `Mode::fpu`.
+pub mod fpu_mode {
+    /// CR0.EM: x87 emulation requested (x87 → #NM, MMX/SSE → #UD).
+    pub const EM: u8 = 1 << 0;
+    /// CR0.TS: task switched (FPU/SSE use → #NM).
+    pub const TS: u8 = 1 << 1;
+    /// CR0.MP: wait/fwait honours TS.
+    pub const MP: u8 = 1 << 2;
+    /// CR4.OSFXSR: SSE enabled by the OS (otherwise SSE → #UD).
+    pub const OSFXSR: u8 = 1 << 3;
 }
 
 impl Mode {

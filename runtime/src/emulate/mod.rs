@@ -211,6 +211,9 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
                 trap: false,
             }
         }
+        CalloutKind::RaiseNm => {
+            return Outcome::Exception { vector: 7, error: None, trap: false }
+        }
         CalloutKind::FetchFault => {
             return Outcome::Stop(Stop::Unsupported {
                 eip: site.eip,

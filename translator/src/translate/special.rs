@@ -21,6 +21,9 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
     if i.is_invalid() {
         return raise_ud(b).map(Some);
     }
+    if let Some(kind) = fpu_unavailable(&i, b.mode.fpu) {
+        return end(b, kind).map(Some);
+    }
     let flow = match i.mnemonic() {
         Cli | Sti => {
             let v = u32::from(i.mnemonic() == Sti);
@@ -105,4 +108,36 @@ fn into(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     b.a.patch_rel8_here(at);
     b.jmp_slot(b.next_eip());
     Ok(Flow::End)
+}
+
+/// Whether CR0/CR4 make an x87, MMX or SSE instruction fault, as the SDM's
+/// "Action taken" table for EM, MP, TS and OSFXSR gives it.
+fn fpu_unavailable(i: &Instruction, fpu: u8) -> Option<CalloutKind> {
+    use crate::fpu_mode::{EM, MP, OSFXSR, TS};
+    use iced_x86::CpuidFeature as F;
+    let (em, ts, mp, osfxsr) = (fpu & EM != 0, fpu & TS != 0, fpu & MP != 0, fpu & OSFXSR != 0);
+    if matches!(i.mnemonic(), Mnemonic::Wait) {
+        return (ts && mp).then_some(CalloutKind::RaiseNm);
+    }
+    let features = i.cpuid_features();
+    let has = |f: &[F]| features.iter().any(|x| f.contains(x));
+    if has(&[F::FXSR]) {
+        return (em || ts).then_some(CalloutKind::RaiseNm);
+    }
+    if has(&[F::SSE, F::SSE2, F::SSE3, F::SSSE3, F::SSE4_1, F::SSE4_2, F::AES, F::PCLMULQDQ, F::SSE4A]) {
+        if em || !osfxsr {
+            return Some(CalloutKind::RaiseUd);
+        }
+        return ts.then_some(CalloutKind::RaiseNm);
+    }
+    if has(&[F::MMX]) {
+        if em {
+            return Some(CalloutKind::RaiseUd);
+        }
+        return ts.then_some(CalloutKind::RaiseNm);
+    }
+    if has(&[F::FPU, F::FPU287, F::FPU387, F::FPU387SL_ONLY]) {
+        return (em || ts).then_some(CalloutKind::RaiseNm);
+    }
+    None
 }

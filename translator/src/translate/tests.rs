@@ -86,7 +86,8 @@ fn segment_base_is_added_explicitly() {
 #[test]
 fn unencodable_forms_stop_instead_of_running() {
     // maskmovq %mm1,%mm0 writes to ds:(%edi) implicitly: never run it on the host.
-    let u = build(&[0x0f, 0xf7, 0xc1, 0xc3], Mode::default());
+    let mode = Mode { fpu: crate::fpu_mode::OSFXSR, ..Mode::default() };
+    let u = build(&[0x0f, 0xf7, 0xc1, 0xc3], mode);
     assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::Unsupported));
 }
 
@@ -122,7 +123,7 @@ proptest! {
 
     #[test]
     fn arbitrary_guest_code_with_segment_bases_is_confined(code in proptest::collection::vec(any::<u8>(), 1..64), base in any::<u32>()) {
-        let mode = Mode { seg_base: [base, 0, base, 0, base, base], cpl: 0 };
+        let mode = Mode { seg_base: [base, 0, base, 0, base, base], cpl: 0, fpu: crate::fpu_mode::OSFXSR };
         let u = build(&code, mode);
         assert_confined(&u);
     }
@@ -143,4 +144,17 @@ fn sixteen_bit_addressing_is_computed_into_a_register() {
         let u = build(code, Mode::default());
         assert!(u.sites.is_empty(), "{code:02x?} not translated: {:#?}", host_listing(&u).iter().map(text).collect::<Vec<_>>());
     }
+}
+
+#[test]
+fn fpu_and_sse_availability_follows_cr0_and_cr4() {
+    use crate::fpu_mode::{OSFXSR, TS};
+    let paddd = [0x66, 0x0f, 0xfe, 0xc1, 0xc3]; // paddd %xmm1,%xmm0
+    let fld1 = [0xd9, 0xe8, 0xc3];
+    let kind = |code: &[u8], fpu: u8| build(code, Mode { fpu, ..Mode::default() }).sites.first().map(|s| s.kind);
+    assert_eq!(kind(&paddd, 0), Some(crate::CalloutKind::RaiseUd), "SSE without CR4.OSFXSR is #UD");
+    assert_eq!(kind(&paddd, OSFXSR), None, "SSE with OSFXSR runs natively");
+    assert_eq!(kind(&paddd, OSFXSR | TS), Some(crate::CalloutKind::RaiseNm));
+    assert_eq!(kind(&fld1, 0), None);
+    assert_eq!(kind(&fld1, TS), Some(crate::CalloutKind::RaiseNm));
 }
