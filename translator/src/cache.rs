@@ -45,6 +45,7 @@ pub struct UnitKey {
 
 struct Unit {
     key: UnitKey,
+    guest_end: u32,
     host_start: u64,
     side: Vec<SideEntry>,
     /// Slots of other units chained to this one.
@@ -217,6 +218,11 @@ impl Translator {
         self.by_key.get(key).copied()
     }
 
+    /// The guest address just past unit `id`'s last instruction.
+    pub fn unit_guest_end(&self, id: u32) -> u32 {
+        self.units[id as usize].guest_end
+    }
+
     /// Host entry address of unit `id`.
     pub fn entry(&self, id: u32) -> u64 {
         self.units[id as usize].host_start
@@ -271,6 +277,7 @@ impl Translator {
         }
         self.units.push(Unit {
             key,
+            guest_end: built.guest_start.wrapping_add(built.guest_len),
             host_start: base,
             side: built.side,
             incoming: Vec::new(),
