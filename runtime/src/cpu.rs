@@ -119,6 +119,14 @@ impl Default for Cpu {
 }
 
 impl Cpu {
+    /// Flat 32-bit protected mode at CPL 0 with the given code and data selectors,
+    /// as a multiboot loader leaves the machine.
+    pub fn flat(code_selector: u16, data_selector: u16) -> Self {
+        let mut seg = [Segment::flat(data_selector, 0x93); 6];
+        seg[sreg::CS] = Segment::flat(code_selector, 0x9b);
+        Self { seg, ..Self::default() }
+    }
+
     /// Current privilege level: the RPL of CS in protected mode.
     pub fn cpl(&self) -> u8 {
         (self.seg[sreg::CS].selector & 3) as u8

@@ -1,7 +1,7 @@
 //! A virtual machine: guest RAM, the kernel view, the vCPU, the port devices and
 //! the binary-translation engine, plus what it counts.
 
-use crate::cpu::{sreg, Cpu, Segment, TableReg};
+use crate::cpu::{Cpu, TableReg};
 use crate::devices::PortBus;
 use crate::emulate::Stop;
 use crate::loader::{self, LoadError};
@@ -111,7 +111,7 @@ pub struct Vm {
 impl Vm {
     /// Creates a VM with empty RAM.
     pub fn new(cfg: VmConfig) -> Result<Self, VmError> {
-        if cfg.mem_bytes < crate::memory::MIN_RAM || cfg.mem_bytes > crate::memory::MAX_RAM || cfg.mem_bytes % 4096 != 0 {
+        if cfg.mem_bytes < crate::memory::MIN_RAM || cfg.mem_bytes > crate::memory::MAX_RAM || !cfg.mem_bytes.is_multiple_of(4096) {
             return Err(VmError::MemSize(cfg.mem_bytes >> 20));
         }
         let ram = GuestRam::new(cfg.mem_bytes)?;
@@ -135,11 +135,8 @@ impl Vm {
     /// leaves it: flat 32-bit protected mode, EAX = 0x2BADB002, EBX = the info.
     pub fn load_multiboot(&mut self, image: &[u8], cmdline: &str) -> Result<(), VmError> {
         let boot = loader::load_multiboot(&self.ram, image, cmdline)?;
-        let mut cpu = Cpu::default();
-        cpu.seg = [Segment::flat(boot.data_selector, 0x93); 6];
-        cpu.seg[sreg::CS] = Segment::flat(boot.code_selector, 0x9b);
-        cpu.gdtr = TableReg { base: boot.gdt_base, limit: boot.gdt_limit };
-        self.cpu = cpu;
+        self.cpu = Cpu::flat(boot.code_selector, boot.data_selector);
+        self.cpu.gdtr = TableReg { base: boot.gdt_base, limit: boot.gdt_limit };
         let ctx = self.tr.ctx_mut();
         ctx.gpr = [0; 8];
         ctx.gpr[0] = loader::MULTIBOOT_BOOTLOADER_MAGIC;
@@ -153,10 +150,7 @@ impl Vm {
 
     /// Sets flat segments and registers directly (for snippets and tests).
     pub fn set_flat_state(&mut self, eip: u32, regs: [u32; 8], arith_flags: u32) {
-        let mut cpu = Cpu::default();
-        cpu.seg = [Segment::flat(0x18, 0x93); 6];
-        cpu.seg[sreg::CS] = Segment::flat(0x10, 0x9b);
-        self.cpu = cpu;
+        self.cpu = Cpu::flat(0x10, 0x18);
         let ctx = self.tr.ctx_mut();
         ctx.gpr = regs;
         ctx.eip = eip;

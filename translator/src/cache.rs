@@ -246,9 +246,14 @@ impl Translator {
         let base = self.mem.base() + self.used as u64;
         let first_slot = u32::try_from(self.slots.len()).expect("slot count");
         let first_site = u32::try_from(self.sites.len()).expect("site count");
-        let built = translate::build_unit(
-            mem, key.eip, &key.mode, &self.stubs, base, first_slot, first_site, if transient { 1 } else { self.max_insns },
-        )?;
+        let place = translate::UnitPlacement {
+            stubs: &self.stubs,
+            host_base: base,
+            first_slot_id: first_slot,
+            first_site_id: first_site,
+            max_insns: if transient { 1 } else { self.max_insns },
+        };
+        let built = translate::build_unit(mem, key.eip, &key.mode, &place)?;
         assert!(built.code.len() <= MAX_UNIT_BYTES, "unit larger than the reserve");
         self.mem.write(self.used, &built.code)?;
         let id = u32::try_from(self.units.len()).expect("unit count");

@@ -167,18 +167,25 @@ impl Builder<'_> {
     }
 }
 
-/// Builds one unit starting at `eip`. `first_slot_id` and `first_site_id` number
-/// the unit's exits, which the stubs embed.
+/// Where a unit's code goes and how its exits are numbered.
+pub struct UnitPlacement<'a> {
+    pub stubs: &'a Stubs,
+    /// Host address of the unit's first byte.
+    pub host_base: u64,
+    /// Ids of the unit's first branch slot and first callout site (stubs embed them).
+    pub first_slot_id: u32,
+    pub first_site_id: u32,
+    pub max_insns: usize,
+}
+
+/// Builds one unit starting at `eip`.
 pub fn build_unit(
     mem: &mut dyn GuestCode,
     eip: u32,
     mode: &Mode,
-    stubs: &Stubs,
-    host_base: u64,
-    first_slot_id: u32,
-    first_site_id: u32,
-    max_insns: usize,
+    place: &UnitPlacement<'_>,
 ) -> Result<BuiltUnit, BuildError> {
+    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns } = *place;
     let window = fetch_window(mem, eip);
     if window.is_empty() {
         return Err(BuildError::Fetch(eip));

@@ -27,8 +27,8 @@ fn stubs() -> Stubs {
 
 fn build(code: &[u8], mode: Mode) -> BuiltUnit {
     let s = stubs();
-    build_unit(&mut Bytes(code.to_vec(), 0x1000), 0x1000, &mode, &s, HOST + 0x10000, 0, 0, MAX_UNIT_INSNS)
-        .expect("build")
+    let place = UnitPlacement { stubs: &s, host_base: HOST + 0x10000, first_slot_id: 0, first_site_id: 0, max_insns: MAX_UNIT_INSNS };
+    build_unit(&mut Bytes(code.to_vec(), 0x1000), 0x1000, &mode, &place).expect("build")
 }
 
 fn host_listing(u: &BuiltUnit) -> Vec<Instruction> {
