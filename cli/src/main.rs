@@ -162,6 +162,15 @@ fn report(outcome: &RunOutcome) -> ExitCode {
             eprintln!("bt86: guest accessed {linear:#010x}, outside its RAM, at eip {eip:#010x}");
             ExitCode::from(EXIT_GUEST_FAILED)
         }
+        RunOutcome::TripleFault { faults, eip } => {
+            let names: Vec<String> = faults.iter().map(|v| format!("{} (vector {v})", exception_name(*v))).collect();
+            eprintln!("bt86: triple fault at eip {eip:#010x}: {}", names.join(", then "));
+            ExitCode::from(EXIT_GUEST_FAILED)
+        }
+        RunOutcome::Reset => {
+            eprintln!("bt86: the guest asked for a reset; bt86 does not reboot guests, so the run ends here");
+            ExitCode::SUCCESS
+        }
         RunOutcome::Stopped { eip } => {
             eprintln!("bt86: stopped at eip {eip:#010x}");
             ExitCode::from(EXIT_GUEST_FAILED)

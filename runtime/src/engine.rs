@@ -10,7 +10,7 @@
 //! guest's behalf (emulated instructions) go through `LinearMemory`, which does the
 //! same invalidation without a fault.
 
-use crate::emulate::{self, GuestMemory, Machine, MemFault, Outcome, Stop};
+use crate::emulate::{self, DeliveryFailure, EventSource, GuestMemory, Machine, MemFault, Outcome, Stop};
 use crate::memory::GuestRam;
 use crate::signals;
 use crate::vm::{RunOutcome, Vm, VmError};
@@ -124,6 +124,24 @@ impl Vm {
         }
     }
 
+    /// Runs `f` on the emulation view of the machine; writes it makes to frames
+    /// holding translated code invalidate those units. Returns `f`'s result and
+    /// whether any translated code was invalidated.
+    fn with_machine<R>(&mut self, f: impl FnOnce(&mut Machine<'_>) -> R) -> Result<(R, bool), VmError> {
+        let (tr, cpu, bus) = (&mut self.tr, &mut self.cpu, &mut self.bus);
+        let mut mem =
+            LinearMemory { ram: &self.ram, view: &mut self.view, protected: &mut self.protected, invalidate: Vec::new() };
+        let result = {
+            let mut m = Machine { cpu, ctx: tr.ctx_mut(), mem: &mut mem, io: bus };
+            f(&mut m)
+        };
+        let wrote_code = !mem.invalidate.is_empty();
+        for frame in mem.invalidate {
+            tr.invalidate_frame(frame)?;
+        }
+        Ok((result, wrote_code))
+    }
+
     fn handle_callout(&mut self) -> Result<Next, VmError> {
         let site_id = self.tr.ctx().exit_arg;
         let site = self
@@ -137,31 +155,16 @@ impl Vm {
         let resume = self.tr.ctx().resume;
         let mode_before = self.cpu.mode();
         self.tr.ctx_mut().eip = site.eip;
-        let (outcome, wrote_code) = {
-            let (tr, cpu, bus) = (&mut self.tr, &mut self.cpu, &mut self.bus);
-            let mut mem = LinearMemory {
-                ram: &self.ram,
-                view: &mut self.view,
-                protected: &mut self.protected,
-                invalidate: Vec::new(),
-            };
-            let outcome = {
-                let ctx = tr.ctx_mut();
-                let mut m = Machine { cpu, ctx, mem: &mut mem, io: bus };
-                emulate::emulate(&mut m, &site)
-            };
-            let wrote_code = !mem.invalidate.is_empty();
-            for f in mem.invalidate {
-                tr.invalidate_frame(f)?;
-            }
-            (outcome, wrote_code)
-        };
+        let (outcome, wrote_code) = self.with_machine(|m| emulate::emulate(m, &site))?;
+        if self.cpu.cpl() != mode_before.cpl {
+            self.stats.ring_transitions += 1;
+        }
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
         match outcome {
             Outcome::Continue => {
+                self.tr.ctx_mut().eip = next_eip;
                 let unit_live = self.tr.resolve(resume).is_some_and(|(_, _, u)| self.tr.is_live(u));
                 if wrote_code || !unit_live || self.cpu.mode() != mode_before {
-                    self.tr.ctx_mut().eip = next_eip;
                     Ok(Next::Dispatch(next_eip))
                 } else {
                     Ok(Next::Resume(resume))
@@ -170,26 +173,51 @@ impl Vm {
             Outcome::Jump => Ok(Next::Dispatch(self.tr.ctx().eip)),
             Outcome::Exception { vector, error, trap } => {
                 let eip = if trap { next_eip } else { site.eip };
-                Ok(self.raise(vector, error, eip))
+                self.raise(vector, error, eip, EventSource::Exception)
             }
+            Outcome::SoftwareInterrupt { vector } => self.raise(vector, None, next_eip, EventSource::Software),
             Outcome::Stop(s) => Ok(Next::Done(s.into())),
         }
     }
 
-    /// Delivers a guest exception. Without an IDT the guest cannot handle it and
-    /// the run ends, naming the exception.
-    fn raise(&mut self, vector: u8, error: Option<u32>, eip: u32) -> Next {
+    /// Delivers a guest exception or interrupt whose frame saves `eip`. A fault
+    /// during delivery becomes #DF where the SDM says so (contributory after
+    /// contributory, or after #PF), and a fault while delivering #DF is a triple
+    /// fault, which ends the run naming the faults. A guest that never loaded an IDT
+    /// cannot handle anything: the run ends naming the exception.
+    fn raise(&mut self, vector: u8, error: Option<u32>, eip: u32, source: EventSource) -> Result<Next, VmError> {
         *self.stats.exceptions.entry(vector).or_default() += 1;
         self.tr.ctx_mut().eip = eip;
         if self.cpu.idtr.limit == 0 {
-            return Next::Done(RunOutcome::GuestException { vector, error, eip });
+            return Ok(Next::Done(RunOutcome::GuestException { vector, error, eip }));
         }
-        Next::Done(RunOutcome::Unsupported {
-            eip,
-            what: format!(
-                "exception delivery through the IDT (vector {vector}) comes with the protected-mode machine"
-            ),
-        })
+        let mut event = (vector, error, source);
+        let mut faults = vec![vector];
+        loop {
+            let cpl_before = self.cpu.cpl();
+            let (result, _) = self.with_machine(|m| emulate::deliver_event(m, event.0, event.1, event.2, eip))?;
+            match result {
+                Ok(()) => {
+                    if self.cpu.cpl() != cpl_before {
+                        self.stats.ring_transitions += 1;
+                    }
+                    return Ok(Next::Dispatch(self.tr.ctx().eip));
+                }
+                Err(DeliveryFailure::Stop(s)) => return Ok(Next::Done(s.into())),
+                Err(DeliveryFailure::Exception { vector: second, error }) => {
+                    faults.push(second);
+                    if event.0 == 8 || faults.len() > 8 {
+                        return Ok(Next::Done(RunOutcome::TripleFault { faults, eip }));
+                    }
+                    event = if is_double_fault(event.0, second) {
+                        (8, Some(0), EventSource::Exception)
+                    } else {
+                        (second, error, EventSource::Exception)
+                    };
+                    *self.stats.exceptions.entry(event.0).or_default() += 1;
+                }
+            }
+        }
     }
 
     fn handle_fault(&mut self) -> Result<Next, VmError> {
@@ -212,17 +240,17 @@ impl Vm {
         }
         match sig {
             libc::SIGSEGV if f.trapno == 14 => self.page_fault(eip, f.addr, f.err & 2 != 0),
-            libc::SIGSEGV => Ok(self.raise(13, Some(0), eip)),
+            libc::SIGSEGV => self.raise(13, Some(0), eip, EventSource::Exception),
             libc::SIGFPE => {
                 let vector = match f.trapno {
                     16 => 16,
                     19 => 19,
                     _ => 0,
                 };
-                Ok(self.raise(vector, None, eip))
+                self.raise(vector, None, eip, EventSource::Exception)
             }
-            libc::SIGILL => Ok(self.raise(6, None, eip)),
-            libc::SIGBUS if f.trapno == 17 => Ok(self.raise(17, Some(0), eip)),
+            libc::SIGILL => self.raise(6, None, eip, EventSource::Exception),
+            libc::SIGBUS if f.trapno == 17 => self.raise(17, Some(0), eip, EventSource::Exception),
             _ => Err(VmError::Internal(format!(
                 "host signal {} (trap {}) in translated code at guest eip {eip:#010x}",
                 f.signo, f.trapno
@@ -326,4 +354,12 @@ impl From<Stop> for Next {
     fn from(s: Stop) -> Self {
         Next::Done(s.into())
     }
+}
+
+/// SDM table 6-5: a contributory exception (#DE, #TS, #NP, #SS, #GP) while
+/// delivering a contributory one, or a contributory exception or #PF while
+/// delivering #PF, is a double fault; other pairs are handled one after the other.
+fn is_double_fault(first: u8, second: u8) -> bool {
+    let contributory = |v: u8| matches!(v, 0 | 10 | 11 | 12 | 13);
+    (contributory(first) && contributory(second)) || (first == 14 && (contributory(second) || second == 14))
 }

@@ -17,6 +17,7 @@ pub struct Stats {
     pub callouts: HashMap<Mnemonic, u64>,
     pub smc_faults: u64,
     pub exceptions: BTreeMap<u8, u64>,
+    pub ring_transitions: u64,
     pub run_nanos: u64,
 }
 
@@ -46,6 +47,7 @@ pub struct StatsReport {
     pub units_invalidated: u64,
     pub cache_flushes: u64,
     pub exceptions: BTreeMap<String, u64>,
+    pub ring_transitions: u64,
     pub translate_seconds: f64,
     pub run_seconds: f64,
 }
@@ -83,6 +85,7 @@ impl Stats {
             units_invalidated: t.units_invalidated,
             cache_flushes: t.cache_flushes,
             exceptions,
+            ring_transitions: self.ring_transitions,
             translate_seconds: t.translate_nanos as f64 / 1e9,
             run_seconds: self.run_nanos as f64 / 1e9,
         }

@@ -51,6 +51,10 @@ pub enum RunOutcome {
     Unbacked { eip: u32, linear: u32 },
     /// Stopped from outside (`StopHandle`).
     Stopped { eip: u32 },
+    /// A fault while delivering a double fault: the vectors in the order raised.
+    TripleFault { faults: Vec<u8>, eip: u32 },
+    /// The guest asked for a reset (keyboard controller, triple fault on purpose).
+    Reset,
 }
 
 impl From<Stop> for RunOutcome {

@@ -1,9 +1,6 @@
-//! Software interrupts (int n, int3, int1, into) and iret.
-//!
-//! The software interrupts become trap-style exceptions for the engine to deliver
-//! (saved eip = the next instruction). TODO(protected-mode issue): at CPL > 0 the
-//! gate's DPL must be checked (#GP(vector*8+2) when DPL < CPL), and iret needs the
-//! interrupt-delivery machine.
+//! Software interrupts (int n, int3, int1, into): the engine delivers them through
+//! the IDT (`delivery`), with the saved eip = the next instruction and, for int n,
+//! int3 and into, the gate DPL check.
 
 use super::{vector, EmuResult, Fault, Machine, Outcome};
 use bt86_translator::CalloutSite;
@@ -25,18 +22,13 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
             }
             vector::OF
         }
-        Mnemonic::Iret | Mnemonic::Iretd => {
-            return Err(Fault::unsupported(
-                "iret: interrupt delivery comes with the protected-mode machine",
-            ))
-        }
         _ => return Err(Fault::ud()),
     };
-    Ok(Outcome::Exception {
-        vector,
-        error: None,
-        trap: true,
-    })
+    if ins.mnemonic() == Mnemonic::Int1 {
+        // icebp: a debug trap, not a software interrupt (no DPL check).
+        return Ok(Outcome::Exception { vector, error: None, trap: true });
+    }
+    Ok(Outcome::SoftwareInterrupt { vector })
 }
 
 #[cfg(test)]
@@ -46,11 +38,10 @@ mod tests {
     use super::*;
 
     fn trap(vector: u8) -> Outcome {
-        Outcome::Exception {
-            vector,
-            error: None,
-            trap: true,
+        if vector == 1 {
+            return Outcome::Exception { vector, error: None, trap: true };
         }
+        Outcome::SoftwareInterrupt { vector }
     }
 
     #[test]
@@ -65,17 +56,4 @@ mod tests {
         assert_eq!(t.ctx.eip, EIP, "eip left to the engine");
     }
 
-    #[test]
-    fn iret_is_unsupported() {
-        let mut t = TestMachine::new();
-        for code in [&[0xcf][..], &[0x66, 0xcf][..]] {
-            match t.run(code) {
-                Outcome::Stop(Stop::Unsupported { eip, what }) => {
-                    assert_eq!(eip, EIP);
-                    assert!(what.starts_with("iret"));
-                }
-                o => panic!("{o:?}"),
-            }
-        }
-    }
 }

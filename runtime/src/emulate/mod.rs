@@ -19,6 +19,7 @@
 mod addressing;
 mod control;
 mod cpuid;
+mod delivery;
 mod descriptor;
 mod flags;
 mod interrupts;
@@ -35,6 +36,8 @@ use crate::devices::PortBus;
 use bt86_translator::abi::VcpuCtx;
 use bt86_translator::{CalloutKind, CalloutSite};
 use iced_x86::{Formatter, GasFormatter, Mnemonic};
+
+pub use delivery::{deliver_event, DeliveryFailure, EventSource};
 
 /// A guest memory access that cannot complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +82,9 @@ pub enum Outcome {
     /// Leave translated code and dispatch at `ctx.eip` (set by the handler):
     /// control transfers, and anything that changed the translation mode.
     Jump,
+    /// `int n`, `int3`, `into`: deliver `vector` as a software interrupt (the
+    /// gate's DPL is checked against CPL; the saved eip is the next instruction).
+    SoftwareInterrupt { vector: u8 },
     /// Raise a guest exception. `trap`: the saved eip is the next instruction
     /// (int n, int3, into); otherwise it is the instruction itself (faults).
     Exception {
@@ -126,7 +132,7 @@ impl From<MemFault> for Fault {
 }
 
 impl Fault {
-    fn exc(vector: u8, error: Option<u32>) -> Self {
+    pub(crate) fn exc(vector: u8, error: Option<u32>) -> Self {
         Fault::Exception { vector, error }
     }
 
@@ -164,7 +170,7 @@ impl Fault {
         Fault::Unsupported(what.into())
     }
 
-    fn into_outcome(self, eip: u32) -> Outcome {
+    pub(crate) fn into_outcome(self, eip: u32) -> Outcome {
         match self {
             Fault::Exception { vector, error } => Outcome::Exception {
                 vector,
@@ -264,7 +270,9 @@ fn dispatch(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         Retf => segments::retf(m, site),
         Cpuid => cpuid::emulate(m, site),
         Daa | Das | Aaa | Aas | Aam | Aad | Bound | Arpl => legacy::emulate(m, site),
-        Int | Int1 | Int3 | Into | Iret | Iretd => interrupts::emulate(m, site),
+        Int | Int1 | Int3 | Into => interrupts::emulate(m, site),
+        Iret | Iretd => delivery::iret(m, site),
+        Cli | Sti => delivery::cli_sti(m, site),
         // Not in system-management mode.
         Rsm => Err(Fault::ud()),
         _ => Err(Fault::Unsupported(describe(m, site))),

@@ -25,11 +25,18 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         return end(b, kind).map(Some);
     }
     let flow = match i.mnemonic() {
-        Cli | Sti => {
-            let v = u32::from(i.mnemonic() == Sti);
-            b.a.ins(&Instruction::with2(Code::Mov_rm8_imm8, crate::emit::ctx(off::VIF), v).map_err(ice)?)?;
+        // cli at CPL 0 only writes the virtual IF. Elsewhere it needs an IOPL check,
+        // and sti always exits: interrupts may be pending, and they arrive after
+        // the one instruction that follows it.
+        Cli if b.mode.cpl == 0 => {
+            b.a.ins(&Instruction::with2(Code::Mov_rm8_imm8, crate::emit::ctx(off::VIF), 0u32).map_err(ice)?)?;
             Flow::Next
         }
+        Cli => {
+            b.callout(CalloutKind::Emulate)?;
+            Flow::Next
+        }
+        Sti => end(b, CalloutKind::Emulate)?,
         Salc => salc(b)?,
         Into => into(b)?,
         Ud0 | Ud1 | Ud2 | Monitor | Mwait | Syscall | Sysret | Sysexit | Sysenter => raise_ud(b)?,

@@ -1,0 +1,426 @@
+//! Exception and interrupt delivery through the guest's IDT, and `iret`.
+//!
+//! Delivery follows the SDM's protected-mode rules for interrupt and trap gates:
+//! the gate must lie inside the IDT, be present, and (for `int n`, `int3`, `into`)
+//! have DPL >= CPL; the target must be a present code segment with DPL <= CPL. A
+//! move to an inner ring switches to the stack the TSS names for that ring and
+//! pushes the old SS:ESP; then EFLAGS, CS, EIP and the error code. Interrupt gates
+//! clear IF; both clear TF, NT and RF. Every check and every stack write happens
+//! before any register changes, so a fault during delivery leaves the state as it
+//! was (the engine then raises #DF, and a fault during #DF is a triple fault).
+//!
+//! Not here yet: task gates and task switches, 16-bit gates, virtual-8086 mode.
+
+use super::addressing::{read_lin, write_lin};
+use super::descriptor::{fetch, is_null, set_type_bits, sys, Entry};
+use super::flags::{iopl, read_eflags, write_eflags};
+use super::{EmuResult, Fault, Machine, Outcome};
+use crate::cpu::{eflags, sreg, Segment};
+use bt86_translator::abi::{ARITH_FLAGS, FLAG_IF};
+use bt86_translator::CalloutSite;
+use iced_x86::Mnemonic;
+
+/// Where an event comes from: it decides the DPL check, the EXT bit of error
+/// codes, and nothing else (the saved eip is given by the caller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventSource {
+    /// `int n`, `int3`, `into`: the gate's DPL must be >= CPL.
+    Software,
+    /// A processor exception (fault or trap) raised by an instruction.
+    Exception,
+    /// An external interrupt (from the PIC).
+    External,
+}
+
+const GATE_INT32: u8 = 0xe;
+const GATE_TRAP32: u8 = 0xf;
+const ACCESSED: u8 = 1;
+
+/// Delivers `vector` through the IDT; the frame saves `return_eip`.
+pub(crate) fn deliver(
+    m: &mut Machine<'_>,
+    vector: u8,
+    error: Option<u32>,
+    source: EventSource,
+    return_eip: u32,
+) -> Result<(), Fault> {
+    let ext = u16::from(source != EventSource::Software);
+    let idt_error = u16::from(vector) * 8 + 2 + ext;
+    let (offset, selector, gate_type) = read_gate(m, vector, source, idt_error)?;
+    if is_null(selector) {
+        return Err(Fault::gp(ext));
+    }
+    let e = fetch(m, selector)?.ok_or(Fault::gp((selector & 0xfffc) | ext))?;
+    let d = e.desc;
+    let cpl = m.cpu.cpl();
+    if d.is_system() || !d.is_code() || d.dpl() > cpl {
+        return Err(Fault::gp((selector & 0xfffc) | ext));
+    }
+    if !d.present() {
+        return Err(Fault::exc(super::vector::NP, Some(u32::from((selector & 0xfffc) | ext))));
+    }
+    if !d.big() {
+        return Err(Fault::unsupported("an interrupt handler in a 16-bit code segment"));
+    }
+    let new_cpl = if d.conforming() { cpl } else { d.dpl() };
+    let old_flags = read_eflags(m);
+    let old_cs = m.cpu.seg[sreg::CS].selector;
+    let (new_ss, new_esp) = if new_cpl < cpl {
+        let (ss, esp) = inner_stack(m, new_cpl, ext)?;
+        let mut frame = vec![u32::from(m.cpu.seg[sreg::SS].selector), m.ctx.gpr[4]];
+        frame.extend([old_flags, u32::from(old_cs), return_eip]);
+        frame.extend(error);
+        (Some(ss), write_frame(m, ss.base, esp, &frame)?)
+    } else {
+        let mut frame = vec![old_flags, u32::from(old_cs), return_eip];
+        frame.extend(error);
+        let ss = m.cpu.seg[sreg::SS];
+        (None, write_frame(m, ss.base, m.ctx.gpr[4], &frame)?)
+    };
+    // Commit: nothing below can fault.
+    let d = set_type_bits(m, e, ACCESSED)?;
+    m.cpu.seg[sreg::CS] = d.to_segment((selector & !3) | u16::from(new_cpl));
+    if let Some(ss) = new_ss {
+        m.cpu.seg[sreg::SS] = ss;
+    }
+    m.ctx.gpr[4] = new_esp;
+    m.ctx.eip = offset;
+    m.cpu.sys_flags &= !(eflags::TF | eflags::NT | eflags::RF | eflags::VM);
+    if gate_type == GATE_INT32 {
+        m.ctx.vif = 0;
+    }
+    Ok(())
+}
+
+/// Reads and checks IDT entry `vector`: (offset, selector, gate type).
+fn read_gate(
+    m: &mut Machine<'_>,
+    vector: u8,
+    source: EventSource,
+    idt_error: u16,
+) -> Result<(u32, u16, u8), Fault> {
+    let at = u32::from(vector) * 8;
+    if at + 7 > u32::from(m.cpu.idtr.limit) {
+        return Err(Fault::gp(idt_error));
+    }
+    let base = m.cpu.idtr.base.wrapping_add(at);
+    let lo = read_lin(m, base, 4)?;
+    let hi = read_lin(m, base.wrapping_add(4), 4)?;
+    let gate_type = ((hi >> 8) & 0x1f) as u8;
+    let dpl = ((hi >> 13) & 3) as u8;
+    let present = hi & 0x8000 != 0;
+    match gate_type {
+        GATE_INT32 | GATE_TRAP32 => {}
+        sys::TASK_GATE => return Err(Fault::unsupported("delivery through a task gate")),
+        0x6 | 0x7 => return Err(Fault::unsupported("delivery through a 16-bit gate")),
+        _ => return Err(Fault::gp(idt_error)),
+    }
+    if source == EventSource::Software && dpl < m.cpu.cpl() {
+        return Err(Fault::gp(idt_error & !1));
+    }
+    if !present {
+        return Err(Fault::exc(super::vector::NP, Some(u32::from(idt_error))));
+    }
+    let offset = (lo & 0xffff) | (hi & 0xffff_0000);
+    Ok((offset, (lo >> 16) as u16, gate_type))
+}
+
+/// The stack for ring `ring` from the current 32-bit TSS, checked: (SS cache, ESP).
+fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Segment, u32), Fault> {
+    let tr = m.cpu.tr;
+    let ts = |sel: u16| Fault::exc(10, Some(u32::from((sel & 0xfffc) | ext)));
+    let ty = (tr.attrs & 0xf) as u8;
+    if is_null(tr.selector) || !(ty == sys::TSS32_AVAIL || ty == sys::TSS32_BUSY) {
+        return Err(Fault::unsupported("a privilege change without a 32-bit TSS loaded (ltr)"));
+    }
+    let at = 4 + 8 * u32::from(ring);
+    if at + 5 > tr.limit {
+        return Err(ts(tr.selector));
+    }
+    let esp = read_lin(m, tr.base.wrapping_add(at), 4)?;
+    let ss_sel = read_lin(m, tr.base.wrapping_add(at + 4), 2)? as u16;
+    if is_null(ss_sel) || u8::try_from(ss_sel & 3).ok() != Some(ring) {
+        return Err(ts(ss_sel));
+    }
+    let e: Entry = fetch(m, ss_sel)?.ok_or(ts(ss_sel))?;
+    let d = e.desc;
+    if d.is_system() || !d.is_data() || !d.writable() || d.dpl() != ring {
+        return Err(ts(ss_sel));
+    }
+    if !d.present() {
+        return Err(Fault::ss(ss_sel & 0xfffc));
+    }
+    let d = set_type_bits(m, e, ACCESSED)?;
+    Ok((d.to_segment(ss_sel), esp))
+}
+
+/// Writes `frame` (first element pushed first) below `esp` in the stack segment at
+/// `ss_base`; returns the new esp.
+fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32]) -> Result<u32, Fault> {
+    let bytes = u32::try_from(frame.len() * 4).unwrap_or(u32::MAX);
+    let new_esp = esp.wrapping_sub(bytes);
+    for (i, v) in frame.iter().enumerate() {
+        let slot = u32::try_from(frame.len() - 1 - i).unwrap_or(0) * 4;
+        write_lin(m, ss_base.wrapping_add(new_esp.wrapping_add(slot)), 4, *v)?;
+    }
+    Ok(new_esp)
+}
+
+/// iret/iretd in protected mode: to the same ring, or to an outer ring (popping
+/// SS:ESP too and nulling data segments the outer ring may not use).
+pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
+    if site.ins.mnemonic() == Mnemonic::Iret {
+        return Err(Fault::unsupported("16-bit iret"));
+    }
+    if m.cpu.sys_flags & eflags::NT != 0 {
+        return Err(Fault::unsupported("iret with NT set (a task return)"));
+    }
+    let ss = m.cpu.seg[sreg::SS];
+    let esp = m.ctx.gpr[4];
+    let at = |k: u32| ss.base.wrapping_add(esp.wrapping_add(4 * k));
+    let eip = read_lin(m, at(0), 4)?;
+    let cs_sel = read_lin(m, at(1), 4)? as u16;
+    let flags = read_lin(m, at(2), 4)?;
+    if flags & eflags::VM != 0 && m.cpu.cpl() == 0 {
+        return Err(Fault::unsupported("iret to virtual-8086 mode"));
+    }
+    let cpl = m.cpu.cpl();
+    let rpl = (cs_sel & 3) as u8;
+    if is_null(cs_sel) {
+        return Err(Fault::gp0());
+    }
+    let e = fetch(m, cs_sel)?.ok_or(Fault::gp_sel(cs_sel))?;
+    let d = e.desc;
+    let dpl_ok = if d.conforming() { d.dpl() <= rpl } else { d.dpl() == rpl };
+    if rpl < cpl || d.is_system() || !d.is_code() || !dpl_ok {
+        return Err(Fault::gp_sel(cs_sel));
+    }
+    if !d.present() {
+        return Err(Fault::np_sel(cs_sel));
+    }
+    if !d.big() {
+        return Err(Fault::unsupported("iret to a 16-bit code segment"));
+    }
+    if eip > d.limit() {
+        return Err(Fault::gp0());
+    }
+    let outer = if rpl > cpl {
+        let new_esp = read_lin(m, at(3), 4)?;
+        let ss_sel = read_lin(m, at(4), 4)? as u16;
+        Some((outer_ss(m, ss_sel, rpl)?, new_esp))
+    } else {
+        None
+    };
+    // Commit.
+    let d = set_type_bits(m, e, ACCESSED)?;
+    let mut mask = ARITH_FLAGS | eflags::TF | eflags::NT | eflags::AC | eflags::ID;
+    if cpl == 0 {
+        mask |= eflags::IOPL | FLAG_IF;
+    } else if cpl <= iopl(m) {
+        mask |= FLAG_IF;
+    }
+    write_eflags(m, flags, mask);
+    m.cpu.seg[sreg::CS] = d.to_segment(cs_sel);
+    m.ctx.eip = eip;
+    match outer {
+        Some((ss, new_esp)) => {
+            m.cpu.seg[sreg::SS] = ss;
+            m.ctx.gpr[4] = new_esp;
+            null_inaccessible_data_segments(m, rpl);
+        }
+        None => m.ctx.gpr[4] = esp.wrapping_add(12),
+    }
+    Ok(Outcome::Jump)
+}
+
+/// The SS for an iret to ring `rpl`.
+fn outer_ss(m: &mut Machine<'_>, ss_sel: u16, rpl: u8) -> Result<Segment, Fault> {
+    if is_null(ss_sel) {
+        return Err(Fault::gp0());
+    }
+    let e = fetch(m, ss_sel)?.ok_or(Fault::gp_sel(ss_sel))?;
+    let d = e.desc;
+    if (ss_sel & 3) as u8 != rpl || d.is_system() || !d.is_data() || !d.writable() || d.dpl() != rpl {
+        return Err(Fault::gp_sel(ss_sel));
+    }
+    if !d.present() {
+        return Err(Fault::ss(ss_sel & 0xfffc));
+    }
+    let d = set_type_bits(m, e, ACCESSED)?;
+    Ok(d.to_segment(ss_sel))
+}
+
+/// On a return to an outer ring, data segment registers whose DPL is below the new
+/// CPL (and that are not conforming code) become null (SDM, iret/ret "return to
+/// outer privilege level").
+fn null_inaccessible_data_segments(m: &mut Machine<'_>, cpl: u8) {
+    for r in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
+        let s = m.cpu.seg[r];
+        let dpl = ((s.attrs >> 5) & 3) as u8;
+        let conforming_code = s.attrs & 0x0c == 0x0c;
+        if !is_null(s.selector) && dpl < cpl && !conforming_code {
+            m.cpu.seg[r] = Segment::default();
+        }
+    }
+}
+
+/// cli/sti at CPL > 0 (at CPL 0 cli is inline and sti is handled here too): they
+/// need CPL <= IOPL, else #GP(0). sti leaves translated code, so the engine can
+/// give the one-instruction interrupt shadow.
+pub(crate) fn cli_sti(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
+    if m.cpu.cpl() > iopl(m) {
+        return Err(Fault::gp0());
+    }
+    if site.ins.mnemonic() == Mnemonic::Sti {
+        m.ctx.vif = 1;
+        return super::jump_next(m, site);
+    }
+    m.ctx.vif = 0;
+    Ok(Outcome::Continue)
+}
+
+/// Why an event could not be delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryFailure {
+    /// Delivery itself raised this exception (the engine escalates to #DF).
+    Exception { vector: u8, error: Option<u32> },
+    /// Delivery needs something bt86 does not support, or memory outside RAM.
+    Stop(super::Stop),
+}
+
+/// Delivers an event for the engine: `return_eip` is the eip the frame saves (the
+/// faulting instruction for faults, the next one for traps and interrupts).
+pub fn deliver_event(
+    m: &mut Machine<'_>,
+    vector: u8,
+    error: Option<u32>,
+    source: EventSource,
+    return_eip: u32,
+) -> Result<(), DeliveryFailure> {
+    deliver(m, vector, error, source, return_eip).map_err(|f| match f {
+        Fault::Exception { vector, error } => DeliveryFailure::Exception { vector, error },
+        other => match other.into_outcome(return_eip) {
+            Outcome::Stop(s) => DeliveryFailure::Stop(s),
+            _ => DeliveryFailure::Stop(super::Stop::Unsupported { eip: return_eip, what: "delivery".into() }),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::cpu::TableReg;
+
+    const IDT: u32 = 0x3000;
+    const TSS: u32 = 0x4000;
+    const KSTACK: u32 = 0x9000;
+    const HANDLER: u32 = 0x5000;
+
+    /// An IDT with an interrupt gate at 0x20 (DPL 0), a trap gate at 0x80 (DPL 3),
+    /// and a 32-bit TSS (GDT index 5, selector 0x28) whose ring-0 stack is
+    /// 0x10:KSTACK.
+    fn machine() -> TestMachine {
+        let mut t = TestMachine::new();
+        t.cpu.idtr = TableReg { base: IDT, limit: 256 * 8 - 1 };
+        gate(&mut t, 0x20, 0x8e);
+        gate(&mut t, 0x80, 0xef);
+        t.write_u32(TSS + 4, KSTACK);
+        t.write_u32(TSS + 8, u32::from(KDATA));
+        t.set_gdt(5, desc(TSS, 0x67, 0x8b, 0));
+        t.cpu.tr = crate::cpu::Segment { selector: 0x28, base: TSS, limit: 0x67, attrs: 0x8b };
+        t
+    }
+
+    fn gate(t: &mut TestMachine, vector: u32, access: u32) {
+        let lo = (HANDLER & 0xffff) | (u32::from(KCODE) << 16);
+        let hi = (HANDLER & 0xffff_0000) | (access << 8);
+        t.write_u32(IDT + vector * 8, lo);
+        t.write_u32(IDT + vector * 8 + 4, hi);
+    }
+
+    fn deliver_t(t: &mut TestMachine, vector: u8, error: Option<u32>, source: EventSource) -> Result<(), DeliveryFailure> {
+        let mut m = Machine { cpu: &mut t.cpu, ctx: &mut t.ctx, mem: &mut t.mem, io: &mut t.io };
+        deliver_event(&mut m, vector, error, source, 0x1234)
+    }
+
+    #[test]
+    fn same_ring_interrupt_gate_pushes_three_words_and_clears_if() {
+        let mut t = machine();
+        t.ctx.vif = 1;
+        deliver_t(&mut t, 0x20, None, EventSource::External).unwrap();
+        assert_eq!(t.ctx.eip, HANDLER);
+        assert_eq!(t.ctx.gpr[4], STACK_TOP - 12);
+        assert_eq!(t.read_u32(STACK_TOP - 12), 0x1234);
+        assert_eq!(t.read_u32(STACK_TOP - 8), u32::from(KCODE));
+        assert_eq!(t.read_u32(STACK_TOP - 4) & (1 << 9), 1 << 9, "saved IF=1");
+        assert_eq!(t.ctx.vif, 0, "interrupt gate clears IF");
+    }
+
+    #[test]
+    fn user_system_call_switches_to_the_tss_stack_and_iret_returns() {
+        let mut t = machine();
+        t.set_cpl(3);
+        t.ctx.vif = 1;
+        t.ctx.gpr[4] = 0x7000;
+        deliver_t(&mut t, 0x80, None, EventSource::Software).unwrap();
+        assert_eq!(t.cpu.cpl(), 0);
+        assert_eq!(t.cpu.seg[sreg::SS].selector, KDATA);
+        assert_eq!(t.ctx.gpr[4], KSTACK - 20);
+        let frame: Vec<u32> = (0..5).map(|k| t.read_u32(KSTACK - 20 + 4 * k)).collect();
+        assert_eq!(frame[0], 0x1234);
+        assert_eq!(frame[1], 0x1b);
+        assert_eq!(frame[3], 0x7000, "old esp");
+        assert_eq!(frame[4], 0x23, "old ss");
+        assert_eq!(t.ctx.vif, 1, "a trap gate keeps IF");
+        // iret back to ring 3.
+        t.ctx.eip = HANDLER;
+        assert_eq!(t.run(&[0xcf]), Outcome::Jump);
+        assert_eq!(t.cpu.cpl(), 3);
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4]), (0x1234, 0x7000));
+        assert_eq!(t.cpu.seg[sreg::SS].selector, 0x23);
+    }
+
+    #[test]
+    fn int_to_a_dpl0_gate_from_ring3_is_gp_with_the_idt_error_code() {
+        let mut t = machine();
+        t.set_cpl(3);
+        let r = deliver_t(&mut t, 0x20, None, EventSource::Software);
+        assert_eq!(r, Err(DeliveryFailure::Exception { vector: 13, error: Some(0x20 * 8 + 2) }));
+        assert_eq!(t.cpu.cpl(), 3, "nothing changed");
+    }
+
+    #[test]
+    fn missing_gate_and_not_present_gate() {
+        let mut t = machine();
+        t.cpu.idtr.limit = 0x20 * 8 - 1;
+        let r = deliver_t(&mut t, 0x20, None, EventSource::External);
+        assert_eq!(r, Err(DeliveryFailure::Exception { vector: 13, error: Some(0x20 * 8 + 3) }));
+        let mut t = machine();
+        gate(&mut t, 0x21, 0x0e);
+        let r = deliver_t(&mut t, 0x21, None, EventSource::Exception);
+        assert_eq!(r, Err(DeliveryFailure::Exception { vector: 11, error: Some(0x21 * 8 + 3) }));
+    }
+
+    #[test]
+    fn error_code_is_pushed_after_eip() {
+        let mut t = machine();
+        gate(&mut t, 13, 0x8e);
+        deliver_t(&mut t, 13, Some(0x18), EventSource::Exception).unwrap();
+        assert_eq!(t.ctx.gpr[4], STACK_TOP - 16);
+        assert_eq!(t.read_u32(STACK_TOP - 16), 0x18);
+        assert_eq!(t.read_u32(STACK_TOP - 12), 0x1234);
+    }
+
+    #[test]
+    fn user_cli_and_sti_need_iopl() {
+        let mut t = machine();
+        t.set_cpl(3);
+        t.ctx.vif = 1;
+        assert!(matches!(t.run(&[0xfa]), Outcome::Exception { vector: 13, error: Some(0), .. }));
+        assert_eq!(t.ctx.vif, 1);
+        t.cpu.sys_flags |= eflags::IOPL;
+        assert_eq!(t.run(&[0xfa]), Outcome::Continue);
+        assert_eq!(t.ctx.vif, 0);
+    }
+}
