@@ -1,0 +1,96 @@
+//! The alarm: a thread that makes translated code exit when the next virtual timer
+//! interrupt is due, by revoking the poll page every unit entry reads. Translated
+//! code never tests a flag (that would clobber the guest's arithmetic flags), and a
+//! chained loop that never leaves the code cache still gets its timer interrupt.
+
+use bt86_translator::exec_mem::PollHandle;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+#[derive(Default)]
+struct State {
+    deadline: Option<Instant>,
+    quit: bool,
+}
+
+/// Owns the alarm thread; dropping it stops and joins the thread, so the thread
+/// never touches a poll page that is gone.
+pub struct Alarm {
+    shared: Arc<(Mutex<State>, Condvar)>,
+    armed: Option<Instant>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Alarm {
+    /// Starts the thread for `poll`.
+    pub fn new(poll: PollHandle) -> Self {
+        let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("bt86-alarm".into())
+            .spawn(move || run(&theirs, poll))
+            .ok();
+        Self { shared, armed: None, thread }
+    }
+
+    /// Makes translated code exit at `deadline` (None: never). Cheap when the
+    /// deadline did not change.
+    pub fn set(&mut self, deadline: Option<Instant>) {
+        if deadline == self.armed {
+            return;
+        }
+        self.armed = deadline;
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut s) = lock.lock() {
+            s.deadline = deadline;
+            cv.notify_one();
+        }
+    }
+
+    /// Forgets the armed deadline after it fired.
+    pub fn fired(&mut self) {
+        self.armed = None;
+    }
+}
+
+fn run(shared: &(Mutex<State>, Condvar), poll: PollHandle) {
+    let (lock, cv) = shared;
+    let Ok(mut s) = lock.lock() else { return };
+    loop {
+        if s.quit {
+            return;
+        }
+        match s.deadline {
+            None => match cv.wait(s) {
+                Ok(g) => s = g,
+                Err(_) => return,
+            },
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    s.deadline = None;
+                    poll.request_exit();
+                    continue;
+                }
+                match cv.wait_timeout(s, d - now) {
+                    Ok((g, _)) => s = g,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.shared;
+        if let Ok(mut s) = lock.lock() {
+            s.quit = true;
+            cv.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
