@@ -175,7 +175,9 @@ impl Vm {
                 let eip = if trap { next_eip } else { site.eip };
                 self.raise(vector, error, eip, EventSource::Exception)
             }
-            Outcome::SoftwareInterrupt { vector } => self.raise(vector, None, next_eip, EventSource::Software),
+            Outcome::SoftwareInterrupt { vector } => {
+                self.raise_at(vector, None, next_eip, EventSource::Software, site.eip)
+            }
             Outcome::Stop(s) => Ok(Next::Done(s.into())),
         }
     }
@@ -186,6 +188,19 @@ impl Vm {
     /// fault, which ends the run naming the faults. A guest that never loaded an IDT
     /// cannot handle anything: the run ends naming the exception.
     fn raise(&mut self, vector: u8, error: Option<u32>, eip: u32, source: EventSource) -> Result<Next, VmError> {
+        self.raise_at(vector, error, eip, source, eip)
+    }
+
+    /// `raise`, where an exception during delivery saves `fault_eip` instead of
+    /// `eip` (for `int n`, a #GP from the gate check is a fault on the int itself).
+    fn raise_at(
+        &mut self,
+        vector: u8,
+        error: Option<u32>,
+        eip: u32,
+        source: EventSource,
+        fault_eip: u32,
+    ) -> Result<Next, VmError> {
         *self.stats.exceptions.entry(vector).or_default() += 1;
         self.tr.ctx_mut().eip = eip;
         if self.cpu.idtr.limit == 0 {
@@ -193,6 +208,7 @@ impl Vm {
         }
         let mut event = (vector, error, source);
         let mut faults = vec![vector];
+        let mut eip = eip;
         loop {
             let cpl_before = self.cpu.cpl();
             let (result, _) = self.with_machine(|m| emulate::deliver_event(m, event.0, event.1, event.2, eip))?;
@@ -209,6 +225,7 @@ impl Vm {
                     if event.0 == 8 || faults.len() > 8 {
                         return Ok(Next::Done(RunOutcome::TripleFault { faults, eip }));
                     }
+                    eip = fault_eip;
                     event = if is_double_fault(event.0, second) {
                         (8, Some(0), EventSource::Exception)
                     } else {
