@@ -4,6 +4,7 @@ pub mod cpu;
 pub mod devices;
 pub mod emulate;
 mod engine;
+pub mod kvm;
 pub mod loader;
 pub mod memory;
 pub mod signals;

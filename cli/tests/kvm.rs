@@ -1,0 +1,259 @@
+//! `bt86 run --engine kvm`: the honest host check (exit status 4 and one line naming
+//! the reason), and tiny hand-assembled guests under `--allow-software-kvm` (quick
+//! even under the slow software KVM of the development machines), each also run under
+//! `--engine bt` for the same answer.
+//!
+//! Expectations follow what this host has (`bt86_runtime::kvm::check_host`): no
+//! /dev/kvm, a software-backed one (kvm_pvm here), or a hardware-backed one.
+
+use bt86_runtime::kvm::{self, Backing, KvmUnavailable};
+use std::process::{Command, Output};
+
+fn bt86() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bt86"))
+}
+
+/// Where the code of [`multiboot_elf`] images is loaded.
+const LOAD: u32 = 0x10_0000;
+/// File offset (and offset from `LOAD`) of the code.
+const CODE_OFFSET: u32 = 108;
+/// File offset (and offset from `LOAD`) of the data.
+const DATA_OFFSET: u32 = 0x180;
+const DATA_ADDR: u32 = LOAD + DATA_OFFSET;
+
+/// A minimal multiboot (v1) ELF32: one PT_LOAD at 1 MiB holding the headers, a
+/// multiboot header, `code` (the entry point) and `data` (at `DATA_ADDR`).
+fn multiboot_elf(code: &[u8], data: &[u8]) -> Vec<u8> {
+    assert!(CODE_OFFSET as usize + code.len() <= DATA_OFFSET as usize);
+    let mut img = vec![0u8; DATA_OFFSET as usize];
+    img.extend_from_slice(data);
+    let le16 = |img: &mut Vec<u8>, at: usize, v: u16| img[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let le32 = |img: &mut Vec<u8>, at: usize, v: u32| img[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let size = img.len() as u32;
+    // ELF header.
+    img[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1, 1]);
+    le16(&mut img, 16, 2); // ET_EXEC
+    le16(&mut img, 18, 3); // EM_386
+    le32(&mut img, 20, 1); // EV_CURRENT
+    le32(&mut img, 24, LOAD + CODE_OFFSET); // e_entry
+    le32(&mut img, 28, 52); // e_phoff
+    le16(&mut img, 40, 52); // e_ehsize
+    le16(&mut img, 42, 32); // e_phentsize
+    le16(&mut img, 44, 1); // e_phnum
+    // Program header: PT_LOAD of the whole file at LOAD, R+X.
+    for (i, v) in [1, 0, LOAD, LOAD, size, size, 5, 0x1000].into_iter().enumerate() {
+        le32(&mut img, 52 + 4 * i, v);
+    }
+    // Multiboot header (flags 0: the ELF headers say where to load).
+    let magic = 0x1BAD_B002u32;
+    le32(&mut img, 96, magic);
+    le32(&mut img, 100, 0);
+    le32(&mut img, 104, magic.wrapping_neg());
+    img[CODE_OFFSET as usize..CODE_OFFSET as usize + code.len()].copy_from_slice(code);
+    img
+}
+
+/// `mov $v, %eax; mov $0xf4, %dx; out %eax, (%dx)`: exit with `v`, then spin.
+fn exit_with(v: u32) -> Vec<u8> {
+    let mut c = vec![0xb8];
+    c.extend_from_slice(&v.to_le_bytes());
+    c.extend_from_slice(&[0x66, 0xba, 0xf4, 0x00, 0xef, 0xeb, 0xfe]);
+    c
+}
+
+/// The brief's guest: print "K" on COM1, exit with 7.
+fn k_guest() -> Vec<u8> {
+    // mov $0x3f8,%dx; mov $'K',%al; out %al,(%dx)
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03, 0xb0, b'K', 0xee];
+    code.extend(exit_with(7));
+    multiboot_elf(&code, &[])
+}
+
+fn tmp_image(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("bt86-kvm-{}-{name}.elf", std::process::id()));
+    std::fs::write(&p, bytes).expect("write temp image");
+    p
+}
+
+/// Runs `bt86 run` on `image` with `args`.
+fn run(name: &str, image: &[u8], args: &[&str]) -> Output {
+    let p = tmp_image(name, image);
+    let out = bt86().arg("run").arg("--kernel").arg(&p).args(args).output().expect("run bt86");
+    let _ = std::fs::remove_file(&p);
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs the image under kvm (allowed on software) and bt; `None` when this host has no
+/// usable /dev/kvm at all (then `--engine kvm` must refuse with status 4).
+fn both(name: &str, image: &[u8], extra: &[&str]) -> Option<(Output, Output)> {
+    let kvm_args: Vec<&str> = ["--engine", "kvm", "--allow-software-kvm"].iter().chain(extra).copied().collect();
+    let bt_args: Vec<&str> = ["--engine", "bt"].iter().chain(extra).copied().collect();
+    let k = run(&format!("{name}-kvm"), image, &kvm_args);
+    let b = run(&format!("{name}-bt"), image, &bt_args);
+    match kvm::check_host() {
+        Err(e) if e.software_host().is_none() => {
+            assert_eq!(k.status.code(), Some(4), "no usable KVM ({e}) must refuse: {}", text(&k.stderr));
+            None
+        }
+        _ => Some((k, b)),
+    }
+}
+
+#[test]
+fn kvm_without_the_flag_refuses_or_runs_honestly() {
+    let out = run("refuse", &k_guest(), &["--engine", "kvm"]);
+    let stderr = text(&out.stderr);
+    match kvm::check_host() {
+        Ok(_) => {
+            // A hardware-backed KVM: it simply runs.
+            assert_eq!(out.status.code(), Some(7), "{stderr}");
+            assert_eq!(text(&out.stdout), "K");
+        }
+        Err(e) => {
+            assert_eq!(out.status.code(), Some(4), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "one line naming the reason: {stderr}");
+            assert!(out.stdout.is_empty(), "the guest must not have run");
+            match e {
+                KvmUnavailable::Missing => assert!(stderr.contains("not found"), "{stderr}"),
+                KvmUnavailable::Software { host } => {
+                    assert!(stderr.contains("software hypervisor") || stderr.contains("not hardware-backed"), "{stderr}");
+                    assert!(stderr.contains("--allow-software-kvm"), "{stderr}");
+                    if let Backing::Software { module: Some(m) } = host.backing {
+                        assert!(stderr.contains(&m), "names the module {m}: {stderr}");
+                    }
+                }
+                other => assert!(stderr.contains(&other.to_string()), "{stderr}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn kvm_on_this_machine_names_kvm_pvm() {
+    // The development machines: /dev/kvm from the kvm_pvm module.
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() || !std::path::Path::new("/dev/kvm").exists() {
+        return;
+    }
+    let out = run("pvm", &k_guest(), &["--engine", "kvm"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("software hypervisor") && stderr.contains("kvm_pvm"), "{stderr}");
+    assert!(stderr.contains("32-bit guests very slowly"), "{stderr}");
+}
+
+#[test]
+fn tiny_guest_runs_under_both_engines() {
+    let Some((k, b)) = both("tiny", &k_guest(), &[]) else { return };
+    for (engine, out) in [("kvm", &k), ("bt", &b)] {
+        assert_eq!(out.status.code(), Some(7), "{engine}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "K", "{engine}");
+    }
+    if kvm::check_host().is_err() {
+        let stderr = text(&k.stderr);
+        assert!(stderr.starts_with("bt86: warning:") && stderr.contains("not VT-x/AMD-V"), "{stderr}");
+    }
+}
+
+#[test]
+fn kvm_statistics_use_the_bt_key_names() {
+    let Some((k, b)) = both("stats", &k_guest(), &["--stats=json"]) else { return };
+    let json = |o: &Output| -> serde_json::Value {
+        let stderr = text(&o.stderr);
+        let line = stderr.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("a JSON line: {stderr}"));
+        serde_json::from_str(line).expect("valid JSON")
+    };
+    let (kj, bj) = (json(&k), json(&b));
+    for key in ["guest_exits", "exits", "run_seconds"] {
+        assert!(kj.get(key).is_some() && bj.get(key).is_some(), "{key} in both: {kj} / {bj}");
+    }
+    // Two `out`s: the console byte and the exit port.
+    assert_eq!(kj["exits"]["io"], 2, "{kj}");
+    assert_eq!(kj["guest_exits"], 2, "{kj}");
+    assert_eq!(kj["engine"], "kvm");
+}
+
+#[test]
+fn string_and_input_port_io() {
+    // mov $0x3f8,%dx; mov $DATA,%esi; mov $3,%ecx; cld; rep outsb     -- "OK\n"
+    // add $5,%dx; in (%dx),%al; movzbl %al,%eax                     -- the UART's LSR
+    // mov $0xf4,%dx; out %eax,(%dx)                                  -- exit with it
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03, 0xbe];
+    code.extend_from_slice(&DATA_ADDR.to_le_bytes());
+    code.extend_from_slice(&[0xb9, 3, 0, 0, 0, 0xfc, 0xf3, 0x6e]);
+    code.extend_from_slice(&[0x66, 0x83, 0xc2, 0x05, 0xec, 0x0f, 0xb6, 0xc0]);
+    code.extend_from_slice(&[0x66, 0xba, 0xf4, 0x00, 0xef, 0xeb, 0xfe]);
+    let Some((k, b)) = both("strio", &multiboot_elf(&code, b"OK\n"), &[]) else { return };
+    for (engine, out) in [("kvm", &k), ("bt", &b)] {
+        assert_eq!(text(&out.stdout), "OK\n", "{engine}: {}", text(&out.stderr));
+        // LSR: transmitter empty and holding register empty.
+        assert_eq!(out.status.code(), Some(0x60), "{engine}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest() {
+    // jmp . : never exits on its own, so only the timeout (a signal under KVM) ends it.
+    let image = multiboot_elf(&[0xeb, 0xfe], &[]);
+    let started = std::time::Instant::now();
+    let Some((k, b)) = both("spin", &image, &["--timeout", "0.5"]) else { return };
+    for (engine, out) in [("kvm", &k), ("bt", &b)] {
+        assert_eq!(out.status.code(), Some(3), "{engine}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("stopped at eip 0x0010006c"), "{engine}: {}", text(&out.stderr));
+    }
+    assert!(started.elapsed().as_secs() < 15, "took {:?}", started.elapsed());
+}
+
+#[test]
+fn hlt_and_triple_fault_are_reported() {
+    // hlt
+    let Some((k, b)) = both("hlt", &multiboot_elf(&[0xf4], &[]), &[]) else { return };
+    for (engine, out) in [("kvm", &k), ("bt", &b)] {
+        assert_eq!(out.status.code(), Some(0), "{engine}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("halted at eip 0x0010006c"), "{engine}: {}", text(&out.stderr));
+    }
+    // ud2 with no IDT: bt reports the exception, KVM the resulting shutdown.
+    let Some((k, b)) = both("ud2", &multiboot_elf(&[0x0f, 0x0b], &[]), &[]) else { return };
+    assert_eq!(b.status.code(), Some(3), "{}", text(&b.stderr));
+    assert_eq!(k.status.code(), Some(3), "{}", text(&k.stderr));
+    assert!(text(&k.stderr).contains("triple fault at eip 0x0010006c"), "{}", text(&k.stderr));
+}
+
+#[test]
+fn software_kvm_emulation_failure_names_the_instruction() {
+    // lar %eax,%ecx, then exit 5. The software KVM here cannot emulate lar.
+    let mut code = vec![0x0f, 0x02, 0xc8];
+    code.extend(exit_with(5));
+    let image = multiboot_elf(&code, &[]);
+    let Some((k, b)) = both("lar", &image, &[]) else { return };
+    assert_eq!(b.status.code(), Some(5), "{}", text(&b.stderr));
+    match kvm::check_host() {
+        Err(KvmUnavailable::Software { host })
+            if host.backing == (Backing::Software { module: Some("kvm_pvm".into()) }) =>
+        {
+            let stderr = text(&k.stderr);
+            assert_eq!(k.status.code(), Some(3), "{stderr}");
+            assert!(
+                stderr.contains("KVM emulation failure on instruction bytes 0f 02 c8") && stderr.contains("eip 0x0010006c"),
+                "{stderr}"
+            );
+        }
+        // Elsewhere lar runs (natively or emulated) and the guest exits normally.
+        _ => {
+            if k.status.code() != Some(5) {
+                assert!(text(&k.stderr).contains("emulation failure"), "{}", text(&k.stderr));
+            }
+        }
+    }
+}
+
+#[test]
+fn help_documents_the_engine_and_exit_status_4() {
+    let out = bt86().args(["run", "--help"]).output().expect("run bt86");
+    let help = text(&out.stdout);
+    assert!(help.contains("--engine") && help.contains("--allow-software-kvm"), "{help}");
+    assert!(help.contains("4   --engine kvm cannot run here"), "{help}");
+}
