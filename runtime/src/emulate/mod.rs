@@ -32,7 +32,7 @@ mod tables;
 mod testutil;
 
 use crate::cpu::Cpu;
-use crate::devices::PortBus;
+use crate::devices::{IoEffect, PortBus};
 use bt86_translator::abi::VcpuCtx;
 use bt86_translator::{CalloutKind, CalloutSite};
 use iced_x86::{Formatter, GasFormatter, Mnemonic};
@@ -53,12 +53,28 @@ pub trait GuestMemory {
     fn write(&mut self, linear: u32, data: &[u8]) -> Result<(), MemFault>;
 }
 
+/// The I/O port space as emulated `in`/`out` see it.
+pub trait PortIo {
+    fn read(&mut self, port: u16, size: u8) -> u32;
+    fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect;
+}
+
+impl PortIo for PortBus {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        PortBus::read(self, port, size)
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect {
+        PortBus::write(self, port, size, value)
+    }
+}
+
 /// Everything an emulated instruction may touch.
 pub struct Machine<'a> {
     pub cpu: &'a mut Cpu,
     pub ctx: &'a mut VcpuCtx,
     pub mem: &'a mut dyn GuestMemory,
-    pub io: &'a mut PortBus,
+    pub io: &'a mut dyn PortIo,
 }
 
 /// Why the guest cannot go on.
