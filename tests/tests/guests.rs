@@ -60,3 +60,11 @@ fn debug_exit_port_sets_the_exit_value() {
     let r = run_guest(guests::EXIT_CODE, "", LIMIT);
     assert_eq!(r.outcome, RunOutcome::GuestExit(42), "{}", r.quoted_console());
 }
+
+#[test]
+fn contributory_fault_during_delivery_is_a_double_fault() {
+    let r = run_guest(guests::EXC_IDT, "", LIMIT);
+    r.assert_passed();
+    assert!(r.console.contains("DOUBLE FAULT"), "{}", r.quoted_console());
+    assert_eq!(r.stats.exceptions.get("8"), Some(&1), "{:?}", r.stats.exceptions);
+}
