@@ -64,6 +64,12 @@ impl Vm {
             }
             self.tr.run(host)?;
             self.stats.guest_exits += 1;
+            if let Some(frame) = self.reprotect.take() {
+                if self.tr.has_code_on(frame) {
+                    self.view.set_writable(frame << 12, false)?;
+                    self.protected.insert(frame);
+                }
+            }
             next = self.handle_exit()?;
         }
     }
@@ -288,15 +294,43 @@ impl Vm {
         let frame = linear >> 12;
         if write && self.protected.contains(&frame) {
             self.stats.smc_faults += 1;
-            self.tr.invalidate_frame(frame)?;
             self.view.set_writable(frame << 12, true)?;
             self.protected.remove(&frame);
+            if self.write_misses_code(eip, linear, frame) {
+                // Data that shares a page with code: keep the translations, let the
+                // instruction write, and protect the page again right after.
+                self.stats.smc_data_writes += 1;
+                self.reprotect = Some(frame);
+            } else {
+                self.tr.invalidate_frame(frame)?;
+            }
             return Ok(Next::Transient(eip));
         }
         if linear >= self.ram.size() || linear.checked_add(16).is_none_or(|end| end > self.ram.size()) {
             return Ok(Next::Done(RunOutcome::Unbacked { eip, linear }));
         }
         Err(VmError::Internal(format!("unexpected fault at guest linear {linear:#010x} (eip {eip:#010x})")))
+    }
+
+    /// Whether the write by the instruction at `eip` that faulted at `linear`
+    /// certainly leaves every translated byte of `frame` alone. Conservative: string
+    /// instructions and anything that writes more than 16 bytes count as touching.
+    fn write_misses_code(&self, eip: u32, linear: u32, frame: u32) -> bool {
+        use iced_x86::Mnemonic::*;
+        let mut bytes = [0u8; 16];
+        let n = CodeFetch { ram: &self.ram }.fetch(eip, &mut bytes);
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), iced_x86::DecoderOptions::NONE).decode();
+        let bulky = matches!(
+            ins.mnemonic(),
+            Movsb | Movsw | Movsd | Stosb | Stosw | Stosd | Insb | Insw | Insd | Pushad | Pusha | Enter
+                | Fxsave | Fnsave | Fnstenv | Xsave | Cmpxchg8b
+        );
+        if ins.is_invalid() || bulky || ins.memory_size().size() > 16 {
+            return false;
+        }
+        // The fault names the first byte the write touched; it may have started up
+        // to 15 bytes lower (an access straddling into this page).
+        !self.tr.code_overlaps(frame, linear.saturating_sub(16), 32)
     }
 
     fn apply_fixup(&mut self, fixup: Fixup) {

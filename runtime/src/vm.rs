@@ -110,6 +110,8 @@ pub struct Vm {
     pub(crate) protected: HashSet<u32>,
     pub(crate) stats: Stats,
     pub(crate) stop_flag: Arc<AtomicBool>,
+    /// A code frame unprotected for one data write, to protect again after it.
+    pub(crate) reprotect: Option<u32>,
 }
 
 impl Vm {
@@ -132,6 +134,7 @@ impl Vm {
             protected: HashSet::new(),
             stats: Stats::default(),
             stop_flag: Arc::new(AtomicBool::new(false)),
+            reprotect: None,
         })
     }
 

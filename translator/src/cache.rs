@@ -384,6 +384,20 @@ impl Translator {
         self.units.get(id as usize).is_some_and(|u| u.live)
     }
 
+    /// Whether any live unit's guest code overlaps the linear range
+    /// [`start`, `start + len`) on `frame`.
+    pub fn code_overlaps(&self, frame: u32, start: u32, len: u32) -> bool {
+        let end = u64::from(start) + u64::from(len);
+        self.by_frame.get(&frame).is_some_and(|ids| {
+            ids.iter().any(|&id| {
+                let u = &self.units[id as usize];
+                let (s, e) = (u64::from(u.key.eip), u64::from(u.guest_end));
+                let e = if e < s { e + (1 << 32) } else { e };
+                s < end && u64::from(start) < e
+            })
+        })
+    }
+
     /// Whether any live unit has code on `frame`.
     pub fn has_code_on(&self, frame: u32) -> bool {
         self.by_frame.contains_key(&frame)
