@@ -141,20 +141,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let (image, opts) = match cli.command {
+    // The guest's serial port reads the terminal (or a pipe) only for `run`.
+    let (image, opts, console_input) = match cli.command {
         Command::Run { kernel, opts } => match read_kernel(&kernel) {
-            Ok(image) => (image, opts),
+            Ok(image) => (image, opts, true),
             Err(e) => {
                 eprintln!("bt86: {e:#}");
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         },
-        Command::Demo { opts } => (DEMO_KERNEL.to_vec(), opts),
+        Command::Demo { opts } => (DEMO_KERNEL.to_vec(), opts, false),
         Command::Compare { kernel, mem, cmdline, allow_software_kvm, timeout } => {
             return compare::main(&compare::Settings { kernel, mem, cmdline, allow_software_kvm, timeout });
         }
     };
-    run(&image, &opts)
+    run(&image, &opts, console_input)
 }
 
 fn read_kernel(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -170,7 +171,7 @@ fn parse_timeout(secs: f64) -> Result<Duration, String> {
     }
 }
 
-fn run(image: &[u8], opts: &RunOpts) -> ExitCode {
+fn run(image: &[u8], opts: &RunOpts, console_input: bool) -> ExitCode {
     let timeout = match opts.timeout.map(parse_timeout).transpose() {
         Ok(t) => t,
         Err(e) => {
@@ -184,7 +185,9 @@ fn run(image: &[u8], opts: &RunOpts) -> ExitCode {
             return code;
         }
     }
-    let mut vm = match Vm::new(VmConfig::new(opts.mem, Box::new(std::io::stdout()))) {
+    let mut cfg = VmConfig::new(opts.mem, Box::new(std::io::stdout()));
+    cfg.stdin_input = console_input && opts.engine == Engine::Bt;
+    let mut vm = match Vm::new(cfg) {
         Ok(vm) => vm,
         Err(e @ VmError::MemSize(_)) => {
             eprintln!("bt86: {e}");

@@ -3,14 +3,14 @@
 //! code never tests a flag (that would clobber the guest's arithmetic flags), and a
 //! chained loop that never leaves the code cache still gets its timer interrupt.
 
+use crate::devices::{clock, Clock, Nanos};
 use bt86_translator::exec_mem::PollHandle;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 #[derive(Default)]
 struct State {
-    deadline: Option<Instant>,
+    deadline: Option<Nanos>,
     quit: bool,
 }
 
@@ -18,25 +18,25 @@ struct State {
 /// never touches a poll page that is gone.
 pub struct Alarm {
     shared: Arc<(Mutex<State>, Condvar)>,
-    armed: Option<Instant>,
+    armed: Option<Nanos>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Alarm {
-    /// Starts the thread for `poll`.
-    pub fn new(poll: PollHandle) -> Self {
+    /// Starts the thread for `poll`; deadlines are on `clock`.
+    pub fn new(poll: PollHandle, clock: Arc<dyn Clock>) -> Self {
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("bt86-alarm".into())
-            .spawn(move || run(&theirs, poll))
+            .spawn(move || run(&theirs, poll, &*clock))
             .ok();
         Self { shared, armed: None, thread }
     }
 
     /// Makes translated code exit at `deadline` (None: never). Cheap when the
     /// deadline did not change.
-    pub fn set(&mut self, deadline: Option<Instant>) {
+    pub fn set(&mut self, deadline: Option<Nanos>) {
         if deadline == self.armed {
             return;
         }
@@ -47,14 +47,9 @@ impl Alarm {
             cv.notify_one();
         }
     }
-
-    /// Forgets the armed deadline after it fired.
-    pub fn fired(&mut self) {
-        self.armed = None;
-    }
 }
 
-fn run(shared: &(Mutex<State>, Condvar), poll: PollHandle) {
+fn run(shared: &(Mutex<State>, Condvar), poll: PollHandle, clock: &dyn Clock) {
     let (lock, cv) = shared;
     let Ok(mut s) = lock.lock() else { return };
     loop {
@@ -67,13 +62,13 @@ fn run(shared: &(Mutex<State>, Condvar), poll: PollHandle) {
                 Err(_) => return,
             },
             Some(d) => {
-                let now = Instant::now();
+                let now = clock.now_ns();
                 if now >= d {
                     s.deadline = None;
                     poll.request_exit();
                     continue;
                 }
-                match cv.wait_timeout(s, d - now) {
+                match cv.wait_timeout(s, clock::until(now, d)) {
                     Ok((g, _)) => s = g,
                     Err(_) => return,
                 }

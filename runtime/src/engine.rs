@@ -71,6 +71,7 @@ impl Vm {
                 }
             }
             next = self.handle_exit()?;
+            next = self.interrupt_boundary(next)?;
         }
     }
 
@@ -160,10 +161,14 @@ impl Vm {
         }
         let resume = self.tr.ctx().resume;
         let mode_before = self.cpu.mode();
+        let vif_before = self.tr.ctx().vif;
         self.tr.ctx_mut().eip = site.eip;
         let (outcome, wrote_code) = self.with_machine(|m| emulate::emulate(m, &site))?;
         if self.cpu.cpl() != mode_before.cpl {
             self.stats.ring_transitions += 1;
+        }
+        if site.ins.mnemonic() == iced_x86::Mnemonic::Sti && vif_before == 0 && self.tr.ctx().vif == 1 {
+            self.interrupt_shadow = true;
         }
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
         match outcome {
@@ -184,8 +189,68 @@ impl Vm {
             Outcome::SoftwareInterrupt { vector } => {
                 self.raise_at(vector, None, next_eip, EventSource::Software, site.eip)
             }
+            Outcome::Stop(Stop::Halted { .. }) => self.halt(next_eip),
             Outcome::Stop(s) => Ok(Next::Done(s.into())),
         }
+    }
+
+    /// An instruction boundary after an exit: poll the devices, keep the alarm set
+    /// for the next timer interrupt, and deliver a pending external interrupt if
+    /// the guest's IF allows it (not in the shadow of an sti).
+    fn interrupt_boundary(&mut self, next: Next) -> Result<Next, VmError> {
+        let eip = match next {
+            Next::Dispatch(eip) => eip,
+            Next::Resume(_) => self.tr.ctx().eip,
+            Next::Transient(_) | Next::Done(_) => return Ok(next),
+        };
+        let now = self.bus.now();
+        self.bus.poll(now);
+        self.alarm.set(self.bus.next_event());
+        if self.interrupt_shadow {
+            self.interrupt_shadow = false;
+            if self.tr.ctx().vif == 1 && self.bus.interrupt_pending() {
+                // Run exactly the one instruction after sti; the interrupt comes after it.
+                return Ok(Next::Transient(eip));
+            }
+            return Ok(next);
+        }
+        if self.tr.ctx().vif == 0 || !self.bus.interrupt_pending() {
+            return Ok(next);
+        }
+        let Some(vector) = self.bus.acknowledge_interrupt() else { return Ok(next) };
+        *self.stats.interrupts.entry(vector).or_default() += 1;
+        self.raise(vector, None, eip, EventSource::External)
+    }
+
+    /// hlt at CPL 0: sleep until an interrupt the guest accepts, then deliver it with
+    /// the saved eip after the hlt. With IF clear, or with no timer programmed and no
+    /// console input possible, nothing can ever wake the guest: the run ends.
+    fn halt(&mut self, next_eip: u32) -> Result<Next, VmError> {
+        self.tr.ctx_mut().eip = next_eip;
+        let started = std::time::Instant::now();
+        let result = loop {
+            if self.tr.ctx().vif == 0 {
+                break Next::Done(RunOutcome::Halted { eip: next_eip.wrapping_sub(1) });
+            }
+            let now = self.bus.now();
+            self.bus.poll(now);
+            if self.bus.interrupt_pending() {
+                if let Some(vector) = self.bus.acknowledge_interrupt() {
+                    *self.stats.interrupts.entry(vector).or_default() += 1;
+                    break self.raise(vector, None, next_eip, EventSource::External)?;
+                }
+            }
+            if self.stop_flag.load(Ordering::SeqCst) {
+                break Next::Done(RunOutcome::Stopped { eip: next_eip });
+            }
+            let deadline = self.bus.next_event();
+            if deadline.is_none() && !self.bus.input_possible() {
+                break Next::Done(RunOutcome::Halted { eip: next_eip.wrapping_sub(1) });
+            }
+            self.bus.wait_for_event(deadline);
+        };
+        self.stats.hlt_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        Ok(result)
     }
 
     /// Delivers a guest exception or interrupt whose frame saves `eip`. A fault

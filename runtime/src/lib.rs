@@ -1,5 +1,6 @@
 //! The bt86 virtual machine: guest RAM, the multiboot loader, the vCPU, devices,
 //! and the engines.
+mod alarm;
 pub mod cpu;
 pub mod devices;
 pub mod emulate;

@@ -19,6 +19,8 @@ pub struct Stats {
     pub smc_data_writes: u64,
     pub exceptions: BTreeMap<u8, u64>,
     pub ring_transitions: u64,
+    pub interrupts: BTreeMap<u8, u64>,
+    pub hlt_nanos: u64,
     pub run_nanos: u64,
 }
 
@@ -51,6 +53,11 @@ pub struct StatsReport {
     pub cache_flushes: u64,
     pub exceptions: BTreeMap<String, u64>,
     pub ring_transitions: u64,
+    /// External interrupts delivered, by vector.
+    pub interrupts: BTreeMap<String, u64>,
+    /// Time the guest spent halted (waiting for an interrupt).
+    pub hlt_seconds: f64,
+    pub devices: Option<crate::devices::PlatformStats>,
     pub translate_seconds: f64,
     pub run_seconds: f64,
 }
@@ -90,6 +97,9 @@ impl Stats {
             cache_flushes: t.cache_flushes,
             exceptions,
             ring_transitions: self.ring_transitions,
+            interrupts: self.interrupts.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
+            hlt_seconds: self.hlt_nanos as f64 / 1e9,
+            devices: None,
             translate_seconds: t.translate_nanos as f64 / 1e9,
             run_seconds: self.run_nanos as f64 / 1e9,
         }

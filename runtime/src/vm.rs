@@ -2,7 +2,8 @@
 //! the binary-translation engine, plus what it counts.
 
 use crate::cpu::{Cpu, TableReg};
-use crate::devices::PortBus;
+use crate::alarm::Alarm;
+use crate::devices::{Platform, PlatformConfig, PlatformWaker};
 use crate::emulate::Stop;
 use crate::loader::{self, LoadError};
 use crate::memory::{GuestRam, MemoryError};
@@ -64,6 +65,7 @@ impl From<Stop> for RunOutcome {
             Stop::Halted { eip } => Self::Halted { eip },
             Stop::Unsupported { eip, what } => Self::Unsupported { eip, what },
             Stop::Unbacked { eip, linear } => Self::Unbacked { eip, linear },
+            Stop::Reset => Self::Reset,
         }
     }
 }
@@ -73,6 +75,7 @@ impl From<Stop> for RunOutcome {
 pub struct StopHandle {
     flag: Arc<AtomicBool>,
     poll: bt86_translator::exec_mem::PollHandle,
+    waker: PlatformWaker,
 }
 
 impl StopHandle {
@@ -80,6 +83,7 @@ impl StopHandle {
     pub fn stop(&self) {
         self.flag.store(true, Ordering::SeqCst);
         self.poll.request_exit();
+        self.waker.wake();
     }
 }
 
@@ -90,12 +94,14 @@ pub struct VmConfig {
     pub console: Box<dyn Write + Send>,
     /// Size of the code cache (it is flushed whole when full).
     pub code_cache_bytes: usize,
+    /// Feed the host's standard input to the guest's serial port.
+    pub stdin_input: bool,
 }
 
 impl VmConfig {
     /// `mem_mib` MiB of RAM, the default code cache, output to `console`.
     pub fn new(mem_mib: u32, console: Box<dyn Write + Send>) -> Self {
-        Self { mem_bytes: mem_mib.saturating_mul(1 << 20), console, code_cache_bytes: CODE_CACHE_BYTES }
+        Self { mem_bytes: mem_mib.saturating_mul(1 << 20), console, code_cache_bytes: CODE_CACHE_BYTES, stdin_input: false }
     }
 }
 
@@ -104,8 +110,12 @@ pub struct Vm {
     pub(crate) ram: GuestRam,
     pub(crate) view: View,
     pub(crate) cpu: Cpu,
-    pub(crate) bus: PortBus,
+    pub(crate) bus: Platform,
+    /// Declared before `tr`: it must stop before the poll page it revokes is gone.
+    pub(crate) alarm: Alarm,
     pub(crate) tr: Translator,
+    /// sti just set IF: the next instruction runs before any interrupt.
+    pub(crate) interrupt_shadow: bool,
     /// Frames write-protected in the view because they hold translated code.
     pub(crate) protected: HashSet<u32>,
     pub(crate) stats: Stats,
@@ -125,12 +135,21 @@ impl Vm {
         view.map_identity(ram.fd(), ram.size())?;
         let mut tr = Translator::new(cfg.code_cache_bytes)?;
         tr.ctx_mut().gs_base = view.base();
+        let mut platform_cfg = PlatformConfig::new(cfg.console, cfg.mem_bytes);
+        platform_cfg.stdin_input = cfg.stdin_input;
+        let bus = Platform::new(platform_cfg);
+        let poll = tr.poll_handle();
+        // Console input arriving while translated code runs must make it exit.
+        bus.set_input_notify(Some(Arc::new(move || poll.request_exit())));
+        let alarm = Alarm::new(tr.poll_handle(), bus.clock().clone());
         Ok(Self {
             ram,
             view,
             cpu: Cpu::default(),
-            bus: PortBus::standard(cfg.console),
+            bus,
+            alarm,
             tr,
+            interrupt_shadow: false,
             protected: HashSet::new(),
             stats: Stats::default(),
             stop_flag: Arc::new(AtomicBool::new(false)),
@@ -180,7 +199,7 @@ impl Vm {
 
     /// A handle to stop this VM from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { flag: self.stop_flag.clone(), poll: self.tr.poll_handle() }
+        StopHandle { flag: self.stop_flag.clone(), poll: self.tr.poll_handle(), waker: self.bus.waker() }
     }
 
     /// Limits translation units to `n` guest instructions (testing aid).
@@ -190,7 +209,14 @@ impl Vm {
 
     /// Statistics so far.
     pub fn stats(&self) -> crate::stats::StatsReport {
-        self.stats.report(&self.tr)
+        let mut r = self.stats.report(&self.tr);
+        r.devices = Some(self.bus.stats());
+        r
+    }
+
+    /// Feeds the guest's serial port from `reader` (read to its end on a thread).
+    pub fn attach_console_input<R: std::io::Read + Send + 'static>(&mut self, reader: R) -> Result<(), VmError> {
+        self.bus.attach_input(reader).map_err(|e| VmError::Internal(format!("console input: {e}")))
     }
 
     /// Flushes device output (the console).

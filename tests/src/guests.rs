@@ -18,10 +18,18 @@ pub struct GuestRun {
 
 /// Runs the kernel at `path` with `cmdline`, for at most `limit`.
 pub fn run_guest(path: &str, cmdline: &str, limit: Duration) -> GuestRun {
+    run_guest_with_input(path, cmdline, None, limit)
+}
+
+/// `run_guest` with `input` fed to the guest's serial port (then end of input).
+pub fn run_guest_with_input(path: &str, cmdline: &str, input: Option<&[u8]>, limit: Duration) -> GuestRun {
     let image = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read guest {path}: {e}"));
     let console = SharedBuffer::new();
     let mut vm = Vm::new(VmConfig::new(32, Box::new(console.clone()))).expect("create VM");
     vm.load_multiboot(&image, cmdline).expect("load guest");
+    if let Some(bytes) = input {
+        vm.attach_console_input(std::io::Cursor::new(bytes.to_vec())).expect("attach input");
+    }
     let outcome = run_with_timeout(&mut vm, limit).expect("VMM error");
     vm.flush_devices();
     GuestRun { outcome, console: console.to_string_lossy(), stats: vm.stats() }

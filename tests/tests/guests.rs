@@ -2,7 +2,7 @@
 //! (each guest checks itself and reports `RESULT: N passed, M failed`).
 
 use bt86_runtime::RunOutcome;
-use bt86_tests::guests::{self, run_guest};
+use bt86_tests::guests::{self, run_guest, run_guest_with_input};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -67,4 +67,26 @@ fn contributory_fault_during_delivery_is_a_double_fault() {
     r.assert_passed();
     assert!(r.console.contains("DOUBLE FAULT"), "{}", r.quoted_console());
     assert_eq!(r.stats.exceptions.get("8"), Some(&1), "{:?}", r.stats.exceptions);
+}
+
+#[test]
+fn protected_mode_os_with_rings_system_calls_and_timer() {
+    let r = run_guest(guests::PMODE, "", LIMIT);
+    r.assert_passed();
+    assert!(r.stats.ring_transitions > 0 && !r.stats.interrupts.is_empty(), "{:?}", r.stats);
+}
+
+#[test]
+fn serial_input_arrives_by_interrupt_and_exit_ends_the_run() {
+    let r = run_guest_with_input(guests::ECHO, "", Some(b"hello vm\nexit\n"), LIMIT);
+    assert_eq!(r.outcome, RunOutcome::GuestExit(0), "{}", r.quoted_console());
+    assert!(r.console.contains("HELLO VM"), "{}", r.quoted_console());
+    assert!(r.stats.interrupts.get("36").copied().unwrap_or(0) > 0, "{:?}", r.stats.interrupts);
+}
+
+#[test]
+fn end_of_input_leaves_a_halted_guest_that_bt86_ends() {
+    let r = run_guest_with_input(guests::ECHO, "", Some(b"abc\n"), LIMIT);
+    assert!(r.console.contains("ABC"), "{}", r.quoted_console());
+    assert!(matches!(r.outcome, RunOutcome::Halted { .. }), "{:?}", r.outcome);
 }

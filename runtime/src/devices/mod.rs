@@ -1,9 +1,30 @@
 //! Port I/O devices and the bus that routes guest `in`/`out` to them.
+//!
+//! [`PortBus`] routes ports to boxed [`PortDevice`]s; [`PortBus::standard`] is the minimal
+//! machine (COM1 output, isa-debug-exit). [`Platform`] is the whole PC of the
+//! protected-mode machine: PIC, PIT, RTC, i8042, COM1 with input, PCI/POST/reset ports,
+//! interrupt wiring and virtual time ([`clock`]).
 
+pub mod clock;
+pub mod console_input;
 pub mod debug_exit;
+pub mod i8042;
+pub mod misc;
+pub mod pic;
+pub mod pit;
+pub mod platform;
+pub mod rtc;
 pub mod uart;
 
+pub use clock::{Clock, FakeClock, HostClock, Nanos};
+pub use console_input::{ConsoleInput, ConsoleInputError, InputQueue, InputSource, WaitOutcome};
 pub use debug_exit::DebugExit;
+pub use i8042::I8042;
+pub use misc::{PciHost, PostCode, SystemControlA};
+pub use pic::Pic;
+pub use pit::Pit;
+pub use platform::{Platform, PlatformConfig, PlatformStats, PlatformWaker};
+pub use rtc::Rtc;
 pub use uart::Uart16550;
 
 use std::io::Write;
@@ -20,6 +41,10 @@ pub enum IoEffect {
     None,
     /// The guest asked the VMM to end with this status (isa-debug-exit).
     Exit(u32),
+    /// The guest pulsed the reset line (i8042 command 0xfe or output port, port 0x92
+    /// bit 0, port 0xcf9): the VMM stops the guest, or resets the CPU and
+    /// [`Platform::reset`]s the devices.
+    Reset,
 }
 
 /// A device reached through port I/O. `size` is the access size in bytes (1, 2 or 4);

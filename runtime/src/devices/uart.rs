@@ -3,8 +3,19 @@
 //! Transmission is instantaneous: the transmit holding register is always empty, so LSR
 //! always shows THRE and TEMT. Output is buffered and written to the console at each
 //! newline, when the buffer grows large, on [`PortDevice::flush`] and on drop, so nothing
-//! is lost at exit. The receive side is a byte queue fed by [`Uart16550::push_input`]
-//! (terminal input will use it); loopback mode (MCR bit 4) feeds it with transmitted bytes.
+//! is lost at exit.
+//!
+//! Receive: bytes from the line ([`Uart16550::push_input`], fed from the terminal by the
+//! platform, or the transmitter in loopback mode) go to the receive FIFO: 16 bytes with
+//! FIFOs enabled (FCR bit 0), the single receive buffer register otherwise. A byte that
+//! arrives when it is full is lost and sets the overrun bit in LSR (cleared by reading
+//! LSR). [`Uart16550::rx_room`] tells a feeder how much fits, so host input can wait
+//! upstream instead of being lost (0 in loopback, where the line input is disconnected).
+//!
+//! Interrupts, by IIR priority: receiver line status (overrun; IER bit 2), received data
+//! at the FIFO trigger level (IER bit 0), character timeout (data below the trigger level;
+//! raised at once, since no character time passes here), transmitter empty (IER bit 1).
+//! Modem status interrupts never occur (the modem lines do not change).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -24,10 +35,13 @@ const REGISTERS: u16 = 8;
 
 const IER_RDA: u8 = 1 << 0; // received data available
 const IER_THRE: u8 = 1 << 1; // transmit holding register empty
+const IER_RLS: u8 = 1 << 2; // receiver line status
 const IER_MASK: u8 = 0x0f;
 const IIR_NONE: u8 = 0x01;
 const IIR_THRE: u8 = 0x02;
 const IIR_RDA: u8 = 0x04;
+const IIR_RLS: u8 = 0x06;
+const IIR_CTI: u8 = 0x0c;
 const IIR_FIFO_ENABLED: u8 = 0xc0;
 const FCR_ENABLE: u8 = 1 << 0;
 const FCR_CLEAR_RX: u8 = 1 << 1;
@@ -36,6 +50,7 @@ const MCR_OUT2: u8 = 1 << 3;
 const MCR_LOOP: u8 = 1 << 4;
 const MCR_MASK: u8 = 0x1f;
 const LSR_DATA_READY: u8 = 1 << 0;
+const LSR_OVERRUN: u8 = 1 << 1;
 const LSR_THRE: u8 = 1 << 5;
 const LSR_TEMT: u8 = 1 << 6;
 /// Outside loopback the "cable" shows a connected terminal: DCD, DSR and CTS (as QEMU).
@@ -45,8 +60,19 @@ const RESET_DIVISOR: u16 = 12;
 
 /// Flush the output buffer at this size even without a newline.
 const OUT_FLUSH_AT: usize = 4096;
-/// Received bytes beyond this are dropped (a real 16550 would flag an overrun).
-const RX_CAPACITY: usize = 4096;
+/// Depth of the receive FIFO of a 16550A.
+pub const RX_FIFO_DEPTH: usize = 16;
+
+/// Counters of one UART.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UartStats {
+    /// Bytes the guest transmitted to the console (loopback excluded).
+    pub tx_bytes: u64,
+    /// Bytes received from the line into the FIFO (loopback included).
+    pub rx_bytes: u64,
+    /// Bytes lost to a full receive FIFO.
+    pub rx_overruns: u64,
+}
 
 /// One 16550A at `base..=base+7`.
 pub struct Uart16550 {
@@ -56,6 +82,9 @@ pub struct Uart16550 {
     /// Set after the console fails once, so the failure is logged once.
     console_failed: bool,
     rx: VecDeque<u8>,
+    /// LSR error bits (overrun), cleared by reading LSR.
+    lsr_errors: u8,
+    stats: UartStats,
     ier: u8,
     fcr: u8,
     lcr: u8,
@@ -74,7 +103,9 @@ impl Uart16550 {
             console,
             out: Vec::new(),
             console_failed: false,
-            rx: VecDeque::new(),
+            rx: VecDeque::with_capacity(RX_FIFO_DEPTH),
+            lsr_errors: 0,
+            stats: UartStats::default(),
             ier: 0,
             fcr: 0,
             lcr: 0,
@@ -85,11 +116,44 @@ impl Uart16550 {
         }
     }
 
-    /// Queues bytes as received from the line (terminal input).
+    /// Bytes received from the line (terminal input), as if they arrived one after the
+    /// other: those that find the receive FIFO full are lost (overrun). Ignored in
+    /// loopback mode, where the line input is disconnected.
     pub fn push_input(&mut self, bytes: &[u8]) {
+        if self.mcr & MCR_LOOP != 0 {
+            return;
+        }
         for &b in bytes {
             self.receive(b);
         }
+    }
+
+    /// How many bytes the line can deliver now without an overrun.
+    pub fn rx_room(&self) -> usize {
+        if self.mcr & MCR_LOOP != 0 {
+            return 0;
+        }
+        self.rx_capacity().saturating_sub(self.rx.len())
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> UartStats {
+        self.stats
+    }
+
+    /// Back to the power-on register state (the console and counters are kept; buffered
+    /// output is flushed).
+    pub fn reset(&mut self) {
+        self.flush_output();
+        self.rx.clear();
+        self.lsr_errors = 0;
+        self.ier = 0;
+        self.fcr = 0;
+        self.lcr = 0;
+        self.mcr = 0;
+        self.scr = 0;
+        self.divisor = RESET_DIVISOR;
+        self.thre_pending = false;
     }
 
     /// Whether the UART drives its interrupt line: an interrupt is pending and, as on PC
@@ -98,11 +162,39 @@ impl Uart16550 {
         self.pending_iid() != IIR_NONE && self.mcr & MCR_OUT2 != 0
     }
 
-    fn receive(&mut self, byte: u8) {
-        if self.rx.len() < RX_CAPACITY {
-            self.rx.push_back(byte);
+    fn fifo_enabled(&self) -> bool {
+        self.fcr & FCR_ENABLE != 0
+    }
+
+    fn rx_capacity(&self) -> usize {
+        if self.fifo_enabled() {
+            RX_FIFO_DEPTH
         } else {
-            tracing::debug!("UART receive queue full; byte dropped");
+            1
+        }
+    }
+
+    /// Receive FIFO level at which IIR reports "data available" (1 without FIFOs).
+    fn rx_trigger(&self) -> usize {
+        if !self.fifo_enabled() {
+            return 1;
+        }
+        match self.fcr >> 6 {
+            0 => 1,
+            1 => 4,
+            2 => 8,
+            _ => 14,
+        }
+    }
+
+    fn receive(&mut self, byte: u8) {
+        if self.rx.len() < self.rx_capacity() {
+            self.rx.push_back(byte);
+            self.stats.rx_bytes += 1;
+        } else {
+            self.lsr_errors |= LSR_OVERRUN;
+            self.stats.rx_overruns += 1;
+            tracing::trace!("UART receive overrun; byte lost");
         }
     }
 
@@ -112,8 +204,12 @@ impl Uart16550 {
 
     /// Highest-priority pending interrupt identification (without the FIFO bits).
     fn pending_iid(&self) -> u8 {
-        if self.ier & IER_RDA != 0 && !self.rx.is_empty() {
+        if self.ier & IER_RLS != 0 && self.lsr_errors != 0 {
+            IIR_RLS
+        } else if self.ier & IER_RDA != 0 && self.rx.len() >= self.rx_trigger() {
             IIR_RDA
+        } else if self.ier & IER_RDA != 0 && !self.rx.is_empty() {
+            IIR_CTI
         } else if self.ier & IER_THRE != 0 && self.thre_pending {
             IIR_THRE
         } else {
@@ -127,7 +223,7 @@ impl Uart16550 {
         if iid == IIR_THRE {
             self.thre_pending = false;
         }
-        let fifo = if self.fcr & FCR_ENABLE != 0 {
+        let fifo = if self.fifo_enabled() {
             IIR_FIFO_ENABLED
         } else {
             0
@@ -135,13 +231,14 @@ impl Uart16550 {
         iid | fifo
     }
 
-    fn lsr(&self) -> u8 {
+    /// Line status; reading it clears the error bits.
+    fn read_lsr(&mut self) -> u8 {
         let ready = if self.rx.is_empty() {
             0
         } else {
             LSR_DATA_READY
         };
-        LSR_THRE | LSR_TEMT | ready
+        LSR_THRE | LSR_TEMT | ready | std::mem::take(&mut self.lsr_errors)
     }
 
     /// Modem status; in loopback the outputs of MCR come back as the inputs.
@@ -163,7 +260,7 @@ impl Uart16550 {
             IIR_FCR => self.read_iir(),
             LCR => self.lcr,
             MCR => self.mcr,
-            LSR => self.lsr(),
+            LSR => self.read_lsr(),
             MSR => self.msr(),
             SCR => self.scr,
             _ => 0xff,
@@ -199,9 +296,11 @@ impl Uart16550 {
     }
 
     fn write_fcr(&mut self, v: u8) {
-        if v & FCR_CLEAR_RX != 0 {
+        // Switching the FIFOs on or off clears them.
+        if v & FCR_CLEAR_RX != 0 || (v ^ self.fcr) & FCR_ENABLE != 0 {
             self.rx.clear();
         }
+        // Bit 2 (clear the transmit FIFO) has nothing to clear: it is always empty.
         // The clear bits are self-clearing; only enable/DMA/trigger bits stay.
         self.fcr = v & 0xc9;
     }
@@ -211,6 +310,7 @@ impl Uart16550 {
             self.receive(byte);
         } else {
             self.out.push(byte);
+            self.stats.tx_bytes += 1;
             if byte == b'\n' || self.out.len() >= OUT_FLUSH_AT {
                 self.flush_output();
             }
@@ -385,17 +485,114 @@ mod tests {
     #[test]
     fn input_and_data_ready() {
         let (mut u, _) = uart();
+        wr(&mut u, IIR_FCR, FCR_ENABLE);
         u.push_input(b"ok");
         assert_eq!(rd(&mut u, LSR), 0x61);
         wr(&mut u, IER_DLM, IER_RDA);
-        assert_eq!(rd(&mut u, IIR_FCR), 0x04);
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc4);
         assert_eq!(rd(&mut u, 0), b'o');
         assert_eq!(rd(&mut u, 0), b'k');
         assert_eq!(rd(&mut u, LSR), 0x60);
-        assert_eq!(rd(&mut u, IIR_FCR), 0x01);
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc1);
+        assert_eq!(rd(&mut u, 0), 0, "empty RBR reads 0");
         u.push_input(b"z");
         wr(&mut u, IIR_FCR, FCR_ENABLE | FCR_CLEAR_RX);
         assert_eq!(rd(&mut u, LSR), 0x60, "FIFO clear drops input");
+        assert_eq!(u.stats().rx_bytes, 3);
+    }
+
+    #[test]
+    fn without_fifo_one_byte_then_overrun() {
+        let (mut u, _) = uart();
+        assert_eq!(u.rx_room(), 1);
+        u.push_input(b"ab");
+        assert_eq!(u.rx_room(), 0);
+        assert_eq!(rd(&mut u, LSR), 0x63, "data ready + overrun");
+        assert_eq!(rd(&mut u, LSR), 0x61, "reading LSR clears overrun");
+        assert_eq!(
+            rd(&mut u, 0),
+            b'a',
+            "the byte in RBR survives; the new one is lost"
+        );
+        assert_eq!(u.stats().rx_overruns, 1);
+    }
+
+    #[test]
+    fn fifo_holds_sixteen_bytes() {
+        let (mut u, _) = uart();
+        wr(&mut u, IIR_FCR, FCR_ENABLE);
+        assert_eq!(u.rx_room(), RX_FIFO_DEPTH);
+        let input: Vec<u8> = (0..40).collect();
+        u.push_input(&input);
+        assert_eq!(u.rx_room(), 0);
+        assert_eq!(u.stats().rx_overruns, 24);
+        wr(&mut u, IER_DLM, IER_RDA | IER_RLS);
+        wr(&mut u, MCR, MCR_OUT2);
+        assert!(u.interrupt_pending());
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc6, "line status first");
+        assert_eq!(rd(&mut u, LSR), 0x63);
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc4, "then data");
+        let got: Vec<u8> = (0..16).map(|_| rd(&mut u, 0)).collect();
+        assert_eq!(got, (0..16).collect::<Vec<u8>>());
+        assert_eq!(rd(&mut u, LSR), 0x60);
+        assert!(!u.interrupt_pending());
+        // Turning the FIFO off (or on) clears it.
+        u.push_input(b"xy");
+        wr(&mut u, IIR_FCR, 0);
+        assert_eq!(rd(&mut u, LSR), 0x60);
+    }
+
+    #[test]
+    fn trigger_level_and_character_timeout() {
+        let (mut u, _) = uart();
+        wr(&mut u, IIR_FCR, FCR_ENABLE | 0x80); // trigger at 8, as Linux sets it
+        wr(&mut u, IER_DLM, IER_RDA | IER_THRE);
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc2, "THRE alone");
+        u.push_input(b"abc");
+        assert_eq!(
+            rd(&mut u, IIR_FCR),
+            0xcc,
+            "below the trigger: character timeout"
+        );
+        u.push_input(b"defgh");
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc4, "at the trigger: data available");
+        wr(&mut u, 0, b'!');
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc4, "data outranks THRE");
+        for _ in 0..8 {
+            rd(&mut u, 0);
+        }
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc2, "then THRE");
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc1);
+    }
+
+    #[test]
+    fn out2_gates_the_irq_line() {
+        let (mut u, _) = uart();
+        wr(&mut u, IER_DLM, IER_RDA);
+        u.push_input(b"q");
+        assert!(!u.interrupt_pending(), "OUT2 off: line disconnected");
+        assert_eq!(rd(&mut u, IIR_FCR), 0x04, "but IIR shows it");
+        wr(&mut u, MCR, MCR_OUT2);
+        assert!(u.interrupt_pending());
+        rd(&mut u, 0);
+        assert!(!u.interrupt_pending());
+    }
+
+    #[test]
+    fn loopback_disconnects_line_input() {
+        let (mut u, _) = uart();
+        wr(&mut u, MCR, MCR_LOOP);
+        assert_eq!(u.rx_room(), 0);
+        u.push_input(b"ignored");
+        assert_eq!(rd(&mut u, LSR) & LSR_DATA_READY, 0);
+        wr(&mut u, 0, 0xaa);
+        wr(&mut u, 0, 0xbb);
+        assert_eq!(rd(&mut u, LSR), 0x63, "second looped byte overruns RBR");
+        assert_eq!(rd(&mut u, 0), 0xaa);
+        wr(&mut u, MCR, 0);
+        assert_eq!(u.rx_room(), 1);
+        u.reset();
+        assert_eq!(rd(&mut u, LSR), 0x60);
     }
 
     #[test]

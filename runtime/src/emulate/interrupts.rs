@@ -34,7 +34,6 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
-    use super::super::Stop;
     use super::*;
 
     fn trap(vector: u8) -> Outcome {

@@ -75,6 +75,7 @@ fn effect(e: IoEffect) -> Result<(), Fault> {
     match e {
         IoEffect::None => Ok(()),
         IoEffect::Exit(v) => Err(Fault::GuestExit(v)),
+        IoEffect::Reset => Err(Fault::Reset),
     }
 }
 

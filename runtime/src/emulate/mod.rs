@@ -32,7 +32,7 @@ mod tables;
 mod testutil;
 
 use crate::cpu::Cpu;
-use crate::devices::{IoEffect, PortBus};
+use crate::devices::{IoEffect, Platform, PortBus};
 use bt86_translator::abi::VcpuCtx;
 use bt86_translator::{CalloutKind, CalloutSite};
 use iced_x86::{Formatter, GasFormatter, Mnemonic};
@@ -69,6 +69,16 @@ impl PortIo for PortBus {
     }
 }
 
+impl PortIo for Platform {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        Platform::read(self, port, size)
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect {
+        Platform::write(self, port, size, value)
+    }
+}
+
 /// Everything an emulated instruction may touch.
 pub struct Machine<'a> {
     pub cpu: &'a mut Cpu,
@@ -88,6 +98,8 @@ pub enum Stop {
     Unsupported { eip: u32, what: String },
     /// Guest memory outside RAM.
     Unbacked { eip: u32, linear: u32 },
+    /// The guest asked for a reset (keyboard controller, port 0x92 or 0xcf9).
+    Reset,
 }
 
 /// What the engine does after a callout.
@@ -139,6 +151,8 @@ pub(crate) enum Fault {
     Halted,
     /// isa-debug-exit.
     GuestExit(u32),
+    /// The guest pulsed the reset line.
+    Reset,
 }
 
 impl From<MemFault> for Fault {
@@ -199,6 +213,7 @@ impl Fault {
             Fault::Unsupported(what) => Outcome::Stop(Stop::Unsupported { eip, what }),
             Fault::Halted => Outcome::Stop(Stop::Halted { eip }),
             Fault::GuestExit(v) => Outcome::Stop(Stop::GuestExit(v)),
+            Fault::Reset => Outcome::Stop(Stop::Reset),
         }
     }
 }

@@ -1,0 +1,141 @@
+//! Virtual time for the devices.
+//!
+//! Virtual time follows the host's monotonic clock. Devices never read the clock
+//! themselves: [`super::Platform`] reads its [`Clock`] once per port access or poll and
+//! hands the time down as [`Nanos`], so every device can be tested with a [`FakeClock`].
+//! Wall-clock time (for the CMOS clock) is the wall time at the clock's origin plus the
+//! monotonic time since, so a fake clock moves both together and a host clock step
+//! (NTP, `date -s`) does not jump the guest's clock, as with a real battery-backed RTC.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds on a [`Clock`]'s monotonic time line (0 = the clock's origin).
+pub type Nanos = u64;
+
+/// A source of virtual time.
+pub trait Clock: Send + Sync {
+    /// Monotonic nanoseconds since the clock's origin; never goes backwards.
+    fn now_ns(&self) -> Nanos;
+    /// Wall-clock time (UTC) at the origin, in nanoseconds since the Unix epoch.
+    fn wall_origin_ns(&self) -> u64;
+}
+
+/// The host's monotonic clock, with the host's wall time sampled at creation.
+#[derive(Debug, Clone, Copy)]
+pub struct HostClock {
+    origin: Instant,
+    wall_origin_ns: u64,
+}
+
+impl HostClock {
+    pub fn new() -> Self {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Self {
+            origin: Instant::now(),
+            wall_origin_ns: u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl Default for HostClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for HostClock {
+    fn now_ns(&self) -> Nanos {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn wall_origin_ns(&self) -> u64 {
+        self.wall_origin_ns
+    }
+}
+
+/// A clock that moves only when told to (tests). Clones share the same time.
+#[derive(Debug, Clone)]
+pub struct FakeClock {
+    now: Arc<AtomicU64>,
+    wall_origin_ns: u64,
+}
+
+impl FakeClock {
+    /// A fake clock at monotonic time 0, whose origin is `wall_origin_secs` after the
+    /// Unix epoch.
+    pub fn new(wall_origin_secs: u64) -> Self {
+        Self {
+            now: Arc::new(AtomicU64::new(0)),
+            wall_origin_ns: wall_origin_secs.saturating_mul(1_000_000_000),
+        }
+    }
+
+    /// Moves the clock forward by `ns` nanoseconds.
+    pub fn advance_ns(&self, ns: u64) {
+        // fetch_update cannot fail with a closure that always returns Some.
+        let _ = self
+            .now
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                Some(t.saturating_add(ns))
+            });
+    }
+
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.advance_ns(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Sets the clock to `ns`; a time earlier than the current one is ignored, since a
+    /// monotonic clock never goes back.
+    pub fn set_ns(&self, ns: Nanos) {
+        self.now.fetch_max(ns, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ns(&self) -> Nanos {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    fn wall_origin_ns(&self) -> u64 {
+        self.wall_origin_ns
+    }
+}
+
+/// How long from `now` until `deadline` (zero if it has passed).
+pub fn until(now: Nanos, deadline: Nanos) -> Duration {
+    Duration::from_nanos(deadline.saturating_sub(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_clock_is_shared_and_monotonic() {
+        let c = FakeClock::new(1_000);
+        let d = c.clone();
+        c.advance(Duration::from_millis(5));
+        assert_eq!(d.now_ns(), 5_000_000);
+        d.set_ns(1);
+        assert_eq!(c.now_ns(), 5_000_000, "never goes back");
+        c.advance_ns(u64::MAX);
+        assert_eq!(c.now_ns(), u64::MAX, "saturates");
+        assert_eq!(c.wall_origin_ns(), 1_000_000_000_000);
+    }
+
+    #[test]
+    fn host_clock_moves_forward() {
+        let c = HostClock::new();
+        let a = c.now_ns();
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(c.now_ns() > a);
+        assert!(c.wall_origin_ns() > 1_600_000_000 * 1_000_000_000);
+        assert_eq!(until(10, 4), Duration::ZERO);
+        assert_eq!(until(4, 10), Duration::from_nanos(6));
+    }
+}
