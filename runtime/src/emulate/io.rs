@@ -22,17 +22,51 @@ pub(crate) const REP_CHUNK: u32 = 1 << 16;
 const DF: u64 = 1 << 10;
 
 pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
-    // TODO(protected-mode issue): consult the TSS I/O permission bitmap when CPL > IOPL.
-    if m.cpu.cpl() > iopl(m) {
-        return Err(Fault::gp0());
-    }
     let ins = &site.ins;
+    if m.cpu.cpl() > iopl(m) {
+        let size = match ins.mnemonic() {
+            Mnemonic::Insb | Mnemonic::Outsb => 1,
+            Mnemonic::Insw | Mnemonic::Outsw => 2,
+            Mnemonic::Insd | Mnemonic::Outsd => 4,
+            Mnemonic::In => accumulator(ins, 0)?.1,
+            _ => accumulator(ins, 1)?.1,
+        };
+        let port = match ins.mnemonic() {
+            Mnemonic::In => port_of(m, ins, 1)?,
+            Mnemonic::Out => port_of(m, ins, 0)?,
+            _ => read_reg(m.ctx, Register::DX) as u16,
+        };
+        check_io_bitmap(m, port, size)?;
+    }
     match ins.mnemonic() {
         Mnemonic::In => port_in(m, ins),
         Mnemonic::Out => port_out(m, ins),
         Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd => string(m, site, true),
         _ => string(m, site, false),
     }
+}
+
+/// With CPL > IOPL, every port the access touches must be allowed (bit clear) in the
+/// I/O permission bitmap of the current 32-bit TSS; a bitmap that the TSS limit cuts
+/// short, or no 32-bit TSS at all, denies. #GP(0) otherwise.
+fn check_io_bitmap(m: &mut Machine<'_>, port: u16, size: u8) -> Result<(), Fault> {
+    let tr = m.cpu.tr;
+    let ty = tr.attrs & 0xf;
+    if tr.selector & 0xfffc == 0 || !(ty == 9 || ty == 0xb) || tr.limit < 0x67 {
+        return Err(Fault::gp0());
+    }
+    let map = read_lin(m, tr.base.wrapping_add(0x66), 2)?;
+    for p in u32::from(port)..u32::from(port) + u32::from(size) {
+        let at = map + p / 8;
+        if at > tr.limit {
+            return Err(Fault::gp0());
+        }
+        let byte = read_lin(m, tr.base.wrapping_add(at), 1)?;
+        if byte & (1 << (p % 8)) != 0 {
+            return Err(Fault::gp0());
+        }
+    }
+    Ok(())
 }
 
 /// The port operand: an imm8 or dx.
@@ -191,6 +225,24 @@ mod tests {
         assert_eq!(t.run(&[0xe4, 0x80]), gp(0));
         t.cpu.sys_flags = crate::cpu::eflags::IOPL;
         assert_eq!(t.run(&[0xe4, 0x80]), Outcome::Continue);
+    }
+
+    #[test]
+    fn io_bitmap_grants_single_ports_at_cpl3() {
+        let mut t = TestMachine::new();
+        t.set_cpl(3);
+        const TSS: u32 = 0x6000;
+        // Bitmap at offset 0x68 covering ports 0..0x3ff: all denied but 0x80 and 0x81.
+        t.write_u16(TSS + 0x66, 0x68);
+        t.write(TSS + 0x68, &[0xff; 0x80]);
+        t.write(TSS + 0x68 + 0x10, &[0xfc]);
+        t.cpu.tr = crate::cpu::Segment { selector: 0x28, base: TSS, limit: 0x68 + 0x80 - 1, attrs: 0x8b };
+        assert_eq!(t.run(&[0xe4, 0x80]), Outcome::Continue, "port 0x80 allowed");
+        assert_eq!(t.run(&[0x66, 0xe5, 0x80]), Outcome::Continue, "word at 0x80: 0x80 and 0x81 allowed");
+        assert_eq!(t.run(&[0xe5, 0x80]), gp(0), "dword at 0x80 touches 0x82");
+        assert_eq!(t.run(&[0xe4, 0x60]), gp(0));
+        t.ctx.gpr[2] = 0x400; // beyond the bitmap the limit covers
+        assert_eq!(t.run(&[0xec]), gp(0));
     }
 
     #[test]
