@@ -16,7 +16,8 @@ use crate::signals;
 use crate::vm::{RunOutcome, Vm, VmError};
 use bt86_shadow_mmu::View;
 use bt86_translator::abi::ExitReason;
-use bt86_translator::{CalloutKind, Fixup, GuestCode, UnitKey};
+use bt86_translator::translate::BuildError;
+use bt86_translator::{CalloutKind, Fixup, GuestCode, TranslatorError, UnitKey};
 use hashbrown::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -54,8 +55,12 @@ impl Vm {
         let mut next = Next::Dispatch(self.tr.ctx().eip);
         loop {
             let host = match next {
-                Next::Dispatch(eip) => self.unit_for(eip, false)?.1,
-                Next::Transient(eip) => self.unit_for(eip, true)?.1,
+                Next::Dispatch(eip) | Next::Transient(eip) => {
+                    match self.unit_for(eip, matches!(next, Next::Transient(_)))? {
+                        Some((_, host)) => host,
+                        None => return Ok(RunOutcome::Unbacked { eip, linear: eip }),
+                    }
+                }
                 Next::Resume(h) => h,
                 Next::Done(outcome) => return Ok(outcome),
             };
@@ -75,20 +80,25 @@ impl Vm {
         }
     }
 
-    /// The unit for `eip` in the current mode: (unit id, host entry).
-    fn unit_for(&mut self, eip: u32, transient: bool) -> Result<(u32, u64), VmError> {
+    /// The unit for `eip` in the current mode: (unit id, host entry); `None` when
+    /// there is no guest memory to fetch code from at `eip`.
+    fn unit_for(&mut self, eip: u32, transient: bool) -> Result<Option<(u32, u64)>, VmError> {
         let mode = self.cpu.mode();
         self.tr.set_mode(mode);
         let key = UnitKey { eip, phys: eip, mode };
         if !transient {
             if let Some(id) = self.tr.find(&key) {
-                return Ok((id, self.tr.entry(id)));
+                return Ok(Some((id, self.tr.entry(id))));
             }
         }
         let ram_size = self.ram.size();
         let mut fetch = CodeFetch { ram: &self.ram };
         let mut frame_of = |page: u32| (page < ram_size).then_some(page >> 12);
-        let t = self.tr.translate(key, &mut fetch, &mut frame_of, transient)?;
+        let t = match self.tr.translate(key, &mut fetch, &mut frame_of, transient) {
+            Ok(t) => t,
+            Err(TranslatorError::Build(BuildError::Fetch(_))) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         for f in t.flushed_frames {
             self.view.set_writable(f << 12, true)?;
             self.protected.remove(&f);
@@ -97,7 +107,7 @@ impl Vm {
             self.view.set_writable(f << 12, false)?;
             self.protected.insert(f);
         }
-        Ok((t.unit, t.host))
+        Ok(Some((t.unit, t.host)))
     }
 
     fn handle_exit(&mut self) -> Result<Next, VmError> {
@@ -106,7 +116,9 @@ impl Vm {
             Some(ExitReason::Branch) => {
                 self.stats.exits_branch += 1;
                 let (slot, target, epoch) = (ctx.exit_arg, ctx.eip, self.tr.epoch());
-                let (id, host) = self.unit_for(target, false)?;
+                let Some((id, host)) = self.unit_for(target, false)? else {
+                    return Ok(Next::Done(RunOutcome::Unbacked { eip: target, linear: target }));
+                };
                 if self.tr.epoch() == epoch {
                     self.tr.chain(slot, id)?;
                 }
@@ -115,7 +127,9 @@ impl Vm {
             Some(ExitReason::Indirect) => {
                 self.stats.exits_indirect += 1;
                 let target = ctx.eip;
-                let (id, host) = self.unit_for(target, false)?;
+                let Some((id, host)) = self.unit_for(target, false)? else {
+                    return Ok(Next::Done(RunOutcome::Unbacked { eip: target, linear: target }));
+                };
                 self.tr.remember_indirect(target, id);
                 Ok(Next::Resume(host))
             }
