@@ -233,6 +233,44 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     Ok(Outcome::Jump)
 }
 
+/// A far return to an outer ring (`lret` with RPL > CPL): pops eip and cs, releases
+/// `release` bytes, pops esp and ss for the outer ring, and releases `release`
+/// bytes there too (SDM, RET "return to outer privilege level").
+pub(crate) fn far_return_outer(m: &mut Machine<'_>, size: u32, eip: u32, cs_sel: u16, release: u32) -> EmuResult {
+    if size != 4 {
+        return Err(Fault::unsupported("a 16-bit far return to an outer ring"));
+    }
+    let rpl = (cs_sel & 3) as u8;
+    let e = fetch(m, cs_sel)?.ok_or(Fault::gp_sel(cs_sel))?;
+    let d = e.desc;
+    let dpl_ok = if d.conforming() { d.dpl() <= rpl } else { d.dpl() == rpl };
+    if d.is_system() || !d.is_code() || !dpl_ok {
+        return Err(Fault::gp_sel(cs_sel));
+    }
+    if !d.present() {
+        return Err(Fault::np_sel(cs_sel));
+    }
+    if !d.big() {
+        return Err(Fault::unsupported("a far return to a 16-bit code segment"));
+    }
+    if eip > d.limit() {
+        return Err(Fault::gp0());
+    }
+    let ss = m.cpu.seg[sreg::SS];
+    let esp = m.ctx.gpr[4];
+    let at = |off: u32| ss.base.wrapping_add(esp.wrapping_add(off));
+    let new_esp = read_lin(m, at(8 + release), 4)?;
+    let ss_sel = read_lin(m, at(12 + release), 4)? as u16;
+    let new_ss = outer_ss(m, ss_sel, rpl)?;
+    let d = set_type_bits(m, e, ACCESSED)?;
+    m.cpu.seg[sreg::CS] = d.to_segment(cs_sel);
+    m.cpu.seg[sreg::SS] = new_ss;
+    m.ctx.gpr[4] = new_esp.wrapping_add(release);
+    m.ctx.eip = eip;
+    null_inaccessible_data_segments(m, rpl);
+    Ok(Outcome::Jump)
+}
+
 /// The SS for an iret to ring `rpl`.
 fn outer_ss(m: &mut Machine<'_>, ss_sel: u16, rpl: u8) -> Result<Segment, Fault> {
     if is_null(ss_sel) {
@@ -410,6 +448,22 @@ mod tests {
         assert_eq!(t.ctx.gpr[4], STACK_TOP - 16);
         assert_eq!(t.read_u32(STACK_TOP - 16), 0x18);
         assert_eq!(t.read_u32(STACK_TOP - 12), 0x1234);
+    }
+
+    #[test]
+    fn far_return_to_ring3_loads_the_outer_stack() {
+        let mut t = machine();
+        t.set_gdt(3, desc(0, 0xfffff, 0xfb, 0xc));
+        t.set_gdt(4, desc(0, 0xfffff, 0xf3, 0xc));
+        let esp = STACK_TOP - 16;
+        for (k, v) in [0x4321u32, 0x1b, 0x7000, 0x23].into_iter().enumerate() {
+            t.write_u32(esp + 4 * k as u32, v);
+        }
+        t.ctx.gpr[4] = esp;
+        assert_eq!(t.run(&[0xcb]), Outcome::Jump); // lret
+        assert_eq!(t.cpu.cpl(), 3);
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.seg[sreg::SS].selector), (0x4321, 0x7000, 0x23));
+        assert_eq!(t.cpu.seg[sreg::DS].selector, 0, "ring-0 data segments are nulled");
     }
 
     #[test]

@@ -311,6 +311,9 @@ pub(crate) fn retf(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     let esp = m.ctx.gpr[4];
     let offset = read_at(m, esp, 0, size)?;
     let sel = read_at(m, esp, size, 2)? as u16;
+    if u8::try_from(sel & 3).unwrap_or(0) > m.cpu.cpl() {
+        return super::delivery::far_return_outer(m, size, offset, sel, release);
+    }
     let cs = check_cs_return(m, sel, offset)?;
     m.cpu.seg[sreg::CS] = cs;
     m.ctx.gpr[4] = esp_plus(m.cpu, esp, (2 * size).wrapping_add(release));
@@ -637,12 +640,9 @@ mod tests {
         t.write_u32(STACK_TOP, 0x1000);
         t.write_u32(STACK_TOP + 4, 0x1b);
         t.set_cpl(0);
-        // Return to an outer level: unsupported for now.
+        // Return to an outer level with a null SS on the stack: #GP(0).
         t.set_gdt(3, desc(0, 0xfffff, 0xfb, 0xc));
-        assert!(matches!(
-            t.run(&retf),
-            Outcome::Stop(super::super::Stop::Unsupported { .. })
-        ));
+        assert_eq!(t.run(&retf), gp(0));
         t.write_u32(STACK_TOP + 4, 0x10);
         assert_eq!(t.run(&retf), gp(0x10));
         t.write_u32(STACK_TOP + 4, 0);
