@@ -284,8 +284,6 @@ fn translate_or_refuse(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
         Ok(flow) => Ok(flow),
         Err(e) => {
             tracing::debug!(eip = b.eip(), error = %e, "cannot translate; stopping there");
-            #[cfg(test)]
-            eprintln!("cannot translate {:#x}: {e}", b.eip());
             b.a.truncate(pos);
             b.slots.truncate(slots);
             b.sites.truncate(sites);
