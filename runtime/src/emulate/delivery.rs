@@ -186,24 +186,7 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     }
     let cpl = m.cpu.cpl();
     let rpl = (cs_sel & 3) as u8;
-    if is_null(cs_sel) {
-        return Err(Fault::gp0());
-    }
-    let e = fetch(m, cs_sel)?.ok_or(Fault::gp_sel(cs_sel))?;
-    let d = e.desc;
-    let dpl_ok = if d.conforming() { d.dpl() <= rpl } else { d.dpl() == rpl };
-    if rpl < cpl || d.is_system() || !d.is_code() || !dpl_ok {
-        return Err(Fault::gp_sel(cs_sel));
-    }
-    if !d.present() {
-        return Err(Fault::np_sel(cs_sel));
-    }
-    if !d.big() {
-        return Err(Fault::unsupported("iret to a 16-bit code segment"));
-    }
-    if eip > d.limit() {
-        return Err(Fault::gp0());
-    }
+    let e = return_cs(m, cs_sel, eip)?;
     let outer = if rpl > cpl {
         let new_esp = read_lin(m, at(3), 4)?;
         let ss_sel = read_lin(m, at(4), 4)? as u16;
@@ -241,21 +224,7 @@ pub(crate) fn far_return_outer(m: &mut Machine<'_>, size: u32, eip: u32, cs_sel:
         return Err(Fault::unsupported("a 16-bit far return to an outer ring"));
     }
     let rpl = (cs_sel & 3) as u8;
-    let e = fetch(m, cs_sel)?.ok_or(Fault::gp_sel(cs_sel))?;
-    let d = e.desc;
-    let dpl_ok = if d.conforming() { d.dpl() <= rpl } else { d.dpl() == rpl };
-    if d.is_system() || !d.is_code() || !dpl_ok {
-        return Err(Fault::gp_sel(cs_sel));
-    }
-    if !d.present() {
-        return Err(Fault::np_sel(cs_sel));
-    }
-    if !d.big() {
-        return Err(Fault::unsupported("a far return to a 16-bit code segment"));
-    }
-    if eip > d.limit() {
-        return Err(Fault::gp0());
-    }
+    let e = return_cs(m, cs_sel, eip)?;
     let ss = m.cpu.seg[sreg::SS];
     let esp = m.ctx.gpr[4];
     let at = |off: u32| ss.base.wrapping_add(esp.wrapping_add(off));
@@ -269,6 +238,32 @@ pub(crate) fn far_return_outer(m: &mut Machine<'_>, size: u32, eip: u32, cs_sel:
     m.ctx.eip = eip;
     null_inaccessible_data_segments(m, rpl);
     Ok(Outcome::Jump)
+}
+
+/// The code segment an iret or far return goes back to, checked (SDM): not null, a
+/// code segment with RPL >= CPL whose DPL matches the RPL (or is at most the RPL
+/// when conforming), present, 32-bit, and `eip` within its limit.
+fn return_cs(m: &mut Machine<'_>, cs_sel: u16, eip: u32) -> Result<Entry, Fault> {
+    if is_null(cs_sel) {
+        return Err(Fault::gp0());
+    }
+    let rpl = (cs_sel & 3) as u8;
+    let e = fetch(m, cs_sel)?.ok_or(Fault::gp_sel(cs_sel))?;
+    let d = e.desc;
+    let dpl_ok = if d.conforming() { d.dpl() <= rpl } else { d.dpl() == rpl };
+    if rpl < m.cpu.cpl() || d.is_system() || !d.is_code() || !dpl_ok {
+        return Err(Fault::gp_sel(cs_sel));
+    }
+    if !d.present() {
+        return Err(Fault::np_sel(cs_sel));
+    }
+    if !d.big() {
+        return Err(Fault::unsupported("a return to a 16-bit code segment"));
+    }
+    if eip > d.limit() {
+        return Err(Fault::gp0());
+    }
+    Ok(e)
 }
 
 /// The SS for an iret to ring `rpl`.
