@@ -150,6 +150,8 @@ impl Cpu {
                 fpu |= bit;
             }
         }
-        Mode { seg_base, cpl: self.cpl(), fpu }
+        let ss = self.seg[sreg::SS];
+        let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0;
+        Mode { seg_base, cpl: self.cpl(), fpu, irregular_stack }
     }
 }

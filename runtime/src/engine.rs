@@ -54,6 +54,13 @@ impl Vm {
     fn run_loop(&mut self) -> Result<RunOutcome, VmError> {
         let mut next = Next::Dispatch(self.tr.ctx().eip);
         loop {
+            if let Next::Dispatch(eip) | Next::Transient(eip) = next {
+                if self.cpu.seg[crate::cpu::sreg::CS].base != 0 {
+                    // Code is fetched and keyed by linear = eip; a code segment with a
+                    // base would need both shifted. Stop clearly instead.
+                    return Ok(RunOutcome::Unsupported { eip, what: "a code segment with a non-zero base".into() });
+                }
+            }
             let host = match next {
                 Next::Dispatch(eip) | Next::Transient(eip) => {
                     match self.unit_for(eip, matches!(next, Next::Transient(_)))? {

@@ -46,3 +46,26 @@ fn wild_descriptor_tables_and_control_registers() {
     ];
     run(&code, [0; 8].map(|_| 0x20_0000));
 }
+
+#[test]
+fn code_segment_with_a_base_stops_clearly() {
+    // A GDT whose selector 0x08 is a code segment based at 0x1000, then a far jump
+    // into it: bt86 fetches code at linear = eip, so it must refuse, not run the
+    // wrong bytes.
+    let mut vm = Vm::new(VmConfig::new(4, Box::new(std::io::sink()))).expect("vm");
+    let code = [
+        0x0f, 0x01, 0x15, 0x00, 0x08, 0x10, 0x00, // lgdt 0x100800
+        0xea, 0x00, 0x00, 0x10, 0x00, 0x08, 0x00, // ljmp $0x08,$0x100000
+    ];
+    vm.ram().write(CODE, &code).expect("code");
+    vm.ram().write(0x10_0800, &[0x0f, 0x00, 0x10, 0x08, 0x10, 0x00]).expect("gdtr");
+    // null descriptor, then base 0x1000, limit 4 GiB, type 0x9b, G+D.
+    vm.ram().write(0x10_0810, &[0; 8]).expect("gdt");
+    vm.ram().write(0x10_0818, &[0xff, 0xff, 0x00, 0x10, 0x00, 0x9b, 0xcf, 0x00]).expect("gdt");
+    vm.set_flat_state(CODE, [0, 0, 0, 0, 0x20_0000, 0, 0, 0], 0);
+    let outcome = run_with_timeout(&mut vm, Duration::from_secs(5)).expect("run");
+    assert!(
+        matches!(&outcome, bt86_runtime::RunOutcome::Unsupported { what, .. } if what.contains("non-zero base")),
+        "{outcome:?}"
+    );
+}

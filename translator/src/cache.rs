@@ -19,8 +19,8 @@ use thiserror::Error;
 
 const LOOKUP_ENTRIES: usize = 1 << 16;
 const EMPTY: [u64; 2] = [u64::MAX, 0];
-/// Room a unit may need at most: 64 instructions of at most ~120 host bytes each
-/// plus exit stubs.
+/// Room a unit may need at most: the host-code budget at which the builder stops
+/// (`UNIT_HOST_BUDGET`) plus one more instruction and the exit stubs.
 const MAX_UNIT_BYTES: usize = 16 * 1024;
 
 /// Errors from the translator.
@@ -32,6 +32,8 @@ pub enum TranslatorError {
     Build(#[from] BuildError),
     #[error("the host lacks FSGSBASE (wrgsbase from user space), which bt86 needs")]
     NoFsgsbase,
+    #[error("the unit at {eip:#010x} needs {bytes} bytes of host code, more than a unit may take")]
+    UnitTooLarge { eip: u32, bytes: usize },
 }
 
 /// Identifies a unit: where it starts, which physical frame that is, and the mode
@@ -254,7 +256,9 @@ impl Translator {
             max_insns: if transient { 1 } else { self.max_insns },
         };
         let built = translate::build_unit(mem, key.eip, &key.mode, &place)?;
-        assert!(built.code.len() <= MAX_UNIT_BYTES, "unit larger than the reserve");
+        if built.code.len() > MAX_UNIT_BYTES {
+            return Err(TranslatorError::UnitTooLarge { eip: key.eip, bytes: built.code.len() });
+        }
         self.mem.write(self.used, &built.code)?;
         let id = u32::try_from(self.units.len()).expect("unit count");
         for s in &built.slots {

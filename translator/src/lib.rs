@@ -57,6 +57,9 @@ pub struct Mode {
     pub cpl: u8,
     /// FPU/SSE availability as CR0 and CR4 set it (`fpu_mode` bits).
     pub fpu: u8,
+    /// SS has a non-zero base or is a 16-bit stack: translated code addresses the
+    /// stack as flat 32-bit `%gs:(r8d)`, so implicit stack accesses stop instead.
+    pub irregular_stack: bool,
 }
 
 /// Bits of `Mode::fpu`.

@@ -111,7 +111,7 @@ fn needs_ea_register(i: &Instruction, b: &Builder<'_>) -> bool {
     sixteen(i.memory_base())
         || sixteen(i.memory_index())
         || i.memory_displ_size() == 2
-        || b.mode.seg_base(i.memory_segment()) != 0
+        || (i.mnemonic() != iced_x86::Mnemonic::Lea && b.mode.seg_base(i.memory_segment()) != 0)
 }
 
 /// Emits the guest effective address of `i`'s memory operand (segment base
@@ -151,7 +151,8 @@ pub(super) fn materialize_ea(b: &mut Builder<'_>, i: &Instruction, dst: Register
         }
         b.a.ins(&ins2rm(Code::Lea_r32_m, dst, mem))?;
     }
-    let seg_base = b.mode.seg_base(i.memory_segment());
+    // lea computes an offset: segments play no part in it.
+    let seg_base = if i.mnemonic() == iced_x86::Mnemonic::Lea { 0 } else { b.mode.seg_base(i.memory_segment()) };
     if seg_base != 0 {
         let m = MemoryOperand::with_base_displ(dst64, i64::from(seg_base as i32));
         b.a.ins(&ins2rm(Code::Lea_r32_m, dst, m))?;

@@ -24,6 +24,11 @@ use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
 
 /// Most guest instructions in one unit.
 pub const MAX_UNIT_INSNS: usize = 64;
+/// A unit stops taking instructions once its host code passes this many bytes.
+/// With the largest single expansion (`enter` with nesting 31, about 700 bytes)
+/// and an exit stub for every instruction, a unit stays below `MAX_UNIT_BYTES`
+/// in the cache, whatever the guest code is.
+pub const UNIT_HOST_BUDGET: usize = 8 * 1024;
 
 /// How to recover the guest state when a host fault lands inside a guest
 /// instruction's code.
@@ -224,7 +229,7 @@ pub fn build_unit(
         if flow == Flow::End {
             break;
         }
-        if count >= max_insns || ins.next_ip() >= page_end {
+        if count >= max_insns || ins.next_ip() >= page_end || b.a.pos() >= UNIT_HOST_BUDGET {
             b.jmp_slot(ins.next_ip32());
             break;
         }
@@ -301,6 +306,12 @@ fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     let m = b.ins.mnemonic();
     if let Some(flow) = special::translate(b)? {
         return Ok(flow);
+    }
+    let implicit_stack = matches!(m, Push | Pop | Pushad | Pusha | Popad | Popa | Enter | Leave | Call | Ret);
+    if implicit_stack && b.mode.irregular_stack {
+        b.callout(CalloutKind::Unsupported)?;
+        b.jmp_slot(b.next_eip());
+        return Ok(Flow::End);
     }
     match m {
         Push | Pop | Pushad | Pusha | Popad | Popa | Enter | Leave => stack::translate(b),

@@ -123,7 +123,7 @@ proptest! {
 
     #[test]
     fn arbitrary_guest_code_with_segment_bases_is_confined(code in proptest::collection::vec(any::<u8>(), 1..64), base in any::<u32>()) {
-        let mode = Mode { seg_base: [base, 0, base, 0, base, base], cpl: 0, fpu: crate::fpu_mode::OSFXSR };
+        let mode = Mode { seg_base: [base, 0, base, 0, base, base], cpl: 0, fpu: crate::fpu_mode::OSFXSR, irregular_stack: base != 0 };
         let u = build(&code, mode);
         assert_confined(&u);
     }
@@ -157,4 +157,32 @@ fn fpu_and_sse_availability_follows_cr0_and_cr4() {
     assert_eq!(kind(&paddd, OSFXSR | TS), Some(crate::CalloutKind::RaiseNm));
     assert_eq!(kind(&fld1, 0), None);
     assert_eq!(kind(&fld1, TS), Some(crate::CalloutKind::RaiseNm));
+}
+
+#[test]
+fn huge_expansions_stay_within_the_unit_budget() {
+    // Regression: 64 x `enter $0,$31` made one unit outgrow the cache reserve.
+    let code: Vec<u8> = (0..64).flat_map(|_| [0xc8, 0x00, 0x00, 0x1f]).chain([0xc3]).collect();
+    let u = build(&code, Mode::default());
+    assert!(u.code.len() <= 16 * 1024, "{} bytes", u.code.len());
+    assert!(u.guest_insns < 64, "the unit stopped early: {}", u.guest_insns);
+}
+
+#[test]
+fn lea_ignores_segment_bases() {
+    // Regression: lea with a based DS (or an override) added the base.
+    let mode = Mode { seg_base: [0, 0, 0, 0x1000, 0x2000, 0], ..Mode::default() };
+    for code in [&[0x8d, 0x0b, 0xc3][..], &[0x64, 0x8d, 0x0b, 0xc3]] {
+        let l: Vec<String> = host_listing(&build(code, mode)).iter().map(text).collect();
+        assert!(!l.iter().any(|s| s.contains("0x1000") || s.contains("0x2000")), "{l:#?}");
+    }
+}
+
+#[test]
+fn implicit_stack_use_with_an_irregular_stack_stops() {
+    let mode = Mode { irregular_stack: true, ..Mode::default() };
+    for code in [&[0x50, 0xc3][..], &[0xc3], &[0xe8, 0, 0, 0, 0]] {
+        let u = build(code, mode);
+        assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::Unsupported), "{code:02x?}");
+    }
 }
