@@ -40,6 +40,11 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         Salc => salc(b)?,
         Into => into(b)?,
         Ud0 | Ud1 | Ud2 | Monitor | Mwait | Syscall | Sysret | Sysexit | Sysenter => raise_ud(b)?,
+        // Features CPUID hides from the guest (PCID, XSAVES, VMX, SVM, SMX): #UD, as
+        // on a CPU without them, rather than whatever the host says at CPL 3.
+        Invpcid | Xsaves | Xrstors | Xsavec | Xsaveopt | Getsec | Vmcall | Vmlaunch | Vmresume | Vmxoff
+        | Vmxon | Vmread | Vmwrite | Vmptrld | Vmptrst | Vmclear | Invept | Invvpid | Vmfunc | Vmrun
+        | Vmload | Vmsave | Vmmcall | Stgi | Clgi | Skinit | Invlpga => raise_ud(b)?,
         Hlt | Iretd | Iret | Int | Int1 | Int3 | Retf | Popfd | Popf | Rsm => end(b, CalloutKind::Emulate)?,
         Jmp | Call if is_far(&i) => end(b, CalloutKind::Emulate)?,
         Mov if touches_sreg(&i) => end(b, CalloutKind::Emulate)?,

@@ -186,3 +186,12 @@ fn implicit_stack_use_with_an_irregular_stack_stops() {
         assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::Unsupported), "{code:02x?}");
     }
 }
+
+#[test]
+fn hidden_privileged_features_raise_ud() {
+    // invpcid (%eax),%ecx; vmcall
+    for code in [&[0x66, 0x0f, 0x38, 0x82, 0x08, 0xc3][..], &[0x0f, 0x01, 0xc1, 0xc3]] {
+        let u = build(code, Mode::default());
+        assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::RaiseUd), "{code:02x?}");
+    }
+}
