@@ -14,6 +14,8 @@ use crate::emulate::{self, DeliveryFailure, EventSource, GuestMemory, Machine, M
 use crate::memory::GuestRam;
 use crate::signals;
 use crate::vm::{RunOutcome, Vm, VmError};
+use crate::mmu::{address_space_key, FaultAction, RamPhys};
+use bt86_shadow_mmu::walk::{self, Access, PagingMode, WalkError};
 use bt86_shadow_mmu::View;
 use bt86_translator::abi::ExitReason;
 use bt86_translator::translate::BuildError;
@@ -21,6 +23,14 @@ use bt86_translator::{CalloutKind, Fixup, GuestCode, TranslatorError, UnitKey};
 use hashbrown::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+/// Why no code could be fetched at an eip.
+enum FetchFailure {
+    /// No RAM there.
+    NoRam,
+    /// The guest's page tables refuse the fetch: #PF with this error code.
+    PageFault(u32),
+}
 
 /// Where to go after an exit.
 enum Next {
@@ -61,21 +71,31 @@ impl Vm {
                     return Ok(RunOutcome::Unsupported { eip, what: "a code segment with a non-zero base".into() });
                 }
             }
+            let transient = matches!(next, Next::Transient(_));
             let host = match next {
                 Next::Dispatch(eip) | Next::Transient(eip) => {
-                    match self.unit_for(eip, matches!(next, Next::Transient(_)))? {
-                        Some((_, host)) => host,
-                        None => return Ok(RunOutcome::Unbacked { eip, linear: eip }),
+                    match self.unit_for(eip, transient)? {
+                        Ok((_, host)) => host,
+                        Err(FetchFailure::NoRam) => return Ok(RunOutcome::Unbacked { eip, linear: eip }),
+                        Err(FetchFailure::PageFault(code)) => {
+                            next = self.raise(14, Some(code), eip, EventSource::Exception)?;
+                            continue;
+                        }
                     }
                 }
                 Next::Resume(h) => h,
                 Next::Done(outcome) => return Ok(outcome),
             };
+            self.tr.ctx_mut().gs_base = self.current_view_base();
             if self.stop_flag.load(Ordering::SeqCst) {
                 return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
             }
             self.tr.run(host)?;
             self.stats.guest_exits += 1;
+            if self.shadow.flush_pending {
+                self.shadow.flush_pending = false;
+                self.shadow_flush()?;
+            }
             if let Some(frame) = self.reprotect.take() {
                 if self.tr.has_code_on(frame) {
                     self.view.set_writable(frame << 12, false)?;
@@ -87,34 +107,50 @@ impl Vm {
         }
     }
 
-    /// The unit for `eip` in the current mode: (unit id, host entry); `None` when
-    /// there is no guest memory to fetch code from at `eip`.
-    fn unit_for(&mut self, eip: u32, transient: bool) -> Result<Option<(u32, u64)>, VmError> {
+    /// The unit for `eip` in the current mode: (unit id, host entry), or why no
+    /// code can be fetched at `eip`.
+    fn unit_for(&mut self, eip: u32, transient: bool) -> Result<Result<(u32, u64), FetchFailure>, VmError> {
         let mode = self.cpu.mode();
         self.tr.set_mode(mode);
-        let key = UnitKey { eip, phys: eip, mode };
+        let user = self.cpu.cpl() == 3;
+        let phys = match self.translate_linear(eip, false, user) {
+            Ok(p) => p,
+            Err(WalkError::PageFault { error_code }) => {
+                self.cpu.cr2 = eip;
+                return Ok(Err(FetchFailure::PageFault(error_code)));
+            }
+            Err(WalkError::NoRam { .. }) => return Ok(Err(FetchFailure::NoRam)),
+        };
+        let key = UnitKey { eip, phys, mode };
         if !transient {
             if let Some(id) = self.tr.find(&key) {
-                return Ok(Some((id, self.tr.entry(id))));
+                return Ok(Ok((id, self.tr.entry(id))));
             }
         }
         let ram_size = self.ram.size();
-        let mut fetch = CodeFetch { ram: &self.ram };
-        let mut frame_of = |page: u32| (page < ram_size).then_some(page >> 12);
+        let paging = self.paging().then(|| self.paging_mode());
+        let mut fetch = CodeFetch { ram: &self.ram, paging, user };
+        let ram = &self.ram;
+        let mut frame_of = |page: u32| match paging {
+            None => (page < ram_size).then_some(page >> 12),
+            Some(mode) => walk::walk(&mut RamPhys(ram), &mode, page, Access { write: false, user, fetch: true })
+                .ok()
+                .map(|t| t.phys_page >> 12),
+        };
         let t = match self.tr.translate(key, &mut fetch, &mut frame_of, transient) {
             Ok(t) => t,
-            Err(TranslatorError::Build(BuildError::Fetch(_))) => return Ok(None),
+            Err(TranslatorError::Build(BuildError::Fetch(_))) => return Ok(Err(FetchFailure::NoRam)),
             Err(e) => return Err(e.into()),
         };
         for f in t.flushed_frames {
-            self.view.set_writable(f << 12, true)?;
+            self.protect_frame(f, true)?;
             self.protected.remove(&f);
         }
         for f in t.new_frames {
-            self.view.set_writable(f << 12, false)?;
+            self.protect_frame(f, false)?;
             self.protected.insert(f);
         }
-        Ok(Some((t.unit, t.host)))
+        Ok(Ok((t.unit, t.host)))
     }
 
     fn handle_exit(&mut self) -> Result<Next, VmError> {
@@ -123,8 +159,9 @@ impl Vm {
             Some(ExitReason::Branch) => {
                 self.stats.exits_branch += 1;
                 let (slot, target, epoch) = (ctx.exit_arg, ctx.eip, self.tr.epoch());
-                let Some((id, host)) = self.unit_for(target, false)? else {
-                    return Ok(Next::Done(RunOutcome::Unbacked { eip: target, linear: target }));
+                let (id, host) = match self.unit_for(target, false)? {
+                    Ok(found) => found,
+                    Err(failure) => return self.fetch_failed(failure, target),
                 };
                 if self.tr.epoch() == epoch {
                     self.tr.chain(slot, id)?;
@@ -134,8 +171,9 @@ impl Vm {
             Some(ExitReason::Indirect) => {
                 self.stats.exits_indirect += 1;
                 let target = ctx.eip;
-                let Some((id, host)) = self.unit_for(target, false)? else {
-                    return Ok(Next::Done(RunOutcome::Unbacked { eip: target, linear: target }));
+                let (id, host) = match self.unit_for(target, false)? {
+                    Ok(found) => found,
+                    Err(failure) => return self.fetch_failed(failure, target),
                 };
                 self.tr.remember_indirect(target, id);
                 Ok(Next::Resume(host))
@@ -156,18 +194,34 @@ impl Vm {
     /// holding translated code invalidate those units. Returns `f`'s result and
     /// whether any translated code was invalidated.
     fn with_machine<R>(&mut self, f: impl FnOnce(&mut Machine<'_>) -> R) -> Result<(R, bool), VmError> {
+        let paging = self.paging().then(|| self.paging_mode());
         let (tr, cpu, bus) = (&mut self.tr, &mut self.cpu, &mut self.bus);
-        let mut mem =
-            LinearMemory { ram: &self.ram, view: &mut self.view, protected: &mut self.protected, invalidate: Vec::new() };
+        let mut mem = LinearMemory {
+            ram: &self.ram,
+            view: &mut self.view,
+            protected: &mut self.protected,
+            invalidate: Vec::new(),
+            paging,
+            shadow: &self.shadow,
+            flush: false,
+            cr2: None,
+        };
         let result = {
             let mut m = Machine { cpu, ctx: tr.ctx_mut(), mem: &mut mem, io: bus };
             f(&mut m)
         };
         let wrote_code = !mem.invalidate.is_empty();
+        let (flush, cr2) = (mem.flush, mem.cr2);
         for frame in mem.invalidate {
             tr.invalidate_frame(frame)?;
         }
-        Ok((result, wrote_code))
+        if let Some(linear) = cr2 {
+            self.cpu.cr2 = linear;
+        }
+        if flush {
+            self.shadow_flush()?;
+        }
+        Ok((result, wrote_code || flush))
     }
 
     fn handle_callout(&mut self) -> Result<Next, VmError> {
@@ -183,8 +237,18 @@ impl Vm {
         let resume = self.tr.ctx().resume;
         let mode_before = self.cpu.mode();
         let vif_before = self.tr.ctx().vif;
+        let space_before = address_space_key(&self.cpu);
         self.tr.ctx_mut().eip = site.eip;
-        let (outcome, wrote_code) = self.with_machine(|m| emulate::emulate(m, &site))?;
+        let (outcome, mut wrote_code) = self.with_machine(|m| emulate::emulate(m, &site))?;
+        let space_after = address_space_key(&self.cpu);
+        let invlpg = site.ins.mnemonic() == iced_x86::Mnemonic::Invlpg && self.paging();
+        if space_after != space_before || invlpg {
+            if space_after.1 != space_before.1 {
+                self.shadow.cr3_switches += 1;
+            }
+            self.shadow_flush()?;
+            wrote_code = true;
+        }
         if self.cpu.cpl() != mode_before.cpl {
             self.stats.ring_transitions += 1;
         }
@@ -368,6 +432,21 @@ impl Vm {
     }
 
     fn page_fault(&mut self, eip: u32, addr: u64, write: bool) -> Result<Next, VmError> {
+        if self.paging() {
+            let (linear, user_view) = match (self.view.linear_of(addr), self.user_view.linear_of(addr)) {
+                (Some(l), _) => (l, false),
+                (None, Some(l)) => (l, true),
+                (None, None) => {
+                    return Err(VmError::Internal(format!("fault at host {addr:#x} outside the views (eip {eip:#010x})")))
+                }
+            };
+            return match self.paging_fault(linear, write, user_view)? {
+                FaultAction::Retry => Ok(Next::Dispatch(eip)),
+                FaultAction::WriteThrough => Ok(Next::Transient(eip)),
+                FaultAction::PageFault(code) => self.raise(14, Some(code), eip, EventSource::Exception),
+                FaultAction::NoRam => Ok(Next::Done(RunOutcome::Unbacked { eip, linear })),
+            };
+        }
         let Some(linear) = self.view.linear_of(addr) else {
             if self.view.owns(addr) {
                 return Ok(Next::Done(RunOutcome::Unsupported {
@@ -404,7 +483,7 @@ impl Vm {
     fn write_misses_code(&self, eip: u32, linear: u32, frame: u32) -> bool {
         use iced_x86::Mnemonic::*;
         let mut bytes = [0u8; 16];
-        let n = CodeFetch { ram: &self.ram }.fetch(eip, &mut bytes);
+        let n = CodeFetch { ram: &self.ram, paging: None, user: false }.fetch(eip, &mut bytes);
         let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), iced_x86::DecoderOptions::NONE).decode();
         let bulky = matches!(
             ins.mnemonic(),
@@ -417,6 +496,14 @@ impl Vm {
         // The fault names the first byte the write touched; it may have started up
         // to 15 bytes lower (an access straddling into this page).
         !self.tr.code_overlaps(frame, linear.saturating_sub(16), 32)
+    }
+
+    /// A branch target whose code cannot be fetched.
+    fn fetch_failed(&mut self, failure: FetchFailure, eip: u32) -> Result<Next, VmError> {
+        match failure {
+            FetchFailure::NoRam => Ok(Next::Done(RunOutcome::Unbacked { eip, linear: eip })),
+            FetchFailure::PageFault(code) => self.raise(14, Some(code), eip, EventSource::Exception),
+        }
     }
 
     fn apply_fixup(&mut self, fixup: Fixup) {
@@ -441,48 +528,120 @@ impl Vm {
     }
 }
 
-/// Guest code as the translator fetches it (linear = physical: paging is off).
+/// Guest code as the translator fetches it: through the guest's page tables when
+/// paging is on (an instruction fetch), else linear = physical.
 struct CodeFetch<'a> {
     ram: &'a GuestRam,
+    paging: Option<PagingMode>,
+    user: bool,
 }
 
 impl GuestCode for CodeFetch<'_> {
     fn fetch(&mut self, linear: u32, buf: &mut [u8]) -> usize {
-        let avail = self.ram.size().saturating_sub(linear) as usize;
-        let n = buf.len().min(avail);
-        if n == 0 || self.ram.read(linear, &mut buf[..n]).is_err() {
-            return 0;
+        let mut done = 0;
+        while done < buf.len() {
+            let at = linear.wrapping_add(u32::try_from(done).unwrap_or(0));
+            let phys = match self.paging {
+                None => at,
+                Some(mode) => {
+                    let access = Access { write: false, user: self.user, fetch: true };
+                    match walk::walk(&mut RamPhys(self.ram), &mode, at, access) {
+                        Ok(t) => t.phys_page | (at & 0xfff),
+                        Err(_) => break,
+                    }
+                }
+            };
+            let in_page = (0x1000 - (at & 0xfff)) as usize;
+            let avail = (self.ram.size().saturating_sub(phys) as usize).min(in_page);
+            let n = (buf.len() - done).min(avail);
+            if n == 0 || self.ram.read(phys, &mut buf[done..done + n]).is_err() {
+                break;
+            }
+            done += n;
         }
-        n
+        done
     }
 }
 
-/// Guest memory for emulated instructions; writes to frames holding translated
-/// code unprotect them and are reported for invalidation.
+/// Guest memory for emulated instructions, by linear address: through the page
+/// tables when paging is on (supervisor accesses; a refusal is #PF). Writes to
+/// frames holding translated code invalidate it; writes to page tables in use
+/// make the engine drop its shadow mappings.
 struct LinearMemory<'a> {
     ram: &'a GuestRam,
     view: &'a mut View,
     protected: &'a mut HashSet<u32>,
     invalidate: Vec<u32>,
+    paging: Option<PagingMode>,
+    shadow: &'a crate::mmu::Shadow,
+    flush: bool,
+    cr2: Option<u32>,
+}
+
+impl LinearMemory<'_> {
+    /// Physical address of `linear`, or the fault.
+    fn phys(&mut self, linear: u32, write: bool) -> Result<u32, MemFault> {
+        let Some(mode) = self.paging else { return Ok(linear) };
+        let access = Access { write, user: false, fetch: false };
+        match walk::walk(&mut RamPhys(self.ram), &mode, linear, access) {
+            Ok(t) => Ok(t.phys_page | (linear & 0xfff)),
+            Err(WalkError::PageFault { error_code }) => {
+                self.cr2 = Some(linear);
+                Err(MemFault::PageFault { linear, error_code })
+            }
+            Err(WalkError::NoRam { phys }) => Err(MemFault::Unbacked { linear: phys }),
+        }
+    }
+
+    /// Splits [linear, linear+len) at page boundaries: (linear, offset, len).
+    fn pieces(linear: u32, len: usize) -> Vec<(u32, usize, usize)> {
+        let mut out = Vec::new();
+        let mut done = 0;
+        while done < len {
+            let at = linear.wrapping_add(u32::try_from(done).unwrap_or(0));
+            let n = (len - done).min((0x1000 - (at & 0xfff)) as usize);
+            out.push((at, done, n));
+            done += n;
+        }
+        out
+    }
 }
 
 impl GuestMemory for LinearMemory<'_> {
     fn read(&mut self, linear: u32, buf: &mut [u8]) -> Result<(), MemFault> {
-        self.ram.read(linear, buf).map_err(|_| MemFault::Unbacked { linear })
+        for (at, off, n) in Self::pieces(linear, buf.len()) {
+            let phys = self.phys(at, false)?;
+            self.ram.read(phys, &mut buf[off..off + n]).map_err(|_| MemFault::Unbacked { linear: at })?;
+        }
+        Ok(())
     }
 
     fn write(&mut self, linear: u32, data: &[u8]) -> Result<(), MemFault> {
-        if !self.ram.contains(linear, data.len()) {
-            return Err(MemFault::Unbacked { linear });
+        // Translate every piece first: a fault leaves memory untouched.
+        let mut targets = Vec::new();
+        for (at, off, n) in Self::pieces(linear, data.len()) {
+            let phys = self.phys(at, true)?;
+            if !self.ram.contains(phys, n) {
+                return Err(MemFault::Unbacked { linear: at });
+            }
+            targets.push((phys, off, n));
         }
-        let last = linear.wrapping_add(u32::try_from(data.len().max(1) - 1).unwrap_or(0));
-        for frame in [linear >> 12, last >> 12] {
+        for (phys, off, n) in targets {
+            let frame = phys >> 12;
             if self.protected.remove(&frame) {
-                let _ = self.view.set_writable(frame << 12, true);
+                if self.paging.is_some() {
+                    self.flush = true;
+                } else {
+                    let _ = self.view.set_writable(frame << 12, true);
+                }
                 self.invalidate.push(frame);
             }
+            if self.paging.is_some() && self.shadow.is_traced(frame) {
+                self.flush = true;
+            }
+            self.ram.write(phys, &data[off..off + n]).map_err(|_| MemFault::Unbacked { linear: phys })?;
         }
-        self.ram.write(linear, data).map_err(|_| MemFault::Unbacked { linear })
+        Ok(())
     }
 }
 

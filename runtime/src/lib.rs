@@ -8,6 +8,7 @@ mod engine;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
+mod mmu;
 pub mod signals;
 pub mod snippet;
 pub mod stats;

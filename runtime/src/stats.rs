@@ -33,6 +33,22 @@ pub struct ExitCounts {
     pub fault: u64,
 }
 
+/// Shadow-MMU counters.
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct PagingReport {
+    /// Faults the shadow MMU resolved by mapping a page (invisible to the guest).
+    pub hidden_faults: u64,
+    /// Faults the guest's page tables refused: delivered as #PF.
+    pub true_faults: u64,
+    /// Writes to page directories/tables in use (traced pages).
+    pub trace_faults: u64,
+    pub cr3_switches: u64,
+    /// Times every shadow mapping was dropped (CR3, INVLPG, page-table writes).
+    pub view_flushes: u64,
+    /// Guest pages mapped in the views now.
+    pub mappings_live: u64,
+}
+
 /// What `--stats` prints.
 #[derive(Serialize, Debug, Clone)]
 pub struct StatsReport {
@@ -58,6 +74,7 @@ pub struct StatsReport {
     /// Time the guest spent halted (waiting for an interrupt).
     pub hlt_seconds: f64,
     pub devices: Option<crate::devices::PlatformStats>,
+    pub paging: PagingReport,
     pub translate_seconds: f64,
     pub run_seconds: f64,
 }
@@ -100,6 +117,7 @@ impl Stats {
             interrupts: self.interrupts.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
             hlt_seconds: self.hlt_nanos as f64 / 1e9,
             devices: None,
+            paging: PagingReport::default(),
             translate_seconds: t.translate_nanos as f64 / 1e9,
             run_seconds: self.run_nanos as f64 / 1e9,
         }

@@ -109,6 +109,9 @@ impl VmConfig {
 pub struct Vm {
     pub(crate) ram: GuestRam,
     pub(crate) view: View,
+    /// The user view (CPL 3 with paging on): only user-accessible pages.
+    pub(crate) user_view: View,
+    pub(crate) shadow: crate::mmu::Shadow,
     pub(crate) cpu: Cpu,
     pub(crate) bus: Platform,
     /// Declared before `tr`: it must stop before the poll page it revokes is gone.
@@ -142,9 +145,12 @@ impl Vm {
         // Console input arriving while translated code runs must make it exit.
         bus.set_input_notify(Some(Arc::new(move || poll.request_exit())));
         let alarm = Alarm::new(tr.poll_handle(), bus.clock().clone());
+        let user_view = View::reserve()?;
         Ok(Self {
             ram,
             view,
+            user_view,
+            shadow: crate::mmu::Shadow::default(),
             cpu: Cpu::default(),
             bus,
             alarm,
@@ -211,6 +217,14 @@ impl Vm {
     pub fn stats(&self) -> crate::stats::StatsReport {
         let mut r = self.stats.report(&self.tr);
         r.devices = Some(self.bus.stats());
+        r.paging = crate::stats::PagingReport {
+            hidden_faults: self.shadow.hidden_faults,
+            true_faults: self.shadow.true_faults,
+            trace_faults: self.shadow.trace_faults,
+            cr3_switches: self.shadow.cr3_switches,
+            view_flushes: self.shadow.view_flushes,
+            mappings_live: self.shadow.mappings_live() as u64,
+        };
         r
     }
 

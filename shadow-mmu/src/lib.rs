@@ -6,5 +6,7 @@
 //! arrive with the shadow-MMU issue and fill views on demand through the same type.
 
 pub mod view;
+pub mod walk;
 
 pub use view::{View, ViewError, GUARD_BYTES};
+pub use walk::{error_code, walk, Access, PagingMode, PhysMem, Translation, WalkError};

@@ -117,6 +117,74 @@ impl View {
         Ok(())
     }
 
+    /// Maps the guest-physical page at `phys` (memfd offset) at linear page
+    /// `linear` (and into the wrap alias for the first 64 KiB): a shadow PTE.
+    pub fn map_page(&mut self, linear: u32, ram: BorrowedFd<'_>, phys: u32, writable: bool) -> Result<(), ViewError> {
+        let linear = u64::from(linear) & !(PAGE - 1);
+        let phys = u64::from(phys) & !(PAGE - 1);
+        self.map(linear, ram, phys, PAGE, writable)?;
+        if linear < GUARD_BYTES {
+            self.map(FOUR_GIB + linear, ram, phys, PAGE, writable)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `len` bytes from linear `start` inaccessible again (dropping shadow
+    /// PTEs), and their image in the wrap alias.
+    pub fn unmap(&mut self, start: u32, len: u64) -> Result<(), ViewError> {
+        let start = u64::from(start) & !(PAGE - 1);
+        let len = len.min(FOUR_GIB - start).div_ceil(PAGE) * PAGE;
+        self.reserve_range(start, len)?;
+        if start < GUARD_BYTES {
+            let alias_len = len.min(GUARD_BYTES - start);
+            self.reserve_range(FOUR_GIB + start, alias_len)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every mapping: the view is empty again.
+    pub fn unmap_all(&mut self) -> Result<(), ViewError> {
+        self.reserve_range(0, FOUR_GIB + GUARD_BYTES)?;
+        self.ram = 0;
+        Ok(())
+    }
+
+    /// Changes the host protection of a mapped linear page (read-only for tracing
+    /// and for pages whose dirty bit is still clear).
+    pub fn protect_page(&mut self, linear: u32, writable: bool) -> Result<(), ViewError> {
+        let linear = u64::from(linear) & !(PAGE - 1);
+        let prot = if writable { MprotectFlags::READ | MprotectFlags::WRITE } else { MprotectFlags::READ };
+        let mut targets = vec![linear];
+        if linear < GUARD_BYTES {
+            targets.push(FOUR_GIB + linear);
+        }
+        for l in targets {
+            // SAFETY: the page lies inside our reservation; the caller maps it first.
+            unsafe { mm::mprotect((self.base() + l) as *mut _, PAGE as usize, prot) }
+                .map_err(|source| ViewError::Protect { linear: l, source })?;
+        }
+        Ok(())
+    }
+
+    fn reserve_range(&mut self, linear: u64, len: u64) -> Result<(), ViewError> {
+        if len == 0 {
+            return Ok(());
+        }
+        assert!(linear + len <= FOUR_GIB + GUARD_BYTES, "range outside the view");
+        // SAFETY: the range lies inside our reservation; replacing it with a fresh
+        // PROT_NONE anonymous mapping affects no Rust object.
+        unsafe {
+            mm::mmap_anonymous(
+                (self.base() + linear) as *mut _,
+                usize::try_from(len).expect("64-bit host"),
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|source| ViewError::Map { linear, source })?;
+        Ok(())
+    }
+
     /// Write-protects (or unprotects) the page at guest linear `page` (and its
     /// image in the wrap alias). Pages outside mapped RAM are left alone.
     pub fn set_writable(&mut self, page: u32, writable: bool) -> Result<(), ViewError> {

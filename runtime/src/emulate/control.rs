@@ -129,9 +129,6 @@ fn write_cr0(m: &mut Machine<'_>, site: &CalloutSite, value: u32) -> EmuResult {
     if new & cr0::PE == 0 {
         return Err(Fault::unsupported("real mode (clearing CR0.PE)"));
     }
-    if new & cr0::PG != 0 && m.cpu.cr0 & cr0::PG == 0 {
-        return Err(Fault::unsupported("paging comes with the shadow MMU issue"));
-    }
     if new == m.cpu.cr0 {
         return Ok(Outcome::Continue);
     }
@@ -337,12 +334,10 @@ mod tests {
         t.ctx.gpr[0] = cr0::PE | cr0::MP | cr0::NE | cr0::WP | 0x40;
         assert_eq!(t.run(&[0x0f, 0x22, 0xc0]), Outcome::Jump);
         assert_eq!(t.cpu.cr0, cr0::PE | cr0::MP | cr0::ET | cr0::NE | cr0::WP);
-        // Setting PG: unsupported for now. Clearing PE: unsupported.
+        // Setting PG leaves translated code (the engine rebuilds its shadow mappings).
         t.ctx.gpr[0] = cr0::PE | cr0::PG;
-        assert!(matches!(
-            t.run(&[0x0f, 0x22, 0xc0]),
-            Outcome::Stop(Stop::Unsupported { .. })
-        ));
+        assert_eq!(t.run(&[0x0f, 0x22, 0xc0]), Outcome::Jump);
+        // Clearing PE: unsupported.
         t.ctx.gpr[0] = 0;
         assert!(matches!(
             t.run(&[0x0f, 0x22, 0xc0]),

@@ -332,6 +332,9 @@ pub fn deliver_event(
 ) -> Result<(), DeliveryFailure> {
     deliver(m, vector, error, source, return_eip).map_err(|f| match f {
         Fault::Exception { vector, error } => DeliveryFailure::Exception { vector, error },
+        Fault::Mem(super::MemFault::PageFault { error_code, .. }) => {
+            DeliveryFailure::Exception { vector: 14, error: Some(error_code) }
+        }
         other => match other.into_outcome(return_eip) {
             Outcome::Stop(s) => DeliveryFailure::Stop(s),
             _ => DeliveryFailure::Stop(super::Stop::Unsupported { eip: return_eip, what: "delivery".into() }),

@@ -44,6 +44,9 @@ pub use delivery::{deliver_event, DeliveryFailure, EventSource};
 pub enum MemFault {
     /// No RAM at that physical address (issue-2 machines have no paging).
     Unbacked { linear: u32 },
+    /// The guest's page tables refuse the access: #PF with this error code (the
+    /// memory records the faulting linear address for CR2).
+    PageFault { linear: u32, error_code: u32 },
 }
 
 /// Guest memory by linear address, as emulated instructions see it. Writes must
@@ -205,6 +208,11 @@ impl Fault {
             Fault::Exception { vector, error } => Outcome::Exception {
                 vector,
                 error,
+                trap: false,
+            },
+            Fault::Mem(MemFault::PageFault { error_code, .. }) => Outcome::Exception {
+                vector: 14,
+                error: Some(error_code),
                 trap: false,
             },
             Fault::Mem(MemFault::Unbacked { linear }) => {
