@@ -90,3 +90,11 @@ fn end_of_input_leaves_a_halted_guest_that_bt86_ends() {
     assert!(r.console.contains("ABC"), "{}", r.quoted_console());
     assert!(matches!(r.outcome, RunOutcome::Halted { .. }), "{:?}", r.outcome);
 }
+
+#[test]
+fn paging_through_the_shadow_mmu() {
+    let r = run_guest(guests::PAGING, "", LIMIT);
+    r.assert_passed();
+    let p = &r.stats.paging;
+    assert!(p.hidden_faults > 0 && p.true_faults > 0 && p.trace_faults > 0 && p.cr3_switches >= 400, "{p:?}");
+}
