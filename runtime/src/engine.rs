@@ -92,9 +92,8 @@ impl Vm {
             }
             self.tr.run(host)?;
             self.stats.guest_exits += 1;
-            if self.shadow.flush_pending {
-                self.shadow.flush_pending = false;
-                self.shadow_flush()?;
+            if self.shadow.pending_trace.is_some() {
+                self.finish_trace()?;
             }
             if let Some(frame) = self.reprotect.take() {
                 if self.tr.has_code_on(frame) {
@@ -203,7 +202,7 @@ impl Vm {
             invalidate: Vec::new(),
             paging,
             shadow: &self.shadow,
-            flush: false,
+            traced_writes: Vec::new(),
             cr2: None,
         };
         let result = {
@@ -211,17 +210,27 @@ impl Vm {
             f(&mut m)
         };
         let wrote_code = !mem.invalidate.is_empty();
-        let (flush, cr2) = (mem.flush, mem.cr2);
-        for frame in mem.invalidate {
+        let (cr2, traced_writes, code_frames) = (mem.cr2, mem.traced_writes, mem.invalidate);
+        for &frame in &code_frames {
             tr.invalidate_frame(frame)?;
         }
         if let Some(linear) = cr2 {
             self.cpu.cr2 = linear;
         }
-        if flush {
-            self.shadow_flush()?;
+        if self.paging() {
+            for frame in code_frames {
+                self.protect_frame(frame, true)?;
+            }
         }
-        Ok((result, wrote_code || flush))
+        let wrote_tables = !traced_writes.is_empty();
+        for (phys, len) in traced_writes {
+            let mut entry = phys & !3;
+            while u64::from(entry) < u64::from(phys) + len as u64 {
+                self.entry_changed(entry)?;
+                entry = entry.wrapping_add(4);
+            }
+        }
+        Ok((result, wrote_code || wrote_tables))
     }
 
     fn handle_callout(&mut self) -> Result<Next, VmError> {
@@ -241,12 +250,15 @@ impl Vm {
         self.tr.ctx_mut().eip = site.eip;
         let (outcome, mut wrote_code) = self.with_machine(|m| emulate::emulate(m, &site))?;
         let space_after = address_space_key(&self.cpu);
-        let invlpg = site.ins.mnemonic() == iced_x86::Mnemonic::Invlpg && self.paging();
-        if space_after != space_before || invlpg {
+        if space_after != space_before {
             if space_after.1 != space_before.1 {
                 self.shadow.cr3_switches += 1;
             }
             self.shadow_flush()?;
+            wrote_code = true;
+        } else if site.ins.mnemonic() == iced_x86::Mnemonic::Invlpg && self.paging() {
+            let linear = self.operand_linear(&site.ins);
+            self.invlpg(linear)?;
             wrote_code = true;
         }
         if self.cpu.cpl() != mode_before.cpl {
@@ -498,6 +510,30 @@ impl Vm {
         !self.tr.code_overlaps(frame, linear.saturating_sub(16), 32)
     }
 
+    /// The linear address of `ins`'s memory operand (for invlpg).
+    fn operand_linear(&self, ins: &iced_x86::Instruction) -> u32 {
+        let ctx = self.tr.ctx();
+        let cpu = &self.cpu;
+        let value = |reg: iced_x86::Register, _: usize, _: usize| -> Option<u64> {
+            use iced_x86::Register as R;
+            let seg = |i: usize| Some(u64::from(cpu.seg[i].base));
+            match reg {
+                R::ES => seg(0),
+                R::CS => seg(1),
+                R::SS => seg(2),
+                R::DS => seg(3),
+                R::FS => seg(4),
+                R::GS => seg(5),
+                r if r.is_gpr32() => Some(u64::from(ctx.gpr[r.number()])),
+                r if r.is_gpr16() => Some(u64::from(ctx.gpr[r.number()] & 0xffff)),
+                _ => None,
+            }
+        };
+        #[allow(clippy::cast_possible_truncation)]
+        let linear = ins.virtual_address(0, 0, value).unwrap_or(0) as u32;
+        linear
+    }
+
     /// A branch target whose code cannot be fetched.
     fn fetch_failed(&mut self, failure: FetchFailure, eip: u32) -> Result<Next, VmError> {
         match failure {
@@ -574,7 +610,8 @@ struct LinearMemory<'a> {
     invalidate: Vec<u32>,
     paging: Option<PagingMode>,
     shadow: &'a crate::mmu::Shadow,
-    flush: bool,
+    /// (physical address, length) of writes to traced page-table frames.
+    traced_writes: Vec<(u32, usize)>,
     cr2: Option<u32>,
 }
 
@@ -629,15 +666,13 @@ impl GuestMemory for LinearMemory<'_> {
         for (phys, off, n) in targets {
             let frame = phys >> 12;
             if self.protected.remove(&frame) {
-                if self.paging.is_some() {
-                    self.flush = true;
-                } else {
+                if self.paging.is_none() {
                     let _ = self.view.set_writable(frame << 12, true);
                 }
                 self.invalidate.push(frame);
             }
             if self.paging.is_some() && self.shadow.is_traced(frame) {
-                self.flush = true;
+                self.traced_writes.push((phys, n));
             }
             self.ram.write(phys, &data[off..off + n]).map_err(|_| MemFault::Unbacked { linear: phys })?;
         }

@@ -37,10 +37,15 @@ const CR4_PGE: u32 = 1 << 7;
 pub(crate) struct Shadow {
     /// Frame → the (user view?, linear page) places it is mapped, for protection.
     rmap: HashMap<u32, Vec<(bool, u32)>>,
+    /// (user view?, linear page) → the frame mapped there.
+    mappings: HashMap<(bool, u32), u32>,
+    /// Physical address of a guest PDE or PTE → the mappings whose walk used it.
+    deps: HashMap<u32, Vec<(bool, u32)>>,
+    /// A traced frame being written by a transient instruction, and its contents
+    /// before: compared afterwards to find the entries that changed.
+    pub pending_trace: Option<(u32, Box<[u8; 4096]>)>,
     /// Frames holding page directories or page tables in use.
     traced: HashSet<u32>,
-    /// Drop everything after the current (transient) instruction.
-    pub flush_pending: bool,
     pub hidden_faults: u64,
     pub true_faults: u64,
     pub trace_faults: u64,
@@ -49,9 +54,9 @@ pub(crate) struct Shadow {
 }
 
 impl Shadow {
-    /// Frames mapped in any view right now.
+    /// Pages mapped in the views right now.
     pub fn mappings_live(&self) -> usize {
-        self.rmap.values().map(Vec::len).sum()
+        self.mappings.len()
     }
 
     /// Whether `frame` holds a page directory or page table in use.
@@ -132,7 +137,10 @@ impl Vm {
         self.view.unmap_all()?;
         self.user_view.unmap_all()?;
         self.shadow.rmap.clear();
+        self.shadow.mappings.clear();
+        self.shadow.deps.clear();
         self.shadow.traced.clear();
+        self.shadow.pending_trace = None;
         self.shadow.view_flushes += 1;
         self.tr.flush();
         self.protected.clear();
@@ -179,29 +187,114 @@ impl Vm {
         let frame = t.phys_page >> 12;
         let code = self.protected.contains(&frame);
         let traced = self.shadow.traced.contains(&frame);
-        if write && (code || traced) {
+        let deps = [Some(t.pde_addr), t.pte_addr];
+        if write && code && !traced {
+            // Self-modifying code: drop the frame's translations; the page stays
+            // writable until code is translated from it again.
+            self.stats.smc_faults += 1;
+            self.tr.invalidate_frame(frame)?;
+            self.protected.remove(&frame);
+            self.map_shadow(user_view, linear, frame, true, deps)?;
+            self.protect_frame(frame, true)?;
+            return Ok(FaultAction::WriteThrough);
+        }
+        if write && traced {
+            // A write to a page table in use: let this one instruction write, then
+            // compare the page with its old contents (`finish_trace`).
+            self.shadow.trace_faults += 1;
             if code {
-                self.stats.smc_faults += 1;
-            } else {
-                self.shadow.trace_faults += 1;
+                self.tr.invalidate_frame(frame)?;
+                self.protected.remove(&frame);
             }
-            self.map_shadow(user_view, linear, frame, true)?;
-            self.shadow.flush_pending = true;
+            let mut before = Box::new([0u8; 4096]);
+            self.ram.read(frame << 12, &mut before[..]).map_err(|e| VmError::Internal(e.to_string()))?;
+            self.shadow.pending_trace = Some((frame, before));
+            self.map_shadow(user_view, linear, frame, true, deps)?;
             return Ok(FaultAction::WriteThrough);
         }
         self.shadow.hidden_faults += 1;
         let writable = t.writable && t.dirty && !code && !traced;
-        self.map_shadow(user_view, linear, frame, writable)?;
+        self.map_shadow(user_view, linear, frame, writable, deps)?;
         Ok(FaultAction::Retry)
     }
 
-    fn map_shadow(&mut self, user_view: bool, linear: u32, frame: u32, writable: bool) -> Result<(), VmError> {
+    /// After a transient write to a traced frame: drop what depended on the
+    /// entries that changed, and protect the frame again.
+    pub(crate) fn finish_trace(&mut self) -> Result<(), VmError> {
+        let Some((frame, before)) = self.shadow.pending_trace.take() else { return Ok(()) };
+        let mut after = [0u8; 4096];
+        self.ram.read(frame << 12, &mut after).map_err(|e| VmError::Internal(e.to_string()))?;
+        for (i, (a, b)) in before.chunks_exact(4).zip(after.chunks_exact(4)).enumerate() {
+            if a != b {
+                self.entry_changed((frame << 12) + 4 * u32::try_from(i).unwrap_or(0))?;
+            }
+        }
+        if self.shadow.traced.contains(&frame) {
+            self.protect_frame(frame, false)?;
+        }
+        Ok(())
+    }
+
+    /// The guest PDE/PTE at physical `entry` changed: drop the shadow mappings its
+    /// walks produced and the translations on those linear pages.
+    pub(crate) fn entry_changed(&mut self, entry: u32) -> Result<(), VmError> {
+        let Some(places) = self.shadow.deps.remove(&(entry & !3)) else { return Ok(()) };
+        for (user, linear) in places {
+            self.unmap_shadow(user, linear)?;
+            self.tr.invalidate_linear(linear, 0x1000)?;
+        }
+        Ok(())
+    }
+
+    /// INVLPG: drop the shadow mappings and translations of the 4 MiB region around
+    /// `linear` (it may be a large page) in both views.
+    pub(crate) fn invlpg(&mut self, linear: u32) -> Result<(), VmError> {
+        let region = linear & 0xffc0_0000;
+        let hit: Vec<(bool, u32)> =
+            self.shadow.mappings.keys().filter(|&&(_, l)| l & 0xffc0_0000 == region).copied().collect();
+        for (user, l) in hit {
+            self.unmap_shadow(user, l)?;
+        }
+        self.tr.invalidate_linear(region, 0x40_0000)?;
+        Ok(())
+    }
+
+    fn unmap_shadow(&mut self, user_view: bool, linear: u32) -> Result<(), VmError> {
+        let Some(frame) = self.shadow.mappings.remove(&(user_view, linear)) else { return Ok(()) };
+        if let Some(places) = self.shadow.rmap.get_mut(&frame) {
+            places.retain(|&p| p != (user_view, linear));
+        }
+        let view = if user_view { &mut self.user_view } else { &mut self.view };
+        view.unmap(linear, 0x1000)?;
+        Ok(())
+    }
+
+    fn map_shadow(
+        &mut self,
+        user_view: bool,
+        linear: u32,
+        frame: u32,
+        writable: bool,
+        deps: [Option<u32>; 2],
+    ) -> Result<(), VmError> {
+        let place = (user_view, linear & !0xfff);
+        if let Some(old) = self.shadow.mappings.get(&place).copied() {
+            if old != frame {
+                self.unmap_shadow(user_view, place.1)?;
+            }
+        }
         let view = if user_view { &mut self.user_view } else { &mut self.view };
         view.map_page(linear, self.ram.fd(), frame << 12, writable)?;
+        self.shadow.mappings.insert(place, frame);
         let places = self.shadow.rmap.entry(frame).or_default();
-        let place = (user_view, linear & !0xfff);
         if !places.contains(&place) {
             places.push(place);
+        }
+        for entry in deps.into_iter().flatten() {
+            let list = self.shadow.deps.entry(entry).or_default();
+            if !list.contains(&place) {
+                list.push(place);
+            }
         }
         Ok(())
     }

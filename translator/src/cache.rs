@@ -383,6 +383,29 @@ impl Translator {
         Ok(())
     }
 
+    /// Drops every unit whose guest code overlaps the linear range
+    /// [`start`, `start + len`): its mapping to physical memory may have changed.
+    pub fn invalidate_linear(&mut self, start: u32, len: u32) -> Result<bool, TranslatorError> {
+        let end = u64::from(start) + u64::from(len);
+        let hit: Vec<u32> = self
+            .by_key
+            .iter()
+            .filter(|(k, &id)| {
+                let s = u64::from(k.eip);
+                let mut e = u64::from(self.units[id as usize].guest_end);
+                if e < s {
+                    e += 1 << 32;
+                }
+                s < end && u64::from(start) < e
+            })
+            .map(|(_, &id)| id)
+            .collect();
+        for &id in &hit {
+            self.invalidate_unit(id)?;
+        }
+        Ok(!hit.is_empty())
+    }
+
     /// Whether unit `id` is still live (not invalidated or flushed).
     pub fn is_live(&self, id: u32) -> bool {
         self.units.get(id as usize).is_some_and(|u| u.live)
