@@ -5,7 +5,9 @@
 //!   bt86 or QEMU.
 //!
 //! Both land in OUT_DIR; their paths are exported as `BT86_BENCH_NATIVE` and
-//! `BT86_BENCH_GUEST` (read them with `env!`).  Tools: `gcc` and `ld` (override with
+//! `BT86_BENCH_GUEST` (read them with `env!`). A third program, `nano-guest.elf`
+//! (`guest/nano.c` with the same guest platform layer: the paging nanobenchmarks), is
+//! exported as `BT86_NANO_GUEST`.  Tools: `gcc` and `ld` (override with
 //! `BT86_BENCH_CC` / `BT86_BENCH_LD`).  No libgcc and no 32-bit libc are needed.
 
 use std::env;
@@ -117,6 +119,7 @@ fn main() {
         "plat_guest.c",
         "start.S",
         "link.ld",
+        "nano.c",
     ] {
         println!("cargo:rerun-if-changed={}", guest.join(f).display());
     }
@@ -167,6 +170,27 @@ fn main() {
         .arg(&workload));
     check_multiboot(&kernel);
 
+    // Paging nanobenchmarks: the same platform layer, a different main (nano.c).
+    let nano_obj = compile(&cc, &guest, &out, "nano.c", &[]);
+    let nano = out.join("nano-guest.elf");
+    run(Command::new(&ld)
+        .args([
+            "-m",
+            "elf_i386",
+            "-z",
+            "noexecstack",
+            "--build-id=none",
+            "-T",
+        ])
+        .arg(guest.join("link.ld"))
+        .arg("-o")
+        .arg(&nano)
+        .arg(&guest_start)
+        .arg(&guest_plat)
+        .arg(&nano_obj));
+    check_multiboot(&nano);
+
     println!("cargo:rustc-env=BT86_BENCH_NATIVE={}", native.display());
     println!("cargo:rustc-env=BT86_BENCH_GUEST={}", kernel.display());
+    println!("cargo:rustc-env=BT86_NANO_GUEST={}", nano.display());
 }

@@ -15,6 +15,8 @@
 //! median cycles and wall times relative to native ([`compare`], [`Comparison`]).
 //! The `vs_native` bench (`cargo bench -p bt86-benches --bench vs_native`) is a thin
 //! wrapper around [`compare`]; tests can call the same functions.
+//!
+//! The paging nanobenchmarks (`guest/nano.c`, the `paging` bench) live in [`nano`].
 
 use std::fmt;
 use std::io::{self, Read};
@@ -24,6 +26,8 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+pub mod nano;
 
 /// The native static i386 Linux build of the workload (built by `build.rs`).
 pub const NATIVE_PROGRAM: &str = env!("BT86_BENCH_NATIVE");
@@ -173,7 +177,7 @@ pub struct Finished {
     pub wall: Duration,
 }
 
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let start = s.len().saturating_sub(n);
     let start = (start..=s.len())
         .find(|&i| s.is_char_boundary(i))
