@@ -243,6 +243,9 @@ impl Vm {
         if site.kind == CalloutKind::Emulate {
             *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
         }
+        if site.kind == CalloutKind::TracedWrite {
+            self.shadow.adaptive_writes += 1;
+        }
         let resume = self.tr.ctx().resume;
         let mode_before = self.cpu.mode();
         let vif_before = self.tr.ctx().vif;
@@ -454,7 +457,12 @@ impl Vm {
             };
             return match self.paging_fault(linear, write, user_view)? {
                 FaultAction::Retry => Ok(Next::Dispatch(eip)),
-                FaultAction::WriteThrough => Ok(Next::Transient(eip)),
+                FaultAction::WriteThrough { traced } => {
+                    if traced {
+                        self.maybe_adapt(eip)?;
+                    }
+                    Ok(Next::Transient(eip))
+                }
                 FaultAction::PageFault(code) => self.raise(14, Some(code), eip, EventSource::Exception),
                 FaultAction::NoRam => Ok(Next::Done(RunOutcome::Unbacked { eip, linear })),
             };
@@ -508,6 +516,26 @@ impl Vm {
         // The fault names the first byte the write touched; it may have started up
         // to 15 bytes lower (an access straddling into this page).
         !self.tr.code_overlaps(frame, linear.saturating_sub(16), 32)
+    }
+
+    /// After the third tracing fault at `eip`, retranslate it as a callout that
+    /// writes without faulting (if it is a store the emulator takes).
+    fn maybe_adapt(&mut self, eip: u32) -> Result<(), VmError> {
+        const ADAPT_AFTER: u32 = 3;
+        let n = self.shadow.trace_counts.entry(eip).or_insert(0);
+        *n += 1;
+        if *n != ADAPT_AFTER {
+            return Ok(());
+        }
+        let mut bytes = [0u8; 16];
+        let paging = self.paging().then(|| self.paging_mode());
+        let user = self.cpu.cpl() == 3;
+        let n = CodeFetch { ram: &self.ram, paging, user }.fetch(eip, &mut bytes);
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), iced_x86::DecoderOptions::NONE).decode();
+        if bt86_translator::translate::is_adaptive_store(&ins) {
+            self.tr.make_adaptive(eip)?;
+        }
+        Ok(())
     }
 
     /// The linear address of `ins`'s memory operand (for invlpg).

@@ -49,6 +49,10 @@ pub(crate) struct Shadow {
     pub hidden_faults: u64,
     pub true_faults: u64,
     pub trace_faults: u64,
+    /// Page-table writes made by `TracedWrite` callouts (no fault).
+    pub adaptive_writes: u64,
+    /// Tracing faults per guest eip, to pick instructions for adaptive translation.
+    pub trace_counts: HashMap<u32, u32>,
     pub cr3_switches: u64,
     pub view_flushes: u64,
 }
@@ -88,8 +92,9 @@ pub(crate) fn address_space_key(cpu: &crate::cpu::Cpu) -> (u32, u32, u32) {
 pub(crate) enum FaultAction {
     /// Mapped (or remapped): retry the instruction.
     Retry,
-    /// Run the instruction alone with the page writable, then drop everything.
-    WriteThrough,
+    /// Run the instruction alone with the page writable (`traced`: a page-table
+    /// write, to be diffed afterwards).
+    WriteThrough { traced: bool },
     /// A guest page fault: raise #PF with this error code (CR2 is set).
     PageFault(u32),
     /// No RAM behind the guest's mapping.
@@ -196,7 +201,7 @@ impl Vm {
             self.protected.remove(&frame);
             self.map_shadow(user_view, linear, frame, true, deps)?;
             self.protect_frame(frame, true)?;
-            return Ok(FaultAction::WriteThrough);
+            return Ok(FaultAction::WriteThrough { traced: false });
         }
         if write && traced {
             // A write to a page table in use: let this one instruction write, then
@@ -210,7 +215,7 @@ impl Vm {
             self.ram.read(frame << 12, &mut before[..]).map_err(|e| VmError::Internal(e.to_string()))?;
             self.shadow.pending_trace = Some((frame, before));
             self.map_shadow(user_view, linear, frame, true, deps)?;
-            return Ok(FaultAction::WriteThrough);
+            return Ok(FaultAction::WriteThrough { traced: true });
         }
         self.shadow.hidden_faults += 1;
         let writable = t.writable && t.dirty && !code && !traced;

@@ -40,8 +40,12 @@ pub struct PagingReport {
     pub hidden_faults: u64,
     /// Faults the guest's page tables refused: delivered as #PF.
     pub true_faults: u64,
-    /// Writes to page directories/tables in use (traced pages).
+    /// Writes to page directories/tables in use that faulted (traced pages).
     pub trace_faults: u64,
+    /// Page-table writes made by adaptively retranslated instructions (no fault).
+    pub adaptive_writes: u64,
+    /// Instructions retranslated into callouts after repeated tracing faults.
+    pub adaptive_retranslations: u64,
     pub cr3_switches: u64,
     /// Times every shadow mapping was dropped (CR3, INVLPG, page-table writes).
     pub view_flushes: u64,

@@ -221,6 +221,8 @@ impl Vm {
             hidden_faults: self.shadow.hidden_faults,
             true_faults: self.shadow.true_faults,
             trace_faults: self.shadow.trace_faults,
+            adaptive_writes: self.shadow.adaptive_writes,
+            adaptive_retranslations: self.tr.stats().adaptive_retranslations,
             cr3_switches: self.shadow.cr3_switches,
             view_flushes: self.shadow.view_flushes,
             mappings_live: self.shadow.mappings_live() as u64,

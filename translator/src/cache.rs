@@ -75,6 +75,7 @@ pub struct TranslatorStats {
     pub chained_jumps: u64,
     pub units_invalidated: u64,
     pub cache_flushes: u64,
+    pub adaptive_retranslations: u64,
     pub translate_nanos: u64,
 }
 
@@ -106,6 +107,8 @@ pub struct Translator {
     max_insns: usize,
     /// Incremented by every flush: slot and site ids from an older epoch are dead.
     epoch: u64,
+    /// Guest eips translated as `TracedWrite` callouts.
+    adaptive: hashbrown::HashSet<u32>,
     stats: TranslatorStats,
 }
 
@@ -142,6 +145,7 @@ impl Translator {
             mode: Mode::default(),
             max_insns: translate::MAX_UNIT_INSNS,
             epoch: 0,
+            adaptive: hashbrown::HashSet::new(),
             stats: TranslatorStats::default(),
         })
     }
@@ -254,6 +258,7 @@ impl Translator {
             first_slot_id: first_slot,
             first_site_id: first_site,
             max_insns: if transient { 1 } else { self.max_insns },
+            adaptive: &self.adaptive,
         };
         let built = translate::build_unit(mem, key.eip, &key.mode, &place)?;
         if built.code.len() > MAX_UNIT_BYTES {
@@ -404,6 +409,16 @@ impl Translator {
             self.invalidate_unit(id)?;
         }
         Ok(!hit.is_empty())
+    }
+
+    /// Retranslates the store at `eip` as a `TracedWrite` callout from now on:
+    /// drops the units holding it so the next dispatch rebuilds them.
+    pub fn make_adaptive(&mut self, eip: u32) -> Result<(), TranslatorError> {
+        if self.adaptive.insert(eip) {
+            self.stats.adaptive_retranslations += 1;
+            self.invalidate_linear(eip, 1)?;
+        }
+        Ok(())
     }
 
     /// Whether unit `id` is still live (not invalidated or flushed).

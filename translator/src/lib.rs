@@ -39,6 +39,9 @@ pub enum CalloutKind {
     Emulate,
     /// Raise #UD at the instruction.
     RaiseUd,
+    /// A store to guest page tables, performed by the VMM (adaptive translation of
+    /// an instruction that kept faulting on traced pages).
+    TracedWrite,
     /// Raise #NM (device not available) at the instruction: x87/MMX/SSE use while
     /// CR0.TS or CR0.EM says so.
     RaiseNm,

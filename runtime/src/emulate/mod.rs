@@ -28,6 +28,7 @@ mod legacy;
 mod segments;
 mod stack;
 mod tables;
+pub mod traced;
 #[cfg(test)]
 mod testutil;
 
@@ -254,6 +255,12 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
                 vector: vector::UD,
                 error: None,
                 trap: false,
+            }
+        }
+        CalloutKind::TracedWrite => {
+            return match traced::emulate(m, site) {
+                Ok(o) => o,
+                Err(f) => f.into_outcome(site.eip),
             }
         }
         CalloutKind::RaiseNm => {

@@ -118,6 +118,7 @@ pub(crate) struct Builder<'a> {
     pub first_site_id: u32,
     /// The instruction being translated.
     pub ins: Instruction,
+    pub adaptive: &'a hashbrown::HashSet<u32>,
 }
 
 impl Builder<'_> {
@@ -181,6 +182,8 @@ pub struct UnitPlacement<'a> {
     pub first_slot_id: u32,
     pub first_site_id: u32,
     pub max_insns: usize,
+    /// Guest eips whose stores go through the VMM (adaptive translation).
+    pub adaptive: &'a hashbrown::HashSet<u32>,
 }
 
 /// Builds one unit starting at `eip`.
@@ -190,7 +193,7 @@ pub fn build_unit(
     mode: &Mode,
     place: &UnitPlacement<'_>,
 ) -> Result<BuiltUnit, BuildError> {
-    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns } = *place;
+    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns, adaptive } = *place;
     let window = fetch_window(mem, eip);
     if window.is_empty() {
         return Err(BuildError::Fetch(eip));
@@ -204,6 +207,7 @@ pub fn build_unit(
         side: Vec::new(),
         first_site_id,
         ins: Instruction::default(),
+        adaptive,
     };
     // The poll: a load from the poll page, which the VMM revokes to stop us here.
     b.a.bytes(&[0x45, 0x8a, 0x4d, 0x00]); // mov r9b, [r13+0]
@@ -281,6 +285,17 @@ fn finish(mut b: Builder<'_>, eip: u32, guest_len: u32, guest_insns: usize, firs
     }
 }
 
+/// The stores adaptive translation may turn into `TracedWrite` callouts: `mov`
+/// and `xchg` to memory, the forms kernels use to write page-table entries.
+pub fn is_adaptive_store(ins: &Instruction) -> bool {
+    use iced_x86::Code::*;
+    matches!(
+        ins.code(),
+        Mov_rm32_r32 | Mov_rm16_r16 | Mov_rm8_r8 | Mov_rm32_imm32 | Mov_rm16_imm16 | Mov_rm8_imm8
+            | Xchg_rm32_r32 | Xchg_rm16_r16 | Xchg_rm8_r8
+    ) && ins.op0_kind() == iced_x86::OpKind::Memory
+}
+
 /// Translates one instruction; a form the host encoder rejects becomes an
 /// "unsupported instruction" stop instead of failing the whole unit.
 fn translate_or_refuse(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
@@ -304,6 +319,10 @@ fn translate_or_refuse(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
 fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     use Mnemonic::*;
     let m = b.ins.mnemonic();
+    if b.adaptive.contains(&b.ins.ip32()) && is_adaptive_store(&b.ins) {
+        b.callout(CalloutKind::TracedWrite)?;
+        return Ok(Flow::Next);
+    }
     if let Some(flow) = special::translate(b)? {
         return Ok(flow);
     }

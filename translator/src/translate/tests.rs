@@ -27,7 +27,15 @@ fn stubs() -> Stubs {
 
 fn build(code: &[u8], mode: Mode) -> BuiltUnit {
     let s = stubs();
-    let place = UnitPlacement { stubs: &s, host_base: HOST + 0x10000, first_slot_id: 0, first_site_id: 0, max_insns: MAX_UNIT_INSNS };
+    let adaptive = hashbrown::HashSet::new();
+    let place = UnitPlacement {
+        stubs: &s,
+        host_base: HOST + 0x10000,
+        first_slot_id: 0,
+        first_site_id: 0,
+        max_insns: MAX_UNIT_INSNS,
+        adaptive: &adaptive,
+    };
     build_unit(&mut Bytes(code.to_vec(), 0x1000), 0x1000, &mode, &place).expect("build")
 }
 
