@@ -185,25 +185,13 @@ impl View {
         Ok(())
     }
 
-    /// Write-protects (or unprotects) the page at guest linear `page` (and its
-    /// image in the wrap alias). Pages outside mapped RAM are left alone.
+    /// Write-protects (or unprotects) the page at guest linear `page` of the
+    /// identity-mapped RAM (paging off). Pages outside mapped RAM are left alone.
     pub fn set_writable(&mut self, page: u32, writable: bool) -> Result<(), ViewError> {
-        let linear = u64::from(page) & !(PAGE - 1);
-        if linear >= self.ram {
+        if u64::from(page) & !(PAGE - 1) >= self.ram {
             return Ok(());
         }
-        let prot = if writable { MprotectFlags::READ | MprotectFlags::WRITE } else { MprotectFlags::READ };
-        let mut targets = vec![linear];
-        if linear < GUARD_BYTES {
-            targets.push(FOUR_GIB + linear);
-        }
-        for l in targets {
-            // SAFETY: the page lies inside our reservation and is mapped (l < ram or
-            // in the alias of the first 64 KiB of RAM).
-            unsafe { mm::mprotect((self.base() + l) as *mut _, PAGE as usize, prot) }
-                .map_err(|source| ViewError::Protect { linear: l, source })?;
-        }
-        Ok(())
+        self.protect_page(page, writable)
     }
 }
 
