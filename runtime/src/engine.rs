@@ -439,6 +439,12 @@ impl Vm {
             }
             libc::SIGILL => self.raise(6, None, eip, EventSource::Exception),
             libc::SIGBUS if f.trapno == 17 => self.raise(17, Some(0), eip, EventSource::Exception),
+            // A mapping past the end of guest RAM (never made on purpose): the guest
+            // touched memory that does not exist.
+            libc::SIGBUS if self.view.linear_of(f.addr).or(self.user_view.linear_of(f.addr)).is_some() => {
+                let linear = self.view.linear_of(f.addr).or(self.user_view.linear_of(f.addr)).unwrap_or(0);
+                Ok(Next::Done(RunOutcome::Unbacked { eip, linear }))
+            }
             _ => Err(VmError::Internal(format!(
                 "host signal {} (trap {}) in translated code at guest eip {eip:#010x}",
                 f.signo, f.trapno

@@ -189,6 +189,10 @@ impl Vm {
                 self.protect_frame(f, false)?;
             }
         }
+        if !self.ram.contains(t.phys_page, 0x1000) {
+            // The guest maps memory that does not exist (no MMIO devices yet).
+            return Ok(FaultAction::NoRam);
+        }
         let frame = t.phys_page >> 12;
         let code = self.protected.contains(&frame);
         let traced = self.shadow.traced.contains(&frame);

@@ -69,3 +69,57 @@ fn code_segment_with_a_base_stops_clearly() {
         "{outcome:?}"
     );
 }
+
+/// Random page directories and tables (entries pointing anywhere, any flags), a
+/// random CR3, paging switched on, then random code: the shadow MMU must never
+/// break the VMM whatever the guest's page tables say.
+fn run_paged(code: &[u8], tables: &[u32], cr3: u32, regs: [u32; 8]) {
+    let mut vm = Vm::new(VmConfig::new(4, Box::new(std::io::sink()))).expect("vm");
+    // Identity-map the first 4 MiB so the prologue keeps running after PG=1;
+    // the rest of the directory and a second table are random.
+    let pd = 0x20_0000;
+    for i in 0..1024u32 {
+        vm.ram().write_u32(0x20_1000 + 4 * i, (i << 12) | 0x7).expect("pte");
+    }
+    // Random PTEs for linear 4–8 MiB: frames inside RAM, any flags (P, R/W, U/S, A,
+    // D, PS/PAT bit 7, G, ...); some point at the page tables themselves.
+    for (i, e) in tables.iter().enumerate() {
+        let entry = if e & 0x100 != 0 { 0x20_1000 | (e & 0xfff) } else { e & 0x003f_ffff };
+        vm.ram().write_u32(0x20_2000 + 4 * i as u32, entry).expect("random entries");
+    }
+    vm.ram().write_u32(pd, 0x20_1000 | 0x7).expect("pde0");
+    vm.ram().write_u32(pd + 4, 0x20_2000 | (cr3 & 0x7) | 1).expect("pde1");
+    let prologue = [
+        0xb8, 0x00, 0x00, 0x20, 0x00, // mov $0x200000,%eax
+        0x0f, 0x22, 0xd8, // mov %eax,%cr3
+        0x0f, 0x20, 0xc0, // mov %cr0,%eax
+        0x0d, 0x00, 0x00, 0x01, 0x80, // or $0x80010000,%eax (PG|WP)
+        0x0f, 0x22, 0xc0, // mov %eax,%cr0
+    ];
+    let mut all = prologue.to_vec();
+    // A few more directory entries: random, as tables or 4 MiB pages.
+    for k in 2..6u32 {
+        let e = tables.get(k as usize).copied().unwrap_or(0) & 0x003f_ffff;
+        vm.ram().write_u32(pd + 4 * k, e).expect("pde");
+    }
+    all.extend_from_slice(code);
+    vm.ram().write(CODE, &all).expect("code");
+    vm.set_flat_state(CODE, regs, 0);
+    let outcome = run_with_timeout(&mut vm, Duration::from_secs(1));
+    assert!(outcome.is_ok(), "VMM error {outcome:?} on code {code:02x?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+    #[test]
+    fn random_page_tables_never_break_the_vmm(
+        code in proptest::collection::vec(any::<u8>(), 1..64),
+        tables in proptest::collection::vec(any::<u32>(), 16..64),
+        cr3 in any::<u32>(),
+        regs in proptest::array::uniform8(prop_oneof![0x40_0000u32..0x40_4000, 0x40_0000u32..0x180_0000, 0x10_0000u32..0x30_0000]),
+    ) {
+        let mut regs = regs;
+        regs[4] = 0x20_0000;
+        run_paged(&code, &tables, cr3, regs);
+    }
+}
