@@ -110,7 +110,7 @@ impl Vm {
     /// code can be fetched at `eip`.
     fn unit_for(&mut self, eip: u32, transient: bool) -> Result<Result<(u32, u64), FetchFailure>, VmError> {
         let mode = self.cpu.mode();
-        self.tr.set_mode(mode);
+        self.tr.set_context(self.shadow.space_id(), mode)?;
         let user = self.cpu.cpl() == 3;
         let phys = match self.translate_linear(eip, false, user) {
             Ok(p) => p,
@@ -121,14 +121,8 @@ impl Vm {
             Err(WalkError::NoRam { .. }) => return Ok(Err(FetchFailure::NoRam)),
         };
         let key = UnitKey { eip, phys, mode };
-        if !transient {
-            if let Some(id) = self.tr.find(&key) {
-                return Ok(Ok((id, self.tr.entry(id))));
-            }
-        }
         let ram_size = self.ram.size();
         let paging = self.paging().then(|| self.paging_mode());
-        let mut fetch = CodeFetch { ram: &self.ram, paging, user };
         let ram = &self.ram;
         let mut frame_of = |page: u32| match paging {
             None => (page < ram_size).then_some(page >> 12),
@@ -136,14 +130,25 @@ impl Vm {
                 .ok()
                 .map(|t| t.phys_page >> 12),
         };
+        if !transient {
+            if let Some(id) = self.tr.find(&key) {
+                match self.tr.unit_tail(id) {
+                    // Translated in another address space whose second page maps
+                    // another frame than this one's.
+                    Some((page, frame)) if frame_of(page) != Some(frame) => self.tr.invalidate(id)?,
+                    _ => return Ok(Ok((id, self.tr.entry(id)))),
+                }
+            }
+        }
+        let mut fetch = CodeFetch { ram: &self.ram, paging, user };
         let t = match self.tr.translate(key, &mut fetch, &mut frame_of, transient) {
             Ok(t) => t,
             Err(TranslatorError::Build(BuildError::Fetch(_))) => return Ok(Err(FetchFailure::NoRam)),
             Err(e) => return Err(e.into()),
         };
         for f in t.flushed_frames {
-            self.protect_frame(f, true)?;
             self.protected.remove(&f);
+            self.protect_frame(f, true)?;
         }
         for f in t.new_frames {
             self.protect_frame(f, false)?;
@@ -254,10 +259,13 @@ impl Vm {
         let (outcome, mut wrote_code) = self.with_machine(|m| emulate::emulate(m, &site))?;
         let space_after = address_space_key(&self.cpu);
         if space_after != space_before {
-            if space_after.1 != space_before.1 {
-                self.shadow.cr3_switches += 1;
+            if (space_after.0, space_after.2) == (space_before.0, space_before.2) && self.paging() {
+                self.switch_space(space_before.1, space_after.1)?;
+            } else {
+                self.shadow.cr3_switches += u64::from(space_after.1 != space_before.1);
+                self.shadow_flush()?;
             }
-            self.shadow_flush()?;
+            // The rest of this unit may not be mapped the same way any more.
             wrote_code = true;
         } else if site.ins.mnemonic() == iced_x86::Mnemonic::Invlpg && self.paging() {
             let linear = self.operand_linear(&site.ins);

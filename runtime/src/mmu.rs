@@ -11,16 +11,21 @@
 //! D bit is set, and the first write faults, sets D and remaps it writable.
 //!
 //! Tracing: every frame that held a page directory or page table used by a walk
-//! is mapped read-only wherever it is mapped. A write to it (or to a frame holding
-//! translated code) runs alone in a transient unit with the page writable, then
-//! every shadow mapping and translation is dropped, since any of them may depend
-//! on the entry written. CR3 writes, INVLPG and changes of CR0.PG/WP or
-//! CR4.PSE/PGE drop them too.
+//! is mapped read-only wherever it is mapped. A write to it runs alone in a
+//! transient unit with the page writable; the page is then compared with its old
+//! contents and only the mappings whose walks used a changed entry are dropped
+//! (with the translations on those linear pages). A store that keeps doing this is
+//! retranslated into a callout that writes through the emulator (`emulate::traced`),
+//! which reports the changed entries without a fault.
 //!
-//! This first version is deliberately simple and correct: it drops everything on
-//! those events. Keeping shadow state across CR3 switches, dropping only the
-//! mappings that depended on a written entry, and adaptive translation of
-//! page-table writes are the next steps.
+//! Address spaces: the shadow state of the last few CR3 values is kept, each with
+//! its own pair of views. A CR3 write to a cached space swaps its views in (the GS
+//! base of translated code follows) instead of refilling them page by page. That
+//! stays correct because tracing is global: a frame is traced while any cached
+//! space's walks used it, so a write to another space's page table (a fork
+//! copying entries, an exit tearing them down) drops that space's dependent
+//! mappings as precisely as the current one's. Changes of CR0.PG/WP or
+//! CR4.PSE/PGE still drop everything.
 
 use crate::cpu::{cr0, sreg};
 use crate::memory::GuestRam;
@@ -31,21 +36,103 @@ use hashbrown::{HashMap, HashSet};
 
 const CR4_PSE: u32 = 1 << 4;
 const CR4_PGE: u32 = 1 << 7;
+/// Address spaces whose shadow state is kept (the current one included).
+pub(crate) const MAX_SPACES: usize = 8;
+/// Mappings kept over all cached spaces at most: each one may be a host VMA, and a
+/// process has at most 65,530 of those by default (`vm.max_map_count`).
+const MAX_CACHED_MAPPINGS: usize = 24_000;
+
+/// A linear page in one of a space's two views.
+type Place = (bool, u32);
+
+/// A shadow mapping: the guest frame, and whether the guest allows writes through
+/// it (R/W, U/S, WP and a set D bit). The host protection may be stricter: code
+/// and page-table frames are mapped read-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mapping {
+    frame: u32,
+    writable: bool,
+}
+
+/// One address space's shadow state (its views live with it, or in the `Vm` for
+/// the current space).
+#[derive(Default)]
+struct SpaceMaps {
+    /// Frame → the places it is mapped, for protection.
+    rmap: HashMap<u32, Vec<Place>>,
+    mappings: HashMap<Place, Mapping>,
+    /// Physical address of a guest PDE or PTE → the mappings whose walk used it.
+    deps: HashMap<u32, Vec<Place>>,
+    /// Frames holding the page directories and page tables its walks used.
+    traced: HashSet<u32>,
+}
+
+/// A cached address space that is not current.
+struct IdleSpace {
+    cr3: u32,
+    id: u64,
+    view: View,
+    user_view: View,
+    maps: SpaceMaps,
+}
+
+fn pick_view<'v>(view: &'v mut View, user_view: &'v mut View, user: bool) -> &'v mut View {
+    if user {
+        user_view
+    } else {
+        view
+    }
+}
+
+impl SpaceMaps {
+    fn unmap(&mut self, view: &mut View, user_view: &mut View, place: Place) -> Result<(), VmError> {
+        let Some(m) = self.mappings.remove(&place) else { return Ok(()) };
+        if let Some(places) = self.rmap.get_mut(&m.frame) {
+            places.retain(|&p| p != place);
+            if places.is_empty() {
+                self.rmap.remove(&m.frame);
+            }
+        }
+        pick_view(view, user_view, place.0).unmap(place.1, 0x1000)?;
+        Ok(())
+    }
+
+    /// Drops the mappings that depended on the guest entry at `entry`; returns
+    /// their linear pages.
+    fn drop_entry(&mut self, view: &mut View, user_view: &mut View, entry: u32) -> Result<Vec<u32>, VmError> {
+        let Some(places) = self.deps.remove(&entry) else { return Ok(Vec::new()) };
+        for &place in &places {
+            self.unmap(view, user_view, place)?;
+        }
+        Ok(places.into_iter().map(|(_, l)| l).collect())
+    }
+
+    /// Sets the host protection of every mapping of `frame`: read-only, or what
+    /// the guest allows.
+    fn protect(&self, view: &mut View, user_view: &mut View, frame: u32, writable: bool) -> Result<(), VmError> {
+        for place in self.rmap.get(&frame).into_iter().flatten() {
+            let allowed = self.mappings.get(place).is_some_and(|m| m.writable);
+            pick_view(view, user_view, place.0).protect_page(place.1, writable && allowed)?;
+        }
+        Ok(())
+    }
+}
 
 /// Shadow-paging state of a VM.
 #[derive(Default)]
 pub(crate) struct Shadow {
-    /// Frame → the (user view?, linear page) places it is mapped, for protection.
-    rmap: HashMap<u32, Vec<(bool, u32)>>,
-    /// (user view?, linear page) → the frame mapped there.
-    mappings: HashMap<(bool, u32), u32>,
-    /// Physical address of a guest PDE or PTE → the mappings whose walk used it.
-    deps: HashMap<u32, Vec<(bool, u32)>>,
+    /// The current address space's maps (its views are `Vm::view`/`user_view`).
+    maps: SpaceMaps,
+    /// The current space's id (the translator keys lookup tables by it).
+    id: u64,
+    next_id: u64,
+    /// Cached spaces that are not current, least recently used first.
+    idle: Vec<IdleSpace>,
+    /// Emptied views kept for reuse.
+    spare_views: Vec<(View, View)>,
     /// A traced frame being written by a transient instruction, and its contents
     /// before: compared afterwards to find the entries that changed.
     pub pending_trace: Option<(u32, Box<[u8; 4096]>)>,
-    /// Frames holding page directories or page tables in use.
-    traced: HashSet<u32>,
     pub hidden_faults: u64,
     pub true_faults: u64,
     pub trace_faults: u64,
@@ -54,18 +141,39 @@ pub(crate) struct Shadow {
     /// Tracing faults per guest eip, to pick instructions for adaptive translation.
     pub trace_counts: HashMap<u32, u32>,
     pub cr3_switches: u64,
+    /// CR3 switches to a space whose shadow state was cached.
+    pub space_hits: u64,
+    /// Cached spaces dropped to make room.
+    pub space_evictions: u64,
     pub view_flushes: u64,
+    /// Pages mapped by a hidden fault next to the one that faulted.
+    pub prefetched: u64,
 }
 
 impl Shadow {
-    /// Pages mapped in the views right now.
+    /// Pages mapped in all cached spaces' views right now.
     pub fn mappings_live(&self) -> usize {
-        self.mappings.len()
+        self.maps.mappings.len() + self.idle.iter().map(|s| s.maps.mappings.len()).sum::<usize>()
     }
 
-    /// Whether `frame` holds a page directory or page table in use.
+    /// Whether `frame` holds a page directory or page table any cached space uses.
     pub fn is_traced(&self, frame: u32) -> bool {
-        self.traced.contains(&frame)
+        self.maps.traced.contains(&frame) || self.idle.iter().any(|s| s.maps.traced.contains(&frame))
+    }
+
+    /// The current address space's id.
+    pub fn space_id(&self) -> u64 {
+        self.id
+    }
+
+    /// Address spaces cached (the current one included).
+    pub fn spaces_cached(&self) -> usize {
+        1 + self.idle.len()
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
     }
 }
 
@@ -80,6 +188,20 @@ impl PhysMem for RamPhys<'_> {
 
     fn write_u32(&mut self, phys: u32, v: u32) -> bool {
         self.0.write_u32(phys, v).is_ok()
+    }
+}
+
+/// Guest-physical memory for a walk that must not change anything: a walk that
+/// would set an A or D bit fails instead.
+struct PeekPhys<'a>(&'a GuestRam);
+
+impl PhysMem for PeekPhys<'_> {
+    fn read_u32(&mut self, phys: u32) -> Option<u32> {
+        self.0.read_u32(phys).ok()
+    }
+
+    fn write_u32(&mut self, _phys: u32, _v: u32) -> bool {
+        false
     }
 }
 
@@ -136,15 +258,18 @@ impl Vm {
         Ok(t.phys_page | (linear & 0xfff))
     }
 
-    /// Drops every shadow mapping and translation; without paging the kernel view
-    /// maps RAM one to one again.
+    /// Drops every shadow mapping and translation of every cached space; without
+    /// paging the kernel view maps RAM one to one again.
     pub(crate) fn shadow_flush(&mut self) -> Result<(), VmError> {
         self.view.unmap_all()?;
         self.user_view.unmap_all()?;
-        self.shadow.rmap.clear();
-        self.shadow.mappings.clear();
-        self.shadow.deps.clear();
-        self.shadow.traced.clear();
+        for mut idle in core::mem::take(&mut self.shadow.idle) {
+            idle.view.unmap_all()?;
+            idle.user_view.unmap_all()?;
+            self.shadow.spare_views.push((idle.view, idle.user_view));
+        }
+        self.shadow.maps = SpaceMaps::default();
+        self.shadow.id = self.shadow.fresh_id();
         self.shadow.pending_trace = None;
         self.shadow.view_flushes += 1;
         self.tr.flush();
@@ -155,16 +280,81 @@ impl Vm {
         Ok(())
     }
 
-    /// Write-protects (or unprotects) every mapping of `frame`.
+    /// CR3 changed from `old` to `new` with paging on and the other paging
+    /// controls unchanged: make `new`'s cached shadow state current, or start it
+    /// empty (dropping the least recently used space if the cache is full).
+    pub(crate) fn switch_space(&mut self, old: u32, new: u32) -> Result<(), VmError> {
+        self.shadow.cr3_switches += 1;
+        let incoming = match self.shadow.idle.iter().position(|s| s.cr3 == new) {
+            Some(i) => {
+                self.shadow.space_hits += 1;
+                self.shadow.idle.remove(i)
+            }
+            None => {
+                if self.shadow.idle.len() + 1 >= MAX_SPACES {
+                    self.evict_idle_space()?;
+                }
+                let (view, user_view) = match self.shadow.spare_views.pop() {
+                    Some(pair) => pair,
+                    None => (View::reserve()?, View::reserve()?),
+                };
+                IdleSpace { cr3: new, id: self.shadow.fresh_id(), view, user_view, maps: SpaceMaps::default() }
+            }
+        };
+        let outgoing = IdleSpace {
+            cr3: old,
+            id: self.shadow.id,
+            view: core::mem::replace(&mut self.view, incoming.view),
+            user_view: core::mem::replace(&mut self.user_view, incoming.user_view),
+            maps: core::mem::replace(&mut self.shadow.maps, incoming.maps),
+        };
+        self.shadow.id = incoming.id;
+        self.shadow.idle.push(outgoing);
+        while self.shadow.mappings_live() > MAX_CACHED_MAPPINGS && !self.shadow.idle.is_empty() {
+            self.evict_idle_space()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the least recently used idle space. Frames only it traced are no
+    /// longer traced; where other spaces map them read-only, the next write takes
+    /// a hidden fault that maps them as the guest allows.
+    fn evict_idle_space(&mut self) -> Result<(), VmError> {
+        let mut gone = self.shadow.idle.remove(0);
+        gone.view.unmap_all()?;
+        gone.user_view.unmap_all()?;
+        self.tr.forget_space(gone.id);
+        self.shadow.spare_views.push((gone.view, gone.user_view));
+        self.shadow.space_evictions += 1;
+        Ok(())
+    }
+
+    /// Sets the host protection of every mapping of `frame` in every cached space:
+    /// read-only, or (`writable`) what the guest allows unless the frame holds
+    /// translated code or a page table.
     pub(crate) fn protect_frame(&mut self, frame: u32, writable: bool) -> Result<(), VmError> {
         if !self.paging() {
             self.view.set_writable(frame << 12, writable)?;
             return Ok(());
         }
-        if let Some(places) = self.shadow.rmap.get(&frame) {
-            for &(user, linear) in places {
-                let view = if user { &mut self.user_view } else { &mut self.view };
-                view.protect_page(linear, writable)?;
+        let writable = writable && !self.protected.contains(&frame) && !self.shadow.is_traced(frame);
+        self.shadow.maps.protect(&mut self.view, &mut self.user_view, frame, writable)?;
+        for idle in &mut self.shadow.idle {
+            idle.maps.protect(&mut idle.view, &mut idle.user_view, frame, writable)?;
+        }
+        Ok(())
+    }
+
+    /// Starts tracing the page-table frames a walk used.
+    fn trace_tables(&mut self, t: &walk::Translation) -> Result<(), VmError> {
+        for table in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
+            let f = table >> 12;
+            if !self.shadow.maps.traced.contains(&f) {
+                let known = self.shadow.is_traced(f);
+                self.shadow.maps.traced.insert(f);
+                if !known {
+                    self.protect_frame(f, false)?;
+                }
             }
         }
         Ok(())
@@ -183,27 +373,23 @@ impl Vm {
             }
             Err(WalkError::NoRam { .. }) => return Ok(FaultAction::NoRam),
         };
-        for table in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
-            let f = table >> 12;
-            if self.shadow.traced.insert(f) {
-                self.protect_frame(f, false)?;
-            }
-        }
+        self.trace_tables(&t)?;
         if !self.ram.contains(t.phys_page, 0x1000) {
             // The guest maps memory that does not exist (no MMIO devices yet).
             return Ok(FaultAction::NoRam);
         }
         let frame = t.phys_page >> 12;
         let code = self.protected.contains(&frame);
-        let traced = self.shadow.traced.contains(&frame);
+        let traced = self.shadow.is_traced(frame);
         let deps = [Some(t.pde_addr), t.pte_addr];
+        let guest_writable = t.writable && t.dirty;
         if write && code && !traced {
             // Self-modifying code: drop the frame's translations; the page stays
             // writable until code is translated from it again.
             self.stats.smc_faults += 1;
             self.tr.invalidate_frame(frame)?;
             self.protected.remove(&frame);
-            self.map_shadow(user_view, linear, frame, true, deps)?;
+            self.map_shadow(user_view, linear, Mapping { frame, writable: guest_writable }, true, deps)?;
             self.protect_frame(frame, true)?;
             return Ok(FaultAction::WriteThrough { traced: false });
         }
@@ -218,13 +404,69 @@ impl Vm {
             let mut before = Box::new([0u8; 4096]);
             self.ram.read(frame << 12, &mut before[..]).map_err(|e| VmError::Internal(e.to_string()))?;
             self.shadow.pending_trace = Some((frame, before));
-            self.map_shadow(user_view, linear, frame, true, deps)?;
+            self.map_shadow(user_view, linear, Mapping { frame, writable: guest_writable }, true, deps)?;
             return Ok(FaultAction::WriteThrough { traced: true });
         }
         self.shadow.hidden_faults += 1;
-        let writable = t.writable && t.dirty && !code && !traced;
-        self.map_shadow(user_view, linear, frame, writable, deps)?;
+        let host_writable = guest_writable && !code && !traced;
+        self.map_shadow(user_view, linear, Mapping { frame, writable: guest_writable }, host_writable, deps)?;
+        if t.pte_addr.is_some() {
+            self.prefetch_neighbours(linear, user_view)?;
+        }
         Ok(FaultAction::Retry)
+    }
+
+    /// After a hidden fault at `linear`: maps the other pages of its aligned
+    /// 64 KiB group that the same page table already grants, so a process
+    /// touching neighbouring pages takes one fault, not sixteen. Only entries
+    /// whose A bit is already set are taken: setting it ourselves would show the
+    /// guest an access that never happened. Runs of consecutive frames with the
+    /// same protection become one host mapping.
+    fn prefetch_neighbours(&mut self, linear: u32, user_view: bool) -> Result<(), VmError> {
+        const GROUP: u32 = 16;
+        let first = linear & !(GROUP * 0x1000 - 1);
+        let mode = self.paging_mode();
+        let access = Access { write: false, user: user_view, fetch: false };
+        let mut run: Option<(u32, u32, u32, bool)> = None; // (linear, frame, pages, host writable)
+        for i in 0..GROUP {
+            let l = first + i * 0x1000;
+            let next = if self.shadow.maps.mappings.contains_key(&(user_view, l)) {
+                None
+            } else {
+                walk::walk(&mut PeekPhys(&self.ram), &mode, l, access)
+                    .ok()
+                    .filter(|t| t.pte_addr.is_some() && self.ram.contains(t.phys_page, 0x1000))
+            };
+            let Some(t) = next else {
+                self.flush_prefetch_run(user_view, run.take())?;
+                continue;
+            };
+            let frame = t.phys_page >> 12;
+            let guest_writable = t.writable && t.dirty;
+            let host = guest_writable && !self.protected.contains(&frame) && !self.shadow.is_traced(frame);
+            let maps = &mut self.shadow.maps;
+            maps.mappings.insert((user_view, l), Mapping { frame, writable: guest_writable });
+            maps.rmap.entry(frame).or_default().push((user_view, l));
+            for entry in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
+                maps.deps.entry(entry).or_default().push((user_view, l));
+            }
+            self.shadow.prefetched += 1;
+            run = match run {
+                Some((rl, rf, n, w)) if rf + n == frame && w == host => Some((rl, rf, n + 1, w)),
+                other => {
+                    self.flush_prefetch_run(user_view, other)?;
+                    Some((l, frame, 1, host))
+                }
+            };
+        }
+        self.flush_prefetch_run(user_view, run)
+    }
+
+    fn flush_prefetch_run(&mut self, user_view: bool, run: Option<(u32, u32, u32, bool)>) -> Result<(), VmError> {
+        let Some((linear, frame, pages, writable)) = run else { return Ok(()) };
+        let view = pick_view(&mut self.view, &mut self.user_view, user_view);
+        view.map_pages(linear, self.ram.fd(), frame << 12, pages, writable)?;
+        Ok(())
     }
 
     /// After a transient write to a traced frame: drop what depended on the
@@ -238,18 +480,24 @@ impl Vm {
                 self.entry_changed((frame << 12) + 4 * u32::try_from(i).unwrap_or(0))?;
             }
         }
-        if self.shadow.traced.contains(&frame) {
+        if self.shadow.is_traced(frame) {
             self.protect_frame(frame, false)?;
         }
         Ok(())
     }
 
-    /// The guest PDE/PTE at physical `entry` changed: drop the shadow mappings its
-    /// walks produced and the translations on those linear pages.
+    /// The guest PDE/PTE at physical `entry` changed: in every cached space, drop
+    /// the shadow mappings its walks produced and the translations on those
+    /// linear pages.
     pub(crate) fn entry_changed(&mut self, entry: u32) -> Result<(), VmError> {
-        let Some(places) = self.shadow.deps.remove(&(entry & !3)) else { return Ok(()) };
-        for (user, linear) in places {
-            self.unmap_shadow(user, linear)?;
+        let entry = entry & !3;
+        let mut pages = self.shadow.maps.drop_entry(&mut self.view, &mut self.user_view, entry)?;
+        for idle in &mut self.shadow.idle {
+            pages.extend(idle.maps.drop_entry(&mut idle.view, &mut idle.user_view, entry)?);
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        for linear in pages {
             self.tr.invalidate_linear(linear, 0x1000)?;
         }
         Ok(())
@@ -259,22 +507,12 @@ impl Vm {
     /// `linear` (it may be a large page) in both views.
     pub(crate) fn invlpg(&mut self, linear: u32) -> Result<(), VmError> {
         let region = linear & 0xffc0_0000;
-        let hit: Vec<(bool, u32)> =
-            self.shadow.mappings.keys().filter(|&&(_, l)| l & 0xffc0_0000 == region).copied().collect();
-        for (user, l) in hit {
-            self.unmap_shadow(user, l)?;
+        let hit: Vec<Place> =
+            self.shadow.maps.mappings.keys().filter(|&&(_, l)| l & 0xffc0_0000 == region).copied().collect();
+        for place in hit {
+            self.shadow.maps.unmap(&mut self.view, &mut self.user_view, place)?;
         }
         self.tr.invalidate_linear(region, 0x40_0000)?;
-        Ok(())
-    }
-
-    fn unmap_shadow(&mut self, user_view: bool, linear: u32) -> Result<(), VmError> {
-        let Some(frame) = self.shadow.mappings.remove(&(user_view, linear)) else { return Ok(()) };
-        if let Some(places) = self.shadow.rmap.get_mut(&frame) {
-            places.retain(|&p| p != (user_view, linear));
-        }
-        let view = if user_view { &mut self.user_view } else { &mut self.view };
-        view.unmap(linear, 0x1000)?;
         Ok(())
     }
 
@@ -282,25 +520,28 @@ impl Vm {
         &mut self,
         user_view: bool,
         linear: u32,
-        frame: u32,
-        writable: bool,
+        m: Mapping,
+        host_writable: bool,
         deps: [Option<u32>; 2],
     ) -> Result<(), VmError> {
         let place = (user_view, linear & !0xfff);
-        if let Some(old) = self.shadow.mappings.get(&place).copied() {
-            if old != frame {
-                self.unmap_shadow(user_view, place.1)?;
-            }
+        let maps = &mut self.shadow.maps;
+        if maps.mappings.get(&place).is_some_and(|old| old.frame != m.frame) {
+            maps.unmap(&mut self.view, &mut self.user_view, place)?;
         }
-        let view = if user_view { &mut self.user_view } else { &mut self.view };
-        view.map_page(linear, self.ram.fd(), frame << 12, writable)?;
-        self.shadow.mappings.insert(place, frame);
-        let places = self.shadow.rmap.entry(frame).or_default();
+        pick_view(&mut self.view, &mut self.user_view, user_view).map_page(
+            place.1,
+            self.ram.fd(),
+            m.frame << 12,
+            host_writable,
+        )?;
+        maps.mappings.insert(place, m);
+        let places = maps.rmap.entry(m.frame).or_default();
         if !places.contains(&place) {
             places.push(place);
         }
         for entry in deps.into_iter().flatten() {
-            let list = self.shadow.deps.entry(entry).or_default();
+            let list = maps.deps.entry(entry).or_default();
             if !list.contains(&place) {
                 list.push(place);
             }

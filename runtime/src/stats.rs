@@ -47,9 +47,21 @@ pub struct PagingReport {
     /// Instructions retranslated into callouts after repeated tracing faults.
     pub adaptive_retranslations: u64,
     pub cr3_switches: u64,
-    /// Times every shadow mapping was dropped (CR3, INVLPG, page-table writes).
+    /// CR3 switches to an address space whose shadow state was cached (its views
+    /// were swapped in, not refilled).
+    pub cr3_cache_hits: u64,
+    /// Cached address spaces dropped to make room for another.
+    pub space_evictions: u64,
+    /// Address spaces cached now (the current one included).
+    pub spaces_cached: u64,
+    /// Chained jumps across linear pages undone on entering another address space.
+    pub unchained_on_switch: u64,
+    /// Pages mapped next to a hidden fault (same page table, A bit already set).
+    pub prefetched_pages: u64,
+    /// Times every shadow mapping of every space was dropped (CR0.PG/WP or
+    /// CR4.PSE/PGE changes).
     pub view_flushes: u64,
-    /// Guest pages mapped in the views now.
+    /// Guest pages mapped in all cached spaces' views now.
     pub mappings_live: u64,
 }
 

@@ -224,6 +224,11 @@ impl Vm {
             adaptive_writes: self.shadow.adaptive_writes,
             adaptive_retranslations: self.tr.stats().adaptive_retranslations,
             cr3_switches: self.shadow.cr3_switches,
+            cr3_cache_hits: self.shadow.space_hits,
+            space_evictions: self.shadow.space_evictions,
+            spaces_cached: self.shadow.spaces_cached() as u64,
+            unchained_on_switch: self.tr.stats().unchained_on_switch,
+            prefetched_pages: self.shadow.prefetched,
             view_flushes: self.shadow.view_flushes,
             mappings_live: self.shadow.mappings_live() as u64,
         };

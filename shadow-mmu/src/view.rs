@@ -120,11 +120,18 @@ impl View {
     /// Maps the guest-physical page at `phys` (memfd offset) at linear page
     /// `linear` (and into the wrap alias for the first 64 KiB): a shadow PTE.
     pub fn map_page(&mut self, linear: u32, ram: BorrowedFd<'_>, phys: u32, writable: bool) -> Result<(), ViewError> {
+        self.map_pages(linear, ram, phys, 1, writable)
+    }
+
+    /// Maps `count` consecutive guest-physical pages from `phys` at consecutive
+    /// linear pages from `linear` with one host mapping (clipped at 4 GiB).
+    pub fn map_pages(&mut self, linear: u32, ram: BorrowedFd<'_>, phys: u32, count: u32, writable: bool) -> Result<(), ViewError> {
         let linear = u64::from(linear) & !(PAGE - 1);
         let phys = u64::from(phys) & !(PAGE - 1);
-        self.map(linear, ram, phys, PAGE, writable)?;
+        let len = (u64::from(count) * PAGE).min(FOUR_GIB - linear);
+        self.map(linear, ram, phys, len, writable)?;
         if linear < GUARD_BYTES {
-            self.map(FOUR_GIB + linear, ram, phys, PAGE, writable)?;
+            self.map(FOUR_GIB + linear, ram, phys, len.min(GUARD_BYTES - linear), writable)?;
         }
         Ok(())
     }

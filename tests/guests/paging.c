@@ -111,7 +111,7 @@ static page_t pt_40, pt_44, pt_48x, pt_48y, pt_50a, pt_50b, pt_60, pt_64s, pt_64
 static page_t pool[POOL_PAGES] __attribute__((aligned(4096)));
 static page_t pg_map, pg_map2, pg_ad, pg_wp, pg_wp_u, pg_50a, pg_50b;
 static page_t u_rw, u_sup, u_ro, u_stack, u_pde_sup, u_pde_ro;
-static page_t code_pg, code_c1, code_c2;
+static page_t code_pg, code_c1, code_c2, code_x;
 static page_t demand[DEMAND_PAGES] __attribute__((aligned(4096)));
 
 extern const uint32_t pg_exc_stubs[20];
@@ -997,6 +997,74 @@ static void phase13(void)
     CHECK_EQ(bad, 0);
 }
 
+/* ------------------------------------------------------------ phase 14 */
+
+/* A VMM may keep the shadow state of address spaces not in use; these are the
+ * ways that could go stale. */
+static void phase14(void)
+{
+    printf("phase 14: address spaces not in use stay coherent\n");
+    uint32_t c0 = trap_count;
+
+    /* (a) a page table of the other space changes while this one runs */
+    uint32_t bad = 0;
+    for (uint32_t n = 0; n < 64; n++) {
+        uint32_t k = n % POOL_PAGES;
+        write_cr3(pa(pd_a));
+        (void)rd(L_AS);
+        write_cr3(pa(pd_b));
+        pt_50a[0] = pa(pool[k]) | PTE_P | PTE_W;
+        pool[k][0] = 0x5000 + n;
+        write_cr3(pa(pd_a));
+        if (rd(L_AS) != 0x5000 + n)
+            bad++;
+    }
+    CHECK_EQ(bad, 0);
+
+    /* ... and its page directory entry */
+    (void)rd(L_AS);
+    write_cr3(pa(pd_b));
+    pd_a[PDX(L_AS)] = pa(pt_50b) | PTE_P | PTE_W;
+    pg_50b[0] = 0xbbbb1234;
+    write_cr3(pa(pd_a));
+    CHECK_EQ(rd(L_AS), 0xbbbb1234);
+    pd_a[PDX(L_AS)] = pa(pt_50a) | PTE_P | PTE_W;
+
+    /* (b) the same linear code is other code in the other space: a page shared
+     * by both (code_x) jumps into, and has an instruction running into, a page
+     * each space maps to its own frame */
+    const uint32_t lc = L_AS + 0x2000;
+    pt_50a[2] = pa(code_x) | PTE_P | PTE_W;
+    pt_50b[2] = pa(code_x) | PTE_P | PTE_W;
+    pt_50a[3] = pa(code_c1) | PTE_P | PTE_W;
+    pt_50b[3] = pa(code_c2) | PTE_P | PTE_W;
+    volatile uint8_t *x = (volatile uint8_t *)code_x;
+    x[0xff0] = 0xe9;                                /* jmp lc + 0x1100 */
+    x[0xff1] = 0x0b; x[0xff2] = 0x01; x[0xff3] = 0; x[0xff4] = 0;
+    x[0xffc] = 0xb8;                                /* mov $0x??332211, %eax; ret */
+    x[0xffd] = 0x11; x[0xffe] = 0x22; x[0xfff] = 0x33;
+    put_mov_ret(code_c1, 0x100, 0x111);
+    put_mov_ret(code_c2, 0x100, 0x222);
+    ((volatile uint8_t *)code_c1)[0] = 0xa1; ((volatile uint8_t *)code_c1)[1] = 0xc3;
+    ((volatile uint8_t *)code_c2)[0] = 0xb2; ((volatile uint8_t *)code_c2)[1] = 0xc3;
+    typedef uint32_t (*fn_t)(void);
+    fn_t fjmp = (fn_t)(lc + 0xff0), fmov = (fn_t)(lc + 0xffc);
+    bad = 0;
+    for (uint32_t n = 0; n < 100; n++) {
+        int b = n & 1;
+        write_cr3(pa(b ? pd_b : pd_a));
+        for (int twice = 0; twice < 2; twice++) {
+            if (fjmp() != (b ? 0x222u : 0x111u))
+                bad++;
+            if (fmov() != (b ? 0xb2332211u : 0xa1332211u))
+                bad++;
+        }
+    }
+    write_cr3(pa(pd_a));
+    CHECK_EQ(bad, 0);
+    CHECK_EQ(trap_count, c0);
+}
+
 int kmain(uint32_t magic, uint32_t mbi)
 {
     setup_tables();
@@ -1013,6 +1081,7 @@ int kmain(uint32_t magic, uint32_t mbi)
     phase11();
     phase12();
     phase13();
+    phase14();
     printf("paging: done, %u page faults\n", trap_count);
     return kit_finish();
 }

@@ -10,6 +10,7 @@
 
 use crate::abi::VcpuCtx;
 use crate::exec_mem::{ExecMem, ExecMemError, PollHandle, PollPage};
+use crate::lookup::LookupTables;
 use crate::translate::{self, BuildError, CalloutSite, Fixup, GuestCode, SideEntry};
 use crate::world::{self, Stubs};
 use crate::{Mode};
@@ -17,8 +18,6 @@ use hashbrown::HashMap;
 use std::time::Instant;
 use thiserror::Error;
 
-const LOOKUP_ENTRIES: usize = 1 << 16;
-const EMPTY: [u64; 2] = [u64::MAX, 0];
 /// Room a unit may need at most: the host-code budget at which the builder stops
 /// (`UNIT_HOST_BUDGET`) plus one more instruction and the exit stubs.
 const MAX_UNIT_BYTES: usize = 16 * 1024;
@@ -53,6 +52,11 @@ struct Unit {
     /// Slots of other units chained to this one.
     incoming: Vec<u32>,
     frames: Vec<u32>,
+    /// The first and last linear page its guest code occupies.
+    pages: (u32, u32),
+    /// For a unit that spans two pages: the second page and the frame it was
+    /// translated from (the key only names the first).
+    tail: Option<(u32, u32)>,
     live: bool,
     transient: bool,
 }
@@ -63,6 +67,8 @@ struct Slot {
     stub: u64,
     target: u32,
     chained: bool,
+    /// The unit it is chained to, while `chained`.
+    chained_to: u32,
 }
 
 /// Counters for `--stats`.
@@ -76,6 +82,8 @@ pub struct TranslatorStats {
     pub units_invalidated: u64,
     pub cache_flushes: u64,
     pub adaptive_retranslations: u64,
+    /// Chained jumps across linear pages undone on entering another address space.
+    pub unchained_on_switch: u64,
     pub translate_nanos: u64,
 }
 
@@ -100,7 +108,10 @@ pub struct Translator {
     by_frame: HashMap<u32, Vec<u32>>,
     slots: Vec<Slot>,
     sites: Vec<CalloutSite>,
-    lookup: Box<[[u64; 2]]>,
+    lookup: LookupTables,
+    /// Chained slots whose target lies on another linear page than their unit:
+    /// valid only in the address space that chained them.
+    cross_chains: Vec<u32>,
     ctx: Box<VcpuCtx>,
     poll: PollPage,
     mode: Mode,
@@ -125,10 +136,10 @@ impl Translator {
         mem.write(0, &code)?;
         let used = code.len().next_multiple_of(64);
         let poll = PollPage::new()?;
-        let lookup = vec![EMPTY; LOOKUP_ENTRIES].into_boxed_slice();
+        let lookup = LookupTables::new();
         let mut ctx = Box::<VcpuCtx>::default();
         ctx.poll_page = poll.addr();
-        ctx.lookup_table = lookup.as_ptr() as u64;
+        ctx.lookup_table = lookup.current_ptr();
         Ok(Self {
             mem,
             stubs,
@@ -140,6 +151,7 @@ impl Translator {
             slots: Vec::new(),
             sites: Vec::new(),
             lookup,
+            cross_chains: Vec::new(),
             ctx,
             poll,
             mode: Mode::default(),
@@ -205,13 +217,40 @@ impl Translator {
         self.used
     }
 
-    /// Sets the current mode; a change empties the lookup table, whose entries are
-    /// keyed by eip alone.
-    pub fn set_mode(&mut self, mode: Mode) {
-        if mode != self.mode {
-            self.mode = mode;
-            self.lookup.fill(EMPTY);
+    /// Sets the current guest context: the VMM's id for the address space and the
+    /// mode. Each context has its own lookup table. Entering another address space
+    /// also unchains every jump that crosses a linear page (its target page may map
+    /// another frame there); jumps within a page stay chained, since a unit runs
+    /// only where its own pages map the frames it was translated from.
+    pub fn set_context(&mut self, space: u64, mode: Mode) -> Result<(), TranslatorError> {
+        let space_changed = space != self.lookup.current().0;
+        self.lookup.select((space, mode));
+        self.ctx.lookup_table = self.lookup.current_ptr();
+        self.mode = mode;
+        if space_changed {
+            self.unchain_cross_page()?;
         }
+        Ok(())
+    }
+
+    /// Forgets the lookup entries of address space `space` (it was dropped).
+    pub fn forget_space(&mut self, space: u64) {
+        self.lookup.forget_space(space);
+    }
+
+    fn unchain_cross_page(&mut self) -> Result<(), TranslatorError> {
+        for slot in core::mem::take(&mut self.cross_chains) {
+            let s = &self.slots[slot as usize];
+            if !s.chained {
+                continue;
+            }
+            let (patch_at, stub, to) = (s.patch_at, s.stub, s.chained_to);
+            self.patch_rel32(patch_at, stub)?;
+            self.slots[slot as usize].chained = false;
+            self.units[to as usize].incoming.retain(|&x| x != slot);
+            self.stats.unchained_on_switch += 1;
+        }
+        Ok(())
     }
 
     /// The current mode.
@@ -273,6 +312,7 @@ impl Translator {
                 stub: base + u64::from(s.stub_off),
                 target: s.target,
                 chained: false,
+                chained_to: 0,
             });
         }
         self.sites.extend(built.sites);
@@ -287,8 +327,10 @@ impl Translator {
                 list.push(id);
             }
             self.by_key.insert(key, id);
-            self.lookup[lookup_index(key.eip)] = [u64::from(key.eip), base];
+            self.lookup.insert(key.eip, base);
         }
+        let pages = unit_pages(built.guest_start, built.guest_len);
+        let tail = if pages.0 == pages.1 { None } else { frame_of(pages.1).map(|f| (pages.1, f)) };
         self.units.push(Unit {
             key,
             guest_end: built.guest_start.wrapping_add(built.guest_len),
@@ -296,6 +338,8 @@ impl Translator {
             side: built.side,
             incoming: Vec::new(),
             frames,
+            pages,
+            tail,
             live: true,
             transient,
         });
@@ -314,7 +358,7 @@ impl Translator {
     pub fn remember_indirect(&mut self, eip: u32, unit: u32) {
         let u = &self.units[unit as usize];
         if u.live && !u.transient {
-            self.lookup[lookup_index(eip)] = [u64::from(eip), u.host_start];
+            self.lookup.insert(eip, u.host_start);
         }
     }
 
@@ -331,10 +375,16 @@ impl Translator {
         if s.chained || !from.live || from.transient || !to.live || to.transient {
             return Ok(());
         }
+        let within = [to.pages.0, to.pages.1].iter().all(|p| *p == from.pages.0 || *p == from.pages.1);
         let (patch_at, entry) = (s.patch_at, to.host_start);
         self.patch_rel32(patch_at, entry)?;
-        self.slots[slot as usize].chained = true;
+        let s = &mut self.slots[slot as usize];
+        s.chained = true;
+        s.chained_to = target;
         self.units[target as usize].incoming.push(slot);
+        if !within {
+            self.cross_chains.push(slot);
+        }
         self.stats.chained_jumps += 1;
         Ok(())
     }
@@ -375,10 +425,7 @@ impl Translator {
                 }
             }
         }
-        let idx = lookup_index(key.eip);
-        if self.lookup[idx][1] == host {
-            self.lookup[idx] = EMPTY;
-        }
+        self.lookup.remove(key.eip, host);
         for slot in incoming {
             let (patch_at, stub) = (self.slots[slot as usize].patch_at, self.slots[slot as usize].stub);
             self.patch_rel32(patch_at, stub)?;
@@ -421,6 +468,18 @@ impl Translator {
         Ok(())
     }
 
+    /// For a unit spanning two linear pages: the second page and the frame its
+    /// code came from. A unit found by key in another address space is valid only
+    /// if that page still maps the same frame there.
+    pub fn unit_tail(&self, id: u32) -> Option<(u32, u32)> {
+        self.units.get(id as usize).and_then(|u| u.tail)
+    }
+
+    /// Drops unit `id`.
+    pub fn invalidate(&mut self, id: u32) -> Result<(), TranslatorError> {
+        self.invalidate_unit(id)
+    }
+
     /// Whether unit `id` is still live (not invalidated or flushed).
     pub fn is_live(&self, id: u32) -> bool {
         self.units.get(id as usize).is_some_and(|u| u.live)
@@ -453,7 +512,9 @@ impl Translator {
         self.by_frame.clear();
         self.slots.clear();
         self.sites.clear();
-        self.lookup.fill(EMPTY);
+        self.cross_chains.clear();
+        self.lookup.clear();
+        self.ctx.lookup_table = self.lookup.current_ptr();
         self.used = self.stubs_end;
         self.epoch += 1;
         self.stats.cache_flushes += 1;
@@ -491,8 +552,9 @@ impl Translator {
     }
 }
 
-fn lookup_index(eip: u32) -> usize {
-    (eip & 0xffff) as usize
+/// The first and last linear page of `len` guest bytes at `start`.
+fn unit_pages(start: u32, len: u32) -> (u32, u32) {
+    (start & !0xfff, start.wrapping_add(len.max(1) - 1) & !0xfff)
 }
 
 fn unit_frames(start: u32, len: u32, frame_of: &mut dyn FnMut(u32) -> Option<u32>) -> Vec<u32> {

@@ -13,7 +13,8 @@
 //! - `abi`: the vCPU context block, host register roles, exit reasons.
 //! - `world`: the world switch (enter/exit stubs) and the indirect-branch lookup stub.
 //! - `translate`: the unit-building loop and one module per instruction family.
-//! - `cache`: units, slots (chaining), the lookup table, invalidation, side tables.
+//! - `cache`: units, slots (chaining), invalidation, side tables.
+//! - `lookup`: the indirect-branch lookup tables, one per (address space, mode).
 //! - `exec_mem`: the W^X code cache memory and the poll page.
 //! - `emit`: a small assembler over iced's encoder.
 //! - `semantics`: pure guest semantics for the instructions the VMM emulates
@@ -23,6 +24,7 @@ pub mod abi;
 pub mod cache;
 pub mod emit;
 pub mod exec_mem;
+pub mod lookup;
 pub mod semantics;
 pub mod translate;
 pub mod world;

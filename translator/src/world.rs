@@ -123,7 +123,8 @@ pub fn emit_lookup(a: &mut Asm, miss: u64) -> Result<(), EmitError> {
     a.mov_rr(R12, RCX)?;
     a.mov_rr(RCX, R9)?;
     a.ins(&Instruction::with1(Code::Not_rm64, RCX).map_err(ice)?)?;
-    let diff = MemoryOperand::with_base_index_scale_displ_size(RCX, R11, 1, 1, 1);
+    // Entries hold eip + 1 (zero is empty): rcx = ~eip + entry = entry - (eip + 1).
+    let diff = MemoryOperand::with_base_index_scale_displ_size(RCX, R11, 1, 0, 0);
     a.ins(&ins2rm(Code::Lea_r64_m, RCX, diff))?;
     a.bytes(&[0xe3, 0x00]); // jrcxz hit
     let hit_rel = a.pos() - 1;

@@ -1,0 +1,181 @@
+//! The indirect-branch lookup tables: guest eip → host entry, read by the inline
+//! lookup every indirect branch carries (`world::emit_lookup`).
+//!
+//! An entry is keyed by eip alone, but which unit an eip means depends on the
+//! address space (eip → physical frame) and the mode the unit was built for. So
+//! there is one table per (address space, mode) context, and switching context is
+//! a pointer change instead of wiping a table: a guest that goes back and forth
+//! between user and kernel mode, or between a few processes, keeps its entries.
+//!
+//! Entries store `eip + 1`, so an all-zero entry is empty. That lets a table be
+//! zeroed memory straight from the allocator: a fresh table costs only the pages
+//! the guest's branches actually touch.
+
+use crate::Mode;
+
+/// Entries per table (indexed by the low 16 bits of the eip).
+pub const ENTRIES: usize = 1 << 16;
+/// Tables kept at most; the least recently used one goes first.
+const MAX_TABLES: usize = 24;
+const EMPTY: [u64; 2] = [0, 0];
+
+/// Which guest context a table serves: an address-space id chosen by the VMM,
+/// and the translation mode.
+pub type Context = (u64, Mode);
+
+type Table = Box<[[u64; 2]]>;
+
+fn new_table() -> Table {
+    // `vec!` of zeroes uses a zeroing allocation: large ones come straight from
+    // mmap, so untouched pages cost nothing.
+    vec![EMPTY; ENTRIES].into_boxed_slice()
+}
+
+/// The tables and which one is current.
+pub struct LookupTables {
+    current: Context,
+    table: Table,
+    /// Other contexts' tables, most recently used last.
+    idle: Vec<(Context, Table)>,
+}
+
+impl LookupTables {
+    pub fn new() -> Self {
+        Self { current: (0, Mode::default()), table: new_table(), idle: Vec::new() }
+    }
+
+    /// Host address of the current table (what `r14` holds in translated code).
+    pub fn current_ptr(&self) -> u64 {
+        self.table.as_ptr() as u64
+    }
+
+    /// The current context.
+    pub fn current(&self) -> Context {
+        self.current
+    }
+
+    /// Makes `ctx` current, keeping the table of the one before. Returns whether
+    /// the context changed.
+    pub fn select(&mut self, ctx: Context) -> bool {
+        if ctx == self.current {
+            return false;
+        }
+        let table = match self.idle.iter().position(|(c, _)| *c == ctx) {
+            Some(i) => self.idle.remove(i).1,
+            None => {
+                if self.idle.len() + 1 >= MAX_TABLES {
+                    self.idle.remove(0);
+                }
+                new_table()
+            }
+        };
+        let old = core::mem::replace(&mut self.table, table);
+        self.idle.push((self.current, old));
+        self.current = ctx;
+        true
+    }
+
+    /// Records `eip` → `host` in the current table.
+    pub fn insert(&mut self, eip: u32, host: u64) {
+        self.table[index(eip)] = [u64::from(eip) + 1, host];
+    }
+
+    /// Forgets `eip` → `host` in every table (the unit at `host` is gone).
+    pub fn remove(&mut self, eip: u32, host: u64) {
+        let i = index(eip);
+        for t in core::iter::once(&mut self.table).chain(self.idle.iter_mut().map(|(_, t)| t)) {
+            if t[i][1] == host {
+                t[i] = EMPTY;
+            }
+        }
+    }
+
+    /// Forgets every entry of an address space's tables (its mappings are gone).
+    pub fn forget_space(&mut self, space: u64) {
+        self.idle.retain(|((s, _), _)| *s != space);
+        if self.current.0 == space {
+            self.table.fill(EMPTY);
+        }
+    }
+
+    /// Empties everything (the cache was flushed).
+    pub fn clear(&mut self) {
+        self.idle.clear();
+        self.table = new_table();
+    }
+
+    /// The entry for `eip` in the current table, if it is set (for tests).
+    pub fn get(&self, eip: u32) -> Option<u64> {
+        let [e, host] = self.table[index(eip)];
+        (e == u64::from(eip) + 1).then_some(host)
+    }
+}
+
+impl Default for LookupTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn index(eip: u32) -> usize {
+    (eip & 0xffff) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(cpl: u8) -> Mode {
+        Mode { cpl, ..Mode::default() }
+    }
+
+    #[test]
+    fn contexts_keep_their_entries() {
+        let mut t = LookupTables::new();
+        t.select((1, mode(0)));
+        t.insert(0x1000, 0xaaaa);
+        assert!(t.select((1, mode(3))));
+        assert_eq!(t.get(0x1000), None, "another mode has its own table");
+        t.insert(0x1000, 0xbbbb);
+        assert!(t.select((1, mode(0))));
+        assert_eq!(t.get(0x1000), Some(0xaaaa));
+        assert!(!t.select((1, mode(0))));
+    }
+
+    #[test]
+    fn remove_reaches_idle_tables_and_only_the_same_unit() {
+        let mut t = LookupTables::new();
+        t.select((1, mode(0)));
+        t.insert(0x1000, 0xaaaa);
+        t.select((2, mode(0)));
+        t.insert(0x1000, 0xcccc);
+        t.remove(0x1000, 0xaaaa);
+        assert_eq!(t.get(0x1000), Some(0xcccc));
+        t.select((1, mode(0)));
+        assert_eq!(t.get(0x1000), None);
+    }
+
+    #[test]
+    fn eip_zero_and_max_are_not_confused_with_empty() {
+        let mut t = LookupTables::new();
+        assert_eq!(t.get(0), None);
+        t.insert(0, 0x10);
+        t.insert(0xffff_ffff, 0x20);
+        assert_eq!((t.get(0), t.get(0xffff_ffff)), (Some(0x10), Some(0x20)));
+        assert_eq!(t.get(0x1_0000), None, "same index, other eip");
+    }
+
+    #[test]
+    fn old_tables_are_recycled_and_forgotten_spaces_are_empty() {
+        let mut t = LookupTables::new();
+        for s in 0..(MAX_TABLES as u64 + 5) {
+            t.select((s, mode(0)));
+            t.insert(0x42, s + 1);
+        }
+        assert!(t.idle.len() < MAX_TABLES);
+        t.forget_space(MAX_TABLES as u64 + 4);
+        assert_eq!(t.get(0x42), None);
+        t.select((MAX_TABLES as u64 + 3, mode(0)));
+        assert_eq!(t.get(0x42), Some(MAX_TABLES as u64 + 4));
+    }
+}
