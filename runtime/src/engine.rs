@@ -208,6 +208,7 @@ impl Vm {
             paging,
             shadow: &self.shadow,
             traced_writes: Vec::new(),
+            traced_hits: Vec::new(),
             cr2: None,
         };
         let result = {
@@ -215,7 +216,7 @@ impl Vm {
             f(&mut m)
         };
         let wrote_code = !mem.invalidate.is_empty();
-        let (cr2, traced_writes, code_frames) = (mem.cr2, mem.traced_writes, mem.invalidate);
+        let (cr2, traced_writes, traced_hits, code_frames) = (mem.cr2, mem.traced_writes, mem.traced_hits, mem.invalidate);
         for &frame in &code_frames {
             tr.invalidate_frame(frame)?;
         }
@@ -235,6 +236,10 @@ impl Vm {
                 entry = entry.wrapping_add(4);
             }
         }
+        self.shadow.table_write_hits += traced_hits.len() as u64;
+        for frame in traced_hits {
+            self.count_table_write(frame)?;
+        }
         Ok((result, wrote_code || wrote_tables))
     }
 
@@ -248,15 +253,17 @@ impl Vm {
         if site.kind == CalloutKind::Emulate {
             *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
         }
-        if site.kind == CalloutKind::TracedWrite {
-            self.shadow.adaptive_writes += 1;
-        }
+        let table_hits_before = self.shadow.table_write_hits;
         let resume = self.tr.ctx().resume;
         let mode_before = self.cpu.mode();
         let vif_before = self.tr.ctx().vif;
         let space_before = address_space_key(&self.cpu);
         self.tr.ctx_mut().eip = site.eip;
         let (outcome, mut wrote_code) = self.with_machine(|m| emulate::emulate(m, &site))?;
+        if site.kind == CalloutKind::TracedWrite {
+            self.shadow.adaptive_writes += 1;
+            self.adaptive_outcome(site.eip, self.shadow.table_write_hits != table_hits_before)?;
+        }
         let space_after = address_space_key(&self.cpu);
         if space_after != space_before {
             if (space_after.0, space_after.2) == (space_before.0, space_before.2) && self.paging() {
@@ -552,6 +559,25 @@ impl Vm {
         Ok(())
     }
 
+    /// An adaptive store at `eip` wrote a page table (`hit`) or not. One that keeps
+    /// missing (a copy loop that once touched a page table, a table no longer
+    /// traced) becomes a plain store again: a callout costs an exit every time.
+    fn adaptive_outcome(&mut self, eip: u32, hit: bool) -> Result<(), VmError> {
+        const PLAIN_AFTER: u32 = 32;
+        if hit {
+            self.shadow.adaptive_misses.remove(&eip);
+            return Ok(());
+        }
+        let misses = self.shadow.adaptive_misses.entry(eip).or_insert(0);
+        *misses += 1;
+        if *misses >= PLAIN_AFTER {
+            self.shadow.adaptive_misses.remove(&eip);
+            self.shadow.trace_counts.remove(&eip);
+            self.tr.make_plain(eip)?;
+        }
+        Ok(())
+    }
+
     /// The linear address of `ins`'s memory operand (for invlpg).
     fn operand_linear(&self, ins: &iced_x86::Instruction) -> u32 {
         let ctx = self.tr.ctx();
@@ -652,8 +678,10 @@ struct LinearMemory<'a> {
     invalidate: Vec<u32>,
     paging: Option<PagingMode>,
     shadow: &'a crate::mmu::Shadow,
-    /// (physical address, length) of writes to traced page-table frames.
+    /// (physical address, length) of writes that changed traced page-table frames.
     traced_writes: Vec<(u32, usize)>,
+    /// Traced frames written (changed or not).
+    traced_hits: Vec<u32>,
     cr2: Option<u32>,
 }
 
@@ -713,8 +741,14 @@ impl GuestMemory for LinearMemory<'_> {
                 }
                 self.invalidate.push(frame);
             }
-            if self.paging.is_some() && self.shadow.is_traced(frame) {
+            let traced = self.paging.is_some() && self.shadow.is_traced(frame);
+            let mut old = [0u8; 16];
+            let old = &mut old[..n.min(16)];
+            if traced && (n > 16 || self.ram.read(phys, old).is_err() || old != &data[off..off + n]) {
                 self.traced_writes.push((phys, n));
+            }
+            if traced {
+                self.traced_hits.push(frame);
             }
             self.ram.write(phys, &data[off..off + n]).map_err(|_| MemFault::Unbacked { linear: phys })?;
         }

@@ -41,6 +41,11 @@ pub(crate) const MAX_SPACES: usize = 8;
 /// Mappings kept over all cached spaces at most: each one may be a host VMA, and a
 /// process has at most 65,530 of those by default (`vm.max_map_count`).
 const MAX_CACHED_MAPPINGS: usize = 24_000;
+/// Writes to a traced frame with no page walk through it in between after which
+/// it is no longer traced: the guest is rebuilding or tearing down that table
+/// (a fork copying it, an exit clearing it), and following each store would
+/// cost more than dropping what depends on it once.
+const UNTRACE_AFTER: u32 = 64;
 
 /// A linear page in one of a space's two views.
 type Place = (bool, u32);
@@ -148,6 +153,14 @@ pub(crate) struct Shadow {
     pub view_flushes: u64,
     /// Pages mapped by a hidden fault next to the one that faulted.
     pub prefetched: u64,
+    /// Writes to each traced frame since a walk last went through it.
+    trace_burst: HashMap<u32, u32>,
+    /// Frames no longer traced because of a burst of writes.
+    pub untraced_frames: u64,
+    /// Emulated writes (adaptive or not) that hit a traced frame, ever.
+    pub table_write_hits: u64,
+    /// Consecutive writes per adaptive store that missed every traced frame.
+    pub adaptive_misses: HashMap<u32, u32>,
 }
 
 impl Shadow {
@@ -349,6 +362,7 @@ impl Vm {
     fn trace_tables(&mut self, t: &walk::Translation) -> Result<(), VmError> {
         for table in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
             let f = table >> 12;
+            self.shadow.trace_burst.remove(&f);
             if !self.shadow.maps.traced.contains(&f) {
                 let known = self.shadow.is_traced(f);
                 self.shadow.maps.traced.insert(f);
@@ -483,23 +497,49 @@ impl Vm {
         if self.shadow.is_traced(frame) {
             self.protect_frame(frame, false)?;
         }
+        self.count_table_write(frame)
+    }
+
+    /// One more write to traced `frame`; a burst of them ends its tracing.
+    pub(crate) fn count_table_write(&mut self, frame: u32) -> Result<(), VmError> {
+        let n = self.shadow.trace_burst.entry(frame).or_insert(0);
+        *n += 1;
+        if *n >= UNTRACE_AFTER {
+            self.untrace(frame)?;
+        }
         Ok(())
+    }
+
+    /// Stops tracing `frame`: drops everything that depended on any of its
+    /// entries in every cached space, and lets the guest write it freely. The
+    /// next walk through it traces it again.
+    fn untrace(&mut self, frame: u32) -> Result<(), VmError> {
+        self.shadow.trace_burst.remove(&frame);
+        self.drop_entries((0..1024).map(|i| (frame << 12) + 4 * i))?;
+        self.shadow.maps.traced.remove(&frame);
+        for idle in &mut self.shadow.idle {
+            idle.maps.traced.remove(&frame);
+        }
+        self.shadow.untraced_frames += 1;
+        self.protect_frame(frame, true)
     }
 
     /// The guest PDE/PTE at physical `entry` changed: in every cached space, drop
     /// the shadow mappings its walks produced and the translations on those
     /// linear pages.
     pub(crate) fn entry_changed(&mut self, entry: u32) -> Result<(), VmError> {
-        let entry = entry & !3;
-        let mut pages = self.shadow.maps.drop_entry(&mut self.view, &mut self.user_view, entry)?;
-        for idle in &mut self.shadow.idle {
-            pages.extend(idle.maps.drop_entry(&mut idle.view, &mut idle.user_view, entry)?);
+        self.drop_entries(core::iter::once(entry & !3))
+    }
+
+    fn drop_entries(&mut self, entries: impl Iterator<Item = u32>) -> Result<(), VmError> {
+        let mut pages = HashSet::new();
+        for entry in entries {
+            pages.extend(self.shadow.maps.drop_entry(&mut self.view, &mut self.user_view, entry)?);
+            for idle in &mut self.shadow.idle {
+                pages.extend(idle.maps.drop_entry(&mut idle.view, &mut idle.user_view, entry)?);
+            }
         }
-        pages.sort_unstable();
-        pages.dedup();
-        for linear in pages {
-            self.tr.invalidate_linear(linear, 0x1000)?;
-        }
+        self.tr.invalidate_pages(&pages)?;
         Ok(())
     }
 

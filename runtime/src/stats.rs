@@ -56,6 +56,10 @@ pub struct PagingReport {
     pub spaces_cached: u64,
     /// Chained jumps across linear pages undone on entering another address space.
     pub unchained_on_switch: u64,
+    /// Page-table frames no longer traced after a burst of writes without a walk.
+    pub untraced_frames: u64,
+    /// Adaptive stores translated back to plain stores after missing page tables.
+    pub plain_retranslations: u64,
     /// Pages mapped next to a hidden fault (same page table, A bit already set).
     pub prefetched_pages: u64,
     /// Times every shadow mapping of every space was dropped (CR0.PG/WP or

@@ -229,6 +229,8 @@ impl Vm {
             spaces_cached: self.shadow.spaces_cached() as u64,
             unchained_on_switch: self.tr.stats().unchained_on_switch,
             prefetched_pages: self.shadow.prefetched,
+            untraced_frames: self.shadow.untraced_frames,
+            plain_retranslations: self.tr.stats().plain_retranslations,
             view_flushes: self.shadow.view_flushes,
             mappings_live: self.shadow.mappings_live() as u64,
         };

@@ -82,6 +82,9 @@ pub struct TranslatorStats {
     pub units_invalidated: u64,
     pub cache_flushes: u64,
     pub adaptive_retranslations: u64,
+    /// Adaptive stores translated back to plain stores (they kept missing page
+    /// tables).
+    pub plain_retranslations: u64,
     /// Chained jumps across linear pages undone on entering another address space.
     pub unchained_on_switch: u64,
     pub translate_nanos: u64,
@@ -456,6 +459,37 @@ impl Translator {
             self.invalidate_unit(id)?;
         }
         Ok(!hit.is_empty())
+    }
+
+    /// Drops every unit with guest code on one of the linear `pages` (page
+    /// addresses): their mapping to physical memory may have changed.
+    pub fn invalidate_pages(&mut self, pages: &hashbrown::HashSet<u32>) -> Result<bool, TranslatorError> {
+        if pages.is_empty() {
+            return Ok(false);
+        }
+        let hit: Vec<u32> = self
+            .by_key
+            .values()
+            .copied()
+            .filter(|&id| {
+                let (first, last) = self.units[id as usize].pages;
+                pages.contains(&first) || pages.contains(&last)
+            })
+            .collect();
+        for &id in &hit {
+            self.invalidate_unit(id)?;
+        }
+        Ok(!hit.is_empty())
+    }
+
+    /// Translates the store at `eip` as a plain store again (it stopped writing
+    /// page tables): drops the units holding it.
+    pub fn make_plain(&mut self, eip: u32) -> Result<(), TranslatorError> {
+        if self.adaptive.remove(&eip) {
+            self.stats.plain_retranslations += 1;
+            self.invalidate_linear(eip, 1)?;
+        }
+        Ok(())
     }
 
     /// Retranslates the store at `eip` as a `TracedWrite` callout from now on:

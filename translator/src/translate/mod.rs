@@ -292,7 +292,7 @@ pub fn is_adaptive_store(ins: &Instruction) -> bool {
     matches!(
         ins.code(),
         Mov_rm32_r32 | Mov_rm16_r16 | Mov_rm8_r8 | Mov_rm32_imm32 | Mov_rm16_imm16 | Mov_rm8_imm8
-            | Xchg_rm32_r32 | Xchg_rm16_r16 | Xchg_rm8_r8
+            | Mov_moffs32_EAX | Mov_moffs16_AX | Mov_moffs8_AL | Xchg_rm32_r32 | Xchg_rm16_r16 | Xchg_rm8_r8
     ) && ins.op0_kind() == iced_x86::OpKind::Memory
 }
 

@@ -203,3 +203,14 @@ fn hidden_privileged_features_raise_ud() {
         assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::RaiseUd), "{code:02x?}");
     }
 }
+
+#[test]
+fn adaptive_stores_include_the_moffs_forms() {
+    let decode = |bytes: &[u8]| iced_x86::Decoder::with_ip(32, bytes, 0x1000, iced_x86::DecoderOptions::NONE).decode();
+    for bytes in [&[0xa3, 0x00, 0xb0, 0x10, 0x00][..], &[0xa2, 0, 0, 0, 0], &[0x89, 0x08], &[0xc7, 0x00, 1, 0, 0, 0], &[0x87, 0x08]] {
+        assert!(is_adaptive_store(&decode(bytes)), "{bytes:02x?}");
+    }
+    for bytes in [&[0xa1, 0, 0, 0, 0][..], &[0x01, 0x08], &[0x8b, 0x08], &[0x89, 0xc8]] {
+        assert!(!is_adaptive_store(&decode(bytes)), "{bytes:02x?}");
+    }
+}
