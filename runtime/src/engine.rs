@@ -668,7 +668,8 @@ impl GuestCode for CodeFetch<'_> {
 }
 
 /// Guest memory for emulated instructions, by linear address: through the page
-/// tables when paging is on (supervisor accesses; a refusal is #PF). Writes to
+/// tables when paging is on (user or supervisor accesses as the emulator says;
+/// a refusal is #PF). Writes to
 /// frames holding translated code invalidate it; writes to page tables in use
 /// make the engine drop its shadow mappings.
 struct LinearMemory<'a> {
@@ -687,9 +688,9 @@ struct LinearMemory<'a> {
 
 impl LinearMemory<'_> {
     /// Physical address of `linear`, or the fault.
-    fn phys(&mut self, linear: u32, write: bool) -> Result<u32, MemFault> {
+    fn phys(&mut self, linear: u32, write: bool, user: bool) -> Result<u32, MemFault> {
         let Some(mode) = self.paging else { return Ok(linear) };
-        let access = Access { write, user: false, fetch: false };
+        let access = Access { write, user, fetch: false };
         match walk::walk(&mut RamPhys(self.ram), &mode, linear, access) {
             Ok(t) => Ok(t.phys_page | (linear & 0xfff)),
             Err(WalkError::PageFault { error_code }) => {
@@ -715,19 +716,19 @@ impl LinearMemory<'_> {
 }
 
 impl GuestMemory for LinearMemory<'_> {
-    fn read(&mut self, linear: u32, buf: &mut [u8]) -> Result<(), MemFault> {
+    fn read(&mut self, linear: u32, buf: &mut [u8], user: bool) -> Result<(), MemFault> {
         for (at, off, n) in Self::pieces(linear, buf.len()) {
-            let phys = self.phys(at, false)?;
+            let phys = self.phys(at, false, user)?;
             self.ram.read(phys, &mut buf[off..off + n]).map_err(|_| MemFault::Unbacked { linear: at })?;
         }
         Ok(())
     }
 
-    fn write(&mut self, linear: u32, data: &[u8]) -> Result<(), MemFault> {
+    fn write(&mut self, linear: u32, data: &[u8], user: bool) -> Result<(), MemFault> {
         // Translate every piece first: a fault leaves memory untouched.
         let mut targets = Vec::new();
         for (at, off, n) in Self::pieces(linear, data.len()) {
-            let phys = self.phys(at, true)?;
+            let phys = self.phys(at, true, user)?;
             if !self.ram.contains(phys, n) {
                 return Err(MemFault::Unbacked { linear: at });
             }

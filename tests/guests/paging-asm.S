@@ -184,6 +184,13 @@ u_f7:
     movl    U_SUP + 0x40, %eax          /* the supervisor page again (the kernel wrote it): #PF 0x5 */
 u_f7e:
     movl    %ecx, U_RW + 0x818          /* a user write to the user page: works */
+    sidt    U_RW + 0x820                /* an emulated user store to a user page: works */
+u_f8:
+    sgdt    U_SUP + 0x80                /* ... to a supervisor page: #PF 0x7 */
+u_f8e:
+u_f9:
+    sidt    U_RO + 0x20                 /* ... to a user read-only page: #PF 0x7 */
+u_f9e:
     movl    $3, %eax                    /* system call 3: exit with 0x77 */
     movl    $0x77, %ebx
     int     $0x80
@@ -204,9 +211,11 @@ pg_user_sites:
     .long u_f5 - user_page_start, u_f5e - u_f5
     .long u_f6 - user_page_start, u_f6e - u_f6
     .long u_f7 - user_page_start, u_f7e - u_f7
+    .long u_f8 - user_page_start, u_f8e - u_f8
+    .long u_f9 - user_page_start, u_f9e - u_f9
     .globl pg_user_nsites
 pg_user_nsites:
-    .long 7
+    .long 9
 
     .section .bss
     .p2align 2

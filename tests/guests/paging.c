@@ -805,7 +805,7 @@ static void phase10(void)
     CHECK_EQ(sys_count - s0, 1);
     CHECK_EQ(sys_frame_ok, sys_count);
 
-    static const struct { uint32_t err, cr2; const char *what; } want[7] = {
+    static const struct { uint32_t err, cr2; const char *what; } want[9] = {
         {0x5, L_USER + 0x1000, "user read of a supervisor page"},
         {0x7, L_USER + 0x2010, "user write to a user read-only page"},
         {0x4, L_USER + 0x3234, "user read of a not-present page"},
@@ -813,10 +813,12 @@ static void phase10(void)
         {0x5, L_PDE_SUP + 0x10, "user read, PTE user, PDE supervisor"},
         {0x7, L_PDE_RO + 0x20, "user write, PTE writable, PDE read-only"},
         {0x5, L_USER + 0x1040, "user read of a supervisor page the kernel wrote"},
+        {0x7, L_USER + 0x1080, "emulated user store (sgdt) to a supervisor page"},
+        {0x7, L_USER + 0x2020, "emulated user store (sidt) to a user read-only page"},
     };
-    CHECK_EQ(trap_count - c0, 7);
-    CHECK_EQ(nrecs, 7);
-    for (uint32_t k = 0; k < 7 && k < nrecs; k++) {
+    CHECK_EQ(trap_count - c0, 9);
+    CHECK_EQ(nrecs, 9);
+    for (uint32_t k = 0; k < 9 && k < nrecs; k++) {
         volatile struct trap_rec *r = &recs[k];
         printf("  #PF %u: err 0x%x cr2 0x%08x eip 0x%08x cs 0x%x (%s)\n", k, r->err, r->cr2,
                r->eip, r->cs, want[k].what);
@@ -836,6 +838,9 @@ static void phase10(void)
     CHECK_EQ(u_rw[0x204], 0xdeadbeef);
     CHECK_EQ(u_rw[0x205], 0x600d0003);      /* PDE read-only: read works */
     CHECK_EQ(u_rw[0x206], 0xdeadbeef);      /* user write to the user page */
+    CHECK_EQ(u_rw[0x208] & 0xffff, idt_desc.limit); /* sidt from CPL 3 */
+    CHECK_EQ(u_sup[0x20], 0);               /* the emulated stores did not land */
+    CHECK_EQ(u_ro[8], 0);
     CHECK_EQ(u_ro[4], 0);                   /* no write got through */
     CHECK_EQ(u_pde_ro[8], 0);
     CHECK_EQ(pt_60[3], 0);

@@ -167,26 +167,49 @@ pub(crate) fn linear(
     Ok(s.base.wrapping_add(offset))
 }
 
-/// Reads guest memory at a linear address; an access that runs past 4 GiB wraps.
+/// Reads guest memory at a linear address with the current privilege (a user
+/// access at CPL 3); an access that runs past 4 GiB wraps.
 pub(crate) fn read_linear(m: &mut Machine<'_>, linear: u32, buf: &mut [u8]) -> Result<(), Fault> {
+    let user = m.cpu.cpl() == 3;
+    read_linear_as(m, linear, buf, user)
+}
+
+/// Reads guest memory as a user (`user`) or supervisor access.
+pub(crate) fn read_linear_as(m: &mut Machine<'_>, linear: u32, buf: &mut [u8], user: bool) -> Result<(), Fault> {
     let first = first_part(linear, buf.len());
     let (a, b) = buf.split_at_mut(first);
-    m.mem.read(linear, a)?;
+    m.mem.read(linear, a, user)?;
     if !b.is_empty() {
-        m.mem.read(0, b)?;
+        m.mem.read(0, b, user)?;
     }
     Ok(())
 }
 
-/// Writes guest memory at a linear address; an access that runs past 4 GiB wraps.
+/// Writes guest memory at a linear address with the current privilege; an
+/// access that runs past 4 GiB wraps.
 pub(crate) fn write_linear(m: &mut Machine<'_>, linear: u32, data: &[u8]) -> Result<(), Fault> {
+    let user = m.cpu.cpl() == 3;
+    write_linear_as(m, linear, data, user)
+}
+
+/// Writes guest memory as a user (`user`) or supervisor access.
+pub(crate) fn write_linear_as(m: &mut Machine<'_>, linear: u32, data: &[u8], user: bool) -> Result<(), Fault> {
     let first = first_part(linear, data.len());
     let (a, b) = data.split_at(first);
-    m.mem.write(linear, a)?;
+    m.mem.write(linear, a, user)?;
     if !b.is_empty() {
-        m.mem.write(0, b)?;
+        m.mem.write(0, b, user)?;
     }
     Ok(())
+}
+
+/// Reads `size` (1, 2 or 4) bytes of a system structure (IDT, TSS) at linear
+/// `addr`: a supervisor access whatever the CPL.
+pub(crate) fn read_sys(m: &mut Machine<'_>, addr: u32, size: u32) -> Result<u32, Fault> {
+    let mut b = [0u8; 4];
+    let n = size.clamp(1, 4) as usize;
+    read_linear_as(m, addr, &mut b[..n], false)?;
+    Ok(u32::from_le_bytes(b))
 }
 
 /// How many of `len` bytes at `linear` lie below 4 GiB.

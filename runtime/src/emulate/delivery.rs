@@ -11,7 +11,7 @@
 //!
 //! Not here yet: task gates and task switches, 16-bit gates, virtual-8086 mode.
 
-use super::addressing::{read_lin, write_lin};
+use super::addressing::{read_lin, read_sys, write_linear_as};
 use super::descriptor::{fetch, is_null, set_type_bits, sys, Entry};
 use super::flags::{iopl, read_eflags, write_eflags};
 use super::{EmuResult, Fault, Machine, Outcome};
@@ -70,12 +70,12 @@ pub(crate) fn deliver(
         let mut frame = vec![u32::from(m.cpu.seg[sreg::SS].selector), m.ctx.gpr[4]];
         frame.extend([old_flags, u32::from(old_cs), return_eip]);
         frame.extend(error);
-        (Some(ss), write_frame(m, ss.base, esp, &frame)?)
+        (Some(ss), write_frame(m, ss.base, esp, &frame, false)?)
     } else {
         let mut frame = vec![old_flags, u32::from(old_cs), return_eip];
         frame.extend(error);
         let ss = m.cpu.seg[sreg::SS];
-        (None, write_frame(m, ss.base, m.ctx.gpr[4], &frame)?)
+        (None, write_frame(m, ss.base, m.ctx.gpr[4], &frame, m.cpu.cpl() == 3)?)
     };
     // Commit: nothing below can fault.
     let d = set_type_bits(m, e, ACCESSED)?;
@@ -104,8 +104,8 @@ fn read_gate(
         return Err(Fault::gp(idt_error));
     }
     let base = m.cpu.idtr.base.wrapping_add(at);
-    let lo = read_lin(m, base, 4)?;
-    let hi = read_lin(m, base.wrapping_add(4), 4)?;
+    let lo = read_sys(m, base, 4)?;
+    let hi = read_sys(m, base.wrapping_add(4), 4)?;
     let gate_type = ((hi >> 8) & 0x1f) as u8;
     let dpl = ((hi >> 13) & 3) as u8;
     let present = hi & 0x8000 != 0;
@@ -137,8 +137,8 @@ fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Segment, u32)
     if at + 5 > tr.limit {
         return Err(ts(tr.selector));
     }
-    let esp = read_lin(m, tr.base.wrapping_add(at), 4)?;
-    let ss_sel = read_lin(m, tr.base.wrapping_add(at + 4), 2)? as u16;
+    let esp = read_sys(m, tr.base.wrapping_add(at), 4)?;
+    let ss_sel = read_sys(m, tr.base.wrapping_add(at + 4), 2)? as u16;
     if is_null(ss_sel) || u8::try_from(ss_sel & 3).ok() != Some(ring) {
         return Err(ts(ss_sel));
     }
@@ -155,13 +155,14 @@ fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Segment, u32)
 }
 
 /// Writes `frame` (first element pushed first) below `esp` in the stack segment at
-/// `ss_base`; returns the new esp.
-fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32]) -> Result<u32, Fault> {
+/// `ss_base`, as a user access if `user` (the handler runs at CPL 3); returns the
+/// new esp.
+fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], user: bool) -> Result<u32, Fault> {
     let bytes = u32::try_from(frame.len() * 4).unwrap_or(u32::MAX);
     let new_esp = esp.wrapping_sub(bytes);
     for (i, v) in frame.iter().enumerate() {
         let slot = u32::try_from(frame.len() - 1 - i).unwrap_or(0) * 4;
-        write_lin(m, ss_base.wrapping_add(new_esp.wrapping_add(slot)), 4, *v)?;
+        write_linear_as(m, ss_base.wrapping_add(new_esp.wrapping_add(slot)), &v.to_le_bytes(), user)?;
     }
     Ok(new_esp)
 }

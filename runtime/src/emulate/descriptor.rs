@@ -1,6 +1,6 @@
 //! Segment descriptors in the guest's GDT and LDT.
 
-use super::addressing::{read_linear, write_linear};
+use super::addressing::{read_linear_as, write_linear_as};
 use super::{Fault, Machine};
 use crate::cpu::Segment;
 
@@ -129,7 +129,8 @@ pub(crate) fn fetch(m: &mut Machine<'_>, sel: u16) -> Result<Option<Entry>, Faul
     }
     let addr = base.wrapping_add(offset);
     let mut b = [0u8; 8];
-    read_linear(m, addr, &mut b)?;
+    // Descriptor tables are read as supervisor accesses at any CPL.
+    read_linear_as(m, addr, &mut b, false)?;
     let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let hi = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
     Ok(Some(Entry {
@@ -147,7 +148,7 @@ pub(crate) fn set_type_bits(m: &mut Machine<'_>, e: Entry, bits: u8) -> Result<D
     }
     d.hi |= u32::from(bits) << 8;
     let byte = (d.hi >> 8) as u8;
-    write_linear(m, e.addr.wrapping_add(5), &[byte])?;
+    write_linear_as(m, e.addr.wrapping_add(5), &[byte], false)?;
     Ok(d)
 }
 

@@ -53,8 +53,11 @@ pub enum MemFault {
 /// Guest memory by linear address, as emulated instructions see it. Writes must
 /// keep translated code coherent (the engine's implementation invalidates units).
 pub trait GuestMemory {
-    fn read(&mut self, linear: u32, buf: &mut [u8]) -> Result<(), MemFault>;
-    fn write(&mut self, linear: u32, data: &[u8]) -> Result<(), MemFault>;
+    /// Reads at `linear`; `user`: a CPL-3 access (U/S checked), otherwise a
+    /// supervisor one (CPL 0–2, and descriptor-table, TSS and inner-stack
+    /// accesses at any CPL).
+    fn read(&mut self, linear: u32, buf: &mut [u8], user: bool) -> Result<(), MemFault>;
+    fn write(&mut self, linear: u32, data: &[u8], user: bool) -> Result<(), MemFault>;
 }
 
 /// The I/O port space as emulated `in`/`out` see it.

@@ -21,7 +21,7 @@ pub const KDATA: u16 = 0x10;
 pub struct VecMem(pub Vec<u8>);
 
 impl GuestMemory for VecMem {
-    fn read(&mut self, linear: u32, buf: &mut [u8]) -> Result<(), MemFault> {
+    fn read(&mut self, linear: u32, buf: &mut [u8], _user: bool) -> Result<(), MemFault> {
         let start = linear as usize;
         let src = self
             .0
@@ -31,7 +31,7 @@ impl GuestMemory for VecMem {
         Ok(())
     }
 
-    fn write(&mut self, linear: u32, data: &[u8]) -> Result<(), MemFault> {
+    fn write(&mut self, linear: u32, data: &[u8], _user: bool) -> Result<(), MemFault> {
         let start = linear as usize;
         let dst = self
             .0
@@ -91,7 +91,7 @@ impl TestMachine {
     }
 
     pub fn write(&mut self, addr: u32, data: &[u8]) {
-        self.mem.write(addr, data).unwrap();
+        self.mem.write(addr, data, false).unwrap();
     }
 
     pub fn write_u32(&mut self, addr: u32, v: u32) {
