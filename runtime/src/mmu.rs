@@ -102,12 +102,40 @@ impl SpaceMaps {
         Ok(())
     }
 
-    /// Drops the mappings that depended on the guest entry at `entry`; returns
-    /// their linear pages.
-    fn drop_entry(&mut self, view: &mut View, user_view: &mut View, entry: u32) -> Result<Vec<u32>, VmError> {
-        let Some(places) = self.deps.remove(&entry) else { return Ok(Vec::new()) };
+    /// Forgets the mapping at `place` (the caller unmaps it from its view).
+    fn forget(&mut self, place: Place) {
+        let Some(m) = self.mappings.remove(&place) else { return };
+        if let Some(places) = self.rmap.get_mut(&m.frame) {
+            places.retain(|&p| p != place);
+            if places.is_empty() {
+                self.rmap.remove(&m.frame);
+            }
+        }
+    }
+
+    /// Drops the mappings that depended on any of the guest `entries`, unmapping
+    /// consecutive pages with one host call; returns their linear pages.
+    fn drop_entries(&mut self, view: &mut View, user_view: &mut View, entries: &[u32]) -> Result<Vec<u32>, VmError> {
+        let mut places: Vec<Place> = Vec::new();
+        for entry in entries {
+            if let Some(list) = self.deps.remove(entry) {
+                places.extend(list.into_iter().filter(|p| self.mappings.contains_key(p)));
+            }
+        }
+        places.sort_unstable();
+        places.dedup();
         for &place in &places {
-            self.unmap(view, user_view, place)?;
+            self.forget(place);
+        }
+        let mut i = 0;
+        while i < places.len() {
+            let (user, start) = places[i];
+            let mut j = i + 1;
+            while j < places.len() && places[j] == (user, start.wrapping_add(0x1000 * (j - i) as u32)) {
+                j += 1;
+            }
+            pick_view(view, user_view, user).unmap(start, 0x1000 * (j - i) as u64)?;
+            i = j;
         }
         Ok(places.into_iter().map(|(_, l)| l).collect())
     }
@@ -532,12 +560,11 @@ impl Vm {
     }
 
     fn drop_entries(&mut self, entries: impl Iterator<Item = u32>) -> Result<(), VmError> {
-        let mut pages = HashSet::new();
-        for entry in entries {
-            pages.extend(self.shadow.maps.drop_entry(&mut self.view, &mut self.user_view, entry)?);
-            for idle in &mut self.shadow.idle {
-                pages.extend(idle.maps.drop_entry(&mut idle.view, &mut idle.user_view, entry)?);
-            }
+        let entries: Vec<u32> = entries.collect();
+        let mut pages: HashSet<u32> =
+            self.shadow.maps.drop_entries(&mut self.view, &mut self.user_view, &entries)?.into_iter().collect();
+        for idle in &mut self.shadow.idle {
+            pages.extend(idle.maps.drop_entries(&mut idle.view, &mut idle.user_view, &entries)?);
         }
         self.tr.invalidate_pages(&pages)?;
         Ok(())
