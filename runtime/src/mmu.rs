@@ -91,14 +91,10 @@ fn pick_view<'v>(view: &'v mut View, user_view: &'v mut View, user: bool) -> &'v
 
 impl SpaceMaps {
     fn unmap(&mut self, view: &mut View, user_view: &mut View, place: Place) -> Result<(), VmError> {
-        let Some(m) = self.mappings.remove(&place) else { return Ok(()) };
-        if let Some(places) = self.rmap.get_mut(&m.frame) {
-            places.retain(|&p| p != place);
-            if places.is_empty() {
-                self.rmap.remove(&m.frame);
-            }
+        if self.mappings.contains_key(&place) {
+            self.forget(place);
+            pick_view(view, user_view, place.0).unmap(place.1, 0x1000)?;
         }
-        pick_view(view, user_view, place.0).unmap(place.1, 0x1000)?;
         Ok(())
     }
 
