@@ -37,7 +37,7 @@ fn text_segment(path: &str) -> Image {
 
 fn main() {
     let mut image = text_segment(env!("BT86_BENCH_GUEST"));
-    let mut tr = Translator::new(64 << 20).expect("translator");
+    let mut tr = Translator::new(64 << 20, bt86_translator::Isa::default()).expect("translator");
     let mode = Mode { fpu: bt86_translator::fpu_mode::OSFXSR, ..Mode::default() };
     let end = image.base + u32::try_from(image.bytes.len()).expect("size");
     let (mut insns, mut units, mut host_bytes) = (0u64, 0u64, 0u64);

@@ -3,6 +3,8 @@
 //! registers, the system flags, MSRs. The general registers, eip, the arithmetic
 //! flags and the virtual IF live in the translator's `VcpuCtx`.
 
+use crate::cpu_model::CpuModel;
+use crate::emulate::MsrFile;
 use bt86_translator::Mode;
 
 /// Segment register indices, in x86 encoding order.
@@ -94,6 +96,10 @@ pub struct Cpu {
     pub sysenter_eip: u32,
     /// Added to the host TSC for the guest's view (set by a TSC MSR write).
     pub tsc_offset: i64,
+    /// What the CPU reports itself to be (CPUID) and the instructions it has.
+    pub model: &'static CpuModel,
+    /// MSRs that hold what the guest wrote to them.
+    pub msrs: MsrFile,
 }
 
 impl Default for Cpu {
@@ -114,6 +120,8 @@ impl Default for Cpu {
             sysenter_esp: 0,
             sysenter_eip: 0,
             tsc_offset: 0,
+            model: CpuModel::host(),
+            msrs: MsrFile::default(),
         }
     }
 }

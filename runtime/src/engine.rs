@@ -525,7 +525,7 @@ impl Vm {
         use iced_x86::Mnemonic::*;
         let mut bytes = [0u8; 16];
         let n = CodeFetch { ram: &self.ram, paging: None, user: false }.fetch(eip, &mut bytes);
-        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), iced_x86::DecoderOptions::NONE).decode();
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), self.tr.isa().decoder_options()).decode();
         let bulky = matches!(
             ins.mnemonic(),
             Movsb | Movsw | Movsd | Stosb | Stosw | Stosd | Insb | Insw | Insd | Pushad | Pusha | Enter
@@ -552,7 +552,7 @@ impl Vm {
         let paging = self.paging().then(|| self.paging_mode());
         let user = self.cpu.cpl() == 3;
         let n = CodeFetch { ram: &self.ram, paging, user }.fetch(eip, &mut bytes);
-        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), iced_x86::DecoderOptions::NONE).decode();
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), self.tr.isa().decoder_options()).decode();
         if bt86_translator::translate::is_adaptive_store(&ins) {
             self.tr.make_adaptive(eip)?;
         }

@@ -2,6 +2,7 @@
 //! and the engines.
 mod alarm;
 pub mod cpu;
+pub mod cpu_model;
 pub mod devices;
 pub mod emulate;
 mod engine;

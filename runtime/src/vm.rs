@@ -136,7 +136,7 @@ impl Vm {
         let ram = GuestRam::new(cfg.mem_bytes)?;
         let mut view = View::reserve()?;
         view.map_identity(ram.fd(), ram.size())?;
-        let mut tr = Translator::new(cfg.code_cache_bytes)?;
+        let mut tr = Translator::new(cfg.code_cache_bytes, crate::cpu_model::CpuModel::host().isa())?;
         tr.ctx_mut().gs_base = view.base();
         let mut platform_cfg = PlatformConfig::new(cfg.console, cfg.mem_bytes);
         platform_cfg.stdin_input = cfg.stdin_input;

@@ -911,3 +911,63 @@ proptest! {
     #[test]
     fn prop_mixed(c in gen::mixed()) { check(&c)?; }
 }
+
+// ---- forms translated by hand: counters in cx, enterw, xlat, masked stores ----
+
+/// `body` with `ecx` preset to each of `counts`, `eax` to 0 and 1 (ZF for the
+/// loope/loopne cases comes from `test %eax,%eax`): the registers after must agree.
+fn counted_cases(body: &[u8], counts: &[u32]) {
+    for &ecx in counts {
+        for eax in [0u32, 1] {
+            let mut regs = REGS;
+            regs[1] = ecx;
+            regs[0] = eax;
+            let code = cat(&[vec![0x85, 0xc0], body.to_vec(), mov(EDX, 0x77)]);
+            same(snippet(code, regs, 0));
+        }
+    }
+}
+
+#[test]
+fn jcxz_and_loops_count_in_cx() {
+    // Each branch skips `mov $1,%ebx` (5 bytes) when taken.
+    let skip = [0xbb, 0x01, 0x00, 0x00, 0x00];
+    let counts = [0, 1, 2, 0x1_0000, 0x1_0001, 0xffff_0000, 0x1234_ffff];
+    for opcode in [0xe3u8, 0xe2, 0xe1, 0xe0] {
+        counted_cases(&cat(&[vec![0x67, opcode, 0x05], skip.to_vec()]), &counts);
+    }
+    // A loop that runs: loopw back to a counter increment, cx = 3 with ecx's upper half set.
+    let code = cat(&[mov(ECX, 0xabcd_0003), mov(EAX, 0), vec![0x40, 0x67, 0xe2, 0xfc]]);
+    same(snippet(code, REGS, 0));
+}
+
+#[test]
+fn enterw_builds_a_16_bit_frame() {
+    for level in [0u8, 1, 2, 3] {
+        let code = cat(&[mov(EBP, 0x0010_f800 + u32::from(level) * 16), vec![0x66, 0xc8, 0x10, 0x00, level]]);
+        same(snippet(code, REGS, 0));
+    }
+}
+
+#[test]
+fn xlat_reads_ebx_plus_al() {
+    for al in [0u32, 0x7f, 0x80, 0xff] {
+        let code = cat(&[mov(EBX, DATA_ADDR + 0x10), mov(EAX, 0x1234_5600 | al), vec![0xd7]]);
+        same(snippet(code, REGS, 0));
+    }
+}
+
+#[test]
+fn masked_stores_write_through_edi() {
+    // maskmovq %mm1,%mm0 stores the bytes of mm0 whose mask byte in mm1 has bit 7 set.
+    let code = cat(&[
+        mov(EDI, DATA_ADDR + 0x20),
+        mov(EAX, 0x8000_8000),
+        vec![0x0f, 0x6e, 0xc8], // movd %eax,%mm1
+        mov(EAX, 0x1122_3344),
+        vec![0x0f, 0x6e, 0xc0], // movd %eax,%mm0
+        vec![0x0f, 0xf7, 0xc1], // maskmovq %mm1,%mm0
+        vec![0x0f, 0x77],       // emms
+    ]);
+    same(snippet(code, REGS, 0));
+}

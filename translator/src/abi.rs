@@ -104,7 +104,15 @@ pub struct VcpuCtx {
     pub xmm: [[u64; 2]; 8],
     /// Written by the signal handler.
     pub fault: FaultRecord,
+    /// Where translated `fxsave`/`fnsave`/`fnstenv` store the host's image before
+    /// a scrubbed copy goes to the guest (`translate::fpu`).
+    pub fpu_image: FpuImage,
 }
+
+/// A 512-byte, 16-byte-aligned buffer for an `fxsave` image.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug)]
+pub struct FpuImage(pub [u8; 512]);
 
 impl Default for VcpuCtx {
     fn default() -> Self {
@@ -127,6 +135,7 @@ impl Default for VcpuCtx {
             scratch: [0; 4],
             xmm: [[0; 2]; 8],
             fault: FaultRecord::default(),
+            fpu_image: FpuImage([0; 512]),
         }
     }
 }
@@ -154,6 +163,7 @@ pub mod off {
     pub const GUEST_MXCSR: i32 = o(offset_of!(VcpuCtx, guest_mxcsr));
     pub const SCRATCH: i32 = o(offset_of!(VcpuCtx, scratch));
     pub const XMM: i32 = o(offset_of!(VcpuCtx, xmm));
+    pub const FPU_IMAGE: i32 = o(offset_of!(VcpuCtx, fpu_image));
 }
 
 /// Guest arithmetic flags kept in host rflags: CF PF AF ZF SF DF OF.

@@ -13,7 +13,8 @@ use crate::exec_mem::{ExecMem, ExecMemError, PollHandle, PollPage};
 use crate::lookup::LookupTables;
 use crate::translate::{self, BuildError, CalloutSite, Fixup, GuestCode, SideEntry};
 use crate::world::{self, Stubs};
-use crate::{Mode};
+use crate::isa::Isa;
+use crate::Mode;
 use hashbrown::HashMap;
 use std::time::Instant;
 use thiserror::Error;
@@ -123,12 +124,15 @@ pub struct Translator {
     epoch: u64,
     /// Guest eips translated as `TracedWrite` callouts.
     adaptive: hashbrown::HashSet<u32>,
+    /// The guest CPU's instruction set.
+    isa: Isa,
     stats: TranslatorStats,
 }
 
 impl Translator {
-    /// A translator with a code cache of `cache_bytes`.
-    pub fn new(cache_bytes: usize) -> Result<Self, TranslatorError> {
+    /// A translator with a code cache of `cache_bytes` for a guest CPU with
+    /// instruction set `isa`.
+    pub fn new(cache_bytes: usize, isa: Isa) -> Result<Self, TranslatorError> {
         if !host_has_fsgsbase() {
             return Err(TranslatorError::NoFsgsbase);
         }
@@ -161,6 +165,7 @@ impl Translator {
             max_insns: translate::MAX_UNIT_INSNS,
             epoch: 0,
             adaptive: hashbrown::HashSet::new(),
+            isa,
             stats: TranslatorStats::default(),
         })
     }
@@ -256,6 +261,11 @@ impl Translator {
         Ok(())
     }
 
+    /// The guest CPU's instruction set.
+    pub fn isa(&self) -> &Isa {
+        &self.isa
+    }
+
     /// The current mode.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -301,6 +311,7 @@ impl Translator {
             first_site_id: first_site,
             max_insns: if transient { 1 } else { self.max_insns },
             adaptive: &self.adaptive,
+            isa: &self.isa,
         };
         let built = translate::build_unit(mem, key.eip, &key.mode, &place)?;
         if built.code.len() > MAX_UNIT_BYTES {

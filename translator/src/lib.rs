@@ -16,6 +16,7 @@
 //! - `cache`: units, slots (chaining), invalidation, side tables.
 //! - `lookup`: the indirect-branch lookup tables, one per (address space, mode).
 //! - `exec_mem`: the W^X code cache memory and the poll page.
+//! - `isa`: the guest CPU's instruction set, the allowlist of what may run IDENT.
 //! - `emit`: a small assembler over iced's encoder.
 //! - `semantics`: pure guest semantics for the instructions the VMM emulates
 //!   (BCD adjustments, arpl), shared with the runtime.
@@ -24,11 +25,13 @@ pub mod abi;
 pub mod cache;
 pub mod emit;
 pub mod exec_mem;
+pub mod isa;
 pub mod lookup;
 pub mod semantics;
 pub mod translate;
 pub mod world;
 
+pub use isa::Isa;
 pub use cache::{Translated, Translator, TranslatorError, TranslatorStats, UnitKey};
 pub use translate::{CalloutSite, Fixup, GuestCode};
 

@@ -175,3 +175,46 @@ mod tests {
         assert_eq!(arpl(0x13, 0x20), (0x13, false));
     }
 }
+
+/// The arithmetic flags of `a - b` on `size`-byte operands (cmp, cmps, scas).
+pub fn sub_flags(a: u32, b: u32, size: u32) -> u32 {
+    let bits = size * 8;
+    let mask = if bits >= 32 { u32::MAX } else { (1 << bits) - 1 };
+    let (a, b) = (a & mask, b & mask);
+    let r = a.wrapping_sub(b) & mask;
+    let sign = 1 << (bits - 1);
+    let mut f = 0;
+    if a < b {
+        f |= CF;
+    }
+    if r == 0 {
+        f |= ZF;
+    }
+    if r & sign != 0 {
+        f |= SF;
+    }
+    if (r as u8).count_ones().is_multiple_of(2) {
+        f |= PF;
+    }
+    if (a ^ b ^ r) & 0x10 != 0 {
+        f |= AF;
+    }
+    if (a ^ b) & (a ^ r) & sign != 0 {
+        f |= OF;
+    }
+    f
+}
+
+#[cfg(test)]
+mod sub_flags_tests {
+    use super::*;
+
+    #[test]
+    fn matches_known_compares() {
+        assert_eq!(sub_flags(1, 1, 4), ZF | PF);
+        assert_eq!(sub_flags(0, 1, 1), CF | SF | PF | AF);
+        assert_eq!(sub_flags(0x80, 1, 1), OF | AF);
+        assert_eq!(sub_flags(0x8000_0000, 1, 4), OF | AF | PF);
+        assert_eq!(sub_flags(0x1_0005, 3, 2), 0);
+    }
+}

@@ -1,5 +1,5 @@
 //! Control and debug registers, smsw/lmsw/clts, cache and TLB control, rdtsc,
-//! rdmsr/wrmsr, hlt.
+//! hlt (MSRs: `msr`).
 
 use super::addressing::{dest, gpr_index, read_op, write_dest};
 use super::{jump_next, EmuResult, Fault, Machine, Outcome};
@@ -26,11 +26,6 @@ const CR0_VALID: u32 = cr0::PE
     | cr0::CD
     | cr0::PG;
 
-/// MSRs.
-const MSR_TSC: u32 = 0x10;
-const MSR_SYSENTER_CS: u32 = 0x174;
-const MSR_SYSENTER_ESP: u32 = 0x175;
-const MSR_SYSENTER_EIP: u32 = 0x176;
 
 fn require_cpl0(m: &Machine<'_>) -> Result<(), Fault> {
     if m.cpu.cpl() == 0 {
@@ -84,31 +79,6 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
             }
             let tsc = guest_tsc(m);
             set_edx_eax(m, tsc);
-            Ok(Outcome::Continue)
-        }
-        Mnemonic::Rdmsr => {
-            require_cpl0(m)?;
-            let v = match m.ctx.gpr[1] {
-                MSR_TSC => guest_tsc(m),
-                MSR_SYSENTER_CS => u64::from(m.cpu.sysenter_cs),
-                MSR_SYSENTER_ESP => u64::from(m.cpu.sysenter_esp),
-                MSR_SYSENTER_EIP => u64::from(m.cpu.sysenter_eip),
-                // No local APIC (0x1b) and nothing else.
-                _ => return Err(Fault::gp0()),
-            };
-            set_edx_eax(m, v);
-            Ok(Outcome::Continue)
-        }
-        Mnemonic::Wrmsr => {
-            require_cpl0(m)?;
-            let v = (u64::from(m.ctx.gpr[2]) << 32) | u64::from(m.ctx.gpr[0]);
-            match m.ctx.gpr[1] {
-                MSR_TSC => m.cpu.tsc_offset = v.wrapping_sub(host_tsc()) as i64,
-                MSR_SYSENTER_CS => m.cpu.sysenter_cs = v as u32,
-                MSR_SYSENTER_ESP => m.cpu.sysenter_esp = v as u32,
-                MSR_SYSENTER_EIP => m.cpu.sysenter_eip = v as u32,
-                _ => return Err(Fault::gp0()),
-            }
             Ok(Outcome::Continue)
         }
         _ => Err(Fault::ud()),
@@ -256,7 +226,7 @@ fn set_edx_eax(m: &mut Machine<'_>, v: u64) {
 }
 
 /// The host time-stamp counter.
-fn host_tsc() -> u64 {
+pub(crate) fn host_tsc() -> u64 {
     // SAFETY: rdtsc reads a counter and has no memory effects; the host is x86-64
     // and bt86 runs only where the instruction is available (CR4.TSD is clear for
     // user space on Linux).
@@ -264,7 +234,7 @@ fn host_tsc() -> u64 {
 }
 
 /// The guest's time-stamp counter: the host's plus the guest's offset.
-fn guest_tsc(m: &Machine<'_>) -> u64 {
+pub(crate) fn guest_tsc(m: &Machine<'_>) -> u64 {
     host_tsc().wrapping_add(m.cpu.tsc_offset as u64)
 }
 
@@ -405,7 +375,7 @@ mod tests {
         let first = (u64::from(t.ctx.gpr[2]) << 32) | u64::from(t.ctx.gpr[0]);
         assert!(first > 0);
         // wrmsr TSC = 0x100_0000_0000: reads continue from there.
-        t.ctx.gpr[1] = MSR_TSC;
+        t.ctx.gpr[1] = super::super::msr::TSC;
         t.ctx.gpr[2] = 0x100;
         t.ctx.gpr[0] = 0;
         assert_eq!(t.run(&[0x0f, 0x30]), Outcome::Continue);
@@ -430,14 +400,12 @@ mod tests {
             (t.cpu.sysenter_cs, t.cpu.sysenter_esp, t.cpu.sysenter_eip),
             (0x10, 0x9000, 0xc000_0000)
         );
-        // APIC base and unknown MSRs: #GP(0).
-        t.ctx.gpr[1] = 0x1b;
-        assert_eq!(t.run(&[0x0f, 0x32]), gp(0));
+        // Unknown MSRs: #GP(0).
         t.ctx.gpr[1] = 0xc000_0080;
         assert_eq!(t.run(&[0x0f, 0x30]), gp(0));
         // CPL 3: rdmsr #GP; rdtsc allowed unless CR4.TSD.
         t.set_cpl(3);
-        t.ctx.gpr[1] = MSR_TSC;
+        t.ctx.gpr[1] = super::super::msr::TSC;
         assert_eq!(t.run(&[0x0f, 0x32]), gp(0));
         assert_eq!(t.run(&[0x0f, 0x31]), Outcome::Continue);
         t.cpu.cr4 = CR4_TSD;

@@ -25,8 +25,11 @@ mod flags;
 mod interrupts;
 mod io;
 mod legacy;
+mod msr;
 mod segments;
 mod stack;
+mod string;
+mod sysenter;
 mod tables;
 pub mod traced;
 #[cfg(test)]
@@ -39,6 +42,7 @@ use bt86_translator::{CalloutKind, CalloutSite};
 use iced_x86::{Formatter, GasFormatter, Mnemonic};
 
 pub use delivery::{deliver_event, DeliveryFailure, EventSource};
+pub use msr::MsrFile;
 
 /// A guest memory access that cannot complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,9 +312,12 @@ fn dispatch(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         Lgdt | Lidt | Sgdt | Sidt | Lldt | Sldt | Ltr | Str | Lar | Lsl | Verr | Verw => {
             tables::emulate(m, site)
         }
-        Smsw | Lmsw | Clts | Invlpg | Wbinvd | Invd | Rdtsc | Rdmsr | Wrmsr => {
-            control::emulate(m, site)
-        }
+        Smsw | Lmsw | Clts | Invlpg | Wbinvd | Invd | Rdtsc => control::emulate(m, site),
+        Rdmsr => msr::rdmsr(m),
+        Wrmsr => msr::wrmsr(m),
+        Rdpmc => msr::rdpmc(m),
+        Sysenter => sysenter::sysenter(m),
+        Sysexit => sysenter::sysexit(m),
         Mov if segments::touches_sreg(ins) => segments::mov(m, site),
         Mov => control::mov_cr_dr(m, site),
         Push | Pop if segments::touches_sreg(ins) => segments::push_pop(m, site),
@@ -322,6 +329,8 @@ fn dispatch(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         Int | Int1 | Int3 | Into => interrupts::emulate(m, site),
         Iret | Iretd => delivery::iret(m, site),
         Cli | Sti => delivery::cli_sti(m, site),
+        Movsb | Movsw | Movsd | Stosb | Stosw | Stosd | Lodsb | Lodsw | Lodsd | Cmpsb | Cmpsw | Cmpsd
+        | Scasb | Scasw | Scasd => string::emulate(m, site),
         // Not in system-management mode.
         Rsm => Err(Fault::ud()),
         _ => Err(Fault::Unsupported(describe(m, site))),

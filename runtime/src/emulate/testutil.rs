@@ -102,6 +102,10 @@ impl TestMachine {
         self.write(addr, &v.to_le_bytes());
     }
 
+    pub fn read(&self, addr: u32, len: usize) -> Vec<u8> {
+        self.mem.0[addr as usize..addr as usize + len].to_vec()
+    }
+
     pub fn read_u8(&self, addr: u32) -> u8 {
         self.mem.0[addr as usize]
     }

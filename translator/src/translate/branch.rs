@@ -5,7 +5,6 @@
 use super::stack::{guest_operand, host_reg};
 use super::{Builder, Flow};
 use crate::emit::{gmem, ins2i, ins2rm, EmitError};
-use crate::CalloutKind;
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
 pub(super) fn translate(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
@@ -99,21 +98,50 @@ fn ret(b: &mut Builder<'_>, i: &Instruction) -> Result<(), EmitError> {
 
 /// loop/loope/loopne/jecxz with a 32-bit counter: the host instruction with an
 /// address-size prefix (which selects ecx), branching over the fall-through exit.
+/// With a 16-bit counter (cx), the same done by hand.
 fn counted(b: &mut Builder<'_>, i: &Instruction) -> Result<(), EmitError> {
     let opcode = match i.code() {
-        Code::Loopne_rel8_16_ECX | Code::Loopne_rel8_32_ECX => 0xe0,
-        Code::Loope_rel8_16_ECX | Code::Loope_rel8_32_ECX => 0xe1,
-        Code::Loop_rel8_16_ECX | Code::Loop_rel8_32_ECX => 0xe2,
+        Code::Loopne_rel8_32_ECX => 0xe0,
+        Code::Loope_rel8_32_ECX => 0xe1,
+        Code::Loop_rel8_32_ECX => 0xe2,
         Code::Jecxz_rel8_16 | Code::Jecxz_rel8_32 => 0xe3,
-        _ => {
-            // A 16-bit counter (cx): compilers never emit it in 32-bit code.
-            b.callout(CalloutKind::Unsupported)?;
-            b.jmp_slot(b.next_eip());
-            return Ok(());
-        }
+        _ => return counted16(b, i),
     };
     b.a.bytes(&[0x67, opcode, 0x05]);
     b.jmp_slot(b.next_eip());
     b.jmp_slot(target(i));
+    Ok(())
+}
+
+/// jcxz and loop/loope/loopne counting in cx (an address-size prefix): cx is
+/// decremented with `lea`/`mov` and tested with `jrcxz` on a copy, so the flags
+/// stay the guest's.
+fn counted16(b: &mut Builder<'_>, i: &Instruction) -> Result<(), EmitError> {
+    use iced_x86::ConditionCode;
+    use Register::*;
+    let zf_exit = match i.mnemonic() {
+        Mnemonic::Jcxz => Option::None,
+        Mnemonic::Loope => Some(ConditionCode::ne),
+        Mnemonic::Loopne => Some(ConditionCode::e),
+        _ => Some(ConditionCode::None),
+    };
+    if let Some(cc) = zf_exit {
+        b.a.lea32(R10D, RCX, -1)?;
+        b.a.mov_rr_sized(CX, R10W)?;
+        if cc != ConditionCode::None {
+            // loope leaves on ZF = 0, loopne on ZF = 1, whatever cx is.
+            b.jcc_slot(cc, b.next_eip());
+        }
+    }
+    let (zero, nonzero) = if zf_exit.is_some() { (b.next_eip(), target(i)) } else { (target(i), b.next_eip()) };
+    b.a.mov_rr(R10, RCX)?;
+    b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, ECX, CX).map_err(crate::emit::ice)?)?;
+    b.a.bytes(&[0xe3, 0x00]); // jrcxz: cx == 0
+    let at = b.a.pos() - 1;
+    b.a.mov_rr(RCX, R10)?;
+    b.jmp_slot(nonzero);
+    b.a.patch_rel8_here(at);
+    b.a.mov_rr(RCX, R10)?;
+    b.jmp_slot(zero);
     Ok(())
 }

@@ -27,20 +27,32 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
         // VEX/EVEX/XOP/3DNow!: hidden from the guest's CPUID, so #UD as on a CPU without them.
         return special::raise_ud(b);
     }
-    if ins.flow_control() != FlowControl::Next || denied(&ins) {
+    if ins.flow_control() != FlowControl::Next {
         b.callout(CalloutKind::Unsupported)?;
         return Ok(Flow::End);
     }
     if ins.mnemonic() == iced_x86::Mnemonic::Xlatb {
         return xlat(b);
     }
+    if is_hint_nop(&ins, b) {
+        // Nothing to do, and nothing the host might read as a newer instruction.
+        return Ok(Flow::Next);
+    }
     let mut out = ins;
     convert_legacy_code(&mut out);
+    // A rep/repne prefix means nothing to a non-string instruction here, but the
+    // host may read it as another instruction (f3 0f bc: tzcnt, not bsf), and
+    // f2/f3 with lock are HLE hints: drop them (string forms are `string`'s).
+    out.set_has_rep_prefix(false);
+    out.set_has_repne_prefix(false);
     if !out.code().op_code().mode64() {
         // A 32-bit-only form this module does not re-express: never hand the host
         // bytes that mean something else in 64-bit mode.
         b.callout(CalloutKind::Unsupported)?;
         return Ok(Flow::End);
+    }
+    if implicit_edi(&out) {
+        return masked_store(b, out);
     }
     let uses_memory = (0..out.op_count()).any(|i| out.op_kind(i) == OpKind::Memory);
     let needs_ea = uses_memory && needs_ea_register(&out, b);
@@ -68,22 +80,59 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     }
 }
 
-/// Instructions that are unprivileged on the host but must never run there: they
-/// would reach host state (protection keys, shadow stacks, monitor/mwait on a host
-/// address) or are privileged and meaningless.
-fn denied(ins: &Instruction) -> bool {
+/// Hints that do nothing on the guest CPU: `nop` with operands, the reserved-nop
+/// space (`0f 19`..`0f 1f`, where hosts put cldemote, endbr, rdssp...), and
+/// prefetches on a CPU with long nops but without SSE.
+fn is_hint_nop(i: &Instruction, b: &Builder<'_>) -> bool {
     use iced_x86::Mnemonic::*;
-    matches!(
-        ins.mnemonic(),
-        Wrpkru | Rdpkru | Xsetbv | Wrfsbase | Wrgsbase | Rdfsbase | Rdgsbase | Swapgs | Incsspd
-            | Incsspq | Rdsspd | Rdsspq | Wrssd | Wrssq | Wrussd | Wrussq | Rstorssp | Saveprevssp
-            | Setssbsy | Clrssbsy | Monitor | Monitorx | Mwait | Mwaitx | Umonitor | Umwait
-            | Tpause | Encls | Enclu | Enclv | Rdpid | Rdtscp | Ptwrite | Xgetbv | Clac | Stac
-            | Rdpmc | Rsm | Hreset | Serialize | Uiret | Testui | Clui | Stui | Senduipi
-    )
+    match i.mnemonic() {
+        Nop | Reservednop => true,
+        Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 => !b.isa.allows(i),
+        _ => false,
+    }
 }
 
-/// `inc`/`dec` 0x40–0x4f do not exist in 64-bit mode: use the ModRM forms.
+/// `maskmovq`/`maskmovdqu` store to `ds:(edi)` without a memory operand.
+fn implicit_edi(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|op| matches!(i.op_kind(op), OpKind::MemorySegEDI | OpKind::MemorySegDI))
+}
+
+/// A masked store through the view: `%gs` override, 32-bit addressing. A segment
+/// base or 16-bit addressing is folded into edi for the one instruction (the
+/// guest's edi waits in the scratch slot, where a fault finds it).
+fn masked_store(b: &mut Builder<'_>, mut out: Instruction) -> Result<Flow, EmitError> {
+    use Register::*;
+    let base = b.mode.seg_base(b.ins.memory_segment());
+    let a16 = (0..out.op_count()).any(|op| out.op_kind(op) == OpKind::MemorySegDI);
+    for op in 0..out.op_count() {
+        if out.op_kind(op) == OpKind::MemorySegDI {
+            out.set_op_kind(op, OpKind::MemorySegEDI);
+        }
+    }
+    out.set_segment_prefix(GS);
+    if !memory_is_confined(&out) {
+        b.callout(CalloutKind::Unsupported)?;
+        return Ok(Flow::End);
+    }
+    let rebase = a16 || base != 0;
+    if rebase {
+        b.fixup_from_here(Fixup::SpilledLegacy(7));
+        b.a.store_ctx64(crate::abi::off::SCRATCH, RDI)?;
+        if a16 {
+            b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, EDI, DI).map_err(ice)?)?;
+        }
+        b.a.lea32(EDI, RDI, i64::from(base as i32))?;
+    }
+    b.a.ins(&out)?;
+    if rebase {
+        b.a.load_ctx64(RDI, crate::abi::off::SCRATCH)?;
+        b.fixup_end();
+    }
+    Ok(Flow::Next)
+}
+
+/// `inc`/`dec` 0x40–0x4f and the 0x82 aliases do not exist in 64-bit mode, and
+/// moffs operands cannot be rebased: use the ModRM forms.
 fn convert_legacy_code(i: &mut Instruction) {
     let code = match i.code() {
         Code::Inc_r16 => Code::Inc_rm16,
@@ -99,6 +148,14 @@ fn convert_legacy_code(i: &mut Instruction) {
         Code::Sub_rm8_imm8_82 => Code::Sub_rm8_imm8,
         Code::Xor_rm8_imm8_82 => Code::Xor_rm8_imm8,
         Code::Cmp_rm8_imm8_82 => Code::Cmp_rm8_imm8,
+        // moffs forms take no base register: the ModRM forms can take the
+        // effective address a segment base or 16-bit addressing needs.
+        Code::Mov_AL_moffs8 => Code::Mov_r8_rm8,
+        Code::Mov_AX_moffs16 => Code::Mov_r16_rm16,
+        Code::Mov_EAX_moffs32 => Code::Mov_r32_rm32,
+        Code::Mov_moffs8_AL => Code::Mov_rm8_r8,
+        Code::Mov_moffs16_AX => Code::Mov_rm16_r16,
+        Code::Mov_moffs32_EAX => Code::Mov_rm32_r32,
         _ => return,
     };
     i.set_code(code);
@@ -284,16 +341,21 @@ pub(super) fn reg_number(r: Register) -> u8 {
     u8::try_from(r.full_register32() as usize - Register::EAX as usize).expect("legacy register")
 }
 
-/// xlat reads `ds:(%ebx + %al)`: with a flat segment the host instruction with a
-/// `%gs` override and 32-bit addressing does exactly that inside the view.
+/// xlat: al = the byte at `ds:(%ebx + %al)` (or `(%bx + %al)` with 16-bit
+/// addressing), through the view like any load; the address is built with
+/// flag-free `movzx`/`lea`.
 fn xlat(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    use Register::*;
     let i = b.ins;
-    if i.memory_base() != Register::EBX || b.mode.seg_base(i.memory_segment()) != 0 {
-        b.callout(CalloutKind::Unsupported)?;
-        return Ok(Flow::End);
+    b.a.ins(&Instruction::with2(Code::Movzx_r32_rm8, R9D, AL).map_err(ice)?)?;
+    b.a.ins(&ins2rm(Code::Lea_r32_m, R9D, MemoryOperand::with_base_index(RBX, R9)))?;
+    if i.memory_base() == BX {
+        b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, R9D, R9W).map_err(ice)?)?;
     }
-    let mut out = i;
-    out.set_segment_prefix(Register::GS);
-    b.a.ins(&out)?;
+    let base = b.mode.seg_base(i.memory_segment());
+    if base != 0 {
+        b.a.lea32(R9D, R9, i64::from(base as i32))?;
+    }
+    b.a.ins(&ins2rm(Code::Mov_r8_rm8, AL, crate::emit::gmem(R9D, 0)))?;
     Ok(Flow::Next)
 }

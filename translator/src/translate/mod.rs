@@ -10,6 +10,7 @@
 //! undo the difference).
 
 mod branch;
+mod fpu;
 mod ident;
 mod special;
 mod stack;
@@ -17,10 +18,11 @@ mod string;
 
 use crate::abi::off;
 use crate::emit::{Asm, EmitError};
+use crate::isa::Isa;
 use crate::world::Stubs;
 use crate::{CalloutKind, Mode};
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
+use iced_x86::{Decoder, Instruction, Mnemonic};
 
 /// Most guest instructions in one unit.
 pub const MAX_UNIT_INSNS: usize = 64;
@@ -119,6 +121,8 @@ pub(crate) struct Builder<'a> {
     /// The instruction being translated.
     pub ins: Instruction,
     pub adaptive: &'a hashbrown::HashSet<u32>,
+    /// The guest's instruction set (what may run IDENT).
+    pub isa: &'a Isa,
 }
 
 impl Builder<'_> {
@@ -184,6 +188,8 @@ pub struct UnitPlacement<'a> {
     pub max_insns: usize,
     /// Guest eips whose stores go through the VMM (adaptive translation).
     pub adaptive: &'a hashbrown::HashSet<u32>,
+    /// The guest's instruction set.
+    pub isa: &'a Isa,
 }
 
 /// Builds one unit starting at `eip`.
@@ -193,7 +199,7 @@ pub fn build_unit(
     mode: &Mode,
     place: &UnitPlacement<'_>,
 ) -> Result<BuiltUnit, BuildError> {
-    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns, adaptive } = *place;
+    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns, adaptive, isa } = *place;
     let window = fetch_window(mem, eip);
     if window.is_empty() {
         return Err(BuildError::Fetch(eip));
@@ -208,10 +214,11 @@ pub fn build_unit(
         first_site_id,
         ins: Instruction::default(),
         adaptive,
+        isa,
     };
     // The poll: a load from the poll page, which the VMM revokes to stop us here.
     b.a.bytes(&[0x45, 0x8a, 0x4d, 0x00]); // mov r9b, [r13+0]
-    let mut dec = Decoder::with_ip(32, &window, u64::from(eip), DecoderOptions::NONE);
+    let mut dec = Decoder::with_ip(32, &window, u64::from(eip), isa.decoder_options());
     let page_end = (u64::from(eip) & !0xfff) + 0x1000;
     let mut count = 0;
     let mut guest_len = 0u32;
@@ -315,6 +322,13 @@ fn translate_or_refuse(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     }
 }
 
+/// A prefetch hint on a CPU that has the long-nop space but not SSE: a nop there.
+fn prefetch_as_nop(b: &Builder<'_>) -> bool {
+    use Mnemonic::*;
+    matches!(b.ins.mnemonic(), Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2)
+        && b.isa.has(iced_x86::CpuidFeature::MULTIBYTENOP)
+}
+
 /// Translates the instruction in `b.ins` by family.
 fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     use Mnemonic::*;
@@ -322,6 +336,10 @@ fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     if b.adaptive.contains(&b.ins.ip32()) && is_adaptive_store(&b.ins) {
         b.callout(CalloutKind::TracedWrite)?;
         return Ok(Flow::Next);
+    }
+    if !b.ins.is_invalid() && !b.isa.allows(&b.ins) && !prefetch_as_nop(b) {
+        // An instruction of an extension the guest CPU does not have.
+        return special::raise_ud(b);
     }
     if let Some(flow) = special::translate(b)? {
         return Ok(flow);
@@ -348,3 +366,5 @@ fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod sweep;

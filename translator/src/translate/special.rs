@@ -39,12 +39,12 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         Sti => end(b, CalloutKind::Emulate)?,
         Salc => salc(b)?,
         Into => into(b)?,
-        Ud0 | Ud1 | Ud2 | Monitor | Mwait | Syscall | Sysret | Sysexit | Sysenter => raise_ud(b)?,
-        // Features CPUID hides from the guest (PCID, XSAVES, VMX, SVM, SMX): #UD, as
-        // on a CPU without them, rather than whatever the host says at CPL 3.
-        Invpcid | Xsaves | Xrstors | Xsavec | Xsaveopt | Getsec | Vmcall | Vmlaunch | Vmresume | Vmxoff
-        | Vmxon | Vmread | Vmwrite | Vmptrld | Vmptrst | Vmclear | Invept | Invvpid | Vmfunc | Vmrun
-        | Vmload | Vmsave | Vmmcall | Stgi | Clgi | Skinit | Invlpga => raise_ud(b)?,
+        // Extensions the guest CPU lacks never get here (`Isa::allows`).
+        Ud0 | Ud1 | Ud2 | Syscall | Sysret => raise_ud(b)?,
+        Sysenter | Sysexit => end(b, CalloutKind::Emulate)?,
+        // They store the last x87 instruction's host address and (fxsave) host
+        // registers a 32-bit CPU does not have: saved through a scrubbed copy.
+        Fxsave | Fnsave | Fsave | Fnstenv | Fstenv => super::fpu::save(b)?,
         Hlt | Iretd | Iret | Int | Int1 | Int3 | Retf | Popfd | Popf | Rsm => end(b, CalloutKind::Emulate)?,
         Jmp | Call if is_far(&i) => end(b, CalloutKind::Emulate)?,
         Mov if touches_sreg(&i) => end(b, CalloutKind::Emulate)?,
@@ -53,7 +53,7 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         Lds | Les | Lfs | Lgs | Lss => end(b, CalloutKind::Emulate)?,
         Pushfd | Pushf | In | Out | Insb | Insw | Insd | Outsb | Outsw | Outsd | Lgdt | Sgdt | Lidt
         | Sidt | Lldt | Sldt | Ltr | Str | Smsw | Lmsw | Lar | Lsl | Verr | Verw | Cpuid | Rdtsc
-        | Rdmsr | Wrmsr | Wbinvd | Invd | Clts | Invlpg | Daa | Das | Aaa | Aas | Aam | Aad
+        | Rdmsr | Wrmsr | Rdpmc | Wbinvd | Invd | Clts | Invlpg | Daa | Das | Aaa | Aas | Aam | Aad
         | Bound | Arpl => {
             b.callout(CalloutKind::Emulate)?;
             Flow::Next
@@ -123,7 +123,10 @@ fn into(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
 }
 
 /// Whether CR0/CR4 make an x87, MMX or SSE instruction fault, as the SDM's
-/// "Action taken" table for EM, MP, TS and OSFXSR gives it.
+/// "Action taken" table for EM, MP, TS and OSFXSR gives it: OSFXSR guards only
+/// what touches XMM registers or MXCSR; the SSE instructions on MMX registers
+/// (pshufw, maskmovq, ...) follow the MMX rules; the ones on general registers
+/// or memory alone (movnti, the fences, prefetches, clflush, crc32) check nothing.
 fn fpu_unavailable(i: &Instruction, fpu: u8) -> Option<CalloutKind> {
     use crate::fpu_mode::{EM, MP, OSFXSR, TS};
     use iced_x86::CpuidFeature as F;
@@ -133,16 +136,18 @@ fn fpu_unavailable(i: &Instruction, fpu: u8) -> Option<CalloutKind> {
     }
     let features = i.cpuid_features();
     let has = |f: &[F]| features.iter().any(|x| f.contains(x));
+    let regs = |pred: fn(Register) -> bool| (0..i.op_count()).any(|op| i.op_kind(op) == OpKind::Register && pred(i.op_register(op)));
     if has(&[F::FXSR]) {
         return (em || ts).then_some(CalloutKind::RaiseNm);
     }
-    if has(&[F::SSE, F::SSE2, F::SSE3, F::SSSE3, F::SSE4_1, F::SSE4_2, F::AES, F::PCLMULQDQ, F::SSE4A]) {
+    let xmm = regs(Register::is_xmm) || matches!(i.mnemonic(), Mnemonic::Ldmxcsr | Mnemonic::Stmxcsr);
+    if xmm {
         if em || !osfxsr {
             return Some(CalloutKind::RaiseUd);
         }
         return ts.then_some(CalloutKind::RaiseNm);
     }
-    if has(&[F::MMX]) {
+    if has(&[F::MMX]) || regs(Register::is_mm) {
         if em {
             return Some(CalloutKind::RaiseUd);
         }

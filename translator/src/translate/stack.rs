@@ -6,7 +6,6 @@
 use super::ident::materialize_ea;
 use super::{Builder, Flow};
 use crate::emit::{gmem, ins2i, ins2m, ins2rm, EmitError};
-use crate::CalloutKind;
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
 const GUEST: [Register; 8] = crate::world::GUEST_REGS;
@@ -182,25 +181,27 @@ fn popa(b: &mut Builder<'_>, size: i32) -> Result<Flow, EmitError> {
     Ok(Flow::Next)
 }
 
+/// enter alloc, level (32- or 16-bit operand size; the stack is 32-bit here):
+/// push (e)bp, copy `level - 1` frame pointers from the old frame, push the new
+/// frame pointer, point (e)bp at the new frame, allocate.
 fn enter(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     let i = b.ins;
-    if i.code() != Code::Enterd_imm16_imm8 {
-        b.callout(CalloutKind::Unsupported)?;
-        return Ok(Flow::End);
-    }
+    let size: i32 = if i.code() == Code::Enterw_imm16_imm8 { 2 } else { 4 };
+    let n = i64::from(size);
     let alloc = i64::from(i.immediate16());
     let level = i64::from(i.immediate8_2nd() & 31);
-    b.a.ins(&ins2m(Code::Mov_rm32_r32, gmem(Register::R8D, -4), Register::EBP))?;
+    let (bp, tmp) = (sized(Register::EBP, size), scratch(size));
+    b.a.ins(&ins2m(mov_store(size), gmem(Register::R8D, -n), bp))?;
     for k in 1..level {
-        b.a.ins(&ins2rm(Code::Mov_r32_rm32, Register::R9D, gmem(Register::EBP, -4 * k)))?;
-        b.a.ins(&ins2m(Code::Mov_rm32_r32, gmem(Register::R8D, -4 - 4 * k), Register::R9D))?;
+        b.a.ins(&ins2rm(mov_load(size), tmp, gmem(Register::EBP, -n * k)))?;
+        b.a.ins(&ins2m(mov_store(size), gmem(Register::R8D, -n - n * k), tmp))?;
     }
+    b.a.lea32(Register::R9D, Register::R8, -n)?;
     if level > 0 {
-        b.a.lea32(Register::R9D, Register::R8, -4)?;
-        b.a.ins(&ins2m(Code::Mov_rm32_r32, gmem(Register::R8D, -4 - 4 * level), Register::R9D))?;
+        b.a.ins(&ins2m(mov_store(size), gmem(Register::R8D, -n - n * level), tmp))?;
     }
-    b.a.lea32(Register::EBP, Register::R8, -4)?;
-    adjust_esp(b, -4 - 4 * level - alloc)?;
+    b.a.mov_rr_sized(bp, tmp)?;
+    adjust_esp(b, -n - n * level - alloc)?;
     Ok(Flow::Next)
 }
 

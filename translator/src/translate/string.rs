@@ -31,11 +31,10 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     let src_base = if uses_src { b.mode.seg_base(i.memory_segment()) } else { 0 };
     let dst_base = if uses_dst { b.mode.seg_base(Register::ES) } else { 0 };
     if sixteen || src_base != 0 || dst_base != 0 {
-        // 16-bit string addressing or non-flat string segments: not emitted by
-        // 32-bit compilers; stop clearly rather than guess.
-        b.callout(CalloutKind::Unsupported)?;
-        b.jmp_slot(b.next_eip());
-        return Ok(Flow::End);
+        // 16-bit string addressing or segments with a base: not emitted by 32-bit
+        // compilers; the VMM emulates them, with the segment checks.
+        b.callout(CalloutKind::Emulate)?;
+        return Ok(Flow::Next);
     }
     let mut host = i;
     for op in 0..host.op_count() {
