@@ -50,12 +50,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a multiboot (v1) ELF kernel.
+    /// Run a kernel: a multiboot (v1) ELF or a Linux bzImage (told apart by content).
     #[command(after_help = EXIT_STATUS_HELP)]
     Run {
-        /// The kernel image (32-bit ELF with a multiboot header).
+        /// The kernel image: a 32-bit ELF with a multiboot header, or a Linux bzImage.
         #[arg(long, value_name = "PATH")]
         kernel: PathBuf,
+        /// An initial ramdisk: Linux's initrd, or module 0 for a multiboot kernel.
+        #[arg(long, value_name = "PATH")]
+        initrd: Option<PathBuf>,
         #[command(flatten)]
         opts: RunOpts,
     },
@@ -94,8 +97,8 @@ struct RunOpts {
     /// Guest RAM in MiB.
     #[arg(long, value_name = "MiB", default_value_t = DEFAULT_MEM_MIB)]
     mem: u32,
-    /// The kernel command line (passed in the multiboot information).
-    #[arg(long, value_name = "STR", default_value = "")]
+    /// The kernel command line (`--cmdline` is the same option).
+    #[arg(long = "append", visible_alias = "cmdline", value_name = "STR", default_value = "")]
     cmdline: String,
     /// Print statistics to stderr when the guest stops (`--stats` or `--stats=json`).
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text")]
@@ -142,24 +145,39 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     // The guest's serial port reads the terminal (or a pipe) only for `run`.
-    let (image, opts, console_input) = match cli.command {
-        Command::Run { kernel, opts } => match read_kernel(&kernel) {
-            Ok(image) => (image, opts, true),
-            Err(e) => {
-                eprintln!("bt86: {e:#}");
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
-        },
-        Command::Demo { opts } => (DEMO_KERNEL.to_vec(), opts, false),
+    let (inputs, opts, console_input) = match cli.command {
+        Command::Run { kernel, initrd, opts } => (Inputs::Files { kernel, initrd }, opts, true),
+        Command::Demo { opts } => (Inputs::Demo, opts, false),
         Command::Compare { kernel, mem, cmdline, allow_software_kvm, timeout } => {
             return compare::main(&compare::Settings { kernel, mem, cmdline, allow_software_kvm, timeout });
         }
     };
-    run(&image, &opts, console_input)
+    run(inputs, &opts, console_input)
+}
+
+/// Where the kernel (and initrd) come from.
+enum Inputs {
+    Demo,
+    Files { kernel: PathBuf, initrd: Option<PathBuf> },
+}
+
+/// Reads an input file of at most `limit` bytes: a larger file (or an endless one
+/// such as /dev/zero) cannot fit in guest RAM, so reading stops there.
+fn read_bounded(path: &Path, what: &str, limit: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let mut data = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if data.len() as u64 > limit {
+        anyhow::bail!("{what} {} is larger than guest RAM ({} MiB)", path.display(), limit >> 20);
+    }
+    Ok(data)
 }
 
 fn read_kernel(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read kernel image {}", path.display()))
+    read_bounded(path, "kernel image", u64::from(bt86_runtime::memory::MAX_RAM))
 }
 
 /// `--timeout SECS` as a duration, or a message for bad input.
@@ -171,7 +189,7 @@ fn parse_timeout(secs: f64) -> Result<Duration, String> {
     }
 }
 
-fn run(image: &[u8], opts: &RunOpts, console_input: bool) -> ExitCode {
+fn run(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitCode {
     let timeout = match opts.timeout.map(parse_timeout).transpose() {
         Ok(t) => t,
         Err(e) => {
@@ -179,12 +197,38 @@ fn run(image: &[u8], opts: &RunOpts, console_input: bool) -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    // The time limit runs from here: reading a FIFO nobody writes must not hang us.
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    if let Some(t) = timeout {
+        std::thread::spawn(move || {
+            std::thread::sleep(t);
+            if !VM_STARTED.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("bt86: --timeout reached before the guest started");
+                std::process::exit(i32::from(EXIT_GUEST_FAILED));
+            }
+        });
+    }
     // The host check comes first, so a refusal is quick and does not depend on the kernel.
     if opts.engine == Engine::Kvm {
         if let Err(code) = check_kvm_host(opts.allow_software_kvm) {
             return code;
         }
     }
+    let ram_limit = u64::from(opts.mem) << 20;
+    let loaded = match &inputs {
+        Inputs::Demo => Ok((DEMO_KERNEL.to_vec(), None)),
+        Inputs::Files { kernel, initrd } => read_bounded(kernel, "kernel image", ram_limit).and_then(|k| {
+            let i = initrd.as_deref().map(|p| read_bounded(p, "initrd", ram_limit)).transpose()?;
+            Ok((k, i))
+        }),
+    };
+    let (image, initrd) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("bt86: {e:#}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let mut cfg = VmConfig::new(opts.mem, Box::new(std::io::stdout()));
     cfg.stdin_input = console_input && opts.engine == Engine::Bt;
     let mut vm = match Vm::new(cfg) {
@@ -198,15 +242,20 @@ fn run(image: &[u8], opts: &RunOpts, console_input: bool) -> ExitCode {
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
-    if let Err(e) = vm.load_multiboot(image, &opts.cmdline) {
+    if let Err(e) = vm.load_kernel(&image, &opts.cmdline, initrd.as_deref()) {
         eprintln!("bt86: {e}");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
+    VM_STARTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let remaining = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
     match opts.engine {
-        Engine::Bt => run_bt(&mut vm, opts.stats, timeout),
-        Engine::Kvm => run_kvm(&mut vm, opts, timeout),
+        Engine::Bt => run_bt(&mut vm, opts.stats, remaining),
+        Engine::Kvm => run_kvm(&mut vm, opts, remaining),
     }
 }
+
+/// Set once the guest runs; until then the --timeout watchdog ends the process.
+static VM_STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Refuses (exit status 4, one line naming the reason) unless KVM is usable here;
 /// warns on a software-backed KVM that the user allowed.

@@ -56,6 +56,11 @@ impl Vm {
         let started = Instant::now();
         let result = self.run_loop();
         signals::deactivate();
+        if let Ok(outcome) = &result {
+            if !matches!(outcome, RunOutcome::GuestExit(_) | RunOutcome::Halted { .. } | RunOutcome::Reset) {
+                tracing::debug!("guest stopped: {outcome:?}\n{}", self.describe_state());
+            }
+        }
         self.stats.run_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.bus.flush();
         result
@@ -512,10 +517,36 @@ impl Vm {
             }
             return Ok(Next::Transient(eip));
         }
-        if linear >= self.ram.size() || linear.checked_add(16).is_none_or(|end| end > self.ram.size()) {
-            return Ok(Next::Done(RunOutcome::Unbacked { eip, linear }));
+        if linear >= self.ram.size() {
+            // Memory that does not exist: the empty bus (reads all ones).
+            self.map_void_identity(linear)?;
+            return Ok(Next::Dispatch(eip));
         }
         Err(VmError::Internal(format!("unexpected fault at guest linear {linear:#010x} (eip {eip:#010x})")))
+    }
+
+    /// The vCPU state and the instruction at eip, for diagnostics.
+    pub fn describe_state(&self) -> String {
+        use std::fmt::Write;
+        let ctx = self.tr.ctx();
+        let c = &self.cpu;
+        let mut bytes = [0u8; 16];
+        let paging = self.paging().then(|| self.paging_mode());
+        let n = CodeFetch { ram: &self.ram, paging, user: c.cpl() == 3 }.fetch(ctx.eip, &mut bytes);
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(ctx.eip), self.tr.isa().decoder_options()).decode();
+        let mut text = String::new();
+        iced_x86::Formatter::format(&mut iced_x86::GasFormatter::new(), &ins, &mut text);
+        let mut s = format!("eip {:#010x}: {text} ({:02x?})\n", ctx.eip, &bytes[..ins.len().min(n)]);
+        let names = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
+        for (name, v) in names.iter().zip(ctx.gpr) {
+            let _ = write!(s, "{name} {v:08x}  ");
+        }
+        let _ = writeln!(s, "\nrflags {:08x} vif {} sys_flags {:08x} cpl {}", ctx.rflags, ctx.vif, c.sys_flags, c.cpl());
+        for (name, seg) in ["es", "cs", "ss", "ds", "fs", "gs"].iter().zip(c.seg) {
+            let _ = writeln!(s, "{name} {:04x} base {:08x} limit {:08x} attrs {:04x}", seg.selector, seg.base, seg.limit, seg.attrs);
+        }
+        let _ = write!(s, "cr0 {:08x} cr2 {:08x} cr3 {:08x} cr4 {:08x} gdt {:08x}/{:x} idt {:08x}/{:x}", c.cr0, c.cr2, c.cr3, c.cr4, c.gdtr.base, c.gdtr.limit, c.idtr.base, c.idtr.limit);
+        s
     }
 
     /// Whether the write by the instruction at `eip` that faulted at `linear`
@@ -656,11 +687,9 @@ impl GuestCode for CodeFetch<'_> {
                 }
             };
             let in_page = (0x1000 - (at & 0xfff)) as usize;
-            let avail = (self.ram.size().saturating_sub(phys) as usize).min(in_page);
-            let n = (buf.len() - done).min(avail);
-            if n == 0 || self.ram.read(phys, &mut buf[done..done + n]).is_err() {
-                break;
-            }
+            let n = (buf.len() - done).min(in_page);
+            // Code past the end of RAM reads as all ones, as on the empty bus.
+            self.ram.read_or_ones(phys, &mut buf[done..done + n]);
             done += n;
         }
         done
@@ -719,7 +748,7 @@ impl GuestMemory for LinearMemory<'_> {
     fn read(&mut self, linear: u32, buf: &mut [u8], user: bool) -> Result<(), MemFault> {
         for (at, off, n) in Self::pieces(linear, buf.len()) {
             let phys = self.phys(at, false, user)?;
-            self.ram.read(phys, &mut buf[off..off + n]).map_err(|_| MemFault::Unbacked { linear: at })?;
+            self.ram.read_or_ones(phys, &mut buf[off..off + n]);
         }
         Ok(())
     }
@@ -729,12 +758,13 @@ impl GuestMemory for LinearMemory<'_> {
         let mut targets = Vec::new();
         for (at, off, n) in Self::pieces(linear, data.len()) {
             let phys = self.phys(at, true, user)?;
-            if !self.ram.contains(phys, n) {
-                return Err(MemFault::Unbacked { linear: at });
-            }
             targets.push((phys, off, n));
         }
         for (phys, off, n) in targets {
+            if !self.ram.contains(phys, n) {
+                // No memory there: the write goes nowhere.
+                continue;
+            }
             let frame = phys >> 12;
             if self.protected.remove(&frame) {
                 if self.paging.is_none() {

@@ -4,6 +4,11 @@
 //! shadow MMU) map pages of the same memfd elsewhere in the host; loaders and devices use
 //! the alias through the copying accessors below.
 //!
+//! Physical addresses past the end of RAM are an empty bus, as on a PC: reads give
+//! all ones, writes go nowhere. The memfd holds one page more than RAM, the *void
+//! page*, filled with 0xff; views map it (privately) wherever the guest reaches for
+//! memory that does not exist.
+//!
 //! The memory behind the alias is shared with guest code that writes it through other
 //! mappings, so Rust code never holds a reference (`&[u8]`) into it: every access copies,
 //! in one small unsafe helper ([`GuestRam::transfer`]).
@@ -76,7 +81,9 @@ impl GuestRam {
         let fd = memfd_create("bt86-ram", MemfdFlags::CLOEXEC)
             .map_err(|e| MemoryError::Create(e.into()))?;
         // The memfd is sparse: pages cost host memory only once touched.
-        ftruncate(&fd, u64::from(size_bytes)).map_err(|e| MemoryError::Create(e.into()))?;
+        ftruncate(&fd, u64::from(size_bytes) + u64::from(PAGE_SIZE)).map_err(|e| MemoryError::Create(e.into()))?;
+        let ones = [0xffu8; PAGE_SIZE as usize];
+        rustix::io::pwrite(&fd, &ones, u64::from(size_bytes)).map_err(|e| MemoryError::Create(e.into()))?;
         let alias = map_alias(&fd, size_bytes)?;
         tracing::debug!(size = size_bytes, ?alias, "guest RAM created");
         Ok(Self {
@@ -89,6 +96,29 @@ impl GuestRam {
     /// RAM size in bytes.
     pub fn size(&self) -> u32 {
         self.size
+    }
+
+    /// Memfd offset of the void page (all ones: what an empty bus reads).
+    pub fn void_offset(&self) -> u32 {
+        self.size
+    }
+
+    /// Copies guest physical memory at `phys` into `buf`, with all ones where
+    /// there is no RAM (as a PC's empty bus reads).
+    pub fn read_or_ones(&self, phys: u32, buf: &mut [u8]) {
+        let in_ram = u64::from(self.size).saturating_sub(u64::from(phys)).min(buf.len() as u64) as usize;
+        if in_ram > 0 && self.read(phys, &mut buf[..in_ram]).is_err() {
+            buf[..in_ram].fill(0xff);
+        }
+        buf[in_ram..].fill(0xff);
+    }
+
+    /// Writes `data` at `phys`; what falls outside RAM goes nowhere.
+    pub fn write_or_drop(&self, phys: u32, data: &[u8]) {
+        let in_ram = u64::from(self.size).saturating_sub(u64::from(phys)).min(data.len() as u64) as usize;
+        if in_ram > 0 {
+            let _ = self.write(phys, &data[..in_ram]);
+        }
     }
 
     /// The memfd, for views that map its pages `MAP_SHARED | MAP_FIXED`.
@@ -247,6 +277,20 @@ mod tests {
         let mut buf = [0xaau8; 64];
         ram.read(2 * MIB - 64, &mut buf).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn beyond_ram_reads_ones_and_drops_writes() {
+        let ram = GuestRam::new(MIB).unwrap();
+        ram.write_u32(MIB - 4, 0x1122_3344).unwrap();
+        let mut buf = [0u8; 8];
+        ram.read_or_ones(MIB - 4, &mut buf);
+        assert_eq!(buf, [0x44, 0x33, 0x22, 0x11, 0xff, 0xff, 0xff, 0xff]);
+        ram.write_or_drop(MIB - 2, &[1, 2, 3, 4]);
+        ram.read_or_ones(MIB - 4, &mut buf);
+        assert_eq!(buf, [0x44, 0x33, 1, 2, 0xff, 0xff, 0xff, 0xff]);
+        ram.read_or_ones(u32::MAX - 1, &mut buf[..2]);
+        assert_eq!(buf[..2], [0xff, 0xff]);
     }
 
     #[test]

@@ -47,6 +47,9 @@ const MAX_CACHED_MAPPINGS: usize = 24_000;
 /// cost more than dropping what depends on it once.
 const UNTRACE_AFTER: u32 = 64;
 
+/// The frame number shadow mappings of non-existent memory carry (the void page).
+const VOID_FRAME: u32 = u32::MAX;
+
 /// A linear page in one of a space's two views.
 type Place = (bool, u32);
 
@@ -174,6 +177,8 @@ pub(crate) struct Shadow {
     pub space_hits: u64,
     /// Cached spaces dropped to make room.
     pub space_evictions: u64,
+    /// Times the current space's mappings were all dropped to stay under the limit.
+    pub space_drops: u64,
     pub view_flushes: u64,
     /// Pages mapped by a hidden fault next to the one that faulted.
     pub prefetched: u64,
@@ -185,6 +190,8 @@ pub(crate) struct Shadow {
     pub table_write_hits: u64,
     /// Consecutive writes per adaptive store that missed every traced frame.
     pub adaptive_misses: HashMap<u32, u32>,
+    /// Void pages mapped into the identity view (paging off), oldest first.
+    void_pages: std::collections::VecDeque<u32>,
 }
 
 impl Shadow {
@@ -219,12 +226,16 @@ impl Shadow {
 pub(crate) struct RamPhys<'a>(pub &'a GuestRam);
 
 impl PhysMem for RamPhys<'_> {
+    /// A page table past the end of RAM reads as all ones (the empty bus).
     fn read_u32(&mut self, phys: u32) -> Option<u32> {
-        self.0.read_u32(phys).ok()
+        let mut b = [0u8; 4];
+        self.0.read_or_ones(phys, &mut b);
+        Some(u32::from_le_bytes(b))
     }
 
     fn write_u32(&mut self, phys: u32, v: u32) -> bool {
-        self.0.write_u32(phys, v).is_ok()
+        self.0.write_or_drop(phys, &v.to_le_bytes());
+        true
     }
 }
 
@@ -234,7 +245,7 @@ struct PeekPhys<'a>(&'a GuestRam);
 
 impl PhysMem for PeekPhys<'_> {
     fn read_u32(&mut self, phys: u32) -> Option<u32> {
-        self.0.read_u32(phys).ok()
+        RamPhys(self.0).read_u32(phys)
     }
 
     fn write_u32(&mut self, _phys: u32, _v: u32) -> bool {
@@ -308,6 +319,7 @@ impl Vm {
         self.shadow.maps = SpaceMaps::default();
         self.shadow.id = self.shadow.fresh_id();
         self.shadow.pending_trace = None;
+        self.shadow.void_pages.clear();
         self.shadow.view_flushes += 1;
         self.tr.flush();
         self.protected.clear();
@@ -315,6 +327,14 @@ impl Vm {
             self.view.map_identity(self.ram.fd(), self.ram.size())?;
         }
         Ok(())
+    }
+
+    /// Turns paging on with the page directory at `cr3` (for set-ups made by the
+    /// VMM itself, such as snippets).
+    pub(crate) fn enable_paging(&mut self, cr3: u32) -> Result<(), VmError> {
+        self.cpu.cr3 = cr3;
+        self.cpu.cr0 |= cr0::PG;
+        self.shadow_flush()
     }
 
     /// CR3 changed from `old` to `new` with paging on and the other paging
@@ -398,9 +418,45 @@ impl Vm {
         Ok(())
     }
 
+    /// With paging off: maps the void page at `linear` (memory that does not
+    /// exist). At most `MAX_VOID_PAGES` stay mapped, so a guest sweeping the
+    /// address space cannot exhaust the host's mapping count.
+    pub(crate) fn map_void_identity(&mut self, linear: u32) -> Result<(), VmError> {
+        const MAX_VOID_PAGES: usize = 256;
+        let page = linear & !0xfff;
+        self.view.map_void(page, self.ram.fd(), self.ram.void_offset(), true)?;
+        self.shadow.void_pages.push_back(page);
+        if self.shadow.void_pages.len() > MAX_VOID_PAGES {
+            if let Some(old) = self.shadow.void_pages.pop_front() {
+                self.view.unmap(old, 0x1000)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the host mappings of all cached spaces below `MAX_CACHED_MAPPINGS`
+    /// (each may be a host VMA, and their number is limited): idle spaces go first;
+    /// if the current one alone is too big, its mappings are dropped (they refill on
+    /// demand; translations do not depend on them).
+    fn bound_mappings(&mut self) -> Result<(), VmError> {
+        while self.shadow.mappings_live() >= MAX_CACHED_MAPPINGS && !self.shadow.idle.is_empty() {
+            self.evict_idle_space()?;
+        }
+        if self.shadow.maps.mappings.len() >= MAX_CACHED_MAPPINGS {
+            self.view.unmap_all()?;
+            self.user_view.unmap_all()?;
+            self.shadow.maps.mappings.clear();
+            self.shadow.maps.rmap.clear();
+            self.shadow.maps.deps.clear();
+            self.shadow.space_drops += 1;
+        }
+        Ok(())
+    }
+
     /// A host fault at guest linear `linear` in the user or kernel view, with
     /// paging on.
     pub(crate) fn paging_fault(&mut self, linear: u32, write: bool, user_view: bool) -> Result<FaultAction, VmError> {
+        self.bound_mappings()?;
         let access = Access { write, user: user_view, fetch: false };
         let t = match walk::walk(&mut RamPhys(&self.ram), &self.paging_mode(), linear, access) {
             Ok(t) => t,
@@ -413,8 +469,11 @@ impl Vm {
         };
         self.trace_tables(&t)?;
         if !self.ram.contains(t.phys_page, 0x1000) {
-            // The guest maps memory that does not exist (no MMIO devices yet).
-            return Ok(FaultAction::NoRam);
+            // The guest maps memory that does not exist: the empty bus.
+            let m = Mapping { frame: VOID_FRAME, writable: t.writable && t.dirty };
+            self.shadow.hidden_faults += 1;
+            self.map_shadow(user_view, linear, m, m.writable, [Some(t.pde_addr), t.pte_addr])?;
+            return Ok(FaultAction::Retry);
         }
         let frame = t.phys_page >> 12;
         let code = self.protected.contains(&frame);
@@ -592,12 +651,12 @@ impl Vm {
         if maps.mappings.get(&place).is_some_and(|old| old.frame != m.frame) {
             maps.unmap(&mut self.view, &mut self.user_view, place)?;
         }
-        pick_view(&mut self.view, &mut self.user_view, user_view).map_page(
-            place.1,
-            self.ram.fd(),
-            m.frame << 12,
-            host_writable,
-        )?;
+        let view = pick_view(&mut self.view, &mut self.user_view, user_view);
+        if m.frame == VOID_FRAME {
+            view.map_void(place.1, self.ram.fd(), self.ram.void_offset(), host_writable)?;
+        } else {
+            view.map_page(place.1, self.ram.fd(), m.frame << 12, host_writable)?;
+        }
         maps.mappings.insert(place, m);
         let places = maps.rmap.entry(m.frame).or_default();
         if !places.contains(&place) {

@@ -1,7 +1,9 @@
 //! Run a short 32-bit code snippet under the binary translator and report the final
 //! machine state. This is the translated half of the differential oracle (the native
 //! half lives in `tests/src/oracle`): both place code, data and stack at the same
-//! guest addresses, so results compare one to one.
+//! guest addresses, so results compare one to one. Paging maps only the snippet
+//! region, so an access outside it is a page fault, as in the native run (where
+//! nothing else is mapped).
 
 /// Guest address where snippet code is placed (the terminator `hlt` is appended).
 pub const CODE_ADDR: u32 = 0x0010_0000;
@@ -68,6 +70,7 @@ pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Res
         regs[4] = STACK_TOP;
     }
     vm.set_flat_state(CODE_ADDR, regs, snippet.eflags);
+    map_only_the_region(&mut vm).map_err(|e| e.to_string())?;
     let outcome = crate::vm::run_with_timeout(&mut vm, std::time::Duration::from_secs(2)).map_err(|e| e.to_string())?;
     let end = CODE_ADDR + u32::try_from(snippet.code.len()).map_err(|e| e.to_string())?;
     let fault = match outcome {
@@ -80,4 +83,18 @@ pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Res
     let mut data = vec![0u8; snippet.data.len()];
     vm.ram().read(DATA_ADDR, &mut data).map_err(|e| e.to_string())?;
     Ok(SnippetResult { regs, eflags, data, fault })
+}
+
+/// Page tables (below the region) that map the snippet region one to one and
+/// nothing else; paging on.
+fn map_only_the_region(vm: &mut crate::vm::Vm) -> Result<(), crate::vm::VmError> {
+    const PD: u32 = 0x1000;
+    const PT: u32 = 0x2000;
+    let ram = vm.ram();
+    ram.fill(PD, 0x2000, 0)?;
+    ram.write_u32(PD + 4 * (CODE_ADDR >> 22), PT | 0x7)?;
+    for page in (CODE_ADDR..CODE_ADDR + REGION_SIZE).step_by(0x1000) {
+        ram.write_u32(PT + 4 * ((page >> 12) & 0x3ff), page | 0x7)?;
+    }
+    vm.enable_paging(PD)
 }

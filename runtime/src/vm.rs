@@ -163,21 +163,40 @@ impl Vm {
         })
     }
 
-    /// Loads a multiboot kernel and sets the vCPU up the way a multiboot loader
-    /// leaves it: flat 32-bit protected mode, EAX = 0x2BADB002, EBX = the info.
-    pub fn load_multiboot(&mut self, image: &[u8], cmdline: &str) -> Result<(), VmError> {
-        let boot = loader::load_multiboot(&self.ram, image, cmdline)?;
-        self.cpu = Cpu::flat(boot.code_selector, boot.data_selector);
-        self.cpu.gdtr = TableReg { base: boot.gdt_base, limit: boot.gdt_limit };
+    /// Loads a multiboot kernel (without an initrd); see [`Vm::load_kernel`].
+    pub fn load_multiboot(&mut self, image: &[u8], cmdline: &str) -> Result<loader::Kernel, VmError> {
+        self.load_kernel(image, cmdline, None)
+    }
+
+    /// Loads a kernel (multiboot ELF or Linux bzImage, told apart by content) with
+    /// its command line and an optional initrd, and sets the vCPU up the way the
+    /// boot protocol leaves it: flat 32-bit protected mode, paging and interrupts
+    /// off; multiboot: EAX = 0x2BADB002, EBX = the information; Linux: ESI = the
+    /// zero page.
+    pub fn load_kernel(&mut self, image: &[u8], cmdline: &str, initrd: Option<&[u8]>) -> Result<loader::Kernel, VmError> {
+        let kernel = loader::load(&self.ram, image, cmdline, initrd)?;
+        let (entry, gdt, (code, data), esp, mut regs) = match kernel {
+            loader::Kernel::Multiboot(b) => {
+                let mut regs = [0; 8];
+                regs[0] = loader::MULTIBOOT_BOOTLOADER_MAGIC;
+                regs[3] = b.mbi_addr;
+                (b.entry, (b.gdt_base, b.gdt_limit), (b.code_selector, b.data_selector), b.initial_esp, regs)
+            }
+            loader::Kernel::Linux(b) => {
+                let mut regs = [0; 8];
+                regs[6] = b.boot_params;
+                (b.entry, (b.gdt_base, b.gdt_limit), (b.code_selector, b.data_selector), b.initial_esp, regs)
+            }
+        };
+        regs[4] = esp;
+        self.cpu = Cpu::flat(code, data);
+        self.cpu.gdtr = TableReg { base: gdt.0, limit: gdt.1 };
         let ctx = self.tr.ctx_mut();
-        ctx.gpr = [0; 8];
-        ctx.gpr[0] = loader::MULTIBOOT_BOOTLOADER_MAGIC;
-        ctx.gpr[3] = boot.mbi_addr;
-        ctx.gpr[4] = boot.initial_esp;
-        ctx.eip = boot.entry;
+        ctx.gpr = regs;
+        ctx.eip = entry;
         ctx.rflags = 0x2;
         ctx.vif = 0;
-        Ok(())
+        Ok(kernel)
     }
 
     /// Sets flat segments and registers directly (for snippets and tests).

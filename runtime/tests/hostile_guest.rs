@@ -14,7 +14,7 @@ fn run(code: &[u8], regs: [u32; 8]) {
     vm.ram().write(CODE, code).expect("code");
     vm.set_flat_state(CODE, regs, 0);
     // Any outcome is fine; an Err is a VMM-internal error, which must not happen.
-    let outcome = run_with_timeout(&mut vm, Duration::from_secs(1));
+    let outcome = run_with_timeout(&mut vm, Duration::from_millis(300));
     assert!(outcome.is_ok(), "VMM error {outcome:?} on code {code:02x?}");
 }
 
@@ -105,7 +105,7 @@ fn run_paged(code: &[u8], tables: &[u32], cr3: u32, regs: [u32; 8]) {
     all.extend_from_slice(code);
     vm.ram().write(CODE, &all).expect("code");
     vm.set_flat_state(CODE, regs, 0);
-    let outcome = run_with_timeout(&mut vm, Duration::from_secs(1));
+    let outcome = run_with_timeout(&mut vm, Duration::from_millis(300));
     assert!(outcome.is_ok(), "VMM error {outcome:?} on code {code:02x?}");
 }
 

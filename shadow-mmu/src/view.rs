@@ -136,6 +136,34 @@ impl View {
         Ok(())
     }
 
+    /// Maps a private copy-on-write image of the page at memfd offset `offset` at
+    /// linear page `linear`: the void page for guest accesses to memory that does
+    /// not exist (reads see all ones; writes change only this view's copy).
+    pub fn map_void(&mut self, linear: u32, fd: BorrowedFd<'_>, offset: u32, writable: bool) -> Result<(), ViewError> {
+        let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
+        let linear = u64::from(linear) & !(PAGE - 1);
+        let mut targets = vec![linear];
+        if linear < GUARD_BYTES {
+            targets.push(FOUR_GIB + linear);
+        }
+        for l in targets {
+            // SAFETY: the page lies inside our reservation, which no Rust object
+            // occupies; MAP_FIXED replaces only our own mapping there.
+            unsafe {
+                mm::mmap(
+                    (self.base() + l) as *mut _,
+                    PAGE as usize,
+                    prot,
+                    MapFlags::PRIVATE | MapFlags::FIXED,
+                    fd,
+                    u64::from(offset),
+                )
+            }
+            .map_err(|source| ViewError::Map { linear: l, source })?;
+        }
+        Ok(())
+    }
+
     /// Makes `len` bytes from linear `start` inaccessible again (dropping shadow
     /// PTEs), and their image in the wrap alias.
     pub fn unmap(&mut self, start: u32, len: u64) -> Result<(), ViewError> {

@@ -14,10 +14,13 @@
 //! | `0x2000..0x2078`  | multiboot information structure (`mbi_addr`)               |
 //! | `0x2100..0x2105`  | boot loader name, `"bt86\0"`                               |
 //! | `0x2200..0x2260`  | memory map (up to 4 entries of 24 bytes)                   |
+//! | `0x2300..0x2310`  | module list (the initrd, if any: one entry)                |
+//! | `0x2310..0x2317`  | module string, `"initrd\0"`                                |
 //! | `0x3000..0x4000`  | command line, NUL-terminated, at most 4 KiB with the NUL    |
 //! | `0x4000..0x7000`  | initial stack, `initial_esp = 0x7000`, growing down        |
 //! | `0x7000..0x10000` | zeroed, free                                               |
 
+use super::{cmdline_bytes, memory_map, write_gdt, LoadError, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR, LOADER_AREA_END};
 use crate::memory::{GuestRam, MemoryError};
 
 use goblin::container::{Container, Ctx, Endian};
@@ -44,9 +47,6 @@ const HF_ADDRESS_FIELDS: u32 = 1 << 16;
 const HF_REQUIRED_MASK: u32 = 0xffff;
 const HF_UNDERSTOOD: u32 = HF_PAGE_ALIGN | HF_MEMORY_INFO | HF_VIDEO_MODE;
 
-/// End of the low area reserved for the loader's own structures.
-pub const LOADER_AREA_END: u32 = 0x1_0000;
-const GDT_ADDR: u32 = 0x1000;
 const MBI_ADDR: u32 = 0x2000;
 const MBI_SIZE: usize = 0x78;
 const LOADER_NAME_ADDR: u32 = 0x2100;
@@ -57,27 +57,16 @@ const CMDLINE_ADDR: u32 = 0x3000;
 const CMDLINE_MAX: usize = 4096;
 const INITIAL_ESP: u32 = 0x7000;
 
-/// The flat GDT: null, then flat 4 GiB ring-0 descriptors. Type 0x9B = present code
-/// exec/read accessed, 0x93 = present data read/write accessed (accessed already set so the
-/// CPU never writes the table); 0xCF = 4 KiB granularity, 32-bit, limit 19:16 = 0xf.
-const GDT: [u64; 4] = [
-    0,
-    0x00CF_9B00_0000_FFFF, // 0x08: code, for kernels that assume GRUB's layout
-    0x00CF_9B00_0000_FFFF, // 0x10: code (code_selector)
-    0x00CF_9300_0000_FFFF, // 0x18: data (data_selector)
-];
-const CODE_SELECTOR: u16 = 0x10;
-const DATA_SELECTOR: u16 = 0x18;
-
 /// Multiboot info flags bt86 provides.
 const MBI_MEM: u32 = 1 << 0;
 const MBI_CMDLINE: u32 = 1 << 2;
 const MBI_MMAP: u32 = 1 << 6;
 const MBI_LOADER_NAME: u32 = 1 << 9;
+const MBI_MODS: u32 = 1 << 3;
+const MODS_ADDR: u32 = 0x2300;
+const MOD_STRING_ADDR: u32 = 0x2310;
+const MOD_STRING: &[u8] = b"initrd\0";
 
-/// Memory map types.
-const MMAP_AVAILABLE: u32 = 1;
-const MMAP_RESERVED: u32 = 2;
 /// Bytes of one memory map entry after its `size` field.
 const MMAP_ENTRY_SIZE: u32 = 20;
 
@@ -94,53 +83,6 @@ pub struct BootInfo {
     pub initial_esp: u32,
     /// First guest-physical byte after the loaded kernel (including bss).
     pub kernel_end: u32,
-}
-
-/// Why a kernel image could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("not an ELF file (and no multiboot address fields to load it otherwise)")]
-    NotElf,
-    #[error("64-bit ELF: bt86 runs 32-bit kernels")]
-    Elf64,
-    #[error("ELF machine {machine} is not i386 (3)")]
-    NotI386 { machine: u16 },
-    #[error("ELF type {e_type} is not an executable (ET_EXEC)")]
-    NotExecutable { e_type: u16 },
-    #[error("no multiboot header in the first 8 KiB")]
-    NoMultibootHeader,
-    #[error("multiboot header checksum is wrong (magic + flags + checksum must be 0)")]
-    BadChecksum,
-    #[error("multiboot header requests unsupported features (flags {flags:#x}, unsupported bits {unsupported:#x}; bt86 supports page-aligned modules, memory info, and ignores video mode)")]
-    UnsupportedFlags { flags: u32, unsupported: u32 },
-    #[error("segment at physical {paddr:#x} of {memsz:#x} bytes lies outside guest RAM ({ram_size:#x} bytes)")]
-    SegmentOutsideRam {
-        paddr: u64,
-        memsz: u64,
-        ram_size: u32,
-    },
-    #[error(
-        "segment at physical {paddr:#x} of {memsz:#x} bytes overlaps the loader area below {:#x}",
-        LOADER_AREA_END
-    )]
-    SegmentInLoaderArea { paddr: u64, memsz: u64 },
-    #[error("segment file size {filesz:#x} exceeds its memory size {memsz:#x}")]
-    FileSizeExceedsMemSize { filesz: u64, memsz: u64 },
-    #[error("image truncated: {what} needs bytes {offset:#x}..+{len:#x}, file has {file_len:#x}")]
-    Truncated {
-        what: &'static str,
-        offset: u64,
-        len: u64,
-        file_len: usize,
-    },
-    #[error("bad multiboot address fields: {0}")]
-    BadAddressFields(&'static str),
-    #[error("malformed ELF: {0}")]
-    Elf(String),
-    #[error("ELF has no loadable segments")]
-    NoLoadableSegments,
-    #[error("writing the kernel into guest RAM: {0}")]
-    Memory(#[from] MemoryError),
 }
 
 /// The parts of the multiboot header bt86 uses.
@@ -168,8 +110,9 @@ struct Plan {
 }
 
 /// Loads a multiboot kernel `image` into `ram`, writes the GDT and multiboot information
-/// (with `cmdline`) below 64 KiB, and returns where and how to start it.
-pub fn load_multiboot(ram: &GuestRam, image: &[u8], cmdline: &str) -> Result<BootInfo, LoadError> {
+/// (with `cmdline`) below 64 KiB, puts `module` (an initrd) page-aligned after the
+/// kernel as module 0, and returns where and how to start it.
+pub fn load_multiboot(ram: &GuestRam, image: &[u8], cmdline: &str, module: Option<&[u8]>) -> Result<BootInfo, LoadError> {
     let header = find_header(image).map_err(|e| prefer_elf_error(image, e))?;
     let plan = plan_image(image, &header, ram.size())?;
     let kernel_end = plan
@@ -178,11 +121,19 @@ pub fn load_multiboot(ram: &GuestRam, image: &[u8], cmdline: &str) -> Result<Boo
         .map(|s| s.paddr + s.memsz)
         .max()
         .unwrap_or(0);
+    let module_at = module.map(|m| place_module(ram.size(), kernel_end, m.len())).transpose()?;
     // Validation is complete: from here on only guest RAM writes can fail.
     write_segments(ram, image, &plan.segments)?;
     ram.fill(0, LOADER_AREA_END as usize, 0)?;
     write_gdt(ram)?;
-    write_mbi(ram, cmdline)?;
+    let mods = match (module, module_at) {
+        (Some(m), Some(at)) => {
+            ram.write(at, m)?;
+            Some((at, at + m.len() as u32))
+        }
+        _ => None,
+    };
+    write_mbi(ram, cmdline, mods)?;
     let info = BootInfo {
         entry: plan.entry,
         mbi_addr: MBI_ADDR,
@@ -459,38 +410,34 @@ fn write_segments(ram: &GuestRam, image: &[u8], segments: &[Segment]) -> Result<
     Ok(())
 }
 
-fn write_gdt(ram: &GuestRam) -> Result<(), MemoryError> {
-    let bytes: Vec<u8> = GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
-    ram.write(GDT_ADDR, &bytes)
-}
-
-/// The memory map entries (base, length, type) for a RAM of `ram_size` bytes.
-fn memory_map(ram_size: u32) -> Vec<(u64, u64, u32)> {
-    let mut map = vec![
-        (0, 0x9_fc00, MMAP_AVAILABLE),
-        (0x9_fc00, 0x400, MMAP_RESERVED),    // EBDA
-        (0xf_0000, 0x1_0000, MMAP_RESERVED), // BIOS ROM
-    ];
-    let high = u64::from(ram_size).saturating_sub(0x10_0000);
-    if high > 0 {
-        map.push((0x10_0000, high, MMAP_AVAILABLE));
+/// Where module 0 goes: the first page after the kernel, if it fits in RAM.
+fn place_module(ram_size: u32, kernel_end: u32, len: usize) -> Result<u32, LoadError> {
+    let at = kernel_end.next_multiple_of(0x1000).max(LOADER_AREA_END);
+    let fits = u32::try_from(len).ok().and_then(|l| at.checked_add(l)).is_some_and(|end| end <= ram_size);
+    if !fits {
+        let mib = |b: u64| u32::try_from(b.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        return Err(LoadError::InitrdTooLarge {
+            size_mib: mib(len as u64),
+            room_mib: mib(u64::from(ram_size.saturating_sub(at))),
+        });
     }
-    map
+    Ok(at)
 }
 
-/// Writes the multiboot information structure and the data it points to.
-fn write_mbi(ram: &GuestRam, cmdline: &str) -> Result<(), MemoryError> {
+/// Writes the multiboot information structure and the data it points to; `module`
+/// is the [start, end) of module 0.
+fn write_mbi(ram: &GuestRam, cmdline: &str, module: Option<(u32, u32)>) -> Result<(), MemoryError> {
     let mut mbi = [0u8; MBI_SIZE];
     let mut put = |off: usize, v: u32| mbi[off..off + 4].copy_from_slice(&v.to_le_bytes());
-    put(0, MBI_MEM | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME);
-    put(4, 640); // mem_lower, KiB
+    put(0, MBI_MEM | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME | if module.is_some() { MBI_MODS } else { 0 });
+    // mem_lower, KiB: conventional memory below the EBDA (639, as QEMU reports).
+    put(4, 0x9_fc00 / 1024);
     put(8, ram.size().saturating_sub(0x10_0000) / 1024); // mem_upper, KiB above 1 MiB
     put(16, CMDLINE_ADDR);
     let map = memory_map(ram.size());
     put(44, map.len() as u32 * (MMAP_ENTRY_SIZE + 4)); // mmap_length
     put(48, MMAP_ADDR);
     put(64, LOADER_NAME_ADDR);
-    ram.write(MBI_ADDR, &mbi)?;
 
     let mut entries = Vec::with_capacity(map.len() * 24);
     for (base, len, ty) in map {
@@ -501,27 +448,15 @@ fn write_mbi(ram: &GuestRam, cmdline: &str) -> Result<(), MemoryError> {
     }
     ram.write(MMAP_ADDR, &entries)?;
     ram.write(LOADER_NAME_ADDR, LOADER_NAME)?;
-    ram.write(CMDLINE_ADDR, &cmdline_bytes(cmdline))
-}
-
-/// The command line as the guest sees it: cut at an embedded NUL and at 4 KiB (with the
-/// terminating NUL), then NUL-terminated.
-fn cmdline_bytes(cmdline: &str) -> Vec<u8> {
-    let raw = cmdline.as_bytes();
-    let mut s = raw.split(|&b| b == 0).next().unwrap_or_default().to_vec();
-    if s.len() < raw.len() {
-        tracing::warn!("kernel command line contains a NUL byte; cut there");
+    if let Some((start, end)) = module {
+        put(20, 1); // mods_count
+        put(24, MODS_ADDR);
+        let entry: Vec<u8> = [start, end, MOD_STRING_ADDR, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        ram.write(MODS_ADDR, &entry)?;
+        ram.write(MOD_STRING_ADDR, MOD_STRING)?;
     }
-    if s.len() >= CMDLINE_MAX {
-        tracing::warn!(
-            len = s.len(),
-            "kernel command line truncated to {} bytes",
-            CMDLINE_MAX - 1
-        );
-        s.truncate(CMDLINE_MAX - 1);
-    }
-    s.push(0);
-    s
+    ram.write(MBI_ADDR, &mbi)?;
+    ram.write(CMDLINE_ADDR, &cmdline_bytes(cmdline, CMDLINE_MAX))
 }
 
 #[cfg(test)]
@@ -617,7 +552,7 @@ mod tests {
     fn loads_good_image() {
         let ram = ram();
         ram.fill(0x10_0000, 0x3000, 0xcc).unwrap(); // stale bytes must become bss zeros
-        let info = load_multiboot(&ram, &good_kernel(), "console=ttyS0 quiet").unwrap();
+        let info = load_multiboot(&ram, &good_kernel(), "console=ttyS0 quiet", None).unwrap();
         assert_eq!(info.entry, 0x10_000c);
         assert_eq!(info.mbi_addr, MBI_ADDR);
         assert_eq!((info.code_selector, info.data_selector), (0x10, 0x18));
@@ -634,7 +569,7 @@ mod tests {
     #[test]
     fn writes_gdt_and_mbi() {
         let ram = ram();
-        let info = load_multiboot(&ram, &good_kernel(), "hello").unwrap();
+        let info = load_multiboot(&ram, &good_kernel(), "hello", None).unwrap();
         let mut gdt = [0u8; 32];
         ram.read(info.gdt_base, &mut gdt).unwrap();
         let desc = |i: usize| u64::from_le_bytes(gdt[i * 8..i * 8 + 8].try_into().unwrap());
@@ -645,7 +580,7 @@ mod tests {
         let m = info.mbi_addr;
         let flags = ram.read_u32(m).unwrap();
         assert_eq!(flags, (1 << 0) | (1 << 2) | (1 << 6) | (1 << 9));
-        assert_eq!(ram.read_u32(m + 4).unwrap(), 640);
+        assert_eq!(ram.read_u32(m + 4).unwrap(), 639);
         assert_eq!(ram.read_u32(m + 8).unwrap(), 3 * 1024);
         assert_eq!(read_cstr(&ram, ram.read_u32(m + 16).unwrap()), b"hello");
         assert_eq!(read_cstr(&ram, ram.read_u32(m + 64).unwrap()), b"bt86");
@@ -679,9 +614,9 @@ mod tests {
     fn long_cmdline_is_truncated() {
         let ram = ram();
         let long = "x".repeat(10_000);
-        load_multiboot(&ram, &good_kernel(), &long).unwrap();
+        load_multiboot(&ram, &good_kernel(), &long, None).unwrap();
         assert_eq!(read_cstr(&ram, CMDLINE_ADDR).len(), CMDLINE_MAX - 1);
-        load_multiboot(&ram, &good_kernel(), "a\0b").unwrap();
+        load_multiboot(&ram, &good_kernel(), "a\0b", None).unwrap();
         assert_eq!(read_cstr(&ram, CMDLINE_ADDR), b"a");
     }
 
@@ -696,7 +631,7 @@ mod tests {
             filesz: 12,
             memsz: 0x1000,
         };
-        let info = load_multiboot(&ram(), &elf(0xc010_0010, &[ph], &body), "").unwrap();
+        let info = load_multiboot(&ram(), &elf(0xc010_0010, &[ph], &body), "", None).unwrap();
         assert_eq!(info.entry, 0x10_0010);
     }
 
@@ -705,7 +640,7 @@ mod tests {
         let mut img = mb_header(0);
         img.resize(64, 0);
         assert!(matches!(
-            load_multiboot(&ram(), &img, ""),
+            load_multiboot(&ram(), &img, "", None),
             Err(LoadError::NotElf)
         ));
     }
@@ -714,7 +649,7 @@ mod tests {
     fn elf64_rejected() {
         let mut img = good_kernel();
         img[4] = 2;
-        let err = load_multiboot(&ram(), &img, "").unwrap_err();
+        let err = load_multiboot(&ram(), &img, "", None).unwrap_err();
         assert!(matches!(err, LoadError::Elf64));
         assert!(err.to_string().contains("bt86 runs 32-bit kernels"));
     }
@@ -724,7 +659,7 @@ mod tests {
         let mut img = elf(0x10_0000, &[], &[0u8; 16]);
         img[4] = 2;
         assert!(matches!(
-            load_multiboot(&ram(), &img, ""),
+            load_multiboot(&ram(), &img, "", None),
             Err(LoadError::Elf64)
         ));
     }
@@ -734,13 +669,13 @@ mod tests {
         let mut img = good_kernel();
         img[18] = 62;
         assert!(matches!(
-            load_multiboot(&ram(), &img, ""),
+            load_multiboot(&ram(), &img, "", None),
             Err(LoadError::NotI386 { machine: 62 })
         ));
         let mut img = good_kernel();
         img[16] = 3; // ET_DYN
         assert!(matches!(
-            load_multiboot(&ram(), &img, ""),
+            load_multiboot(&ram(), &img, "", None),
             Err(LoadError::NotExecutable { e_type: 3 })
         ));
     }
@@ -756,7 +691,7 @@ mod tests {
             memsz: 4,
         };
         let img = elf(0x10_0000, &[ph], &[0x90; 4]);
-        let err = load_multiboot(&ram(), &img, "").unwrap_err();
+        let err = load_multiboot(&ram(), &img, "", None).unwrap_err();
         assert!(matches!(err, LoadError::NoMultibootHeader));
         assert!(err.to_string().contains("first 8 KiB"));
     }
@@ -776,7 +711,7 @@ mod tests {
         };
         let img = elf(0x10_0000, &[ph], &body);
         assert!(matches!(
-            load_multiboot(&ram(), &img, ""),
+            load_multiboot(&ram(), &img, "", None),
             Err(LoadError::NoMultibootHeader)
         ));
     }
@@ -786,7 +721,7 @@ mod tests {
         let mut img = good_kernel();
         img[0x108] ^= 1;
         assert!(matches!(
-            load_multiboot(&ram(), &img, ""),
+            load_multiboot(&ram(), &img, "", None),
             Err(LoadError::BadChecksum)
         ));
     }
@@ -796,14 +731,14 @@ mod tests {
         let mut img = good_kernel();
         let h = mb_header(1 << 3);
         img[0x100..0x10c].copy_from_slice(&h);
-        let err = load_multiboot(&ram(), &img, "").unwrap_err();
+        let err = load_multiboot(&ram(), &img, "", None).unwrap_err();
         assert!(
             matches!(err, LoadError::UnsupportedFlags { unsupported: 8, .. }),
             "{err}"
         );
         // Video mode (bit 2) and optional high bits are fine.
         img[0x100..0x10c].copy_from_slice(&mb_header(HF_VIDEO_MODE | 1 << 20));
-        load_multiboot(&ram(), &img, "").unwrap();
+        load_multiboot(&ram(), &img, "", None).unwrap();
     }
 
     fn with_segment(ph: Ph) -> Vec<u8> {
@@ -829,7 +764,7 @@ mod tests {
             filesz: 12,
             memsz: 12,
         };
-        let err = load_multiboot(&ram(), &with_segment(ph), "").unwrap_err();
+        let err = load_multiboot(&ram(), &with_segment(ph), "", None).unwrap_err();
         assert!(
             matches!(err, LoadError::SegmentOutsideRam { ram_size, .. } if ram_size == 4 * MIB),
             "{err}"
@@ -846,7 +781,7 @@ mod tests {
             filesz: 12,
             memsz: 12,
         };
-        let err = load_multiboot(&ram(), &with_segment(ph), "").unwrap_err();
+        let err = load_multiboot(&ram(), &with_segment(ph), "", None).unwrap_err();
         assert!(
             matches!(err, LoadError::SegmentInLoaderArea { paddr: 0x8000, .. }),
             "{err}"
@@ -863,7 +798,7 @@ mod tests {
             filesz: 0x1000,
             memsz: 0x1000,
         };
-        let err = load_multiboot(&ram(), &with_segment(ph), "").unwrap_err();
+        let err = load_multiboot(&ram(), &with_segment(ph), "", None).unwrap_err();
         assert!(matches!(err, LoadError::Truncated { .. }), "{err}");
         let ph = Ph {
             p_type: 1,
@@ -874,7 +809,7 @@ mod tests {
             memsz: 0x10,
         };
         assert!(matches!(
-            load_multiboot(&ram(), &with_segment(ph), ""),
+            load_multiboot(&ram(), &with_segment(ph), "", None),
             Err(LoadError::Truncated { .. })
         ));
     }
@@ -889,7 +824,7 @@ mod tests {
             filesz: 0,
             memsz: u32::MAX,
         };
-        let err = load_multiboot(&ram(), &with_segment(ph), "").unwrap_err();
+        let err = load_multiboot(&ram(), &with_segment(ph), "", None).unwrap_err();
         assert!(matches!(err, LoadError::SegmentOutsideRam { .. }), "{err}");
         let ph = Ph {
             p_type: 1,
@@ -900,7 +835,7 @@ mod tests {
             memsz: u32::MAX,
         };
         assert!(matches!(
-            load_multiboot(&ram(), &with_segment(ph), ""),
+            load_multiboot(&ram(), &with_segment(ph), "", None),
             Err(LoadError::SegmentOutsideRam { .. })
         ));
     }
@@ -916,7 +851,7 @@ mod tests {
             memsz: 4,
         };
         assert!(matches!(
-            load_multiboot(&ram(), &with_segment(ph), ""),
+            load_multiboot(&ram(), &with_segment(ph), "", None),
             Err(LoadError::FileSizeExceedsMemSize { .. })
         ));
     }
@@ -933,7 +868,7 @@ mod tests {
         }; // PT_NOTE
         let img = elf(0x10_0000, &[ph], &mb_header(0));
         assert!(matches!(
-            load_multiboot(&ram(), &img, ""),
+            load_multiboot(&ram(), &img, "", None),
             Err(LoadError::NoLoadableSegments)
         ));
     }
@@ -943,13 +878,13 @@ mod tests {
         let mut img = good_kernel();
         img[44..46].copy_from_slice(&0xffffu16.to_le_bytes());
         assert!(matches!(
-            load_multiboot(&ram(), &img, ""),
+            load_multiboot(&ram(), &img, "", None),
             Err(LoadError::Elf(_))
         ));
         let mut img = good_kernel();
         img[28..32].copy_from_slice(&u32::MAX.to_le_bytes()); // e_phoff
         assert!(matches!(
-            load_multiboot(&ram(), &img, ""),
+            load_multiboot(&ram(), &img, "", None),
             Err(LoadError::Elf(_))
         ));
     }
@@ -964,11 +899,11 @@ mod tests {
             for v in [0x00, 0x01, 0x7f, 0x80, 0xff] {
                 let mut img = good.clone();
                 img[at] = v;
-                let _ = load_multiboot(&ram, &img, "");
+                let _ = load_multiboot(&ram, &img, "", None);
             }
         }
         for len in 0..good.len() {
-            let _ = load_multiboot(&ram, &good[..len], "");
+            let _ = load_multiboot(&ram, &good[..len], "", None);
         }
     }
 
@@ -983,7 +918,7 @@ mod tests {
             filesz: 12,
             memsz: 12,
         };
-        assert!(load_multiboot(&ram, &with_segment(ph), "").is_err());
+        assert!(load_multiboot(&ram, &with_segment(ph), "", None).is_err());
         assert_eq!(ram.read_u32(0x10_0000).unwrap(), 0);
         assert_eq!(ram.read_u32(MBI_ADDR).unwrap(), 0);
     }
@@ -1002,20 +937,20 @@ mod tests {
     #[test]
     fn aout_kludge_loads_flat_binary() {
         let ram = ram();
-        let info = load_multiboot(&ram, &kludge(0, 0x10_4000), "").unwrap();
+        let info = load_multiboot(&ram, &kludge(0, 0x10_4000), "", None).unwrap();
         assert_eq!(info.entry, 0x10_0020);
         assert_eq!(info.kernel_end, 0x10_4000);
         assert_eq!(ram.read_u32(0x10_0000).unwrap(), MULTIBOOT_HEADER_MAGIC);
         assert_eq!(ram.read_u8(0x10_002f).unwrap(), 0x90);
         assert_eq!(ram.read_u8(0x10_0030).unwrap(), 0);
         // load_end within the file, no bss.
-        let info = load_multiboot(&ram, &kludge(0x10_0010, 0), "").unwrap();
+        let info = load_multiboot(&ram, &kludge(0x10_0010, 0), "", None).unwrap();
         assert_eq!(info.kernel_end, 0x10_0010);
     }
 
     #[test]
     fn aout_kludge_rejects_bad_fields() {
-        let bad = |img: Vec<u8>| load_multiboot(&ram(), &img, "").unwrap_err();
+        let bad = |img: Vec<u8>| load_multiboot(&ram(), &img, "", None).unwrap_err();
         assert!(matches!(
             bad(kludge(0x10_1000, 0)),
             LoadError::Truncated { .. }
