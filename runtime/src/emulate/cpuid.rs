@@ -79,6 +79,12 @@ pub(crate) fn filter(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> [u32; 4
     }
 }
 
+/// What the guest's `cpuid` returns for `leaf`/`subleaf` on this host (eax, ebx, ecx, edx):
+/// the virtual CPU model, for tools that compare it with other engines (`bt86 study`).
+pub fn guest_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    filter(leaf, subleaf, host)
+}
+
 /// cpuid: eax = leaf, ecx = subleaf.
 pub(crate) fn emulate(m: &mut Machine<'_>, _site: &CalloutSite) -> EmuResult {
     let r = filter(m.ctx.gpr[0], m.ctx.gpr[1], host);

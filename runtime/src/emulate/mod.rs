@@ -38,6 +38,7 @@ use bt86_translator::abi::VcpuCtx;
 use bt86_translator::{CalloutKind, CalloutSite};
 use iced_x86::{Formatter, GasFormatter, Mnemonic};
 
+pub use cpuid::guest_cpuid;
 pub use delivery::{deliver_event, DeliveryFailure, EventSource};
 
 /// A guest memory access that cannot complete.
