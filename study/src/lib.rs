@@ -14,7 +14,7 @@
 //!   rules the expected values are computed with; [`asm`]: the little assembler;
 //! - [`engines`]: deprivileged (natively at CPL 3, through [`native`]), bt (bt86's
 //!   translator), kvm (hardware-backed KVM only), and how a run becomes an outcome;
-//! - [`report`]: the rows and outcomes, and the JSON.
+//! - [`report`]: the rows and outcomes; [`render`]: the terminal table, JSON and HTML.
 
 pub mod arch;
 pub mod asm;
@@ -22,6 +22,7 @@ pub mod catalogue;
 pub mod engines;
 pub mod guest;
 pub mod native;
+pub mod render;
 pub mod report;
 
 use std::collections::BTreeMap;
