@@ -64,7 +64,7 @@ fn host_facts(opts: &Options) -> (HostFacts, Option<String>) {
         Ok(host) => (format!("hardware-backed KVM: {}", host.describe()), None),
         Err(e @ KvmUnavailable::Software { .. }) if opts.allow_software_kvm => {
             let what = e.software_host().map(kvm::KvmHost::describe).unwrap_or_default();
-            (format!("software-backed KVM ({what}), run because --allow-software-kvm was given"), None)
+            (format!("KVM backed by {what}, not VT-x/AMD-V: run because --allow-software-kvm was given, so the kvm column shows that hypervisor"), None)
         }
         Err(e) => (e.to_string(), Some(e.to_string())),
     };

@@ -126,7 +126,7 @@ fn notes(study: &Study) -> Vec<String> {
     let ri: Vec<_> = study.rows.iter().filter(|r| r.group == "robin-irvine").collect();
     let count = |o: Outcome| ri.iter().filter(|r| r.engines.deprivileged.outcome == o).count();
     note(format!(
-        "* Robin & Irvine's {} instructions, deprivileged: {} wrong, {} trap, {} correct. Under bt: {} of {} rows correct.",
+        "* Robin & Irvine's instructions ({} rows), deprivileged: {} wrong, {} trap, {} correct. Under bt: {} of {} rows correct.",
         ri.len(),
         count(Outcome::Wrong),
         count(Outcome::Trap),
@@ -156,8 +156,13 @@ fn notes(study: &Study) -> Vec<String> {
             note(format!("* {} deprivileged: {}", r.instruction, e.deprivileged.note));
         }
         for (name, res) in [("bt", &e.bt), ("kvm", &e.kvm)] {
-            if matches!(res.outcome, Outcome::Wrong | Outcome::Error) {
-                note(format!("* {} under {name}: {} (saw {}, should see {}) {}", r.instruction, res.outcome.as_str(), res.observed, res.expected, res.note));
+            match res.outcome {
+                Outcome::Wrong => note(format!(
+                    "* {} under {name}: wrong (saw {}, should see {}) {}",
+                    r.instruction, res.observed, res.expected, res.note
+                )),
+                Outcome::Error => note(format!("* {} under {name}: error: {}", r.instruction, res.note)),
+                _ => {}
             }
         }
     }
