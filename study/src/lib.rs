@@ -82,7 +82,18 @@ pub fn run(opts: &Options) -> Result<Study, StudyError> {
     let mut empty = guest::body();
     empty.hlt();
     let (body, _) = empty.finish()?;
-    let baseline_case = catalogue::Case { body, insn: guest::BODY, terminator: guest::BODY, checks: Vec::new(), ..cases[0].clone() };
+    let baseline_case = catalogue::Case {
+        name: "start-up",
+        group: catalogue::Group::Privileged,
+        umip: false,
+        about: "",
+        state: guest::GuestState::base(),
+        body,
+        insn: guest::BODY,
+        terminator: guest::BODY,
+        checks: Vec::new(),
+        ending: catalogue::Ending::Completed,
+    };
     let baseline = engines::run(Engine::Bt, &baseline_case, &kvm_opts).map_err(StudyError::Baseline)?.callouts;
     let kvm_cpu = if kvm_not_run.is_none() { Some(KvmCpu::read()) } else { None };
     let mut rows = Vec::with_capacity(cases.len());
