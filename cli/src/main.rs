@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod study;
+
 const DEMO_KERNEL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/demo.elf"));
 
 const EXIT_STATUS_HELP: &str = "\
@@ -90,6 +92,10 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 120.0)]
         timeout: f64,
     },
+    /// Why x86 was not virtualizable, measured: each sensitive instruction run by a guest
+    /// kernel deprivileged (natively at CPL 3), under binary translation and under KVM.
+    #[command(after_help = study::EXIT_STATUS_HELP)]
+    Study(study::StudyArgs),
 }
 
 #[derive(clap::Args)]
@@ -151,6 +157,7 @@ fn main() -> ExitCode {
         Command::Compare { kernel, mem, cmdline, allow_software_kvm, timeout } => {
             return compare::main(&compare::Settings { kernel, mem, cmdline, allow_software_kvm, timeout });
         }
+        Command::Study(args) => return study::main(&args),
     };
     run(inputs, &opts, console_input)
 }
