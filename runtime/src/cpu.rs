@@ -140,11 +140,18 @@ impl Cpu {
         (self.seg[sreg::CS].selector & 3) as u8
     }
 
+    /// The segment bases, es..gs, as translated code reads them from the context.
+    pub fn seg_bases(&self) -> [u32; 6] {
+        self.seg.map(|s| s.base)
+    }
+
     /// What translated code depends on.
     pub fn mode(&self) -> Mode {
-        let mut seg_base = [0; 6];
-        for (b, s) in seg_base.iter_mut().zip(self.seg.iter()) {
-            *b = s.base;
+        let mut seg_based = 0;
+        for (i, s) in self.seg.iter().enumerate() {
+            if s.base != 0 {
+                seg_based |= 1 << i;
+            }
         }
         use bt86_translator::fpu_mode;
         let mut fpu = 0;
@@ -160,6 +167,6 @@ impl Cpu {
         }
         let ss = self.seg[sreg::SS];
         let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0;
-        Mode { seg_base, cpl: self.cpl(), fpu, irregular_stack }
+        Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack }
     }
 }

@@ -91,7 +91,10 @@ impl Vm {
                 Next::Resume(h) => h,
                 Next::Done(outcome) => return Ok(outcome),
             };
-            self.tr.ctx_mut().gs_base = self.current_view_base();
+            let (bases, view) = (self.cpu.seg_bases(), self.current_view_base());
+            let ctx = self.tr.ctx_mut();
+            ctx.gs_base = view;
+            ctx.seg_base = bases;
             if self.stop_flag.load(Ordering::SeqCst) {
                 return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
             }
@@ -117,7 +120,7 @@ impl Vm {
         let mode = self.cpu.mode();
         self.tr.set_context(self.shadow.space_id(), mode)?;
         let user = self.cpu.cpl() == 3;
-        let phys = match self.translate_linear(eip, false, user) {
+        let phys = match self.code_walk(eip, user)? {
             Ok(p) => p,
             Err(WalkError::PageFault { error_code }) => {
                 self.cpu.cr2 = eip;
@@ -141,7 +144,12 @@ impl Vm {
                     // Translated in another address space whose second page maps
                     // another frame than this one's.
                     Some((page, frame)) if frame_of(page) != Some(frame) => self.tr.invalidate(id)?,
-                    _ => return Ok(Ok((id, self.tr.entry(id)))),
+                    tail => {
+                        if let Some((page, _)) = tail {
+                            let _ = self.code_walk(page, user)?;
+                        }
+                        return Ok(Ok((id, self.tr.entry(id))));
+                    }
                 }
             }
         }
@@ -151,6 +159,9 @@ impl Vm {
             Err(TranslatorError::Build(BuildError::Fetch(_))) => return Ok(Err(FetchFailure::NoRam)),
             Err(e) => return Err(e.into()),
         };
+        if let Some((page, _)) = self.tr.unit_tail(t.unit) {
+            let _ = self.code_walk(page, user)?;
+        }
         for f in t.flushed_frames {
             self.protected.remove(&f);
             self.protect_frame(f, true)?;
@@ -160,6 +171,23 @@ impl Vm {
             self.protected.insert(f);
         }
         Ok(Ok((t.unit, t.host)))
+    }
+
+    /// The physical address of code at `linear` (an instruction fetch), noting
+    /// with paging on that the current space's links to that code depend on the
+    /// walk's page tables.
+    fn code_walk(&mut self, linear: u32, user: bool) -> Result<Result<u32, WalkError>, VmError> {
+        if !self.paging() {
+            return Ok(Ok(linear));
+        }
+        let access = Access { write: false, user, fetch: true };
+        match walk::walk(&mut RamPhys(&self.ram), &self.paging_mode(), linear, access) {
+            Ok(t) => {
+                self.note_code_page(linear & !0xfff, &t)?;
+                Ok(Ok(t.phys_page | (linear & 0xfff)))
+            }
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     fn handle_exit(&mut self) -> Result<Next, VmError> {
@@ -271,18 +299,12 @@ impl Vm {
         }
         let space_after = address_space_key(&self.cpu);
         if space_after != space_before {
-            if (space_after.0, space_after.2) == (space_before.0, space_before.2) && self.paging() {
-                self.switch_space(space_before.1, space_after.1)?;
-            } else {
-                self.shadow.cr3_switches += u64::from(space_after.1 != space_before.1);
-                self.shadow_flush()?;
-            }
+            self.paging_controls_changed(space_before, space_after)?;
             // The rest of this unit may not be mapped the same way any more.
             wrote_code = true;
-        } else if site.ins.mnemonic() == iced_x86::Mnemonic::Invlpg && self.paging() {
-            let linear = self.operand_linear(&site.ins);
-            self.invlpg(linear)?;
-            wrote_code = true;
+        } else if site.ins.mnemonic() == iced_x86::Mnemonic::Invlpg {
+            // The shadow is kept coherent by tracing: nothing to drop.
+            self.shadow.invlpgs += 1;
         }
         if self.cpu.cpl() != mode_before.cpl {
             self.stats.ring_transitions += 1;
@@ -607,30 +629,6 @@ impl Vm {
             self.tr.make_plain(eip)?;
         }
         Ok(())
-    }
-
-    /// The linear address of `ins`'s memory operand (for invlpg).
-    fn operand_linear(&self, ins: &iced_x86::Instruction) -> u32 {
-        let ctx = self.tr.ctx();
-        let cpu = &self.cpu;
-        let value = |reg: iced_x86::Register, _: usize, _: usize| -> Option<u64> {
-            use iced_x86::Register as R;
-            let seg = |i: usize| Some(u64::from(cpu.seg[i].base));
-            match reg {
-                R::ES => seg(0),
-                R::CS => seg(1),
-                R::SS => seg(2),
-                R::DS => seg(3),
-                R::FS => seg(4),
-                R::GS => seg(5),
-                r if r.is_gpr32() => Some(u64::from(ctx.gpr[r.number()])),
-                r if r.is_gpr16() => Some(u64::from(ctx.gpr[r.number()] & 0xffff)),
-                _ => None,
-            }
-        };
-        #[allow(clippy::cast_possible_truncation)]
-        let linear = ins.virtual_address(0, 0, value).unwrap_or(0) as u32;
-        linear
     }
 
     /// A branch target whose code cannot be fetched.

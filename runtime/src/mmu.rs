@@ -73,11 +73,15 @@ struct SpaceMaps {
     deps: HashMap<u32, Vec<Place>>,
     /// Frames holding the page directories and page tables its walks used.
     traced: HashSet<u32>,
+    /// Physical address of a PDE or PTE → linear pages whose code was reached
+    /// through it: their indirect-lookup entries and chained jumps (which skip the
+    /// walk) depend on it, though no host mapping does.
+    code_deps: HashMap<u32, Vec<u32>>,
 }
 
 /// A cached address space that is not current.
 struct IdleSpace {
-    cr3: u32,
+    key: SpaceKey,
     id: u64,
     view: View,
     user_view: View,
@@ -116,9 +120,13 @@ impl SpaceMaps {
     /// consecutive pages with one host call; returns their linear pages.
     fn drop_entries(&mut self, view: &mut View, user_view: &mut View, entries: &[u32]) -> Result<Vec<u32>, VmError> {
         let mut places: Vec<Place> = Vec::new();
+        let mut code_pages = Vec::new();
         for entry in entries {
             if let Some(list) = self.deps.remove(entry) {
                 places.extend(list.into_iter().filter(|p| self.mappings.contains_key(p)));
+            }
+            if let Some(pages) = self.code_deps.remove(entry) {
+                code_pages.extend(pages);
             }
         }
         places.sort_unstable();
@@ -136,7 +144,8 @@ impl SpaceMaps {
             pick_view(view, user_view, user).unmap(start, 0x1000 * (j - i) as u64)?;
             i = j;
         }
-        Ok(places.into_iter().map(|(_, l)| l).collect())
+        code_pages.extend(places.into_iter().map(|(_, l)| l));
+        Ok(code_pages)
     }
 
     /// Sets the host protection of every mapping of `frame`: read-only, or what
@@ -180,6 +189,8 @@ pub(crate) struct Shadow {
     /// Times the current space's mappings were all dropped to stay under the limit.
     pub space_drops: u64,
     pub view_flushes: u64,
+    /// invlpg executed (nothing to do: tracing keeps the shadow coherent).
+    pub invlpgs: u64,
     /// Pages mapped by a hidden fault next to the one that faulted.
     pub prefetched: u64,
     /// Writes to each traced frame since a walk last went through it.
@@ -253,10 +264,17 @@ impl PhysMem for PeekPhys<'_> {
     }
 }
 
-/// The translation state translated code and shadow mappings depend on.
+/// The paging controls shadow mappings depend on: CR0.PG/WP, CR3's page
+/// directory, CR4.PSE. (CR4.PGE only decides what a TLB flush keeps, and the
+/// shadow never holds stale entries: tracing keeps it coherent.)
 pub(crate) fn address_space_key(cpu: &crate::cpu::Cpu) -> (u32, u32, u32) {
-    (cpu.cr0 & (cr0::PG | cr0::WP), cpu.cr3 & 0xffff_f000, cpu.cr4 & (CR4_PSE | CR4_PGE))
+    (cpu.cr0 & (cr0::PG | cr0::WP), cpu.cr3 & 0xffff_f000, cpu.cr4 & CR4_PSE)
 }
+
+/// Which cached address space a CR3 value and CR0.WP select: the same page
+/// tables with WP set and clear give different host protections, so each
+/// combination is a space of its own, and toggling WP switches between two.
+type SpaceKey = (u32, bool);
 
 /// What a fault in a view becomes.
 pub(crate) enum FaultAction {
@@ -295,17 +313,6 @@ impl Vm {
         }
     }
 
-    /// Translates a linear address for the VMM's own use (code fetch, emulated
-    /// instructions): supervisor access unless `user`.
-    pub(crate) fn translate_linear(&self, linear: u32, write: bool, user: bool) -> Result<u32, WalkError> {
-        if !self.paging() {
-            return Ok(linear);
-        }
-        let access = Access { write, user, fetch: false };
-        let t = walk::walk(&mut RamPhys(&self.ram), &self.paging_mode(), linear, access)?;
-        Ok(t.phys_page | (linear & 0xfff))
-    }
-
     /// Drops every shadow mapping and translation of every cached space; without
     /// paging the kernel view maps RAM one to one again.
     pub(crate) fn shadow_flush(&mut self) -> Result<(), VmError> {
@@ -337,12 +344,36 @@ impl Vm {
         self.shadow_flush()
     }
 
-    /// CR3 changed from `old` to `new` with paging on and the other paging
-    /// controls unchanged: make `new`'s cached shadow state current, or start it
-    /// empty (dropping the least recently used space if the cache is full).
-    pub(crate) fn switch_space(&mut self, old: u32, new: u32) -> Result<(), VmError> {
+    /// The paging controls went from `before` to `after` (`address_space_key`).
+    /// Turning paging on or off starts everything over; a change of CR4.PSE reads
+    /// every page directory differently, so every mapping goes; a change of CR3 or
+    /// CR0.WP switches to that space's cached shadow state.
+    pub(crate) fn paging_controls_changed(&mut self, before: (u32, u32, u32), after: (u32, u32, u32)) -> Result<(), VmError> {
+        let pg = |k: (u32, u32, u32)| k.0 & cr0::PG != 0;
+        let wp = |k: (u32, u32, u32)| k.0 & cr0::WP != 0;
+        if pg(before) != pg(after) {
+            self.shadow.cr3_switches += u64::from(after.1 != before.1);
+            return self.shadow_flush();
+        }
+        if !pg(after) {
+            return Ok(());
+        }
+        if before.2 != after.2 {
+            // Every page directory reads differently: start over.
+            return self.shadow_flush();
+        }
+        if (before.1, wp(before)) != (after.1, wp(after)) {
+            self.switch_space((before.1, wp(before)), (after.1, wp(after)))?;
+        }
+        Ok(())
+    }
+
+    /// CR3 or CR0.WP changed with paging on and the other paging controls
+    /// unchanged: make `new`'s cached shadow state current, or start it empty
+    /// (dropping the least recently used space if the cache is full).
+    fn switch_space(&mut self, old: SpaceKey, new: SpaceKey) -> Result<(), VmError> {
         self.shadow.cr3_switches += 1;
-        let incoming = match self.shadow.idle.iter().position(|s| s.cr3 == new) {
+        let incoming = match self.shadow.idle.iter().position(|s| s.key == new) {
             Some(i) => {
                 self.shadow.space_hits += 1;
                 self.shadow.idle.remove(i)
@@ -355,11 +386,11 @@ impl Vm {
                     Some(pair) => pair,
                     None => (View::reserve()?, View::reserve()?),
                 };
-                IdleSpace { cr3: new, id: self.shadow.fresh_id(), view, user_view, maps: SpaceMaps::default() }
+                IdleSpace { key: new, id: self.shadow.fresh_id(), view, user_view, maps: SpaceMaps::default() }
             }
         };
         let outgoing = IdleSpace {
-            cr3: old,
+            key: old,
             id: self.shadow.id,
             view: core::mem::replace(&mut self.view, incoming.view),
             user_view: core::mem::replace(&mut self.user_view, incoming.user_view),
@@ -398,6 +429,20 @@ impl Vm {
         self.shadow.maps.protect(&mut self.view, &mut self.user_view, frame, writable)?;
         for idle in &mut self.shadow.idle {
             idle.maps.protect(&mut idle.view, &mut idle.user_view, frame, writable)?;
+        }
+        Ok(())
+    }
+
+    /// Code at linear `page` is reached through walk `t` in the current space:
+    /// trace its tables, and remember that the page's lookup entries and chains
+    /// depend on its PDE and PTE (a change to either unlinks them).
+    pub(crate) fn note_code_page(&mut self, page: u32, t: &walk::Translation) -> Result<(), VmError> {
+        self.trace_tables(t)?;
+        for entry in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
+            let pages = self.shadow.maps.code_deps.entry(entry).or_default();
+            if !pages.contains(&page) {
+                pages.push(page);
+            }
         }
         Ok(())
     }
@@ -621,20 +666,7 @@ impl Vm {
         for idle in &mut self.shadow.idle {
             pages.extend(idle.maps.drop_entries(&mut idle.view, &mut idle.user_view, &entries)?);
         }
-        self.tr.invalidate_pages(&pages)?;
-        Ok(())
-    }
-
-    /// INVLPG: drop the shadow mappings and translations of the 4 MiB region around
-    /// `linear` (it may be a large page) in both views.
-    pub(crate) fn invlpg(&mut self, linear: u32) -> Result<(), VmError> {
-        let region = linear & 0xffc0_0000;
-        let hit: Vec<Place> =
-            self.shadow.maps.mappings.keys().filter(|&&(_, l)| l & 0xffc0_0000 == region).copied().collect();
-        for place in hit {
-            self.shadow.maps.unmap(&mut self.view, &mut self.user_view, place)?;
-        }
-        self.tr.invalidate_linear(region, 0x40_0000)?;
+        self.tr.unlink_pages(&pages)?;
         Ok(())
     }
 

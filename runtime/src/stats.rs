@@ -62,9 +62,13 @@ pub struct PagingReport {
     pub plain_retranslations: u64,
     /// Pages mapped next to a hidden fault (same page table, A bit already set).
     pub prefetched_pages: u64,
-    /// Times every shadow mapping of every space was dropped (CR0.PG/WP or
-    /// CR4.PSE/PGE changes).
+    /// Times every shadow mapping of every space was dropped (CR0.PG or CR4.PSE
+    /// changes).
     pub view_flushes: u64,
+    /// invlpg instructions (no work: tracing keeps the shadow coherent).
+    pub invlpgs: u64,
+    /// Times the current space's mappings were dropped to stay under the host's limit.
+    pub space_drops: u64,
     /// Guest pages mapped in all cached spaces' views now.
     pub mappings_live: u64,
 }

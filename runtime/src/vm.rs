@@ -251,6 +251,8 @@ impl Vm {
             untraced_frames: self.shadow.untraced_frames,
             plain_retranslations: self.tr.stats().plain_retranslations,
             view_flushes: self.shadow.view_flushes,
+            invlpgs: self.shadow.invlpgs,
+            space_drops: self.shadow.space_drops,
             mappings_live: self.shadow.mappings_live() as u64,
         };
         r

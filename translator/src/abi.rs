@@ -104,6 +104,8 @@ pub struct VcpuCtx {
     pub xmm: [[u64; 2]; 8],
     /// Written by the signal handler.
     pub fault: FaultRecord,
+    /// Segment bases es, cs, ss, ds, fs, gs (copied from the vCPU before entry).
+    pub seg_base: [u32; 6],
     /// Where translated `fxsave`/`fnsave`/`fnstenv` store the host's image before
     /// a scrubbed copy goes to the guest (`translate::fpu`).
     pub fpu_image: FpuImage,
@@ -135,6 +137,7 @@ impl Default for VcpuCtx {
             scratch: [0; 4],
             xmm: [[0; 2]; 8],
             fault: FaultRecord::default(),
+            seg_base: [0; 6],
             fpu_image: FpuImage([0; 512]),
         }
     }
@@ -164,6 +167,7 @@ pub mod off {
     pub const SCRATCH: i32 = o(offset_of!(VcpuCtx, scratch));
     pub const XMM: i32 = o(offset_of!(VcpuCtx, xmm));
     pub const FPU_IMAGE: i32 = o(offset_of!(VcpuCtx, fpu_image));
+    pub const SEG_BASE: i32 = o(offset_of!(VcpuCtx, seg_base));
 }
 
 /// Guest arithmetic flags kept in host rflags: CF PF AF ZF SF DF OF.

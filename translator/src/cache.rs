@@ -88,6 +88,8 @@ pub struct TranslatorStats {
     pub plain_retranslations: u64,
     /// Chained jumps across linear pages undone on entering another address space.
     pub unchained_on_switch: u64,
+    /// Chained jumps undone because the page of their target was remapped.
+    pub unlinked_chains: u64,
     pub translate_nanos: u64,
 }
 
@@ -110,6 +112,8 @@ pub struct Translator {
     units: Vec<Unit>,
     by_key: HashMap<UnitKey, u32>,
     by_frame: HashMap<u32, Vec<u32>>,
+    /// Linear page → live units with guest code on it (first or last page).
+    by_page: HashMap<u32, Vec<u32>>,
     slots: Vec<Slot>,
     sites: Vec<CalloutSite>,
     lookup: LookupTables,
@@ -155,6 +159,7 @@ impl Translator {
             units: Vec::new(),
             by_key: HashMap::new(),
             by_frame: HashMap::new(),
+            by_page: HashMap::new(),
             slots: Vec::new(),
             sites: Vec::new(),
             lookup,
@@ -344,6 +349,11 @@ impl Translator {
             self.lookup.insert(key.eip, base);
         }
         let pages = unit_pages(built.guest_start, built.guest_len);
+        if !transient {
+            for p in [pages.0, pages.1].into_iter().take(if pages.0 == pages.1 { 1 } else { 2 }) {
+                self.by_page.entry(p).or_default().push(id);
+            }
+        }
         let tail = if pages.0 == pages.1 { None } else { frame_of(pages.1).map(|f| (pages.1, f)) };
         self.units.push(Unit {
             key,
@@ -430,7 +440,16 @@ impl Translator {
         let incoming = core::mem::take(&mut u.incoming);
         let frames = core::mem::take(&mut u.frames);
         let host = u.host_start;
+        let pages = u.pages;
         self.by_key.remove(&key);
+        for p in [pages.0, pages.1] {
+            if let Some(list) = self.by_page.get_mut(&p) {
+                list.retain(|&x| x != id);
+                if list.is_empty() {
+                    self.by_page.remove(&p);
+                }
+            }
+        }
         for f in frames {
             if let Some(list) = self.by_frame.get_mut(&f) {
                 list.retain(|&x| x != id);
@@ -449,22 +468,30 @@ impl Translator {
         Ok(())
     }
 
+    /// Live units with guest code on linear `page`.
+    fn units_on_page(&self, page: u32) -> Vec<u32> {
+        self.by_page.get(&(page & !0xfff)).cloned().unwrap_or_default()
+    }
+
     /// Drops every unit whose guest code overlaps the linear range
-    /// [`start`, `start + len`): its mapping to physical memory may have changed.
+    /// [`start`, `start + len`) (`len` at most a page).
     pub fn invalidate_linear(&mut self, start: u32, len: u32) -> Result<bool, TranslatorError> {
         let end = u64::from(start) + u64::from(len);
-        let hit: Vec<u32> = self
-            .by_key
-            .iter()
-            .filter(|(k, &id)| {
-                let s = u64::from(k.eip);
-                let mut e = u64::from(self.units[id as usize].guest_end);
+        let mut candidates = self.units_on_page(start);
+        candidates.extend(self.units_on_page(start.wrapping_add(len.max(1) - 1)));
+        candidates.sort_unstable();
+        candidates.dedup();
+        let hit: Vec<u32> = candidates
+            .into_iter()
+            .filter(|&id| {
+                let u = &self.units[id as usize];
+                let s = u64::from(u.key.eip);
+                let mut e = u64::from(u.guest_end);
                 if e < s {
                     e += 1 << 32;
                 }
                 s < end && u64::from(start) < e
             })
-            .map(|(_, &id)| id)
             .collect();
         for &id in &hit {
             self.invalidate_unit(id)?;
@@ -472,25 +499,32 @@ impl Translator {
         Ok(!hit.is_empty())
     }
 
-    /// Drops every unit with guest code on one of the linear `pages` (page
-    /// addresses): their mapping to physical memory may have changed.
-    pub fn invalidate_pages(&mut self, pages: &hashbrown::HashSet<u32>) -> Result<bool, TranslatorError> {
-        if pages.is_empty() {
-            return Ok(false);
+    /// The linear `pages` (page addresses) may map other frames now: units with
+    /// code there stay (they are keyed by frame and found again wherever their
+    /// frame is mapped), but nothing may reach them without that check any more:
+    /// their indirect-lookup entries go, and jumps chained to them are undone.
+    pub fn unlink_pages(&mut self, pages: &hashbrown::HashSet<u32>) -> Result<(), TranslatorError> {
+        for &page in pages {
+            for id in self.units_on_page(page) {
+                self.unlink_unit(id)?;
+            }
         }
-        let hit: Vec<u32> = self
-            .by_key
-            .values()
-            .copied()
-            .filter(|&id| {
-                let (first, last) = self.units[id as usize].pages;
-                pages.contains(&first) || pages.contains(&last)
-            })
-            .collect();
-        for &id in &hit {
-            self.invalidate_unit(id)?;
+        Ok(())
+    }
+
+    /// Removes unit `id`'s lookup entries and undoes every jump chained to it.
+    fn unlink_unit(&mut self, id: u32) -> Result<(), TranslatorError> {
+        let u = &mut self.units[id as usize];
+        let (eip, host) = (u.key.eip, u.host_start);
+        let incoming = core::mem::take(&mut u.incoming);
+        self.lookup.remove(eip, host);
+        for slot in incoming {
+            let (patch_at, stub) = (self.slots[slot as usize].patch_at, self.slots[slot as usize].stub);
+            self.patch_rel32(patch_at, stub)?;
+            self.slots[slot as usize].chained = false;
+            self.stats.unlinked_chains += 1;
         }
-        Ok(!hit.is_empty())
+        Ok(())
     }
 
     /// Translates the store at `eip` as a plain store again (it stopped writing
@@ -555,6 +589,7 @@ impl Translator {
         self.units.clear();
         self.by_key.clear();
         self.by_frame.clear();
+        self.by_page.clear();
         self.slots.clear();
         self.sites.clear();
         self.cross_chains.clear();
@@ -585,11 +620,11 @@ impl Translator {
     /// Runs translated code from host address `host` until it exits. The exit
     /// reason and guest state are in `ctx()` afterwards.
     pub fn run(&mut self, host: u64) -> Result<(), TranslatorError> {
-        self.mem.seal()?;
         self.ctx.resume = host;
         self.ctx.neg_gs_base = self.ctx.gs_base.wrapping_neg();
         let ctx: *mut VcpuCtx = &mut *self.ctx;
-        // SAFETY: the cache is sealed and holds only stubs and units we generated;
+        // SAFETY: the cache holds only stubs and units we generated (its executable view
+        // is never writable);
         // `ctx` is our boxed context, alive for the call; the GS base in it was set
         // by the VMM to a view it owns (checked by the caller's construction).
         unsafe { world::run(self.stubs.enter, ctx) };

@@ -1,14 +1,21 @@
 //! Executable memory for the code cache, never writable and executable at once.
 //!
-//! The cache is one anonymous mapping. Pages are writable while the translator
-//! emits or patches code and are sealed read+execute before translated code runs
-//! again (`seal`). Sealing is batched: everything written between two entries into
-//! translated code costs one `mprotect` per dirty run of pages.
+//! The cache is one memfd mapped twice: a read+execute view that translated code
+//! runs from (every host address in the cache is in this view), and a read+write
+//! view the translator writes through. No page is ever both writable and
+//! executable, and emitting, chaining and unchaining code never change page
+//! protections: on this machine an `mprotect` of executable memory costs a TLB
+//! shootdown to every CPU the process ran on (the alarm thread's too). x86 keeps
+//! instruction fetch coherent with stores through another mapping of the same
+//! physical page; the jumps of the world switch separate each write from the
+//! execution of what it wrote.
 //!
 //! This is one of the two modules of the crate with `unsafe` code (the other is
 //! `world`, which calls into the cache).
 
+use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
+use std::os::fd::OwnedFd;
 use thiserror::Error;
 
 const PAGE: usize = 4096;
@@ -24,36 +31,44 @@ pub enum ExecMemError {
 
 /// A fixed-size region of host memory holding generated code.
 pub struct ExecMem {
-    base: *mut u8,
+    /// The read+execute view: where code runs and what every cache address names.
+    exec: *mut u8,
+    /// The read+write view of the same memory, for the translator.
+    write: *mut u8,
     size: usize,
-    /// Page-index ranges [start, end) currently writable (not executable).
-    writable: Vec<(usize, usize)>,
+    _fd: OwnedFd,
 }
 
-// SAFETY: ExecMem owns its mapping exclusively; the raw pointer is only an address.
+// SAFETY: ExecMem owns its mappings exclusively; the raw pointers are only addresses.
 unsafe impl Send for ExecMem {}
 
 impl ExecMem {
-    /// Maps `size` bytes (rounded up to pages), initially writable.
+    /// Creates a cache of `size` bytes (rounded up to pages).
     pub fn new(size: usize) -> Result<Self, ExecMemError> {
         let size = size.div_ceil(PAGE) * PAGE;
-        // SAFETY: a fresh anonymous private mapping at an address the kernel picks
-        // cannot alias any Rust object.
-        let base = unsafe {
-            mm::mmap_anonymous(
-                core::ptr::null_mut(),
-                size,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|source| ExecMemError::Map { size, source })?;
-        Ok(Self { base: base.cast(), size, writable: vec![(0, size / PAGE)] })
+        let err = |source| ExecMemError::Map { size, source };
+        let fd = memfd_create("bt86-code-cache", MemfdFlags::CLOEXEC).map_err(err)?;
+        ftruncate(&fd, size as u64).map_err(err)?;
+        let map = |prot| {
+            // SAFETY: a fresh shared mapping of our own memfd at an address the kernel
+            // picks cannot alias any Rust object.
+            unsafe { mm::mmap(core::ptr::null_mut(), size, prot, MapFlags::SHARED, &fd, 0) }
+        };
+        let write = map(ProtFlags::READ | ProtFlags::WRITE).map_err(err)?;
+        let exec = match map(ProtFlags::READ | ProtFlags::EXEC) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: `write` was mapped just above with this size and is unused.
+                let _ = unsafe { mm::munmap(write, size) };
+                return Err(err(e));
+            }
+        };
+        Ok(Self { exec: exec.cast(), write: write.cast(), size, _fd: fd })
     }
 
-    /// Host address of the first byte.
+    /// Host address of the first byte (in the executable view).
     pub fn base(&self) -> u64 {
-        self.base as u64
+        self.exec as u64
     }
 
     /// Size in bytes.
@@ -61,70 +76,33 @@ impl ExecMem {
         self.size
     }
 
-    /// Whether `addr` lies inside the region.
+    /// Whether `addr` lies inside the executable view.
     pub fn contains(&self, addr: u64) -> bool {
         addr >= self.base() && addr < self.base() + self.size as u64
     }
 
-    /// Copies `bytes` to `offset`, making the touched pages writable first.
+    /// Copies `bytes` to `offset` (through the writable view).
     ///
     /// # Panics
     /// If the range lies outside the region (a translator bug, never guest input).
     pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<(), ExecMemError> {
         let end = offset.checked_add(bytes.len()).filter(|&e| e <= self.size);
-        let end = end.expect("code cache write out of range");
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        self.make_writable(offset / PAGE, end.div_ceil(PAGE))?;
-        // SAFETY: the range was bounds-checked above and is writable now; no Rust
-        // reference into the cache exists (the cache is only ever accessed by copies
-        // and by executing it).
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(offset), bytes.len()) };
+        end.expect("code cache write out of range");
+        // SAFETY: the range was bounds-checked above and the writable view is mapped
+        // read-write for our lifetime; no Rust reference into the cache exists (it is
+        // only ever accessed by copies and by executing it).
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.write.add(offset), bytes.len()) };
         Ok(())
-    }
-
-    fn make_writable(&mut self, first: usize, end: usize) -> Result<(), ExecMemError> {
-        let mut page = first;
-        while page < end {
-            if let Some(&(_, e)) = self.writable.iter().find(|&&(s, e)| s <= page && page < e) {
-                page = e;
-                continue;
-            }
-            let run_end = self.writable.iter().map(|&(s, _)| s).filter(|&s| s > page).min().unwrap_or(end).min(end);
-            self.protect(page, run_end, MprotectFlags::READ | MprotectFlags::WRITE)?;
-            self.writable.push((page, run_end));
-            page = run_end;
-        }
-        Ok(())
-    }
-
-    /// Makes every writable page read+execute. Call before running translated code.
-    pub fn seal(&mut self) -> Result<(), ExecMemError> {
-        let runs = core::mem::take(&mut self.writable);
-        for (s, e) in runs {
-            self.protect(s, e, MprotectFlags::READ | MprotectFlags::EXEC)?;
-        }
-        Ok(())
-    }
-
-    /// Whether any page is writable (so `seal` has work to do).
-    pub fn is_sealed(&self) -> bool {
-        self.writable.is_empty()
-    }
-
-    fn protect(&self, first: usize, end: usize, flags: MprotectFlags) -> Result<(), ExecMemError> {
-        // SAFETY: the page range lies within our own mapping; changing its protection
-        // affects no Rust object.
-        unsafe { mm::mprotect(self.base.add(first * PAGE).cast(), (end - first) * PAGE, flags) }
-            .map_err(ExecMemError::Protect)
     }
 }
 
 impl Drop for ExecMem {
     fn drop(&mut self) {
-        // SAFETY: we own the mapping and nothing refers to it after drop.
-        let _ = unsafe { mm::munmap(self.base.cast(), self.size) };
+        // SAFETY: we own both mappings and nothing refers to them after drop.
+        unsafe {
+            let _ = mm::munmap(self.exec.cast(), self.size);
+            let _ = mm::munmap(self.write.cast(), self.size);
+        }
     }
 }
 

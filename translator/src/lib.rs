@@ -59,8 +59,11 @@ pub enum CalloutKind {
 /// The translation-relevant part of the vCPU mode: what translated code bakes in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Mode {
-    /// Segment bases in the order es, cs, ss, ds, fs, gs.
-    pub seg_base: [u32; 6],
+    /// Which segments (bit i: es, cs, ss, ds, fs, gs) have a non-zero base. The
+    /// bases themselves are read from the context at run time (`VcpuCtx::seg_base`),
+    /// so code using a segment serves every base it takes (Linux's per-process
+    /// TLS in %gs, the per-CPU %fs), and only flat versus based is baked in.
+    pub seg_based: u8,
     /// Current privilege level.
     pub cpl: u8,
     /// FPU/SSE availability as CR0 and CR4 set it (`fpu_mode` bits).
@@ -83,16 +86,21 @@ pub mod fpu_mode {
 }
 
 impl Mode {
-    /// The base of segment register `r` (es..gs).
-    pub fn seg_base(&self, r: Register) -> u32 {
+    /// The index (es = 0 .. gs = 5) of segment register `r`.
+    pub fn seg_index(r: Register) -> Option<usize> {
         match r {
-            Register::ES => self.seg_base[0],
-            Register::CS => self.seg_base[1],
-            Register::SS => self.seg_base[2],
-            Register::DS => self.seg_base[3],
-            Register::FS => self.seg_base[4],
-            Register::GS => self.seg_base[5],
-            _ => 0,
+            Register::ES => Some(0),
+            Register::CS => Some(1),
+            Register::SS => Some(2),
+            Register::DS => Some(3),
+            Register::FS => Some(4),
+            Register::GS => Some(5),
+            _ => None,
         }
+    }
+
+    /// Whether segment register `r` has a non-zero base.
+    pub fn has_base(&self, r: Register) -> bool {
+        Self::seg_index(r).is_some_and(|i| self.seg_based & (1 << i) != 0)
     }
 }

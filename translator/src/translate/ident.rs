@@ -15,7 +15,7 @@
 
 use super::{special, Builder, Fixup, Flow};
 use crate::emit::{ice, ins2rm, EmitError};
-use crate::CalloutKind;
+use crate::{CalloutKind, Mode};
 use iced_x86::{
     Code, EncodingKind, FlowControl, Instruction, InstructionInfoFactory, MemoryOperand, OpAccess,
     OpKind, Register,
@@ -102,7 +102,7 @@ fn implicit_edi(i: &Instruction) -> bool {
 /// guest's edi waits in the scratch slot, where a fault finds it).
 fn masked_store(b: &mut Builder<'_>, mut out: Instruction) -> Result<Flow, EmitError> {
     use Register::*;
-    let base = b.mode.seg_base(b.ins.memory_segment());
+    let based = b.mode.has_base(b.ins.memory_segment());
     let a16 = (0..out.op_count()).any(|op| out.op_kind(op) == OpKind::MemorySegDI);
     for op in 0..out.op_count() {
         if out.op_kind(op) == OpKind::MemorySegDI {
@@ -114,14 +114,14 @@ fn masked_store(b: &mut Builder<'_>, mut out: Instruction) -> Result<Flow, EmitE
         b.callout(CalloutKind::Unsupported)?;
         return Ok(Flow::End);
     }
-    let rebase = a16 || base != 0;
+    let rebase = a16 || based;
     if rebase {
         b.fixup_from_here(Fixup::SpilledLegacy(7));
         b.a.store_ctx64(crate::abi::off::SCRATCH, RDI)?;
         if a16 {
             b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, EDI, DI).map_err(ice)?)?;
         }
-        b.a.lea32(EDI, RDI, i64::from(base as i32))?;
+        add_seg_base(b, b.ins.memory_segment(), EDI)?;
     }
     b.a.ins(&out)?;
     if rebase {
@@ -168,7 +168,7 @@ fn needs_ea_register(i: &Instruction, b: &Builder<'_>) -> bool {
     sixteen(i.memory_base())
         || sixteen(i.memory_index())
         || i.memory_displ_size() == 2
-        || (i.mnemonic() != iced_x86::Mnemonic::Lea && b.mode.seg_base(i.memory_segment()) != 0)
+        || (i.mnemonic() != iced_x86::Mnemonic::Lea && b.mode.has_base(i.memory_segment()))
 }
 
 /// Emits the guest effective address of `i`'s memory operand (segment base
@@ -177,7 +177,6 @@ pub(super) fn materialize_ea(b: &mut Builder<'_>, i: &Instruction, dst: Register
     let base = i.memory_base();
     let index = i.memory_index();
     let disp = i64::from(i.memory_displacement32());
-    let dst64 = dst.full_register();
     if base.size() == 2 || index.size() == 2 || i.memory_displ_size() == 2 {
         // 16-bit addressing: (base + index + disp16) mod 64 KiB.
         let t = if dst == Register::R11D { Register::R10D } else { Register::R11D };
@@ -209,12 +208,21 @@ pub(super) fn materialize_ea(b: &mut Builder<'_>, i: &Instruction, dst: Register
         b.a.ins(&ins2rm(Code::Lea_r32_m, dst, mem))?;
     }
     // lea computes an offset: segments play no part in it.
-    let seg_base = if i.mnemonic() == iced_x86::Mnemonic::Lea { 0 } else { b.mode.seg_base(i.memory_segment()) };
-    if seg_base != 0 {
-        let m = MemoryOperand::with_base_displ(dst64, i64::from(seg_base as i32));
-        b.a.ins(&ins2rm(Code::Lea_r32_m, dst, m))?;
+    if i.mnemonic() != iced_x86::Mnemonic::Lea {
+        add_seg_base(b, i.memory_segment(), dst)?;
     }
     Ok(())
+}
+
+/// Adds the base of segment `seg` (read from the context) to the 32-bit address
+/// in `dst`, wrapping at 4 GiB, without touching the flags. Uses r11 (r10 when
+/// `dst` is r11) as a temporary.
+pub(super) fn add_seg_base(b: &mut Builder<'_>, seg: Register, dst: Register) -> Result<(), EmitError> {
+    let Some(index) = Mode::seg_index(seg).filter(|_| b.mode.has_base(seg)) else { return Ok(()) };
+    let t = if dst == Register::R11D { Register::R10D } else { Register::R11D };
+    b.a.load_ctx32(t, crate::abi::off::SEG_BASE + 4 * index as i32)?;
+    let m = MemoryOperand::with_base_index(dst.full_register(), t.full_register());
+    b.a.ins(&ins2rm(Code::Lea_r32_m, dst, m))
 }
 
 fn r16_of(r: Register) -> Register {
@@ -352,10 +360,7 @@ fn xlat(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     if i.memory_base() == BX {
         b.a.ins(&Instruction::with2(Code::Movzx_r32_rm16, R9D, R9W).map_err(ice)?)?;
     }
-    let base = b.mode.seg_base(i.memory_segment());
-    if base != 0 {
-        b.a.lea32(R9D, R9, i64::from(base as i32))?;
-    }
+    add_seg_base(b, i.memory_segment(), R9D)?;
     b.a.ins(&ins2rm(Code::Mov_r8_rm8, AL, crate::emit::gmem(R9D, 0)))?;
     Ok(Flow::Next)
 }

@@ -69,7 +69,7 @@ pub(super) fn guest_operand(
     let plain = base.size() != 2
         && index.size() != 2
         && i.memory_displ_size() != 2
-        && b.mode.seg_base(i.memory_segment()) == 0;
+        && !b.mode.has_base(i.memory_segment());
     if plain {
         let map = |r: Register| if r == Register::ESP { Register::R8D } else { r };
         let mut m = iced_x86::MemoryOperand::with_base_index_scale_displ_size(

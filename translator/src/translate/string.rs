@@ -28,9 +28,9 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     let sixteen = kinds.iter().any(|k| matches!(k, OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI));
     let uses_src = kinds.contains(&OpKind::MemorySegESI);
     let uses_dst = kinds.contains(&OpKind::MemoryESEDI);
-    let src_base = if uses_src { b.mode.seg_base(i.memory_segment()) } else { 0 };
-    let dst_base = if uses_dst { b.mode.seg_base(Register::ES) } else { 0 };
-    if sixteen || src_base != 0 || dst_base != 0 {
+    let src_based = uses_src && b.mode.has_base(i.memory_segment());
+    let dst_based = uses_dst && b.mode.has_base(Register::ES);
+    if sixteen || src_based || dst_based {
         // 16-bit string addressing or segments with a base: not emitted by 32-bit
         // compilers; the VMM emulates them, with the segment checks.
         b.callout(CalloutKind::Emulate)?;

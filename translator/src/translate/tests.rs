@@ -87,12 +87,14 @@ fn sensitive_instructions_become_callouts() {
 }
 
 #[test]
-fn segment_base_is_added_explicitly() {
+fn segment_base_is_added_from_the_context() {
     let mut mode = Mode::default();
-    mode.seg_base[4] = 0x1234_0000; // fs
+    mode.seg_based = 1 << 4; // fs
     let u = build(&[0x64, 0x8b, 0x03, 0xc3], mode); // mov %fs:(%ebx),%eax
     let l: Vec<String> = host_listing(&u).iter().map(text).collect();
-    assert!(l.iter().any(|s| s.contains("0x12340000")), "{l:#?}");
+    let fs_base = format!("mov {:#x}(%r15),%r11d", crate::abi::off::SEG_BASE + 16);
+    assert!(l.contains(&fs_base), "{l:#?}");
+    assert!(l.iter().any(|s| s == "lea (%r9,%r11),%r9d"), "{l:#?}");
     assert!(l.iter().any(|s| s == "mov %gs:(%r9d),%eax"), "{l:#?}");
 }
 
@@ -139,7 +141,8 @@ proptest! {
 
     #[test]
     fn arbitrary_guest_code_with_segment_bases_is_confined(code in proptest::collection::vec(any::<u8>(), 1..64), base in any::<u32>()) {
-        let mode = Mode { seg_base: [base, 0, base, 0, base, base], cpl: 0, fpu: crate::fpu_mode::OSFXSR, irregular_stack: base != 0 };
+        let based = if base != 0 { 0b11_0101 } else { 0 };
+        let mode = Mode { seg_based: based, cpl: 0, fpu: crate::fpu_mode::OSFXSR, irregular_stack: base != 0 };
         let u = build(&code, mode);
         assert_confined(&u);
     }
@@ -187,7 +190,7 @@ fn huge_expansions_stay_within_the_unit_budget() {
 #[test]
 fn lea_ignores_segment_bases() {
     // Regression: lea with a based DS (or an override) added the base.
-    let mode = Mode { seg_base: [0, 0, 0, 0x1000, 0x2000, 0], ..Mode::default() };
+    let mode = Mode { seg_based: 0b01_1000, ..Mode::default() };
     for code in [&[0x8d, 0x0b, 0xc3][..], &[0x64, 0x8d, 0x0b, 0xc3]] {
         let l: Vec<String> = host_listing(&build(code, mode)).iter().map(text).collect();
         assert!(!l.iter().any(|s| s.contains("0x1000") || s.contains("0x2000")), "{l:#?}");
