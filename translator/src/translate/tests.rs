@@ -88,8 +88,7 @@ fn sensitive_instructions_become_callouts() {
 
 #[test]
 fn segment_base_is_added_from_the_context() {
-    let mut mode = Mode::default();
-    mode.seg_based = 1 << 4; // fs
+    let mode = Mode { seg_based: 1 << 4, ..Mode::default() }; // fs has a base
     let u = build(&[0x64, 0x8b, 0x03, 0xc3], mode); // mov %fs:(%ebx),%eax
     let l: Vec<String> = host_listing(&u).iter().map(text).collect();
     let fs_base = format!("mov {:#x}(%r15),%r11d", crate::abi::off::SEG_BASE + 16);
