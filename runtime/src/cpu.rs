@@ -59,6 +59,9 @@ pub mod eflags {
     pub const FIXED: u32 = 1 << 1;
 }
 
+/// CR4.TSD: rdtsc only at CPL 0.
+const CR4_TSD: u32 = 1 << 2;
+
 /// CR0 bits.
 pub mod cr0 {
     pub const PE: u32 = 1 << 0;
@@ -167,6 +170,8 @@ impl Cpu {
         }
         let ss = self.seg[sreg::SS];
         let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0;
-        Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack }
+        let tsd = self.cr4 & CR4_TSD != 0 && self.cpl() > 0;
+        let native_tsc = self.tsc_offset == 0 && !tsd;
+        Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack, native_tsc }
     }
 }

@@ -71,6 +71,9 @@ pub struct Mode {
     /// SS has a non-zero base or is a 16-bit stack: translated code addresses the
     /// stack as flat 32-bit `%gs:(r8d)`, so implicit stack accesses stop instead.
     pub irregular_stack: bool,
+    /// `rdtsc` may run natively: the guest's TSC is the host's (no offset) and
+    /// CR4.TSD does not forbid it here.
+    pub native_tsc: bool,
 }
 
 /// Bits of `Mode::fpu`.

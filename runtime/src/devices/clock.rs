@@ -1,6 +1,11 @@
 //! Virtual time for the devices.
 //!
-//! Virtual time follows the host's monotonic clock. Devices never read the clock
+//! Virtual time follows the host's time-stamp counter, converted to nanoseconds
+//! at the TSC rate measured once per process against the host's monotonic
+//! clock. The guest's `rdtsc` reads the same counter, so the guest's TSC and its
+//! timers (PIT, RTC) advance at exactly the same rate: Linux calibrates the TSC
+//! against PIT channel 2 and then finds no skew between them, whatever error the
+//! rate measurement has. Devices never read the clock
 //! themselves: [`super::Platform`] reads its [`Clock`] once per port access or poll and
 //! hands the time down as [`Nanos`], so every device can be tested with a [`FakeClock`].
 //! Wall-clock time (for the CMOS clock) is the wall time at the clock's origin plus the
@@ -22,10 +27,32 @@ pub trait Clock: Send + Sync {
     fn wall_origin_ns(&self) -> u64;
 }
 
-/// The host's monotonic clock, with the host's wall time sampled at creation.
+/// The host's time-stamp counter.
+pub fn host_tsc() -> u64 {
+    // SAFETY: rdtsc reads a counter and has no memory effects; x86-64 Linux leaves
+    // it enabled for user space (CR4.TSD clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The host TSC's rate in Hz, measured once per process over 20 ms of the
+/// monotonic clock.
+pub fn tsc_hz() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        let (t0, c0) = (Instant::now(), host_tsc());
+        std::thread::sleep(Duration::from_millis(20));
+        let (c1, t1) = (host_tsc(), Instant::now());
+        let ns = t1.duration_since(t0).as_nanos().max(1);
+        u64::try_from(u128::from(c1.wrapping_sub(c0)) * 1_000_000_000 / ns).unwrap_or(1).max(1)
+    })
+}
+
+/// The host's TSC as a clock, with the host's wall time sampled at creation.
 #[derive(Debug, Clone, Copy)]
 pub struct HostClock {
-    origin: Instant,
+    origin_tsc: u64,
+    /// Nanoseconds per TSC tick, as a 32.32 fixed-point number.
+    ns_per_tick: u128,
     wall_origin_ns: u64,
 }
 
@@ -35,7 +62,8 @@ impl HostClock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
         Self {
-            origin: Instant::now(),
+            origin_tsc: host_tsc(),
+            ns_per_tick: (1_000_000_000u128 << 32) / u128::from(tsc_hz()),
             wall_origin_ns: u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX),
         }
     }
@@ -49,7 +77,8 @@ impl Default for HostClock {
 
 impl Clock for HostClock {
     fn now_ns(&self) -> Nanos {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        let ticks = host_tsc().saturating_sub(self.origin_tsc);
+        u64::try_from((u128::from(ticks) * self.ns_per_tick) >> 32).unwrap_or(u64::MAX)
     }
 
     fn wall_origin_ns(&self) -> u64 {

@@ -364,6 +364,15 @@ impl Pic {
         self.set_irq(irq, false);
     }
 
+    /// Whether IRQ `irq` has a request latched that the CPU has not taken yet.
+    pub fn requested(&self, irq: u8) -> bool {
+        match irq {
+            0..=7 => self.master.irr & (1 << irq) != 0,
+            8..=15 => self.slave.irr & (1 << (irq - 8)) != 0,
+            _ => false,
+        }
+    }
+
     /// The INTR line to the CPU: an unmasked request of higher priority than any in service.
     pub fn interrupt_pending(&self) -> bool {
         self.master.pending_irq().is_some()

@@ -227,10 +227,7 @@ fn set_edx_eax(m: &mut Machine<'_>, v: u64) {
 
 /// The host time-stamp counter.
 pub(crate) fn host_tsc() -> u64 {
-    // SAFETY: rdtsc reads a counter and has no memory effects; the host is x86-64
-    // and bt86 runs only where the instruction is available (CR4.TSD is clear for
-    // user space on Linux).
-    unsafe { core::arch::x86_64::_rdtsc() }
+    crate::devices::clock::host_tsc()
 }
 
 /// The guest's time-stamp counter: the host's plus the guest's offset.

@@ -38,6 +38,11 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         }
         Sti => end(b, CalloutKind::Emulate)?,
         Salc => salc(b)?,
+        // The guest's TSC is the host's: read it (it has no memory effects).
+        Rdtsc if b.mode.native_tsc => {
+            b.a.ins(&Instruction::with(Code::Rdtsc))?;
+            Flow::Next
+        }
         Into => into(b)?,
         // Extensions the guest CPU lacks never get here (`Isa::allows`).
         Ud0 | Ud1 | Ud2 | Syscall | Sysret => raise_ud(b)?,

@@ -141,7 +141,7 @@ proptest! {
     #[test]
     fn arbitrary_guest_code_with_segment_bases_is_confined(code in proptest::collection::vec(any::<u8>(), 1..64), base in any::<u32>()) {
         let based = if base != 0 { 0b11_0101 } else { 0 };
-        let mode = Mode { seg_based: based, cpl: 0, fpu: crate::fpu_mode::OSFXSR, irregular_stack: base != 0 };
+        let mode = Mode { seg_based: based, fpu: crate::fpu_mode::OSFXSR, irregular_stack: base != 0, ..Mode::default() };
         let u = build(&code, mode);
         assert_confined(&u);
     }
