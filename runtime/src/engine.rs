@@ -91,10 +91,11 @@ impl Vm {
                 Next::Resume(h) => h,
                 Next::Done(outcome) => return Ok(outcome),
             };
-            let (bases, view) = (self.cpu.seg_bases(), self.current_view_base());
+            let (bases, view, code_map) = (self.cpu.seg_bases(), self.current_view_base(), self.shadow.code_map_ptr());
             let ctx = self.tr.ctx_mut();
             ctx.gs_base = view;
             ctx.seg_base = bases;
+            ctx.code_map = code_map;
             if self.stop_flag.load(Ordering::SeqCst) {
                 return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
             }
@@ -118,7 +119,7 @@ impl Vm {
     /// code can be fetched at `eip`.
     fn unit_for(&mut self, eip: u32, transient: bool) -> Result<Result<(u32, u64), FetchFailure>, VmError> {
         let mode = self.cpu.mode();
-        self.tr.set_context(self.shadow.space_id(), mode)?;
+        self.tr.set_mode(mode);
         let user = self.cpu.cpl() == 3;
         let phys = match self.code_walk(eip, user)? {
             Ok(p) => p,

@@ -14,7 +14,8 @@
 //! is mapped read-only wherever it is mapped. A write to it runs alone in a
 //! transient unit with the page writable; the page is then compared with its old
 //! contents and only the mappings whose walks used a changed entry are dropped
-//! (with the translations on those linear pages). A store that keeps doing this is
+//! (and the code pages reached through it leave the space's code map, which the
+//! translated code's page checks read). A store that keeps doing this is
 //! retranslated into a callout that writes through the emulator (`emulate::traced`),
 //! which reports the changed entries without a fault.
 //!
@@ -64,7 +65,6 @@ struct Mapping {
 
 /// One address space's shadow state (its views live with it, or in the `Vm` for
 /// the current space).
-#[derive(Default)]
 struct SpaceMaps {
     /// Frame → the places it is mapped, for protection.
     rmap: HashMap<u32, Vec<Place>>,
@@ -77,12 +77,28 @@ struct SpaceMaps {
     /// through it: their indirect-lookup entries and chained jumps (which skip the
     /// walk) depend on it, though no host mapping does.
     code_deps: HashMap<u32, Vec<u32>>,
+    /// The code map translated code's page checks read (`VcpuCtx::code_map`):
+    /// linear page → frame + 1 for code pages walked in this space, 0 otherwise.
+    /// 4 MiB of address space, zero pages until code is found on them.
+    code_map: Box<[u32]>,
+}
+
+impl Default for SpaceMaps {
+    fn default() -> Self {
+        Self {
+            rmap: HashMap::new(),
+            mappings: HashMap::new(),
+            deps: HashMap::new(),
+            traced: HashSet::new(),
+            code_deps: HashMap::new(),
+            code_map: vec![0u32; 1 << 20].into_boxed_slice(),
+        }
+    }
 }
 
 /// A cached address space that is not current.
 struct IdleSpace {
     key: SpaceKey,
-    id: u64,
     view: View,
     user_view: View,
     maps: SpaceMaps,
@@ -118,15 +134,15 @@ impl SpaceMaps {
 
     /// Drops the mappings that depended on any of the guest `entries`, unmapping
     /// consecutive pages with one host call; returns their linear pages.
-    fn drop_entries(&mut self, view: &mut View, user_view: &mut View, entries: &[u32]) -> Result<Vec<u32>, VmError> {
+    fn drop_entries(&mut self, view: &mut View, user_view: &mut View, entries: &[u32]) -> Result<(), VmError> {
         let mut places: Vec<Place> = Vec::new();
-        let mut code_pages = Vec::new();
         for entry in entries {
             if let Some(list) = self.deps.remove(entry) {
                 places.extend(list.into_iter().filter(|p| self.mappings.contains_key(p)));
             }
-            if let Some(pages) = self.code_deps.remove(entry) {
-                code_pages.extend(pages);
+            // Code reached through the entry: page checks fail from now on.
+            for p in self.code_deps.remove(entry).into_iter().flatten() {
+                self.code_map[(p >> 12) as usize] = 0;
             }
         }
         places.sort_unstable();
@@ -144,8 +160,7 @@ impl SpaceMaps {
             pick_view(view, user_view, user).unmap(start, 0x1000 * (j - i) as u64)?;
             i = j;
         }
-        code_pages.extend(places.into_iter().map(|(_, l)| l));
-        Ok(code_pages)
+        Ok(())
     }
 
     /// Sets the host protection of every mapping of `frame`: read-only, or what
@@ -164,9 +179,6 @@ impl SpaceMaps {
 pub(crate) struct Shadow {
     /// The current address space's maps (its views are `Vm::view`/`user_view`).
     maps: SpaceMaps,
-    /// The current space's id (the translator keys lookup tables by it).
-    id: u64,
-    next_id: u64,
     /// Cached spaces that are not current, least recently used first.
     idle: Vec<IdleSpace>,
     /// Emptied views kept for reuse.
@@ -216,9 +228,9 @@ impl Shadow {
         self.maps.traced.contains(&frame) || self.idle.iter().any(|s| s.maps.traced.contains(&frame))
     }
 
-    /// The current address space's id.
-    pub fn space_id(&self) -> u64 {
-        self.id
+    /// The current address space's code map (for `VcpuCtx::code_map`).
+    pub fn code_map_ptr(&self) -> u64 {
+        self.maps.code_map.as_ptr() as u64
     }
 
     /// Address spaces cached (the current one included).
@@ -226,10 +238,6 @@ impl Shadow {
         1 + self.idle.len()
     }
 
-    fn fresh_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
 }
 
 /// Guest-physical memory for the page walk (RAM only; the A and D bits are written
@@ -324,11 +332,11 @@ impl Vm {
             self.shadow.spare_views.push((idle.view, idle.user_view));
         }
         self.shadow.maps = SpaceMaps::default();
-        self.shadow.id = self.shadow.fresh_id();
         self.shadow.pending_trace = None;
         self.shadow.void_pages.clear();
         self.shadow.view_flushes += 1;
         self.tr.flush();
+        self.tr.set_page_checks(self.paging());
         self.protected.clear();
         if !self.paging() {
             self.view.map_identity(self.ram.fd(), self.ram.size())?;
@@ -386,17 +394,15 @@ impl Vm {
                     Some(pair) => pair,
                     None => (View::reserve()?, View::reserve()?),
                 };
-                IdleSpace { key: new, id: self.shadow.fresh_id(), view, user_view, maps: SpaceMaps::default() }
+                IdleSpace { key: new, view, user_view, maps: SpaceMaps::default() }
             }
         };
         let outgoing = IdleSpace {
             key: old,
-            id: self.shadow.id,
             view: core::mem::replace(&mut self.view, incoming.view),
             user_view: core::mem::replace(&mut self.user_view, incoming.user_view),
             maps: core::mem::replace(&mut self.shadow.maps, incoming.maps),
         };
-        self.shadow.id = incoming.id;
         self.shadow.idle.push(outgoing);
         while self.shadow.mappings_live() > MAX_CACHED_MAPPINGS && !self.shadow.idle.is_empty() {
             self.evict_idle_space()?;
@@ -411,7 +417,6 @@ impl Vm {
         let mut gone = self.shadow.idle.remove(0);
         gone.view.unmap_all()?;
         gone.user_view.unmap_all()?;
-        self.tr.forget_space(gone.id);
         self.shadow.spare_views.push((gone.view, gone.user_view));
         self.shadow.space_evictions += 1;
         Ok(())
@@ -438,12 +443,14 @@ impl Vm {
     /// depend on its PDE and PTE (a change to either unlinks them).
     pub(crate) fn note_code_page(&mut self, page: u32, t: &walk::Translation) -> Result<(), VmError> {
         self.trace_tables(t)?;
+        let maps = &mut self.shadow.maps;
         for entry in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
-            let pages = self.shadow.maps.code_deps.entry(entry).or_default();
+            let pages = maps.code_deps.entry(entry).or_default();
             if !pages.contains(&page) {
                 pages.push(page);
             }
         }
+        maps.code_map[(page >> 12) as usize] = (t.phys_page >> 12) + 1;
         Ok(())
     }
 
@@ -653,20 +660,19 @@ impl Vm {
     }
 
     /// The guest PDE/PTE at physical `entry` changed: in every cached space, drop
-    /// the shadow mappings its walks produced and the translations on those
-    /// linear pages.
+    /// the shadow mappings its walks produced, and forget in the space's code map
+    /// the code pages reached through it (their units' page checks fail until the
+    /// VMM walks them again). Translations stay: they are keyed by frame.
     pub(crate) fn entry_changed(&mut self, entry: u32) -> Result<(), VmError> {
         self.drop_entries(core::iter::once(entry & !3))
     }
 
     fn drop_entries(&mut self, entries: impl Iterator<Item = u32>) -> Result<(), VmError> {
         let entries: Vec<u32> = entries.collect();
-        let mut pages: HashSet<u32> =
-            self.shadow.maps.drop_entries(&mut self.view, &mut self.user_view, &entries)?.into_iter().collect();
+        self.shadow.maps.drop_entries(&mut self.view, &mut self.user_view, &entries)?;
         for idle in &mut self.shadow.idle {
-            pages.extend(idle.maps.drop_entries(&mut idle.view, &mut idle.user_view, &entries)?);
+            idle.maps.drop_entries(&mut idle.view, &mut idle.user_view, &entries)?;
         }
-        self.tr.unlink_pages(&pages)?;
         Ok(())
     }
 

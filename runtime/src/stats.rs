@@ -54,8 +54,6 @@ pub struct PagingReport {
     pub space_evictions: u64,
     /// Address spaces cached now (the current one included).
     pub spaces_cached: u64,
-    /// Chained jumps across linear pages undone on entering another address space.
-    pub unchained_on_switch: u64,
     /// Page-table frames no longer traced after a burst of writes without a walk.
     pub untraced_frames: u64,
     /// Adaptive stores translated back to plain stores after missing page tables.

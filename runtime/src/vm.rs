@@ -246,7 +246,6 @@ impl Vm {
             cr3_cache_hits: self.shadow.space_hits,
             space_evictions: self.shadow.space_evictions,
             spaces_cached: self.shadow.spaces_cached() as u64,
-            unchained_on_switch: self.tr.stats().unchained_on_switch,
             prefetched_pages: self.shadow.prefetched,
             untraced_frames: self.shadow.untraced_frames,
             plain_retranslations: self.tr.stats().plain_retranslations,

@@ -100,7 +100,5 @@ fn paging_through_the_shadow_mmu() {
     // Two address spaces switched back and forth: all but the first switch into
     // each find its shadow state cached, and nothing flushes everything for it.
     assert!(p.cr3_cache_hits + 2 >= p.cr3_switches && p.view_flushes < 10, "{p:?}");
-    // Phase 14 runs the same linear code from other frames in the other space.
-    assert!(p.unchained_on_switch > 0, "{p:?}");
     assert!(p.adaptive_writes > 1000 && p.adaptive_retranslations > 0, "{p:?}");
 }

@@ -104,6 +104,10 @@ pub struct VcpuCtx {
     pub xmm: [[u64; 2]; 8],
     /// Written by the signal handler.
     pub fault: FaultRecord,
+    /// The current address space's code map: entry `linear >> 12` holds the frame
+    /// number + 1 that page maps, for pages the VMM has checked (0: unknown). The
+    /// checked entry of a unit compares its own page's entry with its frame.
+    pub code_map: u64,
     /// Segment bases es, cs, ss, ds, fs, gs (copied from the vCPU before entry).
     pub seg_base: [u32; 6],
     /// Where translated `fxsave`/`fnsave`/`fnstenv` store the host's image before
@@ -137,6 +141,7 @@ impl Default for VcpuCtx {
             scratch: [0; 4],
             xmm: [[0; 2]; 8],
             fault: FaultRecord::default(),
+            code_map: 0,
             seg_base: [0; 6],
             fpu_image: FpuImage([0; 512]),
         }
@@ -168,6 +173,7 @@ pub mod off {
     pub const XMM: i32 = o(offset_of!(VcpuCtx, xmm));
     pub const FPU_IMAGE: i32 = o(offset_of!(VcpuCtx, fpu_image));
     pub const SEG_BASE: i32 = o(offset_of!(VcpuCtx, seg_base));
+    pub const CODE_MAP: i32 = o(offset_of!(VcpuCtx, code_map));
 }
 
 /// Guest arithmetic flags kept in host rflags: CF PF AF ZF SF DF OF.

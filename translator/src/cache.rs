@@ -48,7 +48,13 @@ pub struct UnitKey {
 struct Unit {
     key: UnitKey,
     guest_end: u32,
+    /// The checked entry (the unit's first byte): jumps from other pages come here.
     host_start: u64,
+    /// The entry past the page check: the VMM, jumps within the page and the
+    /// indirect lookup (whose tables are per address space) come here.
+    body: u64,
+    /// Whether the unit has a page check (units on one page, with paging on).
+    checked: bool,
     side: Vec<SideEntry>,
     /// Slots of other units chained to this one.
     incoming: Vec<u32>,
@@ -86,10 +92,6 @@ pub struct TranslatorStats {
     /// Adaptive stores translated back to plain stores (they kept missing page
     /// tables).
     pub plain_retranslations: u64,
-    /// Chained jumps across linear pages undone on entering another address space.
-    pub unchained_on_switch: u64,
-    /// Chained jumps undone because the page of their target was remapped.
-    pub unlinked_chains: u64,
     pub translate_nanos: u64,
 }
 
@@ -117,15 +119,14 @@ pub struct Translator {
     slots: Vec<Slot>,
     sites: Vec<CalloutSite>,
     lookup: LookupTables,
-    /// Chained slots whose target lies on another linear page than their unit:
-    /// valid only in the address space that chained them.
-    cross_chains: Vec<u32>,
     ctx: Box<VcpuCtx>,
     poll: PollPage,
     mode: Mode,
     max_insns: usize,
     /// Incremented by every flush: slot and site ids from an older epoch are dead.
     epoch: u64,
+    /// Whether new units get page checks (paging on; the VMM says).
+    page_checks: bool,
     /// Guest eips translated as `TracedWrite` callouts.
     adaptive: hashbrown::HashSet<u32>,
     /// The guest CPU's instruction set.
@@ -163,13 +164,13 @@ impl Translator {
             slots: Vec::new(),
             sites: Vec::new(),
             lookup,
-            cross_chains: Vec::new(),
             ctx,
             poll,
             mode: Mode::default(),
             max_insns: translate::MAX_UNIT_INSNS,
             epoch: 0,
             adaptive: hashbrown::HashSet::new(),
+            page_checks: false,
             isa,
             stats: TranslatorStats::default(),
         })
@@ -230,40 +231,21 @@ impl Translator {
         self.used
     }
 
-    /// Sets the current guest context: the VMM's id for the address space and the
-    /// mode. Each context has its own lookup table. Entering another address space
-    /// also unchains every jump that crosses a linear page (its target page may map
-    /// another frame there); jumps within a page stay chained, since a unit runs
-    /// only where its own pages map the frames it was translated from.
-    pub fn set_context(&mut self, space: u64, mode: Mode) -> Result<(), TranslatorError> {
-        let space_changed = space != self.lookup.current().0;
-        self.lookup.select((space, mode));
+    /// Sets the current mode (each mode has its own lookup table). A switch of
+    /// address space needs no work here: chained jumps from other pages and
+    /// lookup hits enter a unit through its page check, which reads the current
+    /// space's code map.
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.lookup.select(mode);
         self.ctx.lookup_table = self.lookup.current_ptr();
         self.mode = mode;
-        if space_changed {
-            self.unchain_cross_page()?;
-        }
-        Ok(())
     }
 
-    /// Forgets the lookup entries of address space `space` (it was dropped).
-    pub fn forget_space(&mut self, space: u64) {
-        self.lookup.forget_space(space);
-    }
-
-    fn unchain_cross_page(&mut self) -> Result<(), TranslatorError> {
-        for slot in core::mem::take(&mut self.cross_chains) {
-            let s = &self.slots[slot as usize];
-            if !s.chained {
-                continue;
-            }
-            let (patch_at, stub, to) = (s.patch_at, s.stub, s.chained_to);
-            self.patch_rel32(patch_at, stub)?;
-            self.slots[slot as usize].chained = false;
-            self.units[to as usize].incoming.retain(|&x| x != slot);
-            self.stats.unchained_on_switch += 1;
-        }
-        Ok(())
+    /// Turns the page checks of new units on (paging on) or off. Existing units
+    /// keep what they were built with; the VMM flushes the cache when paging is
+    /// switched.
+    pub fn set_page_checks(&mut self, on: bool) {
+        self.page_checks = on;
     }
 
     /// The guest CPU's instruction set.
@@ -286,9 +268,9 @@ impl Translator {
         self.units[id as usize].guest_end
     }
 
-    /// Host entry address of unit `id`.
+    /// Host address where the VMM enters unit `id` (past its page check).
     pub fn entry(&self, id: u32) -> u64 {
-        self.units[id as usize].host_start
+        self.units[id as usize].body
     }
 
     /// Translates the unit at `key.eip`. A `transient` unit is not cached, chained
@@ -317,6 +299,8 @@ impl Translator {
             max_insns: if transient { 1 } else { self.max_insns },
             adaptive: &self.adaptive,
             isa: &self.isa,
+            entry_frames: (self.page_checks && !transient)
+                .then(|| (key.phys >> 12, frame_of((key.eip & !0xfff).wrapping_add(0x1000)))),
         };
         let built = translate::build_unit(mem, key.eip, &key.mode, &place)?;
         if built.code.len() > MAX_UNIT_BYTES {
@@ -346,7 +330,6 @@ impl Translator {
                 list.push(id);
             }
             self.by_key.insert(key, id);
-            self.lookup.insert(key.eip, base);
         }
         let pages = unit_pages(built.guest_start, built.guest_len);
         if !transient {
@@ -359,6 +342,8 @@ impl Translator {
             key,
             guest_end: built.guest_start.wrapping_add(built.guest_len),
             host_start: base,
+            body: base + u64::from(built.body_off),
+            checked: !transient && self.page_checks && (tail.is_none() || built.checks_tail),
             side: built.side,
             incoming: Vec::new(),
             frames,
@@ -367,6 +352,9 @@ impl Translator {
             live: true,
             transient,
         });
+        if !transient {
+            self.remember_indirect(key.eip, id);
+        }
         self.used = (self.used + built.code.len()).next_multiple_of(16);
         let st = &mut self.stats;
         st.units_translated += 1;
@@ -374,15 +362,27 @@ impl Translator {
         st.host_insns_emitted += built.host_insns as u64;
         st.guest_bytes_translated += u64::from(built.guest_len);
         st.translate_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        Ok(Translated { host: base, unit: id, new_frames, flushed_frames })
+        Ok(Translated { host: base + u64::from(built.body_off), unit: id, new_frames, flushed_frames })
     }
 
     /// Records that `eip` (in the current mode) is at host address `host` in the
     /// indirect lookup table.
     pub fn remember_indirect(&mut self, eip: u32, unit: u32) {
-        let u = &self.units[unit as usize];
-        if u.live && !u.transient {
-            self.lookup.insert(eip, u.host_start);
+        if let Some(entry) = self.entry_from_elsewhere(unit) {
+            self.lookup.insert(eip, entry);
+        }
+    }
+
+    /// Where a jump from another page (a chained jump, a lookup hit) enters unit
+    /// `id`: its page check, or with paging off its body; None if it must not be
+    /// entered that way (transient, or paging on and no check).
+    fn entry_from_elsewhere(&self, id: u32) -> Option<u64> {
+        let u = &self.units[id as usize];
+        match (u.live && !u.transient, u.checked, self.page_checks) {
+            (false, _, _) => None,
+            (true, true, _) => Some(u.host_start),
+            (true, false, false) => Some(u.body),
+            (true, false, true) => None,
         }
     }
 
@@ -392,7 +392,9 @@ impl Translator {
     }
 
     /// Chains branch slot `slot` straight to unit `target` (both must be live and
-    /// cached; otherwise nothing happens).
+    /// cached; otherwise nothing happens). A jump within the target's page goes
+    /// past its page check; one from another page goes through it (a unit without
+    /// a check is not chained to from another page while paging is on).
     pub fn chain(&mut self, slot: u32, target: u32) -> Result<(), TranslatorError> {
         let Some(s) = self.slots.get(slot as usize) else { return Ok(()) };
         let (from, to) = (&self.units[s.unit as usize], &self.units[target as usize]);
@@ -400,15 +402,13 @@ impl Translator {
             return Ok(());
         }
         let within = [to.pages.0, to.pages.1].iter().all(|p| *p == from.pages.0 || *p == from.pages.1);
-        let (patch_at, entry) = (s.patch_at, to.host_start);
+        let entry = if within { to.body } else if let Some(e) = self.entry_from_elsewhere(target) { e } else { return Ok(()) };
+        let patch_at = s.patch_at;
         self.patch_rel32(patch_at, entry)?;
         let s = &mut self.slots[slot as usize];
         s.chained = true;
         s.chained_to = target;
         self.units[target as usize].incoming.push(slot);
-        if !within {
-            self.cross_chains.push(slot);
-        }
         self.stats.chained_jumps += 1;
         Ok(())
     }
@@ -440,6 +440,7 @@ impl Translator {
         let incoming = core::mem::take(&mut u.incoming);
         let frames = core::mem::take(&mut u.frames);
         let host = u.host_start;
+        let body = u.body;
         let pages = u.pages;
         self.by_key.remove(&key);
         for p in [pages.0, pages.1] {
@@ -459,6 +460,7 @@ impl Translator {
             }
         }
         self.lookup.remove(key.eip, host);
+        self.lookup.remove(key.eip, body);
         for slot in incoming {
             let (patch_at, stub) = (self.slots[slot as usize].patch_at, self.slots[slot as usize].stub);
             self.patch_rel32(patch_at, stub)?;
@@ -497,34 +499,6 @@ impl Translator {
             self.invalidate_unit(id)?;
         }
         Ok(!hit.is_empty())
-    }
-
-    /// The linear `pages` (page addresses) may map other frames now: units with
-    /// code there stay (they are keyed by frame and found again wherever their
-    /// frame is mapped), but nothing may reach them without that check any more:
-    /// their indirect-lookup entries go, and jumps chained to them are undone.
-    pub fn unlink_pages(&mut self, pages: &hashbrown::HashSet<u32>) -> Result<(), TranslatorError> {
-        for &page in pages {
-            for id in self.units_on_page(page) {
-                self.unlink_unit(id)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes unit `id`'s lookup entries and undoes every jump chained to it.
-    fn unlink_unit(&mut self, id: u32) -> Result<(), TranslatorError> {
-        let u = &mut self.units[id as usize];
-        let (eip, host) = (u.key.eip, u.host_start);
-        let incoming = core::mem::take(&mut u.incoming);
-        self.lookup.remove(eip, host);
-        for slot in incoming {
-            let (patch_at, stub) = (self.slots[slot as usize].patch_at, self.slots[slot as usize].stub);
-            self.patch_rel32(patch_at, stub)?;
-            self.slots[slot as usize].chained = false;
-            self.stats.unlinked_chains += 1;
-        }
-        Ok(())
     }
 
     /// Translates the store at `eip` as a plain store again (it stopped writing
@@ -592,7 +566,6 @@ impl Translator {
         self.by_page.clear();
         self.slots.clear();
         self.sites.clear();
-        self.cross_chains.clear();
         self.lookup.clear();
         self.ctx.lookup_table = self.lookup.current_ptr();
         self.used = self.stubs_end;

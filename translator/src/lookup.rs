@@ -1,11 +1,14 @@
 //! The indirect-branch lookup tables: guest eip → host entry, read by the inline
 //! lookup every indirect branch carries (`world::emit_lookup`).
 //!
-//! An entry is keyed by eip alone, but which unit an eip means depends on the
-//! address space (eip → physical frame) and the mode the unit was built for. So
-//! there is one table per (address space, mode) context, and switching context is
-//! a pointer change instead of wiping a table: a guest that goes back and forth
-//! between user and kernel mode, or between a few processes, keeps its entries.
+//! An entry is keyed by eip alone, and the unit an eip means depends on the mode
+//! the unit was built for, so there is one table per mode; switching mode is a
+//! pointer change instead of wiping a table, so a guest going back and forth
+//! between user and kernel mode keeps its entries. Which unit an eip means also
+//! depends on the address space (eip → frame), but the tables need not care: an
+//! entry points at its unit's page check, which compares the current space's
+//! mapping of the page with the unit's frame. So the tables are shared by every
+//! address space, and nothing has to be removed when a space remaps a page.
 //!
 //! Entries store `eip + 1`, so an all-zero entry is empty. That lets a table be
 //! zeroed memory straight from the allocator: a fresh table costs only the pages
@@ -19,10 +22,6 @@ pub const ENTRIES: usize = 1 << 16;
 const MAX_TABLES: usize = 24;
 const EMPTY: [u64; 2] = [0, 0];
 
-/// Which guest context a table serves: an address-space id chosen by the VMM,
-/// and the translation mode.
-pub type Context = (u64, Mode);
-
 type Table = Box<[[u64; 2]]>;
 
 fn new_table() -> Table {
@@ -33,15 +32,15 @@ fn new_table() -> Table {
 
 /// The tables and which one is current.
 pub struct LookupTables {
-    current: Context,
+    current: Mode,
     table: Table,
-    /// Other contexts' tables, most recently used last.
-    idle: Vec<(Context, Table)>,
+    /// Other modes' tables, most recently used last.
+    idle: Vec<(Mode, Table)>,
 }
 
 impl LookupTables {
     pub fn new() -> Self {
-        Self { current: (0, Mode::default()), table: new_table(), idle: Vec::new() }
+        Self { current: Mode::default(), table: new_table(), idle: Vec::new() }
     }
 
     /// Host address of the current table (what `r14` holds in translated code).
@@ -49,18 +48,13 @@ impl LookupTables {
         self.table.as_ptr() as u64
     }
 
-    /// The current context.
-    pub fn current(&self) -> Context {
-        self.current
-    }
-
-    /// Makes `ctx` current, keeping the table of the one before. Returns whether
-    /// the context changed.
-    pub fn select(&mut self, ctx: Context) -> bool {
-        if ctx == self.current {
+    /// Makes `mode`'s table current, keeping the table of the one before.
+    /// Returns whether the mode changed.
+    pub fn select(&mut self, mode: Mode) -> bool {
+        if mode == self.current {
             return false;
         }
-        let table = match self.idle.iter().position(|(c, _)| *c == ctx) {
+        let table = match self.idle.iter().position(|(m, _)| *m == mode) {
             Some(i) => self.idle.remove(i).1,
             None => {
                 if self.idle.len() + 1 >= MAX_TABLES {
@@ -71,7 +65,7 @@ impl LookupTables {
         };
         let old = core::mem::replace(&mut self.table, table);
         self.idle.push((self.current, old));
-        self.current = ctx;
+        self.current = mode;
         true
     }
 
@@ -87,14 +81,6 @@ impl LookupTables {
             if t[i][1] == host {
                 t[i] = EMPTY;
             }
-        }
-    }
-
-    /// Forgets every entry of an address space's tables (its mappings are gone).
-    pub fn forget_space(&mut self, space: u64) {
-        self.idle.retain(|((s, _), _)| *s != space);
-        if self.current.0 == space {
-            self.table.fill(EMPTY);
         }
     }
 
@@ -130,28 +116,28 @@ mod tests {
     }
 
     #[test]
-    fn contexts_keep_their_entries() {
+    fn modes_keep_their_entries() {
         let mut t = LookupTables::new();
-        t.select((1, mode(0)));
+        t.select(mode(0));
         t.insert(0x1000, 0xaaaa);
-        assert!(t.select((1, mode(3))));
+        assert!(t.select(mode(3)));
         assert_eq!(t.get(0x1000), None, "another mode has its own table");
         t.insert(0x1000, 0xbbbb);
-        assert!(t.select((1, mode(0))));
+        assert!(t.select(mode(0)));
         assert_eq!(t.get(0x1000), Some(0xaaaa));
-        assert!(!t.select((1, mode(0))));
+        assert!(!t.select(mode(0)));
     }
 
     #[test]
     fn remove_reaches_idle_tables_and_only_the_same_unit() {
         let mut t = LookupTables::new();
-        t.select((1, mode(0)));
+        t.select(mode(0));
         t.insert(0x1000, 0xaaaa);
-        t.select((2, mode(0)));
+        t.select(mode(3));
         t.insert(0x1000, 0xcccc);
         t.remove(0x1000, 0xaaaa);
         assert_eq!(t.get(0x1000), Some(0xcccc));
-        t.select((1, mode(0)));
+        t.select(mode(0));
         assert_eq!(t.get(0x1000), None);
     }
 
@@ -166,16 +152,12 @@ mod tests {
     }
 
     #[test]
-    fn old_tables_are_recycled_and_forgotten_spaces_are_empty() {
+    fn old_tables_are_recycled() {
         let mut t = LookupTables::new();
-        for s in 0..(MAX_TABLES as u64 + 5) {
-            t.select((s, mode(0)));
-            t.insert(0x42, s + 1);
+        for fpu in 0..(MAX_TABLES as u8 + 5) {
+            t.select(Mode { fpu, ..Mode::default() });
+            t.insert(0x42, u64::from(fpu) + 1);
         }
         assert!(t.idle.len() < MAX_TABLES);
-        t.forget_space(MAX_TABLES as u64 + 4);
-        assert_eq!(t.get(0x42), None);
-        t.select((MAX_TABLES as u64 + 3, mode(0)));
-        assert_eq!(t.get(0x42), Some(MAX_TABLES as u64 + 4));
     }
 }

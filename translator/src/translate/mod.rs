@@ -84,6 +84,11 @@ pub trait GuestCode {
 /// The result of building one unit, before it is placed in the cache.
 pub struct BuiltUnit {
     pub code: Vec<u8>,
+    /// Offset of the unchecked entry (after the page check, if any).
+    pub body_off: u32,
+    /// The page check covers the second page too (a first instruction that
+    /// runs onto the next page).
+    pub checks_tail: bool,
     pub side: Vec<SideEntry>,
     pub slots: Vec<PendingSlot>,
     pub sites: Vec<CalloutSite>,
@@ -190,6 +195,11 @@ pub struct UnitPlacement<'a> {
     pub adaptive: &'a hashbrown::HashSet<u32>,
     /// The guest's instruction set.
     pub isa: &'a Isa,
+    /// The frame the unit's page maps, and the frame the next page maps: the unit
+    /// gets a checked entry that verifies the current space still maps them
+    /// there (the next page only if the first instruction runs onto it; None:
+    /// no check).
+    pub entry_frames: Option<(u32, Option<u32>)>,
 }
 
 /// Builds one unit starting at `eip`.
@@ -199,7 +209,7 @@ pub fn build_unit(
     mode: &Mode,
     place: &UnitPlacement<'_>,
 ) -> Result<BuiltUnit, BuildError> {
-    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns, adaptive, isa } = *place;
+    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns, adaptive, isa, entry_frames } = *place;
     let window = fetch_window(mem, eip);
     if window.is_empty() {
         return Err(BuildError::Fetch(eip));
@@ -216,17 +226,30 @@ pub fn build_unit(
         adaptive,
         isa,
     };
+    let page_end = (u64::from(eip) & !0xfff) + 0x1000;
+    let mut checks_tail = false;
+    if let Some((frame, next)) = entry_frames {
+        emit_page_check(&mut b, eip, eip, frame)?;
+        let first = Decoder::with_ip(32, &window, u64::from(eip), isa.decoder_options()).decode();
+        if let (Some(next), true) = (next, first.next_ip() > page_end) {
+            emit_page_check(&mut b, eip, eip.wrapping_add(0x1000), next)?;
+            checks_tail = true;
+        }
+    }
+    let body_off = u32::try_from(b.a.pos()).expect("unit size");
     // The poll: a load from the poll page, which the VMM revokes to stop us here.
     b.a.bytes(&[0x45, 0x8a, 0x4d, 0x00]); // mov r9b, [r13+0]
     let mut dec = Decoder::with_ip(32, &window, u64::from(eip), isa.decoder_options());
-    let page_end = (u64::from(eip) & !0xfff) + 0x1000;
     let mut count = 0;
     let mut guest_len = 0u32;
     loop {
         let at = dec.position();
         let ins = dec.decode();
         let complete = !(ins.is_invalid() && dec.last_error() == iced_x86::DecoderError::NoMoreBytes);
-        if !complete && count > 0 {
+        // An instruction that runs onto the next page starts a unit of its own:
+        // the other units then lie on one page, which their entry check covers.
+        let straddles = ins.next_ip() > page_end;
+        if (!complete || straddles) && count > 0 {
             b.jmp_slot(eip.wrapping_add(guest_len));
             break;
         }
@@ -245,7 +268,30 @@ pub fn build_unit(
             break;
         }
     }
-    Ok(finish(b, eip, guest_len, count, first_slot_id))
+    let mut unit = finish(b, eip, guest_len, count, first_slot_id, body_off);
+    unit.checks_tail = checks_tail;
+    Ok(unit)
+}
+
+/// The checked entry: continue only if the current space's code map says the
+/// page of `linear` maps `frame`; otherwise leave as an indirect-branch miss on
+/// the unit's `eip` (the VMM walks and finds the right unit). Flag-free
+/// (`lea`/`jrcxz`).
+fn emit_page_check(b: &mut Builder<'_>, eip: u32, linear: u32, frame: u32) -> Result<(), EmitError> {
+    use crate::emit::{ice, ins2rm};
+    use iced_x86::{Code, MemoryOperand, Register::*};
+    b.a.load_ctx64(R9, off::CODE_MAP)?;
+    let entry = MemoryOperand::with_base_displ(R9, i64::from((linear >> 12) * 4));
+    b.a.ins(&ins2rm(Code::Mov_r32_rm32, R9D, entry))?;
+    b.a.mov_rr(R10, RCX)?;
+    b.a.ins(&ins2rm(Code::Lea_r64_m, RCX, MemoryOperand::with_base_displ(R9, -i64::from(frame + 1))))?;
+    b.a.bytes(&[0xe3, 0x00]); // jrcxz: the page maps the frame
+    let at = b.a.pos() - 1;
+    b.a.mov_rr(RCX, R10)?;
+    b.a.ins(&Instruction::with2(Code::Mov_r32_imm32, R9D, eip).map_err(ice)?)?;
+    b.a.jmp(b.stubs.lookup_miss);
+    b.a.patch_rel8_here(at);
+    b.a.mov_rr(RCX, R10)
 }
 
 fn fetch_window(mem: &mut dyn GuestCode, eip: u32) -> Vec<u8> {
@@ -257,7 +303,7 @@ fn fetch_window(mem: &mut dyn GuestCode, eip: u32) -> Vec<u8> {
     buf
 }
 
-fn finish(mut b: Builder<'_>, eip: u32, guest_len: u32, guest_insns: usize, first_slot_id: u32) -> BuiltUnit {
+fn finish(mut b: Builder<'_>, eip: u32, guest_len: u32, guest_insns: usize, first_slot_id: u32, body_off: u32) -> BuiltUnit {
     let mut slots = Vec::new();
     let exits = core::mem::take(&mut b.slots);
     for (n, (patch_at, target)) in exits.into_iter().enumerate() {
@@ -282,6 +328,8 @@ fn finish(mut b: Builder<'_>, eip: u32, guest_len: u32, guest_insns: usize, firs
     let host_insns = b.a.count;
     BuiltUnit {
         code: b.a.finish(),
+        body_off,
+        checks_tail: false,
         side: b.side,
         slots,
         sites: b.sites,

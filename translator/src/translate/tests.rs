@@ -40,6 +40,7 @@ pub(super) fn build_with(code: &[u8], mode: Mode, max_insns: usize, isa: &crate:
         max_insns,
         adaptive: &adaptive,
         isa,
+        entry_frames: None,
     };
     build_unit(&mut Bytes(code.to_vec(), 0x1000), 0x1000, &mode, &place).expect("build")
 }
