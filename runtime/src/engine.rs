@@ -346,9 +346,13 @@ impl Vm {
             Next::Resume(_) => self.tr.ctx().eip,
             Next::Transient(_) | Next::Done(_) => return Ok(next),
         };
-        let now = self.bus.now();
-        self.bus.poll(now);
-        self.alarm.set(self.bus.next_event());
+        // Time is noticed through the alarm (a poll-page exit); device state
+        // changes only through port I/O and interrupt acknowledges.
+        if core::mem::take(&mut self.poll_due) | self.bus.take_touched() {
+            let now = self.bus.now();
+            self.bus.poll(now);
+            self.alarm.set(self.bus.next_event());
+        }
         if self.interrupt_shadow {
             self.interrupt_shadow = false;
             if self.tr.ctx().vif == 1 && self.bus.interrupt_pending() {
@@ -464,6 +468,7 @@ impl Vm {
         let sig = i32::try_from(f.signo).unwrap_or(-1);
         if sig == libc::SIGSEGV && f.addr & !0xfff == self.tr.poll_page() {
             self.tr.rearm_poll();
+            self.poll_due = true;
             if self.stop_flag.load(Ordering::SeqCst) {
                 return Ok(Next::Done(RunOutcome::Stopped { eip }));
             }

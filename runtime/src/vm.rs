@@ -125,6 +125,8 @@ pub struct Vm {
     pub(crate) stop_flag: Arc<AtomicBool>,
     /// A code frame unprotected for one data write, to protect again after it.
     pub(crate) reprotect: Option<u32>,
+    /// The alarm made translated code exit: poll the devices at the boundary.
+    pub(crate) poll_due: bool,
 }
 
 impl Vm {
@@ -160,6 +162,7 @@ impl Vm {
             stats: Stats::default(),
             stop_flag: Arc::new(AtomicBool::new(false)),
             reprotect: None,
+            poll_due: true,
         })
     }
 

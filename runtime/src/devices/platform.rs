@@ -173,6 +173,8 @@ pub struct Platform {
     console_bytes_in: u64,
     accesses: u64,
     resets: u64,
+    /// Port I/O or an interrupt acknowledge happened since `take_touched`.
+    touched: bool,
 }
 
 impl std::fmt::Debug for Platform {
@@ -217,6 +219,7 @@ impl Platform {
             accesses: 0,
             resets: 0,
             clock: cfg.clock,
+            touched: true,
         }
     }
 
@@ -230,9 +233,17 @@ impl Platform {
         &self.clock
     }
 
+    /// Whether the guest touched a device (port I/O, an interrupt acknowledged)
+    /// since the last call: device state, the next timer event or the pending
+    /// interrupts may have changed, so the VMM should poll. Clears the flag.
+    pub fn take_touched(&mut self) -> bool {
+        core::mem::take(&mut self.touched)
+    }
+
     /// Guest `in` of `size` bytes (1, 2, 4) from `port`.
     pub fn read(&mut self, port: u16, size: u8) -> u32 {
         self.accesses += 1;
+        self.touched = true;
         let size = access_size(size);
         let v = match route(port) {
             Dev::Uart => {
@@ -260,6 +271,7 @@ impl Platform {
     /// Guest `out` of `size` bytes (1, 2, 4) of `value` to `port`.
     pub fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect {
         self.accesses += 1;
+        self.touched = true;
         let size = access_size(size);
         let value = value & size_mask(size);
         let effect = match route(port) {
@@ -369,6 +381,7 @@ impl Platform {
         if !self.pic.interrupt_pending() {
             return None;
         }
+        self.touched = true;
         Some(self.pic.acknowledge())
     }
 
