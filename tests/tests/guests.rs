@@ -104,3 +104,41 @@ fn paging_through_the_shadow_mmu() {
     assert!(p.unchained_on_switch > 0, "{p:?}");
     assert!(p.adaptive_writes > 1000 && p.adaptive_retranslations > 0, "{p:?}");
 }
+
+/// Issue 12 item 5: the guest waits in `sti; hlt` (no timer) while its input is still
+/// open; the input then ends. bt86 must notice and end the run (it hung there, in about
+/// half the runs with a pipe, every time with this reader: its end comes after the
+/// guest has gone to sleep).
+#[test]
+fn input_that_ends_while_the_guest_sleeps_ends_the_run() {
+    use bt86_runtime::devices::SharedBuffer;
+    use bt86_runtime::{Vm, VmConfig};
+    use std::io::Read;
+
+    /// "abc\n", then end of input after a pause.
+    struct LateEof(u8);
+    impl Read for LateEof {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0 += 1;
+            match self.0 {
+                1 => {
+                    buf[..4].copy_from_slice(b"abc\n");
+                    Ok(4)
+                }
+                _ => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(0)
+                }
+            }
+        }
+    }
+    let image = std::fs::read(guests::ECHO).expect("echo guest");
+    let console = SharedBuffer::new();
+    let mut vm = Vm::new(VmConfig::new(32, Box::new(console.clone()))).expect("create VM");
+    vm.load_multiboot(&image, "").expect("load");
+    vm.attach_console_input(LateEof(0)).expect("attach input");
+    let outcome = bt86_runtime::vm::run_with_timeout(&mut vm, Duration::from_secs(10)).expect("run");
+    vm.flush_devices();
+    assert!(console.to_string_lossy().contains("ABC"), "{}", console.to_string_lossy());
+    assert!(matches!(outcome, RunOutcome::Halted { .. }), "lost wake-up: {outcome:?}");
+}
