@@ -424,6 +424,7 @@ impl Vm {
                         (second, error, EventSource::Exception)
                     };
                     *self.stats.exceptions.entry(event.0).or_default() += 1;
+                    tracing::trace!(target: "bt86::trace::int", "INT: vector 0x{:02x} error {:x?} while delivering 0x{second:02x}, at eip 0x{eip:08x}", event.0, event.1);
                 }
             }
         }

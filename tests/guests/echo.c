@@ -1,8 +1,12 @@
 /*
- * echo: an interactive guest. Serial input arrives by interrupt (IRQ 4 through the
- * PIC at vector 0x24); the main loop sleeps in hlt between lines and echoes each line
- * in upper case. The line "exit" ends the run with status 0; when the input ends
- * (EOF on a pipe) nothing can wake the guest any more and bt86 ends the run.
+ * echo: an interactive guest, a tiny line editor on the serial console. Input arrives
+ * by interrupt (IRQ 4 through the PIC at vector 0x24); the main loop sleeps in hlt
+ * between keys. Each character is echoed as typed (the terminal is raw: nothing else
+ * echoes it), Backspace (DEL or BS) erases the last one, and Enter prints the line in
+ * upper case. Commands: "exit" ends the run with status 0; "wait" is a foreground
+ * command that waits until Ctrl-C interrupts it. Ctrl-C also cancels the line being
+ * typed. When the input ends (EOF on a pipe) nothing can wake the guest any more and
+ * bt86 ends the run.
  */
 #include "kit.h"
 
@@ -59,23 +63,51 @@ static char getc_wait(void)
     }
 }
 
+static int is(const char *line, const char *word)
+{
+    return strcmp(line, word) == 0;
+}
+
 int kmain(uint32_t magic, uint32_t mbi)
 {
     (void)magic; (void)mbi;
     setup();
-    printf("echo: type a line (\"exit\" ends)\n");
+    printf("echo: type a line (\"exit\" ends, \"wait\" waits for Ctrl-C)\n");
     char line[80];
     for (;;) {
         printf("> ");
         uint32_t n = 0;
+        int cancelled = 0;
         char c;
-        while ((c = getc_wait()) != '\n' && c != '\r')
-            if (n < sizeof line - 1)
+        while ((c = getc_wait()) != '\n' && c != '\r') {
+            if (c == 0x03) {                  /* Ctrl-C: drop the line */
+                printf("^C\n");
+                cancelled = 1;
+                break;
+            } else if (c == 0x7f || c == 0x08) {
+                if (n > 0) {
+                    n--;
+                    printf("\b \b");
+                }
+            } else if (n < sizeof line - 1 && c >= 0x20) {
                 line[n++] = c;
+                printf("%c", c);
+            }
+        }
+        if (cancelled)
+            continue;
+        printf("\n");
         line[n] = 0;
-        if (n == 4 && line[0] == 'e' && line[1] == 'x' && line[2] == 'i' && line[3] == 't') {
+        if (is(line, "exit")) {
             printf("bye after %u interrupts\n", irqs);
             return 0;
+        }
+        if (is(line, "wait")) {
+            printf("waiting until Ctrl-C...\n");
+            while (getc_wait() != 0x03)
+                ;
+            printf("^C: wait interrupted\n");
+            continue;
         }
         for (uint32_t i = 0; i < n; i++)
             if (line[i] >= 'a' && line[i] <= 'z')

@@ -148,3 +148,16 @@ fn input_that_ends_while_the_guest_sleeps_ends_the_run() {
     assert!(console.to_string_lossy().contains("ABC"), "{}", console.to_string_lossy());
     assert!(matches!(outcome, RunOutcome::Halted { .. }), "lost wake-up: {outcome:?}");
 }
+
+#[test]
+fn echo_guest_edits_its_line_and_takes_ctrl_c() {
+    // Backspace (DEL) erases; Ctrl-C cancels a line and interrupts "wait".
+    let input = b"abx\x7fc\nxyz\x03wait\n\x03exit\n";
+    let r = run_guest_with_input(guests::ECHO, "", Some(input), LIMIT);
+    assert_eq!(r.outcome, RunOutcome::GuestExit(0), "{}", r.quoted_console());
+    let c = &r.console;
+    assert!(c.contains("abx\x08 \x08c\nABC\n"), "echoed as typed, then erased: {}", r.quoted_console());
+    assert!(c.contains("xyz^C\n> "), "{}", r.quoted_console());
+    assert!(!c.contains("XYZ"), "a cancelled line is not run: {}", r.quoted_console());
+    assert!(c.contains("waiting until Ctrl-C...\n^C: wait interrupted"), "{}", r.quoted_console());
+}
