@@ -186,7 +186,7 @@ pub(crate) fn main(s: &Settings) -> ExitCode {
         Ok(q) => runs(s, "qemu", || run_qemu(s, &q, limit)),
         Err(why) => Row { engine: "qemu", result: Err(why), note: None },
     });
-    eprintln!();
+    progress("");
     let agree = print_table(s, &rows);
     if agree {
         ExitCode::SUCCESS
@@ -202,7 +202,7 @@ fn runs(s: &Settings, engine: &'static str, mut once: impl FnMut() -> Row) -> Ro
     let mut others_differ = 0;
     for i in 1..=s.runs {
         let what = if s.runs > 1 { format!("{engine} (run {i} of {})", s.runs) } else { engine.to_string() };
-        eprint!("\rbt86 compare: running {what}...{:10}", "");
+        progress(&format!("running {what}..."));
         let row = once();
         let Some(f) = first.as_mut() else {
             if row.result.is_err() {
@@ -224,6 +224,18 @@ fn runs(s: &Settings, engine: &'static str, mut once: impl FnMut() -> Row) -> Ro
         row.note = Some(row.note.map_or(n.clone(), |m| format!("{m}\n{n}")));
     }
     row
+}
+
+/// A progress line on stderr: rewritten in place on a terminal, one line each
+/// otherwise; "" clears it (terminal) or says nothing.
+fn progress(what: &str) {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        let line = if what.is_empty() { String::new() } else { format!("bt86 compare: {what}") };
+        eprint!("\r\x1b[K{line}");
+    } else if !what.is_empty() {
+        eprintln!("bt86 compare: {what}");
+    }
 }
 
 /// The median and the spread (slowest minus fastest) of `walls`.
