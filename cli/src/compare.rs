@@ -176,16 +176,17 @@ pub(crate) fn main(s: &Settings) -> ExitCode {
         Err(e) => Err(format!("skipped: {e}")),
     };
     let qemu = find_on_path("qemu-system-i386").ok_or_else(|| "skipped: qemu-system-i386 is not on PATH".to_string());
-    let mut rows = Vec::new();
-    rows.push(runs(s, "bt", || run_bt86(s, "bt", limit, None)));
-    rows.push(match kvm_note {
-        Ok(note) => runs(s, "kvm", || run_bt86(s, "kvm", limit, note.clone())),
-        Err(why) => Row { engine: "kvm", result: Err(why), note: None },
-    });
-    rows.push(match qemu {
-        Ok(q) => runs(s, "qemu", || run_qemu(s, &q, limit)),
-        Err(why) => Row { engine: "qemu", result: Err(why), note: None },
-    });
+    let rows = vec![
+        runs(s, "bt", || run_bt86(s, "bt", limit, None)),
+        match kvm_note {
+            Ok(note) => runs(s, "kvm", || run_bt86(s, "kvm", limit, note.clone())),
+            Err(why) => Row { engine: "kvm", result: Err(why), note: None },
+        },
+        match qemu {
+            Ok(q) => runs(s, "qemu", || run_qemu(s, &q, limit)),
+            Err(why) => Row { engine: "qemu", result: Err(why), note: None },
+        },
+    ];
     progress("");
     let agree = print_table(s, &rows);
     if agree {

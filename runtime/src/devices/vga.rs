@@ -89,7 +89,7 @@ impl VgaState {
         }
         let start = self.start.load(Ordering::Relaxed);
         let at = usize::from(self.cursor.load(Ordering::Relaxed).wrapping_sub(start));
-        (at < COLUMNS * ROWS).then(|| (at / COLUMNS, at % COLUMNS))
+        (at < COLUMNS * ROWS).then_some((at / COLUMNS, at % COLUMNS))
     }
 
     /// Display start, in cells from the start of the text buffer.
