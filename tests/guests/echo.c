@@ -10,13 +10,6 @@
  */
 #include "kit.h"
 
-struct gate {
-    uint16_t off_lo, sel;
-    uint8_t zero, type;
-    uint16_t off_hi;
-} __attribute__((packed));
-
-static struct gate idt[256];
 static volatile char ring[256];
 static volatile uint32_t head, tail, irqs;
 
@@ -37,15 +30,8 @@ void irq4_handler(void)
 
 static void setup(void)
 {
-    uint32_t h = (uint32_t)irq4_stub;
-    idt[0x24] = (struct gate){ (uint16_t)h, 0x08, 0, 0x8e, (uint16_t)(h >> 16) };
-    struct { uint16_t limit; uint32_t base; } __attribute__((packed)) idtr = { sizeof idt - 1, (uint32_t)idt };
-    __asm__ volatile("lidt %0" : : "m"(idtr));
-    outb(0x20, 0x11); outb(0xa0, 0x11);   /* ICW1 */
-    outb(0x21, 0x20); outb(0xa1, 0x28);   /* ICW2: vector bases */
-    outb(0x21, 0x04); outb(0xa1, 0x02);   /* ICW3: cascade on IRQ 2 */
-    outb(0x21, 0x01); outb(0xa1, 0x01);   /* ICW4: 8086 mode */
-    outb(0x21, 0xef); outb(0xa1, 0xff);   /* only IRQ 4 */
+    kit_set_interrupt_gate(0x24, irq4_stub);
+    kit_pic_init(0xef, 0xff);             /* only IRQ 4 */
     outb(0x3f9, 0x01);                    /* IER: received data available */
     outb(0x3fc, 0x0b);                    /* MCR: DTR, RTS, OUT2 (IRQ enable) */
 }

@@ -140,7 +140,9 @@ static void test_eflags(void)
     g = read_eflags();
     write_eflags(f);
     CHECK_EQ(g & (1u << 18), 1u << 18);
-    CHECK_EQ(read_eflags(), f);
+    /* The system flags are back; the arithmetic ones are whatever the code between
+     * (the checks) left, which depends on code generation and layout. */
+    CHECK_EQ(read_eflags() & ~EFLAGS_ARITH, f & ~EFLAGS_ARITH);
 }
 
 /* ---------------------------------------------------- segment registers */

@@ -55,13 +55,6 @@ static int has_word(const char *s, const char *w)
 }
 
 /* ---- the keyboard, by interrupt ---- */
-struct gate {
-    uint16_t off_lo, sel;
-    uint8_t zero, type;
-    uint16_t off_hi;
-} __attribute__((packed));
-
-static struct gate idt[256];
 static volatile uint8_t codes[64];
 static volatile uint32_t head, tail;
 
@@ -81,15 +74,8 @@ void irq1_handler(void)
 
 static void keyboard_setup(void)
 {
-    uint32_t h = (uint32_t)irq1_stub;
-    idt[0x21] = (struct gate){ (uint16_t)h, 0x08, 0, 0x8e, (uint16_t)(h >> 16) };
-    struct { uint16_t limit; uint32_t base; } __attribute__((packed)) idtr = { sizeof idt - 1, (uint32_t)idt };
-    __asm__ volatile("lidt %0" : : "m"(idtr));
-    outb(0x20, 0x11); outb(0xa0, 0x11);
-    outb(0x21, 0x20); outb(0xa1, 0x28);
-    outb(0x21, 0x04); outb(0xa1, 0x02);
-    outb(0x21, 0x01); outb(0xa1, 0x01);
-    outb(0x21, 0xfd); outb(0xa1, 0xff);   /* only IRQ 1 */
+    kit_set_interrupt_gate(0x21, irq1_stub);
+    kit_pic_init(0xfd, 0xff);             /* only IRQ 1 */
 }
 
 static uint8_t next_code(void)
