@@ -114,7 +114,6 @@ pub type Say = Arc<dyn Fn(&str) + Send + Sync>;
 pub fn escape_handler(say: Say) -> console_input::EscapeHandler {
     Arc::new(move |e| match e {
         Escape::Quit => {
-            say("\r\nbt86: Ctrl-A x: ending\r\n");
             request_stop(StopCause::Quit);
         }
         Escape::Help => say(ESCAPE_HELP),

@@ -152,6 +152,14 @@ fn trace_file_records_guest_code_and_interrupts() {
 }
 
 #[test]
+fn logs_have_no_colour_codes_off_a_terminal() {
+    let out = bt86().args(["run", "--kernel", guests::HELLO]).env("RUST_LOG", "debug").output().unwrap();
+    let err = text(&out.stderr);
+    assert!(err.contains("DEBUG"), "debug logs shown: {}", &err[..err.len().min(500)]);
+    assert!(!err.contains('\x1b'), "no escape sequences when stderr is a pipe");
+}
+
+#[test]
 fn version_names_the_commit() {
     let out = run(&["--version"]);
     let v = text(&out.stdout);
