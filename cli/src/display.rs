@@ -47,15 +47,28 @@ pub struct SerialPane(Arc<Mutex<PaneState>>);
 
 #[derive(Default)]
 struct PaneState {
+    /// What the pane shows: COM1's output and bt86's messages.
     bytes: Vec<u8>,
+    /// COM1's output alone, printed after the display ends.
+    serial: Vec<u8>,
     changed: bool,
 }
 
+/// Appends to `buf`, keeping its last [`SERIAL_KEEP`] bytes.
+fn append_bounded(buf: &mut Vec<u8>, data: &[u8]) {
+    buf.extend_from_slice(data);
+    if buf.len() > SERIAL_KEEP {
+        let cut = buf.len() - SERIAL_KEEP;
+        buf.drain(..cut);
+    }
+}
+
 impl SerialPane {
-    /// Adds a message of bt86's own (shown like console output).
+    /// Shows a message of bt86's own in the pane (not printed again at the end).
     pub fn message(&self, text: &str) {
-        let mut w = self.clone();
-        let _ = w.write_all(text.replace("\r\n", "\n").as_bytes());
+        let mut st = lock(&self.0);
+        append_bounded(&mut st.bytes, text.replace("\r\n", "\n").as_bytes());
+        st.changed = true;
     }
 
     /// The last `n` lines, control characters dropped.
@@ -73,20 +86,17 @@ impl SerialPane {
         std::mem::take(&mut lock(&self.0).changed)
     }
 
-    /// Everything kept, for printing after the display ends.
+    /// COM1's output kept, for printing after the display ends.
     pub fn contents(&self) -> Vec<u8> {
-        lock(&self.0).bytes.clone()
+        lock(&self.0).serial.clone()
     }
 }
 
 impl Write for SerialPane {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut st = lock(&self.0);
-        st.bytes.extend_from_slice(buf);
-        if st.bytes.len() > SERIAL_KEEP {
-            let cut = st.bytes.len() - SERIAL_KEEP;
-            st.bytes.drain(..cut);
-        }
+        append_bounded(&mut st.bytes, buf);
+        append_bounded(&mut st.serial, buf);
         st.changed = true;
         Ok(buf.len())
     }
@@ -320,5 +330,6 @@ mod tests {
         assert_eq!(p.last_lines(3), ["two", "threebt86: hi", ""]);
         assert!(p.take_changed() && !p.take_changed());
         assert_eq!(p.last_lines(10)[0], "one");
+        assert_eq!(p.contents(), b"one\r\ntwo\nthree", "messages are not COM1 output");
     }
 }
