@@ -10,8 +10,8 @@
  */
 #include "kit.h"
 
-static volatile char ring[256];
-static volatile uint32_t head, tail, irqs;
+static struct kit_ring input;
+static volatile uint32_t irqs;
 
 void irq4_handler(void);
 void irq4_stub(void);
@@ -21,8 +21,7 @@ void irq4_handler(void)
 {
     while (inb(0x3fd) & 1) {
         char c = (char)inb(0x3f8);
-        if (head - tail < sizeof ring)
-            ring[head++ % sizeof ring] = c;
+        kit_ring_put(&input, (uint8_t)c);
     }
     irqs++;
     outb(0x20, 0x20); /* EOI */
@@ -38,15 +37,7 @@ static void setup(void)
 
 static char getc_wait(void)
 {
-    for (;;) {
-        __asm__ volatile("cli");
-        if (head != tail) {
-            char c = ring[tail++ % sizeof ring];
-            __asm__ volatile("sti");
-            return c;
-        }
-        __asm__ volatile("sti; hlt"); /* atomically enable and wait */
-    }
+    return (char)kit_ring_get_wait(&input);
 }
 
 static int is(const char *line, const char *word)

@@ -55,8 +55,7 @@ static int has_word(const char *s, const char *w)
 }
 
 /* ---- the keyboard, by interrupt ---- */
-static volatile uint8_t codes[64];
-static volatile uint32_t head, tail;
+static struct kit_ring codes;
 
 void irq1_handler(void);
 void irq1_stub(void);
@@ -65,9 +64,7 @@ __asm__(".globl irq1_stub\nirq1_stub:\n pusha\n call irq1_handler\n popa\n iret\
 void irq1_handler(void)
 {
     while (inb(0x64) & 1) {
-        uint8_t c = inb(0x60);
-        if (head - tail < sizeof codes)
-            codes[head++ % sizeof codes] = c;
+        kit_ring_put(&codes, inb(0x60));
     }
     outb(0x20, 0x20);
 }
@@ -76,19 +73,6 @@ static void keyboard_setup(void)
 {
     kit_set_interrupt_gate(0x21, irq1_stub);
     kit_pic_init(0xfd, 0xff);             /* only IRQ 1 */
-}
-
-static uint8_t next_code(void)
-{
-    for (;;) {
-        __asm__ volatile("cli");
-        if (head != tail) {
-            uint8_t c = codes[tail++ % sizeof codes];
-            __asm__ volatile("sti");
-            return c;
-        }
-        __asm__ volatile("sti; hlt");
-    }
 }
 
 /* Set 1 make codes 0x02..0x35 on a US layout, unshifted and shifted. */
@@ -102,7 +86,7 @@ static void read_keys(void)
     move_cursor(6, 6);
     int col = 6, shift = 0;
     for (;;) {
-        uint8_t c = next_code();
+        uint8_t c = kit_ring_get_wait(&codes);
         if (c == 0x2a || c == 0x36) { shift = 1; continue; }
         if (c == 0xaa || c == 0xb6) { shift = 0; continue; }
         if (c & 0x80 || c == 0xe0)

@@ -96,3 +96,22 @@ void kit_pic_init(uint8_t master_mask, uint8_t slave_mask)
     outb(0x21, 0x01); outb(0xa1, 0x01);   /* ICW4: 8086 mode */
     outb(0x21, master_mask); outb(0xa1, slave_mask);
 }
+
+void kit_ring_put(struct kit_ring *r, uint8_t b)
+{
+    if (r->head - r->tail < sizeof r->buf)
+        r->buf[r->head++ % sizeof r->buf] = b;
+}
+
+uint8_t kit_ring_get_wait(struct kit_ring *r)
+{
+    for (;;) {
+        __asm__ volatile("cli");
+        if (r->head != r->tail) {
+            uint8_t b = r->buf[r->tail++ % sizeof r->buf];
+            __asm__ volatile("sti");
+            return b;
+        }
+        __asm__ volatile("sti; hlt"); /* atomically enable and wait */
+    }
+}
