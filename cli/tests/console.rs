@@ -315,3 +315,50 @@ fn display_vga_shows_the_screen_and_takes_keys() {
     let _ = std::fs::remove_file(&screen);
     assert!(text.contains("keys> Hi there\n") && text.contains("keys: done"), "{text}");
 }
+
+/// The vga guest's screen under bt86 (`--screen`) is QEMU's: its text buffer dumped
+/// from QEMU's monitor once the guest has halted, read as text the same way.
+#[test]
+fn vga_screen_matches_qemu() {
+    use bt86_runtime::devices::vga::{Cell, TextScreen};
+    use std::io::Write;
+    let Some(path) = std::env::var_os("PATH") else { return };
+    if !std::env::split_paths(&path).any(|d| d.join("qemu-system-i386").is_file()) {
+        eprintln!("skipped: qemu-system-i386 is not installed");
+        return;
+    }
+    let (dump, screen) = (tmp("qemu-vga.bin"), tmp("bt86-vga.txt"));
+    let mut q = Command::new("qemu-system-i386")
+        .args(["-kernel", guests::VGA, "-append", "halt", "-m", "64", "-display", "none", "-serial", "none"])
+        .args(["-monitor", "stdio", "-no-reboot", "-net", "none"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start qemu");
+    let mut monitor = q.stdin.take().unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut raw = Vec::new();
+    // Dump until the guest's last write is there (the last character of row 4's text;
+    // it halts right after).
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(300));
+        writeln!(monitor, "pmemsave 0xb8000 4000 \"{}\"", dump.display()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        raw = std::fs::read(&dump).unwrap_or_default();
+        if raw.len() == 4000 && raw[4 * 160 + 29 * 2] == b'3' {
+            break;
+        }
+    }
+    let _ = writeln!(monitor, "quit");
+    let _ = q.wait();
+    let _ = std::fs::remove_file(&dump);
+    assert_eq!(raw.len(), 4000, "no dump from QEMU");
+    let cells = raw.chunks(2).map(|c| Cell { ch: c[0], attr: c[1] }).collect();
+    let qemu = TextScreen { cells, cursor: None }.to_text();
+    let out = bt86().args(["run", "--kernel", guests::VGA, "--append", "halt", "--screen"]).arg(&screen).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let ours = std::fs::read_to_string(&screen).unwrap();
+    let _ = std::fs::remove_file(&screen);
+    assert_eq!(ours, qemu);
+}

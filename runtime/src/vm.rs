@@ -316,3 +316,19 @@ pub fn run_with_timeout(vm: &mut Vm, limit: std::time::Duration) -> Result<RunOu
     let _ = watchdog.join();
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 item 11: sizes past 4 GiB were reported as "4095 MiB".
+    #[test]
+    fn memory_size_errors_name_the_size_given() {
+        for (mib, want) in [(4096, "4096 MiB"), (70_000, "70000 MiB"), (0, "0 MiB")] {
+            let e = Vm::new(VmConfig::new(mib, Box::new(std::io::sink()))).err().expect("refused");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let cfg = VmConfig { mem_bytes: (2 << 20) + 1, ..VmConfig::new(2, Box::new(std::io::sink())) };
+        assert!(Vm::new(cfg).err().expect("refused").to_string().contains("2097153 bytes"));
+    }
+}
