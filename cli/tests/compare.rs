@@ -116,9 +116,7 @@ fn software_kvm_is_skipped_without_the_flag() {
 
 #[test]
 fn qemu_row_when_installed() {
-    let Some(path) = std::env::var_os("PATH") else { return };
-    let has_qemu = std::env::split_paths(&path).any(|d| d.join("qemu-system-i386").is_file());
-    if !has_qemu {
+    if !bt86_tests::qemu_installed() {
         return;
     }
     let out = compare("qemu", &k_guest(&[]), None);
@@ -191,9 +189,7 @@ fn runs_report_the_median_and_the_spread_with_progress() {
 /// timer-driven OS agree with QEMU, lines marked as varying aside (timer ticks, CPUID).
 #[test]
 fn kit_guests_agree_with_qemu() {
-    let Some(path) = std::env::var_os("PATH") else { return };
-    if !std::env::split_paths(&path).any(|d| d.join("qemu-system-i386").is_file()) {
-        eprintln!("skipped: qemu-system-i386 is not installed");
+    if !bt86_tests::qemu_installed() {
         return;
     }
     use bt86_tests::guests;

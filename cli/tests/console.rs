@@ -322,9 +322,7 @@ fn display_vga_shows_the_screen_and_takes_keys() {
 fn vga_screen_matches_qemu() {
     use bt86_runtime::devices::vga::{Cell, TextScreen};
     use std::io::Write;
-    let Some(path) = std::env::var_os("PATH") else { return };
-    if !std::env::split_paths(&path).any(|d| d.join("qemu-system-i386").is_file()) {
-        eprintln!("skipped: qemu-system-i386 is not installed");
+    if !bt86_tests::qemu_installed() {
         return;
     }
     let (dump, screen) = (tmp("qemu-vga.bin"), tmp("bt86-vga.txt"));

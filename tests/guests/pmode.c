@@ -667,7 +667,7 @@ static void phase4(void)
     irq_capture = 1;
     __asm__ volatile("movl $1f, %0\n\tsti\n\tnop\n1:\tcli" : "=r"(expect) : : "memory");
     uint32_t t2 = ticks;
-    printf("kernel: after sti;nop: %u tick(s), IRQ saved eip 0x%08x (expected 0x%08x)\n",
+    printf("~kernel: after sti;nop: %u tick(s), IRQ saved eip 0x%08x (expected 0x%08x)\n",
            t2 - t1, cap_eip, expect);
     CHECK(t2 > t1);
     CHECK_EQ(irq_capture, 0);
