@@ -116,9 +116,7 @@ fn software_kvm_is_skipped_without_the_flag() {
 
 #[test]
 fn qemu_row_when_installed() {
-    let Some(path) = std::env::var_os("PATH") else { return };
-    let has_qemu = std::env::split_paths(&path).any(|d| d.join("qemu-system-i386").is_file());
-    if !has_qemu {
+    if !bt86_tests::qemu_installed() {
         return;
     }
     let out = compare("qemu", &k_guest(&[]), None);
@@ -151,4 +149,54 @@ fn missing_kernel_is_bad_input() {
     let out = bt86().args(["compare", "--kernel", "/nonexistent/k.elf"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read kernel image"));
+}
+
+#[test]
+fn unloadable_kernel_is_bad_input_before_any_engine_runs() {
+    let p = tmp_image("garbage", b"not a kernel at all");
+    let out = bt86().arg("compare").arg("--kernel").arg(&p).output().expect("run");
+    let _ = std::fs::remove_file(&p);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot load the kernel") && !err.contains("running"), "{err}");
+    for bad in [["--mem", "0"], ["--runs", "0"], ["--timeout", "-1"]] {
+        let out = bt86().args(["compare", "--kernel", bt86_tests::guests::HELLO]).args(bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}
+
+#[test]
+fn runs_report_the_median_and_the_spread_with_progress() {
+    let p = tmp_image("runs", &k_guest(&[]));
+    let out = bt86()
+        .arg("compare")
+        .arg("--kernel")
+        .arg(&p)
+        .args(["--runs", "3", "--timeout", "20"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_file(&p);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{table}");
+    assert!(table.contains("median") && table.contains("spread"), "{table}");
+    assert!(row(&table, "bt").contains("exit 7"), "{table}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("running bt (run 3 of 3)"), "{err}");
+}
+
+/// The kit's guests that print the multiboot state, the sensitive instructions and a
+/// timer-driven OS agree with QEMU, lines marked as varying aside (timer ticks, CPUID).
+#[test]
+fn kit_guests_agree_with_qemu() {
+    if !bt86_tests::qemu_installed() {
+        return;
+    }
+    use bt86_tests::guests;
+    for g in [guests::HELLO, guests::SENSITIVE, guests::PMODE] {
+        let out = bt86().args(["compare", "--kernel", g, "--timeout", "60"]).output().expect("run");
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{g}:\n{table}");
+        assert!(row(&table, "qemu").ends_with("match"), "{table}");
+    }
 }

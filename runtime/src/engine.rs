@@ -420,6 +420,7 @@ impl Vm {
         fault_eip: u32,
     ) -> Result<Next, VmError> {
         *self.stats.exceptions.entry(vector).or_default() += 1;
+        tracing::trace!(target: "bt86::trace::int", "INT: vector 0x{vector:02x} ({source:?}) error {error:x?} at eip 0x{eip:08x} cpl {}", self.cpu.cpl());
         self.tr.ctx_mut().eip = eip;
         if self.cpu.idtr.limit == 0 {
             return Ok(Next::Done(RunOutcome::GuestException { vector, error, eip }));
@@ -450,6 +451,7 @@ impl Vm {
                         (second, error, EventSource::Exception)
                     };
                     *self.stats.exceptions.entry(event.0).or_default() += 1;
+                    tracing::trace!(target: "bt86::trace::int", "INT: vector 0x{:02x} error {:x?} while delivering 0x{second:02x}, at eip 0x{eip:08x}", event.0, event.1);
                 }
             }
         }

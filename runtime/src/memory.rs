@@ -41,6 +41,33 @@ pub enum MemoryError {
     BadSize { bytes: u32 },
 }
 
+/// Reads guest RAM from any thread (see [`GuestRam::reader`]).
+#[derive(Debug)]
+pub struct RamReader {
+    fd: OwnedFd,
+    size: u32,
+}
+
+impl RamReader {
+    /// Copies guest RAM at `phys` into `buf` (all of it inside RAM).
+    pub fn read(&self, phys: u32, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = u64::from(phys) + buf.len() as u64;
+        if end > u64::from(self.size) {
+            return Err(std::io::Error::other(format!("{} bytes at {phys:#x} lie outside guest RAM", buf.len())));
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::pread(&self.fd, &mut buf[done..], u64::from(phys) + done as u64) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Direction of a copy between guest RAM and a host buffer.
 enum Transfer<'a> {
     /// Guest RAM → host buffer.
@@ -124,6 +151,14 @@ impl GuestRam {
     /// The memfd, for views that map its pages `MAP_SHARED | MAP_FIXED`.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// A read-only handle on guest RAM for another thread (a display): it reads the
+    /// memfd with `pread` through a descriptor of its own, so it shares nothing with
+    /// this `GuestRam` and needs no lock.
+    pub fn reader(&self) -> Result<RamReader, MemoryError> {
+        let fd = self.fd.try_clone().map_err(MemoryError::Create)?;
+        Ok(RamReader { fd, size: self.size })
     }
 
     /// Base of the host alias. Callers that dereference it must not create references
@@ -256,6 +291,22 @@ impl Drop for GuestRam {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reader_sees_what_the_alias_wrote() {
+        let ram = GuestRam::new(MIB).unwrap();
+        let r = ram.reader().unwrap();
+        ram.write(0xb_8000, b"Hi").unwrap();
+        let mut b = [0u8; 2];
+        r.read(0xb_8000, &mut b).unwrap();
+        assert_eq!(&b, b"Hi");
+        let t = std::thread::spawn(move || {
+            let mut b = [0u8; 2];
+            r.read(MIB - 2, &mut b).map(|()| b)
+        });
+        assert_eq!(t.join().unwrap().unwrap(), [0, 0]);
+        assert!(ram.reader().unwrap().read(MIB - 1, &mut b).is_err(), "past the end");
+    }
     use super::*;
 
     const MIB: u32 = 1 << 20;

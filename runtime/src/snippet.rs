@@ -56,7 +56,7 @@ pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Res
     }
     // RAM ends where the snippet region ends, so an access past it stops like the
     // native run's #PF does (there is no paging yet to make a hole elsewhere).
-    let cfg = VmConfig { mem_bytes: CODE_ADDR + REGION_SIZE, ..VmConfig::new(1, Box::new(std::io::sink())) };
+    let cfg = VmConfig { mem_bytes: u64::from(CODE_ADDR + REGION_SIZE), ..VmConfig::new(1, Box::new(std::io::sink())) };
     let mut vm = Vm::new(cfg).map_err(|e| e.to_string())?;
     if let Some(n) = max_unit_insns {
         vm.set_max_unit_insns(n);

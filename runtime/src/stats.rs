@@ -147,23 +147,83 @@ impl Stats {
 }
 
 impl StatsReport {
-    /// Human-readable lines.
+    /// Human-readable lines: the same groups and names as the JSON ([`text_from_json`]).
     pub fn to_text(&self) -> String {
-        let mut s = String::new();
-        let mut line = |k: &str, v: String| s.push_str(&format!("  {k:<40} {v}\n"));
-        line("units translated", self.units_translated.to_string());
-        line("guest instructions translated", self.guest_instructions_translated.to_string());
-        line("host instructions per guest instruction", format!("{:.2}", self.host_instructions_per_guest_instruction));
-        line("code cache bytes", self.code_cache_bytes.to_string());
-        line("chained jumps", self.chained_jumps.to_string());
-        line("guest exits (to the VMM)", self.guest_exits.to_string());
-        line("  branch / indirect / callout / fault", format!("{} / {} / {} / {}", self.exits.branch, self.exits.indirect, self.exits.callout, self.exits.fault));
-        line("self-modifying-code faults", self.smc_faults.to_string());
-        line("units invalidated", self.units_invalidated.to_string());
-        line("translate time (s)", format!("{:.4}", self.translate_seconds));
-        line("run time (s)", format!("{:.4}", self.run_seconds));
-        let callouts: Vec<String> = self.callouts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        line("callouts", callouts.join(" "));
-        s
+        serde_json::to_value(self).map(|v| text_from_json(&v)).unwrap_or_default()
+    }
+}
+
+/// The text form of a statistics object: one line per counter, named as in the JSON,
+/// nested objects as indented groups; arrays of numbers show their non-zero entries
+/// as `index:value`. So the text and the JSON always show the same groups.
+pub fn text_from_json(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    text_lines(v, 1, &mut out);
+    out
+}
+
+fn text_lines(v: &serde_json::Value, depth: usize, out: &mut String) {
+    use serde_json::Value;
+    let Value::Object(map) = v else {
+        out.push_str(&format!("{}{}\n", "  ".repeat(depth), scalar(v)));
+        return;
+    };
+    for (k, v) in map {
+        let indent = "  ".repeat(depth);
+        match v {
+            Value::Object(m) if m.is_empty() => out.push_str(&format!("{indent}{k:<width$} -\n", width = 44 - 2 * depth)),
+            Value::Object(_) => {
+                out.push_str(&format!("{indent}{k}\n"));
+                text_lines(v, depth + 1, out);
+            }
+            _ => out.push_str(&format!("{indent}{k:<width$} {}\n", scalar(v), width = 44 - 2 * depth)),
+        }
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.iter().all(Value::is_number) => {
+            let nz: Vec<String> = a
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.as_f64() != Some(0.0))
+                .map(|(i, x)| format!("{i}:{x}"))
+                .collect();
+            if nz.is_empty() {
+                "-".into()
+            } else {
+                nz.join(" ")
+            }
+        }
+        Value::Array(a) => a.iter().map(scalar).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_has_the_json_groups() {
+        let v = serde_json::json!({
+            "stop": {"reason": "guest-exit", "exit_status": 0},
+            "units_translated": 3,
+            "callouts": {},
+            "devices": {"irqs_raised": [0, 5, 0, 2], "console_bytes_out": 10},
+            "hlt_seconds": 0.5,
+        });
+        let t = text_from_json(&v);
+        for want in ["  stop\n", "    reason", "guest-exit", "  units_translated", "  callouts", "  devices\n", "1:5 3:2", "0.5"] {
+            assert!(t.contains(want), "{want:?} missing in\n{t}");
+        }
+        // Every top-level JSON key is a line of the text.
+        for k in v.as_object().unwrap().keys() {
+            assert!(t.lines().any(|l| l.trim_start().starts_with(k.as_str())), "{k}");
+        }
     }
 }

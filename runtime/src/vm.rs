@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 
+/// IDTR limit at kernel entry: the real-mode interrupt vector table (base 0), which is
+/// what QEMU's multiboot and Linux loaders leave; a kernel must load its own IDT.
+pub const BOOT_IDTR_LIMIT: u16 = 0x3ff;
+
 /// Default guest RAM in MiB.
 pub const DEFAULT_MEM_MIB: u32 = 128;
 const CODE_CACHE_BYTES: usize = 64 << 20;
@@ -31,10 +35,19 @@ pub enum VmError {
     Translator(#[from] TranslatorError),
     #[error("cannot load the kernel: {0}")]
     Load(#[from] LoadError),
-    #[error("guest memory size {0} MiB is out of range (1 to 3072 MiB)")]
-    MemSize(u32),
+    #[error("guest memory size {} is out of range (1 to 3072 MiB, a multiple of 4 KiB)", describe_size(*.0))]
+    MemSize(u64),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A RAM size as given: whole MiB, or bytes.
+fn describe_size(bytes: u64) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// How a run ended, from the guest's point of view.
@@ -90,7 +103,7 @@ impl StopHandle {
 /// Settings for a new VM.
 pub struct VmConfig {
     /// Guest RAM in bytes (a multiple of 4 KiB, at least 1 MiB, at most 3 GiB).
-    pub mem_bytes: u32,
+    pub mem_bytes: u64,
     pub console: Box<dyn Write + Send>,
     /// Size of the code cache (it is flushed whole when full).
     pub code_cache_bytes: usize,
@@ -101,7 +114,7 @@ pub struct VmConfig {
 impl VmConfig {
     /// `mem_mib` MiB of RAM, the default code cache, output to `console`.
     pub fn new(mem_mib: u32, console: Box<dyn Write + Send>) -> Self {
-        Self { mem_bytes: mem_mib.saturating_mul(1 << 20), console, code_cache_bytes: CODE_CACHE_BYTES, stdin_input: false }
+        Self { mem_bytes: u64::from(mem_mib) << 20, console, code_cache_bytes: CODE_CACHE_BYTES, stdin_input: false }
     }
 }
 
@@ -132,15 +145,16 @@ pub struct Vm {
 impl Vm {
     /// Creates a VM with empty RAM.
     pub fn new(cfg: VmConfig) -> Result<Self, VmError> {
-        if cfg.mem_bytes < crate::memory::MIN_RAM || cfg.mem_bytes > crate::memory::MAX_RAM || !cfg.mem_bytes.is_multiple_of(4096) {
-            return Err(VmError::MemSize(cfg.mem_bytes >> 20));
-        }
-        let ram = GuestRam::new(cfg.mem_bytes)?;
+        let mem_bytes = match u32::try_from(cfg.mem_bytes) {
+            Ok(b) if (crate::memory::MIN_RAM..=crate::memory::MAX_RAM).contains(&b) && b.is_multiple_of(4096) => b,
+            _ => return Err(VmError::MemSize(cfg.mem_bytes)),
+        };
+        let ram = GuestRam::new(mem_bytes)?;
         let mut view = View::reserve()?;
         view.map_identity(ram.fd(), ram.size())?;
         let mut tr = Translator::new(cfg.code_cache_bytes, crate::cpu_model::CpuModel::host().isa())?;
         tr.ctx_mut().gs_base = view.base();
-        let mut platform_cfg = PlatformConfig::new(cfg.console, cfg.mem_bytes);
+        let mut platform_cfg = PlatformConfig::new(cfg.console, mem_bytes);
         platform_cfg.stdin_input = cfg.stdin_input;
         let bus = Platform::new(platform_cfg);
         let poll = tr.poll_handle();
@@ -194,6 +208,10 @@ impl Vm {
         regs[4] = esp;
         self.cpu = Cpu::flat(code, data);
         self.cpu.gdtr = TableReg { base: gdt.0, limit: gdt.1 };
+        // The real-mode vector table's IDTR, as QEMU's loaders leave it.
+        self.cpu.idtr = TableReg { base: 0, limit: BOOT_IDTR_LIMIT };
+        // The text screen as a BIOS leaves it: blank, grey on black.
+        crate::devices::vga::clear_text_buffer(&self.ram)?;
         let ctx = self.tr.ctx_mut();
         ctx.gpr = regs;
         ctx.eip = entry;
@@ -215,6 +233,21 @@ impl Vm {
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram
+    }
+
+    /// The devices.
+    pub fn platform(&self) -> &Platform {
+        &self.bus
+    }
+
+    /// The devices, to configure them before the run (keyboard, console escapes).
+    pub fn platform_mut(&mut self) -> &mut Platform {
+        &mut self.bus
+    }
+
+    /// The guest's IDTR now: (base, limit).
+    pub fn idtr(&self) -> (u32, u16) {
+        (self.cpu.idtr.base, self.cpu.idtr.limit)
     }
 
     /// Guest general registers (eax..edi) and the arithmetic flags.
@@ -286,4 +319,20 @@ pub fn run_with_timeout(vm: &mut Vm, limit: std::time::Duration) -> Result<RunOu
     let _ = cancel.send(());
     let _ = watchdog.join();
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 item 11: sizes past 4 GiB were reported as "4095 MiB".
+    #[test]
+    fn memory_size_errors_name_the_size_given() {
+        for (mib, want) in [(4096, "4096 MiB"), (70_000, "70000 MiB"), (0, "0 MiB")] {
+            let e = Vm::new(VmConfig::new(mib, Box::new(std::io::sink()))).err().expect("refused");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let cfg = VmConfig { mem_bytes: (2 << 20) + 1, ..VmConfig::new(2, Box::new(std::io::sink())) };
+        assert!(Vm::new(cfg).err().expect("refused").to_string().contains("2097153 bytes"));
+    }
 }

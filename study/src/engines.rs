@@ -84,7 +84,7 @@ pub fn run(engine: Engine, case: &Case, kvm: &KvmOptions) -> Result<Run, EngineE
 
 /// A VM holding the image, about to start at the prologue.
 fn vm_with(chunks: &[Chunk]) -> Result<Vm, EngineError> {
-    let cfg = VmConfig { mem_bytes: guest::RAM_END, ..VmConfig::new(1, Box::new(std::io::sink())) };
+    let cfg = VmConfig { mem_bytes: u64::from(guest::RAM_END), ..VmConfig::new(1, Box::new(std::io::sink())) };
     let mut vm = Vm::new(cfg)?;
     for c in chunks {
         vm.ram().write(c.addr, &c.bytes).map_err(VmError::from)?;

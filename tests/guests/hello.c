@@ -12,6 +12,13 @@ int kmain(uint32_t magic, uint32_t mbi_addr)
     CHECK(mbi->flags & MBI_FLAG_CMDLINE);
     if (mbi->flags & MBI_FLAG_MEM)
         printf("mem_lower=%u KiB mem_upper=%u KiB\n", mbi->mem_lower, mbi->mem_upper);
+    if (mbi->flags & (1u << 6)) { /* the memory map: length at +44, address at +48 */
+        uint32_t len = ((const uint32_t *)mbi_addr)[11], at = ((const uint32_t *)mbi_addr)[12];
+        for (uint32_t p = at; p < at + len; p += *(const uint32_t *)p + 4) {
+            const uint32_t *e = (const uint32_t *)p;
+            printf("mmap: base=0x%08x%08x len=0x%08x%08x type=%u\n", e[2], e[1], e[4], e[3], e[5]);
+        }
+    }
     if (mbi->flags & MBI_FLAG_CMDLINE) {
         CHECK(mbi->cmdline != 0);
         if (mbi->cmdline)

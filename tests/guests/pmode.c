@@ -667,7 +667,7 @@ static void phase4(void)
     irq_capture = 1;
     __asm__ volatile("movl $1f, %0\n\tsti\n\tnop\n1:\tcli" : "=r"(expect) : : "memory");
     uint32_t t2 = ticks;
-    printf("kernel: after sti;nop: %u tick(s), IRQ saved eip 0x%08x (expected 0x%08x)\n",
+    printf("~kernel: after sti;nop: %u tick(s), IRQ saved eip 0x%08x (expected 0x%08x)\n",
            t2 - t1, cap_eip, expect);
     CHECK(t2 > t1);
     CHECK_EQ(irq_capture, 0);
@@ -702,7 +702,7 @@ static void phase4(void)
     periods = pit_wait(50);
     write_eflags(read_eflags() & ~EFLAGS_IF);
     uint32_t t4 = ticks;
-    printf("kernel: IF=1 for %u PIT periods: %u ticks\n", periods, t4 - t3);
+    printf("~kernel: IF=1 for %u PIT periods: %u ticks\n", periods, t4 - t3);
     CHECK_EQ(periods, 50);
     /* ~one tick per PIT period. Generous bounds: a host that deschedules
      * the guest makes pit_wait miss reloads (more ticks per counted period;
@@ -713,7 +713,7 @@ static void phase4(void)
     uint32_t u0 = user_irqs;
     uint32_t code = run_user(user_tick_main);
     uint32_t u1 = user_irqs;
-    printf("kernel: user task exited with 0x%x; %u ticks taken at CPL 3 (%u on the TSS stack)\n",
+    printf("~kernel: user task exited with 0x%x; %u ticks taken at CPL 3 (%u on the TSS stack)\n",
            code, u1 - u0, user_irqs_ok);
     CHECK_EQ(code, 0x66);
     CHECK(u1 - u0 >= 5);
@@ -733,6 +733,6 @@ int kmain(uint32_t magic, uint32_t mbi)
     phase2();
     phase3();
     phase4();
-    printf("pmode: done, %u ticks, %u system calls, %u exceptions\n", ticks, sys_count, last.count);
+    printf("~pmode: done, %u ticks, %u system calls, %u exceptions\n", ticks, sys_count, last.count);
     return kit_finish();
 }

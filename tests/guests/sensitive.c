@@ -140,7 +140,9 @@ static void test_eflags(void)
     g = read_eflags();
     write_eflags(f);
     CHECK_EQ(g & (1u << 18), 1u << 18);
-    CHECK_EQ(read_eflags(), f);
+    /* The system flags are back; the arithmetic ones are whatever the code between
+     * (the checks) left, which depends on code generation and layout. */
+    CHECK_EQ(read_eflags() & ~EFLAGS_ARITH, f & ~EFLAGS_ARITH);
 }
 
 /* ---------------------------------------------------- segment registers */
@@ -472,11 +474,11 @@ static void test_misc(void)
     memcpy(vendor + 4, &d, 4);
     memcpy(vendor + 8, &c, 4);
     vendor[12] = 0;
-    printf("cpuid 0: max leaf %u vendor \"%s\"\n", a, vendor);
+    printf("~cpuid 0: max leaf %u vendor \"%s\"\n", a, vendor);
     CHECK(a >= 1);
     CHECK(vendor[0] != 0);
     cpuid(1, 0, &a, &b, &c, &d);
-    printf("cpuid 1: eax=0x%08x ecx=0x%08x edx=0x%08x\n", a, c, d);
+    printf("~cpuid 1: eax=0x%08x ecx=0x%08x edx=0x%08x\n", a, c, d);
     CHECK_EQ(c & (1u << 5), 0);                /* no VMX */
     CHECK_EQ(d & (1u << 4), 1u << 4);          /* TSC */
     CHECK_EQ(d & (1u << 5), 1u << 5);          /* MSR */

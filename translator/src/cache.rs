@@ -307,6 +307,7 @@ impl Translator {
             return Err(TranslatorError::UnitTooLarge { eip: key.eip, bytes: built.code.len() });
         }
         self.mem.write(self.used, &built.code)?;
+        crate::trace::unit_built(mem, built.guest_start, built.guest_len, base, &built.code);
         let id = u32::try_from(self.units.len()).expect("unit count");
         for s in &built.slots {
             self.slots.push(Slot {

@@ -28,6 +28,7 @@ pub mod exec_mem;
 pub mod isa;
 pub mod lookup;
 pub mod semantics;
+pub mod trace;
 pub mod translate;
 pub mod world;
 

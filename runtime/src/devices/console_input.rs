@@ -1,26 +1,27 @@
-//! Console input: bytes from the host for the guest's serial console.
+//! Console input: bytes from the host for the guest's serial console (or keyboard).
 //!
 //! An [`InputQueue`] sits between a source and the platform: a source thread pushes
 //! bytes, the platform moves them into the UART as its receive FIFO has room
 //! ([`super::Platform::poll`]), and a halted vCPU sleeps on the queue
-//! ([`InputQueue::wait`]) until input arrives, its deadline passes, or it is woken.
-//! The queue is bounded ([`INPUT_QUEUE_CAPACITY`]).
+//! ([`InputQueue::wait`]) until input arrives, its deadline passes, the source ends, or
+//! it is woken. The queue is bounded ([`INPUT_QUEUE_CAPACITY`]).
 //!
 //! Sources ([`ConsoleInput`]):
 //! - the host's standard input. If it is a terminal (and bt86 is in its foreground
-//!   process group), the terminal is put in raw mode: no echo, no line buffering, no
-//!   CR→NL translation, no XON/XOFF; output processing is left on. The terminal's
-//!   interrupt and quit characters (usually Ctrl-C and Ctrl-\) are not passed to the
-//!   guest: they stop bt86 as they would with ISIG on — the terminal is restored first,
-//!   then the signal is raised — so a stuck guest can always be interrupted. Other control
-//!   characters (Ctrl-Z, Ctrl-D, …) go to the guest. The terminal is restored when the
-//!   source is dropped, at `exit()` (an `atexit` handler, for `std::process::exit` paths)
-//!   and before the interrupt/quit signal; not when bt86 is killed by another signal
-//!   (`stty sane` repairs that). Terminal input that finds the queue full is dropped,
-//!   so the interrupt character is always seen.
-//!   If standard input is a pipe or a file it is read to its end without loss (the reader
-//!   waits for room); at EOF the guest simply sees no more input. If it is closed, or at
-//!   EOF already, there is no input. One platform at a time can own standard input.
+//!   process group), the terminal is put in raw mode, as QEMU's `-nographic` does: no
+//!   echo, no line buffering, no CR→NL translation, no XON/XOFF, no signal characters —
+//!   Ctrl-C, Ctrl-\ and Ctrl-Z are bytes for the guest (Ctrl-C interrupts the guest's
+//!   foreground command, not bt86); output processing is left on. Ctrl-A is an escape
+//!   prefix ([`Escape`]): the byte after it is a command for bt86, handed to the
+//!   handler set with [`ConsoleInput::set_escape_handler`] (without one, Ctrl-A is an
+//!   ordinary byte); Ctrl-A Ctrl-A sends one Ctrl-A. The terminal is restored when the
+//!   source is dropped, at `exit()` (an `atexit` handler, for `std::process::exit`
+//!   paths), and by [`restore_terminal`] (signal handlers call it); only SIGKILL leaves
+//!   it raw (`stty sane` repairs that). Terminal input that finds the queue full is
+//!   dropped. If standard input is a pipe or a file it is read to its end without loss
+//!   (the reader waits for room); at EOF the guest simply sees no more input. If it is
+//!   closed, or at EOF already, there is no input. One platform at a time can own
+//!   standard input.
 //! - any `Read` ([`ConsoleInput::from_reader`]), read to its end without loss.
 
 use std::collections::VecDeque;
@@ -50,6 +51,56 @@ pub enum ConsoleInputError {
 /// Called after a source queued new bytes (e.g. to make a running vCPU exit and poll).
 pub type InputNotify = Arc<dyn Fn() + Send + Sync>;
 
+/// The escape prefix on a terminal: Ctrl-A, as in QEMU.
+pub const ESCAPE_PREFIX: u8 = 0x01;
+
+/// A command typed after the escape prefix (Ctrl-A) on the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    /// Ctrl-A x: end bt86.
+    Quit,
+    /// Ctrl-A h: list the escapes.
+    Help,
+    /// Ctrl-A s: save a checkpoint (reserved; not available yet).
+    Checkpoint,
+    /// Ctrl-A followed by a byte that means nothing (dropped).
+    Unknown(u8),
+}
+
+/// What the escapes do, for Ctrl-A h (lines end in CR LF: the terminal is raw).
+pub const ESCAPE_HELP: &str = "bt86 console escapes (Ctrl-A, then):\r\n  \
+x        end bt86 (the terminal is restored; statistics printed if --stats)\r\n  \
+h        this list\r\n  \
+s        save a checkpoint (not available yet)\r\n  \
+Ctrl-A   send Ctrl-A to the guest\r\n\
+Ctrl-C, Ctrl-\\ and Ctrl-Z go to the guest.\r\n";
+
+/// Called on the input thread for each escape typed.
+pub type EscapeHandler = Arc<dyn Fn(Escape) + Send + Sync>;
+
+/// Splits terminal bytes into guest bytes and escapes: `prefixed` carries "the last
+/// byte was the prefix" across reads.
+fn split_escapes(bytes: &[u8], prefixed: &mut bool) -> (Vec<u8>, Vec<Escape>) {
+    let mut data = Vec::with_capacity(bytes.len());
+    let mut escapes = Vec::new();
+    for &b in bytes {
+        if std::mem::take(prefixed) {
+            match b {
+                ESCAPE_PREFIX => data.push(ESCAPE_PREFIX),
+                b'x' | b'X' => escapes.push(Escape::Quit),
+                b'h' | b'H' | b'?' => escapes.push(Escape::Help),
+                b's' | b'S' => escapes.push(Escape::Checkpoint),
+                other => escapes.push(Escape::Unknown(other)),
+            }
+        } else if b == ESCAPE_PREFIX {
+            *prefixed = true;
+        } else {
+            data.push(b);
+        }
+    }
+    (data, escapes)
+}
+
 /// Why [`InputQueue::wait`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitOutcome {
@@ -59,6 +110,9 @@ pub enum WaitOutcome {
     Woken,
     /// The timeout passed.
     Deadline,
+    /// The source has ended with nothing queued, and there was no timeout: no input can
+    /// ever end this wait.
+    Ended,
 }
 
 #[derive(Debug, Default)]
@@ -229,7 +283,11 @@ impl InputQueue {
     }
 
     /// Blocks until input is queued (if `want_input`), [`InputQueue::wake`] is called, or
-    /// `timeout` passes (None: no timeout).
+    /// `timeout` passes (None: no timeout). Without a timeout it also returns once the
+    /// source has ended with nothing queued ([`WaitOutcome::Ended`]): the end is part of
+    /// what the wait checks under the lock, so an end that comes after the caller last
+    /// looked ([`InputQueue::source_ended`]) still ends the wait (a lost wake-up
+    /// otherwise: issue 12 item 5).
     pub fn wait(&self, timeout: Option<Duration>, want_input: bool) -> WaitOutcome {
         // A timeout too far to represent is no timeout.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -241,6 +299,9 @@ impl InputQueue {
             }
             if want_input && !st.bytes.is_empty() {
                 return WaitOutcome::Input;
+            }
+            if deadline.is_none() && st.ended && st.bytes.is_empty() {
+                return WaitOutcome::Ended;
             }
             st = match deadline {
                 Some(d) => {
@@ -321,7 +382,6 @@ impl ConsoleInput {
         }
         let mut source = InputSource::Stream;
         let mut terminal = None;
-        let mut signal_chars = (0, 0);
         if termios::isatty(fd) {
             let foreground = termios::tcgetpgrp(fd)
                 .map(|pg| pg == rustix::process::getpgrp())
@@ -331,10 +391,7 @@ impl ConsoleInput {
                 return Ok(Self::none(queue));
             }
             match TerminalGuard::enter_raw(fd) {
-                Ok((guard, chars)) => {
-                    terminal = Some(guard);
-                    signal_chars = chars;
-                }
+                Ok(guard) => terminal = Some(guard),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot put the terminal in raw mode; input stays line-buffered")
                 }
@@ -346,8 +403,7 @@ impl ConsoleInput {
             queue: queue.clone(),
             stop: stop.clone(),
             lossless: source == InputSource::Stream,
-            intr: signal_chars.0,
-            quit: signal_chars.1,
+            escapes: None,
         });
         if !hub.reader_running {
             match thread::Builder::new()
@@ -412,6 +468,18 @@ impl ConsoleInput {
         self.source
     }
 
+    /// Turns on the Ctrl-A escapes of a terminal source, handled by `f` on the input
+    /// thread (no effect on other sources).
+    pub fn set_escape_handler(&self, f: EscapeHandler) {
+        if !self.owns_stdin || self.source != InputSource::Terminal {
+            return;
+        }
+        let mut hub = lock_hub();
+        if let Some(s) = hub.sink.as_mut().filter(|s| Arc::ptr_eq(&s.stop, &self.stop)) {
+            s.escapes = Some(f);
+        }
+    }
+
     /// The queue this source feeds.
     pub fn queue(&self) -> &InputQueue {
         &self.queue
@@ -443,9 +511,8 @@ struct Sink {
     stop: Arc<AtomicBool>,
     /// Pipe or file: wait for room instead of dropping.
     lossless: bool,
-    /// The terminal's interrupt and quit characters (0: none).
-    intr: u8,
-    quit: u8,
+    /// Handles Ctrl-A escapes (terminal only).
+    escapes: Option<EscapeHandler>,
 }
 
 /// The process's one standard-input reader and its current consumer.
@@ -465,25 +532,13 @@ fn lock_hub() -> MutexGuard<'static, Hub> {
     relock(HUB.lock())
 }
 
-/// Where in `bytes` the first interrupt or quit character is, and which signal it means.
-fn find_signal_char(bytes: &[u8], intr: u8, quit: u8) -> Option<(usize, rustix::process::Signal)> {
-    bytes.iter().enumerate().find_map(|(i, &b)| {
-        if b != 0 && b == intr {
-            Some((i, rustix::process::Signal::INT))
-        } else if b != 0 && b == quit {
-            Some((i, rustix::process::Signal::QUIT))
-        } else {
-            None
-        }
-    })
-}
-
 /// The standard-input reader thread: delivers to the hub's sink until EOF, an error, or
 /// no one is listening any more.
 fn stdin_reader() {
     let stdin = std::io::stdin();
     let fd: BorrowedFd<'_> = stdin.as_fd();
     let mut buf = [0u8; 512];
+    let mut prefixed = false;
     loop {
         let n = match rustix::io::read(fd, &mut buf) {
             Ok(0) => {
@@ -502,32 +557,29 @@ fn stdin_reader() {
                 return;
             }
         };
-        let (queue, stop, lossless, intr, quit) = {
+        let (queue, stop, lossless, escapes) = {
             let mut hub = lock_hub();
             let Some(s) = hub.sink.as_ref() else {
                 hub.reader_running = false;
                 return;
             };
-            (s.queue.clone(), s.stop.clone(), s.lossless, s.intr, s.quit)
+            (s.queue.clone(), s.stop.clone(), s.lossless, s.escapes.clone())
         };
         let bytes = &buf[..n];
         if lossless {
             queue.push_blocking(bytes, &stop);
             continue;
         }
-        match find_signal_char(bytes, intr, quit) {
+        match escapes {
             None => {
                 queue.push(bytes);
             }
-            Some((at, signal)) => {
-                queue.push(&bytes[..at]);
-                restore_terminal();
-                // Default action: the process ends, the terminal already restored. If a
-                // handler catches it, input goes on from the (now cooked) terminal.
-                if let Err(e) = rustix::process::kill_process(rustix::process::getpid(), signal) {
-                    tracing::warn!(error = %e, "cannot raise the terminal's signal");
+            Some(handler) => {
+                let (data, escapes) = split_escapes(bytes, &mut prefixed);
+                queue.push(&data);
+                for e in escapes {
+                    handler(e);
                 }
-                queue.push(&bytes[at + 1..]);
             }
         }
     }
@@ -550,8 +602,8 @@ static ATEXIT: Once = Once::new();
 struct TerminalGuard;
 
 impl TerminalGuard {
-    /// Raw mode; returns the guard and the terminal's (interrupt, quit) characters.
-    fn enter_raw(fd: BorrowedFd<'_>) -> rustix::io::Result<(Self, (u8, u8))> {
+    /// Raw mode for as long as the guard lives.
+    fn enter_raw(fd: BorrowedFd<'_>) -> rustix::io::Result<Self> {
         let saved = termios::tcgetattr(fd)?;
         let mut raw = saved.clone();
         raw.local_modes.remove(
@@ -570,21 +622,13 @@ impl TerminalGuard {
         );
         raw.special_codes[SpecialCodeIndex::VMIN] = 1;
         raw.special_codes[SpecialCodeIndex::VTIME] = 0;
-        let chars = if saved.local_modes.contains(LocalModes::ISIG) {
-            (
-                saved.special_codes[SpecialCodeIndex::VINTR],
-                saved.special_codes[SpecialCodeIndex::VQUIT],
-            )
-        } else {
-            (0, 0)
-        };
         *relock(SAVED_TERMIOS.lock()) = Some(saved);
         ATEXIT.call_once(register_atexit);
         if let Err(e) = termios::tcsetattr(fd, OptionalActions::Now, &raw) {
             relock(SAVED_TERMIOS.lock()).take();
             return Err(e);
         }
-        Ok((Self, chars))
+        Ok(Self)
     }
 }
 
@@ -594,8 +638,14 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Puts the saved terminal settings back, once.
-fn restore_terminal() {
+/// Whether bt86 has the terminal in raw mode now.
+pub fn terminal_is_raw() -> bool {
+    relock(SAVED_TERMIOS.lock()).is_some()
+}
+
+/// Puts the saved terminal settings back, once (a no-op when bt86 did not change them).
+/// Safe to call from any thread, e.g. a signal-handling thread, and at any time.
+pub fn restore_terminal() {
     let saved = match SAVED_TERMIOS.try_lock() {
         Ok(mut g) => g.take(),
         Err(TryLockError::Poisoned(e)) => e.into_inner().take(),
@@ -681,6 +731,29 @@ mod tests {
         assert_eq!(q.wait(Some(Duration::MAX), true), WaitOutcome::Woken);
     }
 
+    /// Issue 12 item 5: a wait with no timeout that starts before the source ends must
+    /// return when it ends (it blocked forever before the end was part of the wait).
+    #[test]
+    fn wait_returns_when_the_source_ends_meanwhile() {
+        let q = InputQueue::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q2 = q.clone();
+        let waiter = thread::spawn(move || {
+            let _ = tx.send(q2.wait(None, true));
+        });
+        thread::sleep(Duration::from_millis(20));
+        q.mark_ended();
+        let got = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(got, Ok(WaitOutcome::Ended), "the wait missed the end of input");
+        waiter.join().unwrap();
+        // Already ended: returns at once; with a timeout, the timeout governs.
+        assert_eq!(q.wait(None, true), WaitOutcome::Ended);
+        assert_eq!(q.wait(Some(Duration::from_millis(5)), true), WaitOutcome::Deadline);
+        // Queued bytes still come first.
+        q.push(b"z");
+        assert_eq!(q.wait(None, true), WaitOutcome::Input);
+    }
+
     #[test]
     fn notify_called_on_new_input() {
         let q = InputQueue::new();
@@ -727,15 +800,20 @@ mod tests {
     }
 
     #[test]
-    fn signal_characters() {
-        use rustix::process::Signal;
-        assert_eq!(
-            find_signal_char(b"ab\x03cd", 3, 0x1c),
-            Some((2, Signal::INT))
-        );
-        assert_eq!(find_signal_char(b"\x1c", 3, 0x1c), Some((0, Signal::QUIT)));
-        assert_eq!(find_signal_char(b"\x00abc", 0, 0), None, "0 disables");
-        assert_eq!(find_signal_char(b"abc", 3, 0x1c), None);
+    fn escapes_are_split_from_guest_bytes() {
+        let mut p = false;
+        let (d, e) = split_escapes(b"ab\x03\x01xcd", &mut p);
+        assert_eq!(d, b"ab\x03cd", "Ctrl-C is a byte for the guest");
+        assert_eq!(e, [Escape::Quit]);
+        let (d, e) = split_escapes(b"\x01\x01\x01h\x01s\x01q", &mut p);
+        assert_eq!(d, b"\x01", "Ctrl-A Ctrl-A sends one Ctrl-A");
+        assert_eq!(e, [Escape::Help, Escape::Checkpoint, Escape::Unknown(b'q')]);
+        // The prefix at the end of one read applies to the next.
+        let (d, e) = split_escapes(b"z\x01", &mut p);
+        assert!(p && d == b"z" && e.is_empty());
+        let (d, e) = split_escapes(b"x", &mut p);
+        assert!(!p && d.is_empty() && e == [Escape::Quit]);
+        assert!(ESCAPE_HELP.contains("not available"));
     }
 
     #[test]

@@ -1,13 +1,18 @@
-//! The i8042 keyboard controller (data 0x60, status/command 0x64) with no keyboard or
-//! mouse attached. bt86 needs it for the reset line (command 0xfe, or output port bit 0
-//! through command 0xd1) and so that drivers probing it find a sane controller.
+//! The i8042 keyboard controller (data 0x60, status/command 0x64), with no mouse and,
+//! unless one is attached ([`I8042::attach_keyboard`], for `--display vga`), no keyboard.
+//! bt86 needs it for the reset line (command 0xfe, or output port bit 0 through command
+//! 0xd1), so that drivers probing it find a sane controller, and for the keyboard.
 //!
-//! Controller commands answer at once (the input buffer is never busy). Bytes sent to the
+//! Controller commands answer at once (the input buffer is never busy). Bytes sent to an
 //! absent keyboard or mouse come back as 0xfe with the status register's timeout bit, what
-//! a controller reports when no device answers. The output buffer holds one byte; reading
+//! a controller reports when no device answers. An attached keyboard
+//! ([`super::keyboard`]) answers its commands and sends scan codes, translated to set 1
+//! while the command byte's translate bit is set; its bytes enter the output buffer one at
+//! a time as the guest reads them (and not while the command byte disables the keyboard). The output buffer holds one byte; reading
 //! port 0x60 with it empty returns the last byte again. IRQ 1 / IRQ 12 are raised while
 //! the output buffer holds a keyboard / mouse byte and the command byte enables them.
 
+use super::keyboard::{KeyEvent, Keyboard};
 use super::IoEffect;
 
 /// The data port.
@@ -51,6 +56,7 @@ pub struct I8042 {
     last_was_command: bool,
     /// A command waiting for its data byte at port 0x60.
     awaiting: Option<u8>,
+    keyboard: Option<Keyboard>,
 }
 
 impl Default for I8042 {
@@ -71,6 +77,42 @@ impl I8042 {
             timeout: false,
             last_was_command: false,
             awaiting: None,
+            keyboard: None,
+        }
+    }
+
+    /// Plugs a keyboard into the keyboard port.
+    pub fn attach_keyboard(&mut self) {
+        self.keyboard = Some(Keyboard::new());
+    }
+
+    /// Whether a keyboard is attached.
+    pub fn has_keyboard(&self) -> bool {
+        self.keyboard.is_some()
+    }
+
+    /// Room in the keyboard's queue, in bytes (0 without a keyboard).
+    pub fn key_room(&self) -> usize {
+        self.keyboard.as_ref().map_or(0, Keyboard::room)
+    }
+
+    /// Key events from the host; returns how many were queued (stops at the first that
+    /// does not fit).
+    pub fn push_keys(&mut self, events: &[KeyEvent]) -> usize {
+        let translated = self.command_byte & CMD_TRANSLATE != 0;
+        let Some(k) = self.keyboard.as_mut() else { return 0 };
+        let n = events.iter().take_while(|e| k.press(**e, translated)).count();
+        self.refill();
+        n
+    }
+
+    /// Moves the keyboard's next byte into an empty output buffer.
+    fn refill(&mut self) {
+        if self.out.is_some() || self.command_byte & CMD_KBD_DISABLE != 0 {
+            return;
+        }
+        if let Some(b) = self.keyboard.as_mut().and_then(Keyboard::pop) {
+            self.out = Some((b, Source::Keyboard));
         }
     }
 
@@ -82,7 +124,9 @@ impl I8042 {
                     self.last_out = b;
                     self.timeout = false;
                 }
-                self.last_out
+                let b = self.last_out;
+                self.refill();
+                b
             }
             I8042_COMMAND => self.status(),
             _ => 0xff,
@@ -97,8 +141,17 @@ impl I8042 {
                 match self.awaiting.take() {
                     Some(cmd) => self.command_data(cmd, v),
                     None => {
-                        tracing::trace!(byte = v, "byte for the keyboard; none attached");
-                        self.no_device(Source::Keyboard);
+                        let translated = self.command_byte & CMD_TRANSLATE != 0;
+                        match self.keyboard.as_mut() {
+                            Some(k) => {
+                                k.command(v, translated);
+                                self.refill();
+                            }
+                            None => {
+                                tracing::trace!(byte = v, "byte for the keyboard; none attached");
+                                self.no_device(Source::Keyboard);
+                            }
+                        }
                         IoEffect::None
                     }
                 }
@@ -106,7 +159,9 @@ impl I8042 {
             I8042_COMMAND => {
                 self.last_was_command = true;
                 self.awaiting = None;
-                self.command(v)
+                let effect = self.command(v);
+                self.refill();
+                effect
             }
             _ => IoEffect::None,
         }
@@ -187,7 +242,10 @@ impl I8042 {
 
     fn command_data(&mut self, cmd: u8, v: u8) -> IoEffect {
         match cmd {
-            0x60 => self.command_byte = v,
+            0x60 => {
+                self.command_byte = v;
+                self.refill();
+            }
             0xd1 => {
                 self.output_port = v;
                 if v & OUTPORT_A20 == 0 {
@@ -298,6 +356,37 @@ mod tests {
         k.write(I8042_DATA, 0x5a);
         assert!(k.aux_irq());
         assert_eq!(k.read(I8042_DATA), 0x5a);
+    }
+
+    #[test]
+    fn attached_keyboard_sends_translated_scan_codes_with_irq_1() {
+        use crate::devices::keyboard::keys_from_terminal;
+        let mut k = I8042::new();
+        assert_eq!(k.key_room(), 0, "no keyboard yet");
+        k.attach_keyboard();
+        // Reset as a driver does: ACK, then the self-test result.
+        k.write(I8042_DATA, 0xff);
+        assert_eq!(k.read(I8042_DATA), 0xfa);
+        assert_eq!(k.read(I8042_DATA), 0xaa);
+        assert_eq!(k.read(I8042_COMMAND) & (STATUS_OBF | STATUS_TIMEOUT), 0);
+        assert_eq!(k.push_keys(&keys_from_terminal(b"hi")), 4);
+        assert!(k.keyboard_irq());
+        let got: Vec<u8> = (0..4).map(|_| k.read(I8042_DATA)).collect();
+        assert_eq!(got, [0x23, 0xa3, 0x17, 0x97]);
+        assert!(!k.keyboard_irq());
+        // Disabled by the controller: bytes wait.
+        k.write(I8042_COMMAND, 0xad);
+        k.push_keys(&keys_from_terminal(b"a"));
+        assert_eq!(k.read(I8042_COMMAND) & STATUS_OBF, 0);
+        k.write(I8042_COMMAND, 0xae);
+        assert_eq!(k.read(I8042_DATA), 0x1e);
+        // Translation off: set 2.
+        k.read(I8042_DATA);
+        k.write(I8042_COMMAND, 0x60);
+        k.write(I8042_DATA, 0x01);
+        k.push_keys(&keys_from_terminal(b"a"));
+        let got: Vec<u8> = (0..3).map(|_| k.read(I8042_DATA)).collect();
+        assert_eq!(got, [0x1c, 0xf0, 0x1c]);
     }
 
     #[test]

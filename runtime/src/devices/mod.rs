@@ -2,19 +2,22 @@
 //!
 //! [`PortBus`] routes ports to boxed [`PortDevice`]s; [`PortBus::standard`] is the minimal
 //! machine (COM1 output, isa-debug-exit). [`Platform`] is the whole PC of the
-//! protected-mode machine: PIC, PIT, RTC, i8042, COM1 with input, PCI/POST/reset ports,
+//! protected-mode machine: PIC, PIT, RTC, i8042 (with a keyboard on demand), COM1 with
+//! input, the VGA text mode, PCI/POST/reset ports,
 //! interrupt wiring and virtual time ([`clock`]).
 
 pub mod clock;
 pub mod console_input;
 pub mod debug_exit;
 pub mod i8042;
+pub mod keyboard;
 pub mod misc;
 pub mod pic;
 pub mod pit;
 pub mod platform;
 pub mod rtc;
 pub mod uart;
+pub mod vga;
 
 pub use clock::{Clock, FakeClock, HostClock, Nanos};
 pub use console_input::{ConsoleInput, ConsoleInputError, InputQueue, InputSource, WaitOutcome};
@@ -26,6 +29,7 @@ pub use pit::Pit;
 pub use platform::{Platform, PlatformConfig, PlatformStats, PlatformWaker};
 pub use rtc::Rtc;
 pub use uart::Uart16550;
+pub use vga::{TextScreen, Vga, VgaState};
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};

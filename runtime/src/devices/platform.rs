@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | 0x20–0x21, 0xa0–0xa1, 0x4d0–0x4d1 | 8259A pair, ELCR ([`Pic`]) | — |
 //! | 0x40–0x43, 0x61 | 8254 and port B ([`Pit`]) | 0 |
-//! | 0x60, 0x64 | i8042, no keyboard or mouse ([`I8042`]) | 1, 12 |
+//! | 0x60, 0x64 | i8042, no mouse; a keyboard when attached ([`I8042`]) | 1, 12 |
+//! | 0x3b0–0x3df | VGA text-mode registers ([`Vga`]); the text buffer is RAM at 0xB8000 | — |
 //! | 0x3f8–0x3ff | COM1 16550A ([`Uart16550`]) | 4 |
 //! | 0x70–0x71 | CMOS / RTC ([`Rtc`]) | 8 |
 //! | 0x80 | POST code ([`PostCode`]) | — |
@@ -14,7 +15,10 @@
 //! | anything else | the [`PortBus`]: isa-debug-exit at 0xf4, whatever is registered with [`Platform::bus_mut`]; unclaimed ports read all ones | — |
 //!
 //! The 8-bit devices see a 16- or 32-bit access as consecutive byte accesses (as the ISA
-//! bus splits them); the UART and the PCI ports take wide accesses themselves.
+//! bus splits them); the UART, the VGA and the PCI ports take wide accesses themselves.
+//!
+//! Console input (the terminal, a pipe) goes to COM1, or, after
+//! [`Platform::attach_keyboard`], to the i8042's keyboard as key presses.
 //!
 //! How the CPU side drives it:
 //! - `in`/`out` → [`Platform::read`] / [`Platform::write`]. [`IoEffect::Reset`] means the
@@ -40,6 +44,7 @@ use super::misc::{PciHost, PostCode, SystemControlA};
 use super::pic::Pic;
 use super::pit::Pit;
 use super::rtc::Rtc;
+use super::vga::{Vga, VgaState};
 use super::{
     size_mask, DebugExit, IoEffect, PortBus, PortDevice, Uart16550, COM1_BASE, DEBUG_EXIT_PORT,
 };
@@ -126,6 +131,7 @@ enum Dev {
     Post,
     PortA,
     Uart,
+    Vga,
     Pci,
     Bus,
 }
@@ -139,6 +145,7 @@ fn route(port: u16) -> Dev {
         0x80 => Dev::Post,
         0x92 => Dev::PortA,
         0x3f8..=0x3ff => Dev::Uart,
+        super::vga::VGA_FIRST_PORT..=super::vga::VGA_LAST_PORT => Dev::Vga,
         0xcf8..=0xcff => Dev::Pci,
         _ => Dev::Bus,
     }
@@ -160,6 +167,9 @@ pub struct Platform {
     rtc: Rtc,
     kbc: I8042,
     uart: Uart16550,
+    vga: Vga,
+    /// Console input goes to the keyboard instead of COM1.
+    input_to_keyboard: bool,
     pci: PciHost,
     post: PostCode,
     port_a: SystemControlA,
@@ -207,6 +217,8 @@ impl Platform {
             rtc: Rtc::new(cfg.ram_bytes, cfg.clock.wall_origin_ns()),
             kbc: I8042::new(),
             uart: Uart16550::new(COM1_BASE, cfg.console),
+            vga: Vga::new(),
+            input_to_keyboard: false,
             pci: PciHost::new(),
             post: PostCode::new(),
             port_a: SystemControlA::new(),
@@ -252,6 +264,7 @@ impl Platform {
                 self.drain_input();
                 v
             }
+            Dev::Vga => self.vga.read(port, size),
             Dev::Pci => self.pci.read(port, size),
             Dev::Bus => self.bus.read(port, size),
             _ => {
@@ -280,6 +293,7 @@ impl Platform {
                 self.drain_input();
                 e
             }
+            Dev::Vga => self.vga.write(port, size, value),
             Dev::Pci => self.pci.write(port, size, value),
             Dev::Bus => self.bus.write(port, size, value),
             _ => {
@@ -314,7 +328,11 @@ impl Platform {
                 let now = self.clock.now_ns();
                 u32::from(self.pit.read(now, port))
             }
-            Dev::Kbc => u32::from(self.kbc.read(port)),
+            Dev::Kbc => {
+                let v = self.kbc.read(port);
+                self.drain_input();
+                u32::from(v)
+            }
             Dev::Rtc => {
                 let now = self.clock.now_ns();
                 u32::from(self.rtc.read(now, port))
@@ -322,6 +340,7 @@ impl Platform {
             Dev::Post => self.post.read(port, 1),
             Dev::PortA => self.port_a.read(port, 1),
             Dev::Uart => self.uart.read(port, 1),
+            Dev::Vga => self.vga.read(port, 1),
             Dev::Pci => self.pci.read(port, 1),
             Dev::Bus => self.bus.read(port, 1),
         };
@@ -348,6 +367,7 @@ impl Platform {
             Dev::Post => self.post.write(port, 1, u32::from(v)),
             Dev::PortA => self.port_a.write(port, 1, u32::from(v)),
             Dev::Uart => self.uart.write(port, 1, u32::from(v)),
+            Dev::Vga => self.vga.write(port, 1, u32::from(v)),
             Dev::Pci => self.pci.write(port, 1, u32::from(v)),
             Dev::Bus => self.bus.write(port, 1, u32::from(v)),
         }
@@ -410,7 +430,7 @@ impl Platform {
     pub fn wait_for_event(&mut self, deadline: Option<Nanos>) -> WaitOutcome {
         self.uart.flush();
         let timeout = deadline.map(|d| clock::until(self.clock.now_ns(), d));
-        let want_input = self.uart.rx_room() > 0;
+        let want_input = if self.input_to_keyboard { self.kbc.key_room() >= 8 } else { self.uart.rx_room() > 0 };
         self.input.wait(timeout, want_input)
     }
 
@@ -430,6 +450,29 @@ impl Platform {
     pub fn attach_input<R: std::io::Read + Send + 'static>(&mut self, reader: R) -> Result<(), super::ConsoleInputError> {
         self.console_input = ConsoleInput::from_reader(reader, self.input.clone())?;
         Ok(())
+    }
+
+    /// Plugs a keyboard into the i8042 and sends console input there (as key presses)
+    /// instead of to COM1.
+    pub fn attach_keyboard(&mut self) {
+        self.kbc.attach_keyboard();
+        self.input_to_keyboard = true;
+    }
+
+    /// Turns on the Ctrl-A escapes of a terminal console, handled by `f` on the input
+    /// thread (see [`super::console_input`]).
+    pub fn set_escape_handler(&self, f: super::console_input::EscapeHandler) {
+        self.console_input.set_escape_handler(f);
+    }
+
+    /// What console input comes from.
+    pub fn input_source(&self) -> super::console_input::InputSource {
+        self.console_input.source()
+    }
+
+    /// The VGA's CRT controller state, for a display.
+    pub fn vga_state(&self) -> Arc<VgaState> {
+        self.vga.state()
     }
 
     /// Whether console input may still arrive (a source that has not ended, or
@@ -499,7 +542,11 @@ impl Platform {
         self.pic = Pic::new();
         self.pit = Pit::new_at(now);
         self.rtc.reset();
+        let keyboard = self.kbc.has_keyboard();
         self.kbc = I8042::new();
+        if keyboard {
+            self.kbc.attach_keyboard();
+        }
         self.uart.reset();
         self.pci = PciHost::new();
         self.port_a = SystemControlA::new();
@@ -508,6 +555,20 @@ impl Platform {
     }
 
     fn drain_input(&mut self) {
+        if self.input_to_keyboard {
+            // A key is at most 8 bytes of scan codes (Ctrl or Shift around an extended
+            // key); take terminal bytes while a whole key surely fits.
+            while self.kbc.key_room() >= 8 && !self.input.is_empty() {
+                let bytes = self.input.take(1);
+                // An escape sequence arrives whole: take the rest of it with its ESC.
+                let bytes = if bytes == [0x1b] { [bytes, self.input.take(3)].concat() } else { bytes };
+                self.console_bytes_in += bytes.len() as u64;
+                let keys = super::keyboard::keys_from_terminal(&bytes);
+                self.kbc.push_keys(&keys);
+            }
+            self.sync_irqs();
+            return;
+        }
         let room = self.uart.rx_room();
         if room == 0 || self.input.is_empty() {
             return;

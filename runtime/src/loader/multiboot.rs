@@ -13,14 +13,14 @@
 //! | `0x1000..0x1020`  | GDT: null, 0x08 code, 0x10 code, 0x18 data (flat, ring 0)   |
 //! | `0x2000..0x2078`  | multiboot information structure (`mbi_addr`)               |
 //! | `0x2100..0x2105`  | boot loader name, `"bt86\0"`                               |
-//! | `0x2200..0x2260`  | memory map (up to 4 entries of 24 bytes)                   |
+//! | `0x2200..0x22a0`  | memory map (up to 6 entries of 24 bytes)                   |
 //! | `0x2300..0x2310`  | module list (the initrd, if any: one entry)                |
 //! | `0x2310..0x2317`  | module string, `"initrd\0"`                                |
 //! | `0x3000..0x4000`  | command line, NUL-terminated, at most 4 KiB with the NUL    |
 //! | `0x4000..0x7000`  | initial stack, `initial_esp = 0x7000`, growing down        |
 //! | `0x7000..0x10000` | zeroed, free                                               |
 
-use super::{cmdline_bytes, memory_map, write_gdt, LoadError, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR, LOADER_AREA_END};
+use super::{cmdline_bytes, memory_map, write_gdt, MMAP_RESERVED, LoadError, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR, LOADER_AREA_END};
 use crate::memory::{GuestRam, MemoryError};
 
 use goblin::container::{Container, Ctx, Endian};
@@ -121,7 +121,7 @@ pub fn load_multiboot(ram: &GuestRam, image: &[u8], cmdline: &str, module: Optio
         .map(|s| s.paddr + s.memsz)
         .max()
         .unwrap_or(0);
-    let module_at = module.map(|m| place_module(ram.size(), kernel_end, m.len())).transpose()?;
+    let module_at = module.map(|m| place_module(usable_top(ram.size()), kernel_end, m.len())).transpose()?;
     // Validation is complete: from here on only guest RAM writes can fail.
     write_segments(ram, image, &plan.segments)?;
     ram.fill(0, LOADER_AREA_END as usize, 0)?;
@@ -424,6 +424,33 @@ fn place_module(ram_size: u32, kernel_end: u32, len: usize) -> Result<u32, LoadE
     Ok(at)
 }
 
+/// RAM at the top that QEMU's PC firmware keeps for itself (its e820 map reserves
+/// it); bt86 reports the same map to multiboot kernels, so they see what they see
+/// under QEMU.
+const FIRMWARE_TOP_RESERVED: u32 = 0x2_0000;
+/// The BIOS flash below 4 GiB, reserved in QEMU's map too.
+const FLASH: (u64, u64) = (0xfffc_0000, 0x4_0000);
+
+/// End of the RAM a multiboot kernel is told it may use.
+fn usable_top(ram_size: u32) -> u32 {
+    if ram_size > 0x10_0000 + FIRMWARE_TOP_RESERVED {
+        ram_size - FIRMWARE_TOP_RESERVED
+    } else {
+        ram_size
+    }
+}
+
+/// The memory map a multiboot kernel gets: QEMU's (see [`FIRMWARE_TOP_RESERVED`]).
+fn multiboot_memory_map(ram_size: u32) -> Vec<(u64, u64, u32)> {
+    let top = usable_top(ram_size);
+    let mut map = memory_map(top);
+    if top < ram_size {
+        map.push((u64::from(top), u64::from(ram_size - top), MMAP_RESERVED));
+    }
+    map.push((FLASH.0, FLASH.1, MMAP_RESERVED));
+    map
+}
+
 /// Writes the multiboot information structure and the data it points to; `module`
 /// is the [start, end) of module 0.
 fn write_mbi(ram: &GuestRam, cmdline: &str, module: Option<(u32, u32)>) -> Result<(), MemoryError> {
@@ -432,9 +459,11 @@ fn write_mbi(ram: &GuestRam, cmdline: &str, module: Option<(u32, u32)>) -> Resul
     put(0, MBI_MEM | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME | if module.is_some() { MBI_MODS } else { 0 });
     // mem_lower, KiB: conventional memory below the EBDA (639, as QEMU reports).
     put(4, 0x9_fc00 / 1024);
-    put(8, ram.size().saturating_sub(0x10_0000) / 1024); // mem_upper, KiB above 1 MiB
+    // mem_upper, KiB from 1 MiB to the first hole: QEMU's, which ends below the top
+    // 128 KiB its firmware keeps.
+    put(8, usable_top(ram.size()).saturating_sub(0x10_0000) / 1024);
     put(16, CMDLINE_ADDR);
-    let map = memory_map(ram.size());
+    let map = multiboot_memory_map(ram.size());
     put(44, map.len() as u32 * (MMAP_ENTRY_SIZE + 4)); // mmap_length
     put(48, MMAP_ADDR);
     put(64, LOADER_NAME_ADDR);
@@ -581,12 +610,13 @@ mod tests {
         let flags = ram.read_u32(m).unwrap();
         assert_eq!(flags, (1 << 0) | (1 << 2) | (1 << 6) | (1 << 9));
         assert_eq!(ram.read_u32(m + 4).unwrap(), 639);
-        assert_eq!(ram.read_u32(m + 8).unwrap(), 3 * 1024);
+        // QEMU's numbers: the top 128 KiB are its firmware's.
+        assert_eq!(ram.read_u32(m + 8).unwrap(), 3 * 1024 - 128);
         assert_eq!(read_cstr(&ram, ram.read_u32(m + 16).unwrap()), b"hello");
         assert_eq!(read_cstr(&ram, ram.read_u32(m + 64).unwrap()), b"bt86");
 
         let (len, addr) = (ram.read_u32(m + 44).unwrap(), ram.read_u32(m + 48).unwrap());
-        assert_eq!(len, 4 * 24);
+        assert_eq!(len, 6 * 24);
         let mut got = Vec::new();
         let mut at = addr;
         while at < addr + len {
@@ -605,7 +635,9 @@ mod tests {
                 (0, 0x9fc00, 1),
                 (0x9fc00, 0x400, 2),
                 (0xf0000, 0x10000, 2),
-                (0x10_0000, 3 << 20, 1)
+                (0x10_0000, (3 << 20) - 0x20000, 1),
+                ((4 << 20) - 0x20000, 0x20000, 2),
+                (0xfffc_0000, 0x4_0000, 2),
             ]
         );
     }

@@ -101,6 +101,23 @@ size_t strlen(const char *s);
 int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
 
+/* ---- interrupts (lib.c) ---- */
+/* An interrupt gate (ring 0, KIT_CODE_SEL) for `vector` in the kit's 256-entry IDT,
+ * which it loads with lidt. `handler` must end with iret. */
+void kit_set_interrupt_gate(uint8_t vector, void (*handler)(void));
+/* Initializes the 8259A pair: IRQ 0-7 at vectors 0x20-0x27, IRQ 8-15 at 0x28-0x2f,
+ * then the masks (a set bit masks the IRQ). */
+void kit_pic_init(uint8_t master_mask, uint8_t slave_mask);
+/* A byte queue an interrupt handler fills (kit_ring_put; bytes past 256 queued are
+ * dropped) and the main loop empties, sleeping in `sti; hlt` while it is empty
+ * (kit_ring_get_wait, which returns with interrupts enabled). */
+struct kit_ring {
+    volatile uint8_t buf[256];
+    volatile uint32_t head, tail;
+};
+void kit_ring_put(struct kit_ring *r, uint8_t b);
+uint8_t kit_ring_get_wait(struct kit_ring *r);
+
 /* ---- a few CPU helpers ---- */
 static inline uint32_t read_eflags(void) { uint32_t f; __asm__ volatile("pushfl; popl %0" : "=r"(f)); return f; }
 static inline void write_eflags(uint32_t f) { __asm__ volatile("pushl %0; popfl" : : "r"(f) : "cc", "memory"); }
