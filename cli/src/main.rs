@@ -27,7 +27,8 @@ const EXIT_STATUS_HELP: &str = "\
 Exit status of run and demo:
   N   the guest wrote N to the isa-debug-exit port (0xf4); with --exit-code-style qemu,
       (N << 1) | 1, as QEMU's isa-debug-exit (odd: never one of bt86's own statuses)
-  0   the guest halted for good, or asked for a reset, or Ctrl-A x ended bt86
+  0   the guest powered off (hlt with interrupts off), halted for good, asked for a
+      reset (reboot), or Ctrl-A x ended bt86
   2   bad input (arguments, a missing or malformed kernel, an unwritable file)
   3   the guest stopped abnormally (unhandled exception, triple fault, unsupported
       instruction, memory that does not exist) or --timeout passed; 6 with

@@ -317,6 +317,11 @@ fn stop_of(outcome: &RunOutcome, vm: &Vm, opts: &RunOpts) -> Stop {
             let (code, note) = guest_exit_status(*v, opts.exit_code_style);
             Stop::new("guest-exit", Exit::Status(code), note)
         }
+        // hlt with interrupts off is how a PC without ACPI powers off (Linux's
+        // `poweroff -f` ends in "System halted": cli; hlt).
+        RunOutcome::Halted { eip } if !vm.interrupts_enabled() => {
+            Stop::new("powered-off", Exit::Status(0), Some(format!("guest powered off (hlt with interrupts off at eip {eip:#010x})"))).at(*eip)
+        }
         RunOutcome::Halted { eip } => {
             Stop::new("halted", Exit::Status(0), Some(format!("guest halted at eip {eip:#010x} with nothing left to wake it"))).at(*eip)
         }

@@ -250,6 +250,11 @@ impl Vm {
         (self.cpu.idtr.base, self.cpu.idtr.limit)
     }
 
+    /// Whether the guest's interrupt flag is set.
+    pub fn interrupts_enabled(&self) -> bool {
+        self.tr.ctx().vif != 0
+    }
+
     /// Guest general registers (eax..edi) and the arithmetic flags.
     pub fn registers(&self) -> ([u32; 8], u32) {
         let ctx = self.tr.ctx();
