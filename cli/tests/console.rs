@@ -276,7 +276,7 @@ fn interactive_console_echoes_passes_ctrl_c_and_ends_with_ctrl_a_x() {
     t.keys(&["C-a", "s"]);
     t.wait_for("not available");
     t.keys(&["C-a", "x"]);
-    let s = t.wait_for("EXIT=");
+    let s = t.wait_for("MODES:");
     assert!(s.contains("EXIT=0"), "Ctrl-A x ends with status 0:\n{s}");
     assert!(s.contains("\"reason\":\"quit\""), "statistics printed with the stop:\n{s}");
     assert_restored(&s);
@@ -290,7 +290,7 @@ fn a_signal_restores_the_terminal() {
         let pid = t.child_pid();
         // SAFETY: kill only sends a signal to the bt86 process this test started.
         assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
-        let s = t.wait_for("EXIT=");
+        let s = t.wait_for("MODES:");
         assert!(s.contains(&format!("EXIT={status}")), "ends by the signal:\n{s}");
         assert!(s.contains("\"reason\":\"signal\""), "statistics on the way out:\n{s}");
         assert_restored(&s);
@@ -307,7 +307,7 @@ fn display_vga_shows_the_screen_and_takes_keys() {
     t.keys(&["-l", "Hi there!"]);
     t.wait_for("keys> Hi there!");
     t.keys(&["BSpace", "Enter"]);
-    let s = t.wait_for("EXIT=");
+    let s = t.wait_for("MODES:");
     assert!(s.contains("EXIT=0"), "{s}");
     assert!(!s.contains("bt86 VGA text mode"), "the full-screen view is gone:\n{s}");
     assert_restored(&s);
