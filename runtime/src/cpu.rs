@@ -91,9 +91,6 @@ pub struct Cpu {
     pub cr3: u32,
     pub cr4: u32,
     pub dr: [u32; 8],
-    /// System flags other than IF and the arithmetic flags: TF, IOPL, NT, RF, AC, ID
-    /// (the virtual IF is `VcpuCtx::vif`).
-    pub sys_flags: u32,
     pub sysenter_cs: u32,
     pub sysenter_esp: u32,
     pub sysenter_eip: u32,
@@ -118,7 +115,6 @@ impl Default for Cpu {
             cr3: 0,
             cr4: 0,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
-            sys_flags: 0,
             sysenter_cs: 0,
             sysenter_esp: 0,
             sysenter_eip: 0,

@@ -341,6 +341,13 @@ impl Vm {
     /// for the next timer interrupt, and deliver a pending external interrupt if
     /// the guest's IF allows it (not in the shadow of an sti).
     fn interrupt_boundary(&mut self, next: Next) -> Result<Next, VmError> {
+        let next = self.deliver_at_boundary(next)?;
+        // Translated sti/popf leave for an interrupt only if the VMM knows of one.
+        self.tr.ctx_mut().irq_pending = u8::from(self.bus.interrupt_pending());
+        Ok(next)
+    }
+
+    fn deliver_at_boundary(&mut self, next: Next) -> Result<Next, VmError> {
         let eip = match next {
             Next::Dispatch(eip) => eip,
             Next::Resume(_) => self.tr.ctx().eip,
@@ -353,8 +360,8 @@ impl Vm {
             self.bus.poll(now);
             self.alarm.set(self.bus.next_event());
         }
-        if self.interrupt_shadow {
-            self.interrupt_shadow = false;
+        let inline_sti = eip == core::mem::replace(&mut self.tr.ctx_mut().shadow_eip, u32::MAX);
+        if core::mem::take(&mut self.interrupt_shadow) || inline_sti {
             if self.tr.ctx().vif == 1 && self.bus.interrupt_pending() {
                 // Run exactly the one instruction after sti; the interrupt comes after it.
                 return Ok(Next::Transient(eip));
@@ -571,7 +578,7 @@ impl Vm {
         for (name, v) in names.iter().zip(ctx.gpr) {
             let _ = write!(s, "{name} {v:08x}  ");
         }
-        let _ = writeln!(s, "\nrflags {:08x} vif {} sys_flags {:08x} cpl {}", ctx.rflags, ctx.vif, c.sys_flags, c.cpl());
+        let _ = writeln!(s, "\nrflags {:08x} vif {} sys_flags {:08x} cpl {}", ctx.rflags, ctx.vif, ctx.sys_flags, c.cpl());
         for (name, seg) in ["es", "cs", "ss", "ds", "fs", "gs"].iter().zip(c.seg) {
             let _ = writeln!(s, "{name} {:04x} base {:08x} limit {:08x} attrs {:04x}", seg.selector, seg.base, seg.limit, seg.attrs);
         }

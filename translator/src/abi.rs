@@ -79,7 +79,16 @@ pub struct VcpuCtx {
     pub exit_arg: u32,
     /// Virtual interrupt flag (0 or 1): cli/sti write it inline.
     pub vif: u8,
-    _pad0: [u8; 3],
+    /// 1 while the VMM knows of an interrupt the guest would take with IF set:
+    /// translated sti/popf that set IF leave for it.
+    pub irq_pending: u8,
+    _pad0: [u8; 2],
+    /// System flags other than IF and the arithmetic flags: TF, IOPL, NT, RF, AC,
+    /// ID (they never reach host rflags: the host would act on them).
+    pub sys_flags: u32,
+    /// The eip after the last inline `sti`: an interrupt noticed at a unit entry
+    /// there waits one instruction (the sti shadow). u32::MAX: none.
+    pub shadow_eip: u32,
     /// Host rflags image: the guest's arithmetic flags and DF.
     pub rflags: u64,
     /// Host address to continue at after a callout.
@@ -128,7 +137,10 @@ impl Default for VcpuCtx {
             exit_reason: 0,
             exit_arg: 0,
             vif: 0,
-            _pad0: [0; 3],
+            irq_pending: 0,
+            _pad0: [0; 2],
+            sys_flags: 0,
+            shadow_eip: u32::MAX,
             rflags: 0x2,
             resume: 0,
             host_rsp: 0,
@@ -160,6 +172,9 @@ pub mod off {
     pub const EXIT_REASON: i32 = o(offset_of!(VcpuCtx, exit_reason));
     pub const EXIT_ARG: i32 = o(offset_of!(VcpuCtx, exit_arg));
     pub const VIF: i32 = o(offset_of!(VcpuCtx, vif));
+    pub const IRQ_PENDING: i32 = o(offset_of!(VcpuCtx, irq_pending));
+    pub const SYS_FLAGS: i32 = o(offset_of!(VcpuCtx, sys_flags));
+    pub const SHADOW_EIP: i32 = o(offset_of!(VcpuCtx, shadow_eip));
     pub const RFLAGS: i32 = o(offset_of!(VcpuCtx, rflags));
     pub const RESUME: i32 = o(offset_of!(VcpuCtx, resume));
     pub const HOST_RSP: i32 = o(offset_of!(VcpuCtx, host_rsp));

@@ -55,6 +55,9 @@ pub enum CalloutKind {
     FetchFault,
     /// A form bt86 does not translate: stop with a clear message.
     Unsupported,
+    /// Nothing to emulate: an instruction boundary (after the site's
+    /// instruction) where the VMM delivers a pending interrupt.
+    Boundary,
 }
 
 /// The translation-relevant part of the vCPU mode: what translated code bakes in.

@@ -85,7 +85,7 @@ pub(crate) fn deliver(
     }
     m.ctx.gpr[4] = new_esp;
     m.ctx.eip = offset;
-    m.cpu.sys_flags &= !(eflags::TF | eflags::NT | eflags::RF | eflags::VM);
+    m.ctx.sys_flags &= !(eflags::TF | eflags::NT | eflags::RF | eflags::VM);
     if gate_type == GATE_INT32 {
         m.ctx.vif = 0;
     }
@@ -173,7 +173,7 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     if site.ins.mnemonic() == Mnemonic::Iret {
         return Err(Fault::unsupported("16-bit iret"));
     }
-    if m.cpu.sys_flags & eflags::NT != 0 {
+    if m.ctx.sys_flags & eflags::NT != 0 {
         return Err(Fault::unsupported("iret with NT set (a task return)"));
     }
     let ss = m.cpu.seg[sreg::SS];
@@ -472,7 +472,7 @@ mod tests {
         t.ctx.vif = 1;
         assert!(matches!(t.run(&[0xfa]), Outcome::Exception { vector: 13, error: Some(0), .. }));
         assert_eq!(t.ctx.vif, 1);
-        t.cpu.sys_flags |= eflags::IOPL;
+        t.ctx.sys_flags |= eflags::IOPL;
         assert_eq!(t.run(&[0xfa]), Outcome::Continue);
         assert_eq!(t.ctx.vif, 0);
     }

@@ -1,7 +1,7 @@
 //! pushf/popf: EFLAGS assembled from the host rflags image (arithmetic flags, DF),
 //! the virtual IF and the system flags, and split back on popf.
 //!
-//! TF, AC, NT, IOPL and ID live only in `Cpu::sys_flags`: they never reach host
+//! TF, AC, NT, IOPL and ID live only in `VcpuCtx::sys_flags`: they never reach host
 //! rflags, so the host neither single-steps nor alignment-checks translated code.
 
 use super::stack::{pop, push};
@@ -11,19 +11,19 @@ use bt86_translator::abi::{ARITH_FLAGS, FLAG_IF};
 use bt86_translator::CalloutSite;
 use iced_x86::Mnemonic;
 
-/// System flags kept in `Cpu::sys_flags` that pushf shows and popf may write.
+/// System flags kept in `VcpuCtx::sys_flags` that pushf shows and popf may write.
 const SYS_FLAGS: u32 = eflags::TF | eflags::IOPL | eflags::NT | eflags::AC | eflags::ID;
 
 /// The guest's EFLAGS as pushf shows it (VM and RF read as 0).
 pub(crate) fn read_eflags(m: &Machine<'_>) -> u32 {
     let arith = (m.ctx.rflags as u32) & ARITH_FLAGS;
     let vif = if m.ctx.vif != 0 { FLAG_IF } else { 0 };
-    arith | (m.cpu.sys_flags & SYS_FLAGS) | vif | eflags::FIXED
+    arith | (m.ctx.sys_flags & SYS_FLAGS) | vif | eflags::FIXED
 }
 
 /// The guest's IOPL.
 pub(crate) fn iopl(m: &Machine<'_>) -> u8 {
-    ((m.cpu.sys_flags & eflags::IOPL) >> 12) as u8
+    ((m.ctx.sys_flags & eflags::IOPL) >> 12) as u8
 }
 
 /// Writes the bits of `value` selected by `mask` into EFLAGS: arithmetic flags and DF
@@ -36,7 +36,7 @@ pub(crate) fn write_eflags(m: &mut Machine<'_>, value: u32, mask: u32) {
         m.ctx.vif = u8::from(value & FLAG_IF != 0);
     }
     let sys = SYS_FLAGS & mask;
-    m.cpu.sys_flags = ((m.cpu.sys_flags & !sys) | (value & sys)) & !(eflags::RF | eflags::VM);
+    m.ctx.sys_flags = ((m.ctx.sys_flags & !sys) | (value & sys)) & !(eflags::RF | eflags::VM);
 }
 
 /// Sets or clears ZF in the host rflags image.
@@ -103,7 +103,7 @@ mod tests {
         // (they never should be there, but pushf takes only the arithmetic bits).
         t.ctx.rflags = 0x0c41 | 0x2 | 0x100 | 0x4_0000;
         t.ctx.vif = 1;
-        t.cpu.sys_flags = eflags::IOPL | eflags::NT | eflags::RF | eflags::ID;
+        t.ctx.sys_flags = eflags::IOPL | eflags::NT | eflags::RF | eflags::ID;
         assert_eq!(t.run(PUSHFD), Outcome::Continue);
         assert_eq!(t.esp(), STACK_TOP - 4);
         assert_eq!(
@@ -129,27 +129,27 @@ mod tests {
         );
         assert_eq!(t.ctx.vif, 1);
         assert_eq!(
-            t.cpu.sys_flags,
+            t.ctx.sys_flags,
             eflags::TF | eflags::IOPL | eflags::NT | eflags::AC | eflags::ID
         );
         // popf of zero clears them again.
         t.ctx.gpr[4] = STACK_TOP;
         t.write_u32(STACK_TOP, 0);
         assert_eq!(t.run(POPFD), Outcome::Jump);
-        assert_eq!((t.ctx.rflags, t.ctx.vif, t.cpu.sys_flags), (2, 0, 0));
+        assert_eq!((t.ctx.rflags, t.ctx.vif, t.ctx.sys_flags), (2, 0, 0));
     }
 
     #[test]
     fn popf16_writes_low_half_only() {
         let mut t = TestMachine::new();
-        t.cpu.sys_flags = eflags::AC | eflags::ID;
+        t.ctx.sys_flags = eflags::AC | eflags::ID;
         t.ctx.rflags = 0x2;
         t.write_u16(STACK_TOP, 0x0201);
         assert_eq!(t.run(POPFW), Outcome::Jump);
         assert_eq!(t.esp(), STACK_TOP + 2);
         assert_eq!(t.ctx.rflags, 0x3);
         assert_eq!(t.ctx.vif, 1);
-        assert_eq!(t.cpu.sys_flags, eflags::AC | eflags::ID);
+        assert_eq!(t.ctx.sys_flags, eflags::AC | eflags::ID);
     }
 
     #[test]
@@ -157,27 +157,27 @@ mod tests {
         let mut t = TestMachine::new();
         t.set_cpl(3);
         t.ctx.vif = 1;
-        t.cpu.sys_flags = 0; // IOPL 0
+        t.ctx.sys_flags = 0; // IOPL 0
         t.write_u32(STACK_TOP, 0x3000 | 0x0801); // IOPL 3, IF 0, CF, OF
         assert_eq!(t.run(POPFD), Outcome::Jump);
-        assert_eq!(t.cpu.sys_flags & eflags::IOPL, 0, "IOPL kept");
+        assert_eq!(t.ctx.sys_flags & eflags::IOPL, 0, "IOPL kept");
         assert_eq!(t.ctx.vif, 1, "IF kept at CPL > IOPL");
         assert_eq!(t.ctx.rflags, 0x0803);
         // With IOPL 3 the same popf may change IF.
-        t.cpu.sys_flags = eflags::IOPL;
+        t.ctx.sys_flags = eflags::IOPL;
         t.ctx.gpr[4] = STACK_TOP;
         assert_eq!(t.run(POPFD), Outcome::Jump);
         assert_eq!(t.ctx.vif, 0);
-        assert_eq!(t.cpu.sys_flags & eflags::IOPL, eflags::IOPL);
+        assert_eq!(t.ctx.sys_flags & eflags::IOPL, eflags::IOPL);
     }
 
     #[test]
     fn popf_stack_fault_changes_nothing() {
         let mut t = TestMachine::new();
         t.ctx.gpr[4] = 0xffff_fffe;
-        let before = (t.ctx.rflags, t.ctx.vif, t.cpu.sys_flags);
+        let before = (t.ctx.rflags, t.ctx.vif, t.ctx.sys_flags);
         assert_eq!(t.run(POPFD), exc(12, Some(0)));
         assert_eq!(t.esp(), 0xffff_fffe);
-        assert_eq!((t.ctx.rflags, t.ctx.vif, t.cpu.sys_flags), before);
+        assert_eq!((t.ctx.rflags, t.ctx.vif, t.ctx.sys_flags), before);
     }
 }

@@ -223,7 +223,7 @@ mod tests {
         let mut t = TestMachine::new();
         t.set_cpl(3);
         assert_eq!(t.run(&[0xe4, 0x80]), gp(0));
-        t.cpu.sys_flags = crate::cpu::eflags::IOPL;
+        t.ctx.sys_flags = crate::cpu::eflags::IOPL;
         assert_eq!(t.run(&[0xe4, 0x80]), Outcome::Continue);
     }
 

@@ -273,6 +273,7 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
         CalloutKind::RaiseNm => {
             return Outcome::Exception { vector: 7, error: None, trap: false }
         }
+        CalloutKind::Boundary => return Outcome::Continue,
         CalloutKind::FetchFault => {
             return Outcome::Stop(Stop::Unsupported {
                 eip: site.eip,

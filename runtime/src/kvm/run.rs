@@ -107,7 +107,7 @@ impl Vm {
         let arith = ctx.rflags as u32 & ARITH_FLAGS;
         let vif = if ctx.vif != 0 { eflags::IF } else { 0 };
         // Virtual-8086 mode is not a state bt86 enters.
-        let sys_flags = self.cpu.sys_flags & !eflags::VM;
+        let sys_flags = ctx.sys_flags & !eflags::VM;
         kvm_regs {
             rax: g(0),
             rcx: g(1),
@@ -142,8 +142,7 @@ impl Vm {
         let fl = low(regs.rflags);
         ctx.rflags = u64::from(fl & ARITH_FLAGS | eflags::FIXED);
         ctx.vif = u8::from(fl & eflags::IF != 0);
-        self.cpu.sys_flags =
-            fl & (eflags::TF | eflags::IOPL | eflags::NT | eflags::RF | eflags::AC | eflags::ID);
+        ctx.sys_flags = fl & (eflags::TF | eflags::IOPL | eflags::NT | eflags::RF | eflags::AC | eflags::ID);
         store_sregs(&mut self.cpu, sregs);
     }
 

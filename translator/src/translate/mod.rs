@@ -15,6 +15,7 @@ mod ident;
 mod special;
 mod stack;
 mod string;
+mod vflags;
 
 use crate::abi::off;
 use crate::emit::{Asm, EmitError};

@@ -9,7 +9,6 @@
 //! and into are expressed inline.
 
 use super::{Builder, Flow};
-use crate::abi::off;
 use crate::emit::{ice, EmitError};
 use crate::CalloutKind;
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
@@ -28,15 +27,17 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         // cli at CPL 0 only writes the virtual IF. Elsewhere it needs an IOPL check,
         // and sti always exits: interrupts may be pending, and they arrive after
         // the one instruction that follows it.
-        Cli if b.mode.cpl == 0 => {
-            b.a.ins(&Instruction::with2(Code::Mov_rm8_imm8, crate::emit::ctx(off::VIF), 0u32).map_err(ice)?)?;
-            Flow::Next
-        }
+        Cli if b.mode.cpl == 0 => super::vflags::cli(b)?,
         Cli => {
             b.callout(CalloutKind::Emulate)?;
             Flow::Next
         }
+        Sti if b.mode.cpl == 0 => super::vflags::sti(b)?,
         Sti => end(b, CalloutKind::Emulate)?,
+        Pushfd | Pushf if !b.mode.irregular_stack => super::vflags::pushf(b)?,
+        Popfd if b.mode.cpl == 0 && !b.mode.irregular_stack => super::vflags::popf(b)?,
+        // The shadow MMU never holds a stale entry (tracing keeps it coherent).
+        Invlpg if b.mode.cpl == 0 => Flow::Next,
         Salc => salc(b)?,
         // The guest's TSC is the host's: read it (it has no memory effects).
         Rdtsc if b.mode.native_tsc => {

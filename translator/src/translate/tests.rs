@@ -81,10 +81,14 @@ fn conditional_branch_is_a_side_exit() {
 
 #[test]
 fn sensitive_instructions_become_callouts() {
-    // pushf; cli; sgdt (%eax); in $0x60,%al; hlt
-    let u = build(&[0x9c, 0xfa, 0x0f, 0x01, 0x00, 0xe4, 0x60, 0xf4], Mode::default());
+    // pushf; cli; sgdt (%eax); in $0x60,%al; hlt: pushf and cli stay inline at CPL 0.
+    let code = [0x9c, 0xfa, 0x0f, 0x01, 0x00, 0xe4, 0x60, 0xf4];
+    let u = build(&code, Mode::default());
     let kinds: Vec<_> = u.sites.iter().map(|s| s.ins.mnemonic()).collect();
-    assert_eq!(kinds, vec![iced_x86::Mnemonic::Pushfd, iced_x86::Mnemonic::Sgdt, iced_x86::Mnemonic::In, iced_x86::Mnemonic::Hlt]);
+    assert_eq!(kinds, vec![iced_x86::Mnemonic::Sgdt, iced_x86::Mnemonic::In, iced_x86::Mnemonic::Hlt]);
+    // At CPL 3 cli needs the IOPL check: a callout.
+    let u = build(&code, Mode { cpl: 3, ..Mode::default() });
+    assert_eq!(u.sites[0].ins.mnemonic(), iced_x86::Mnemonic::Cli);
 }
 
 #[test]
