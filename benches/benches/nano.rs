@@ -175,7 +175,8 @@ fn main() {
         Err(why) => println!("  perf         : n/a: {why}"),
     }
     println!(
-        "  runs         : bt86 {runs}, qemu {qemu_runs}, bt86 under perf 1 per benchmark; limit {} s per run",
+        "  runs         : bt86 {runs}, qemu {qemu_runs}, bt86 under perf {} per benchmark; limit {} s per run",
+        usize::from(perf.is_ok()),
         timeout.as_secs()
     );
     println!("  benchmarks   : {}", names.join(" "));
