@@ -6,7 +6,7 @@
 //!
 //! Both land in OUT_DIR; their paths are exported as `BT86_BENCH_NATIVE` and
 //! `BT86_BENCH_GUEST` (read them with `env!`). A third program, `nano-guest.elf`
-//! (`guest/nano.c` with the same guest platform layer: the paging nanobenchmarks), is
+//! (`guest/nano.c` with the same guest platform layer: the nanobenchmarks), is
 //! exported as `BT86_NANO_GUEST`.  Tools: `gcc` and `ld` (override with
 //! `BT86_BENCH_CC` / `BT86_BENCH_LD`).  No libgcc and no 32-bit libc are needed.
 
@@ -170,7 +170,7 @@ fn main() {
         .arg(&workload));
     check_multiboot(&kernel);
 
-    // Paging nanobenchmarks: the same platform layer, a different main (nano.c).
+    // Nanobenchmarks: the same platform layer, a different main (nano.c).
     let nano_obj = compile(&cc, &guest, &out, "nano.c", &[]);
     let nano = out.join("nano-guest.elf");
     run(Command::new(&ld)

@@ -16,7 +16,7 @@
 //! The `vs_native` bench (`cargo bench -p bt86-benches --bench vs_native`) is a thin
 //! wrapper around [`compare`]; tests can call the same functions.
 //!
-//! The paging nanobenchmarks (`guest/nano.c`, the `paging` bench) live in [`nano`].
+//! The nanobenchmarks (`guest/nano.c`, the `nano` bench) live in [`nano`].
 
 use std::fmt;
 use std::io::{self, Read};
