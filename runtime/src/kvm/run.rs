@@ -142,7 +142,7 @@ impl Vm {
         let fl = low(regs.rflags);
         ctx.rflags = u64::from(fl & ARITH_FLAGS | eflags::FIXED);
         ctx.vif = u8::from(fl & eflags::IF != 0);
-        ctx.sys_flags = fl & (eflags::TF | eflags::IOPL | eflags::NT | eflags::RF | eflags::AC | eflags::ID);
+        ctx.sys_flags = fl & (eflags::TF | eflags::IOPL | eflags::NT | eflags::AC | eflags::ID);
         store_sregs(&mut self.cpu, sregs);
     }
 

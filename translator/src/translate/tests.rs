@@ -229,3 +229,11 @@ fn adaptive_stores_include_the_moffs_forms() {
         assert!(!is_adaptive_store(&decode(bytes)), "{bytes:02x?}");
     }
 }
+
+#[test]
+fn pushf_is_inline_and_flag_free() {
+    let u = build(&[0x9c, 0x66, 0x9c, 0xc3], Mode::default()); // pushfd; pushfw; ret
+    assert!(u.sites.is_empty(), "{:?}", u.sites.iter().map(|s| s.kind).collect::<Vec<_>>());
+    let l: Vec<String> = host_listing(&u).iter().map(text).collect();
+    assert!(!l.iter().any(|s| s.starts_with("popf")), "{l:#?}");
+}

@@ -22,34 +22,32 @@ use super::{Builder, Flow};
 use crate::abi::{off, ARITH_FLAGS};
 use crate::emit::{ctx, gmem, ice, ins2i, ins2m, ins2rm, EmitError};
 use crate::CalloutKind;
-use iced_x86::{Code, Instruction, MemoryOperand, Register::*};
+use iced_x86::{Code, Instruction, MemoryOperand, Register, Register::*};
 
-/// TF, IOPL, NT, AC, ID: the system flags pushf shows and popf at CPL 0 writes.
+/// TF, IOPL, NT, AC, ID: the system flags pushf shows and popf at CPL 0 writes
+/// (RF and VM never get into `sys_flags`).
 const SYS_FLAGS: u32 = (1 << 8) | (3 << 12) | (1 << 14) | (1 << 18) | (1 << 21);
 const TF: u32 = 1 << 8;
 
-/// `pushfd`/`pushf`: the guest's EFLAGS image onto its stack.
+/// `pushfd`/`pushf`: the guest's EFLAGS image onto its stack, without touching
+/// the flags: while translated code runs, host rflags are exactly the guest's
+/// arithmetic flags and DF, plus IF (always set at host CPL 3) and bit 1, so the
+/// image is `rflags - IF + vif * IF + sys_flags`, all `lea` arithmetic
+/// (`sys_flags` never holds RF or VM, which pushf shows as 0).
 pub(super) fn pushf(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     let size: i64 = if b.ins.mnemonic() == iced_x86::Mnemonic::Pushf { 2 } else { 4 };
-    let (store, r9, r8) = if size == 2 {
-        (Code::Mov_rm16_r16, R9W, R8W)
-    } else {
-        (Code::Mov_rm32_r32, R9D, R8D)
-    };
-    let slot = gmem(R8D, -size);
-    b.a.ins(&ins2m(store, slot, r8))?; // fault first: probe the slot with a write
+    let (store, r9) = if size == 2 { (Code::Mov_rm16_r16, R9W) } else { (Code::Mov_rm32_r32, R9D) };
     b.a.ins(&Instruction::with(Code::Pushfq))?;
-    b.a.ins(&ins2rm(Code::Mov_r64_rm64, R9, MemoryOperand::with_base(RSP)))?;
-    b.a.ins(&Instruction::with2(Code::And_rm32_imm32, R9D, ARITH_FLAGS).map_err(ice)?)?;
-    b.a.load_ctx32(R10D, off::SYS_FLAGS)?;
-    b.a.ins(&Instruction::with2(Code::And_rm32_imm32, R10D, SYS_FLAGS).map_err(ice)?)?;
-    b.a.ins(&Instruction::with2(Code::Or_r32_rm32, R9D, R10D).map_err(ice)?)?;
+    b.a.ins(&Instruction::with1(Code::Pop_r64, R9).map_err(ice)?)?;
     b.a.ins(&ins2rm(Code::Movzx_r32_rm8, R10D, ctx(off::VIF)))?;
-    b.a.ins(&Instruction::with2(Code::Shl_rm32_imm8, R10D, 9u32).map_err(ice)?)?;
-    b.a.ins(&Instruction::with2(Code::Or_r32_rm32, R9D, R10D).map_err(ice)?)?;
-    b.a.ins(&Instruction::with2(Code::Or_rm32_imm8, R9D, 2u32).map_err(ice)?)?;
-    b.a.ins(&ins2m(store, slot, r9))?;
-    b.a.ins(&Instruction::with(Code::Popfq))?;
+    for _ in 0..3 {
+        // vif * 8 * 8 * 8 = vif << 9, the IF bit.
+        b.a.ins(&ins2rm(Code::Lea_r32_m, R10D, MemoryOperand::with_base_index_scale_displ_size(Register::None, R10, 8, 0, 8)))?;
+    }
+    b.a.ins(&ins2rm(Code::Lea_r32_m, R9D, MemoryOperand::with_base_index_scale_displ_size(R9, R10, 1, -0x200, 8)))?;
+    b.a.load_ctx32(R10D, off::SYS_FLAGS)?;
+    b.a.ins(&ins2rm(Code::Lea_r32_m, R9D, MemoryOperand::with_base_index(R9, R10)))?;
+    b.a.ins(&ins2m(store, gmem(R8D, -size), r9))?;
     b.a.lea32(R8D, R8, -size)?;
     Ok(Flow::Next)
 }
