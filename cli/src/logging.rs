@@ -42,6 +42,9 @@ pub fn init(trace: Option<(File, &[TraceEvent])>) {
         .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         // The trace targets go only to the trace file.
         .with_filter(tracing_subscriber::filter::filter_fn(|m| !m.target().starts_with("bt86::trace::")));
+    if let Some((_, events)) = &trace {
+        bt86_runtime::enable_unit_trace(events.contains(&TraceEvent::InAsm), events.contains(&TraceEvent::OutAsm));
+    }
     let file = trace.map(|(f, events)| {
         let targets = events.iter().fold(Targets::new(), |t, e| t.with_target(e.target(), LevelFilter::TRACE));
         tracing_subscriber::fmt::layer()

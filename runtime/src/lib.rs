@@ -15,4 +15,6 @@ pub mod snippet;
 pub mod stats;
 pub mod vm;
 
+/// Switches the `--trace` events of translation units on (guest code, host code).
+pub use bt86_translator::trace::enable as enable_unit_trace;
 pub use vm::{RunOutcome, StopHandle, Vm, VmConfig, VmError, DEFAULT_MEM_MIB};

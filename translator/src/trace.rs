@@ -1,7 +1,8 @@
 //! `--trace` events, in the spirit of QEMU's `-d in_asm,out_asm`: one `tracing` event
 //! per translation unit built, with a dedicated target per category, so a subscriber
-//! can route them (the CLI writes them to a file). The text is only built when a
-//! subscriber wants the event: nothing is formatted otherwise.
+//! can route them (the CLI writes them to a file). The text is only built when the
+//! category was switched on with [`enable`]: building units is hot, and
+//! `tracing::enabled!` cannot rule an event out cheaply under per-layer filters.
 //!
 //! | target | what |
 //! |---|---|
@@ -13,6 +14,16 @@
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter, Instruction};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static IN_ASM_ON: AtomicBool = AtomicBool::new(false);
+static OUT_ASM_ON: AtomicBool = AtomicBool::new(false);
+
+/// Switches the unit events on: guest code (`in_asm`) and host code (`out_asm`).
+pub fn enable(in_asm: bool, out_asm: bool) {
+    IN_ASM_ON.store(in_asm, Ordering::Relaxed);
+    OUT_ASM_ON.store(out_asm, Ordering::Relaxed);
+}
 
 /// Target of the guest-code events.
 pub const IN_ASM: &str = "bt86::trace::in_asm";
@@ -37,14 +48,14 @@ pub fn disassemble(bytes: &[u8], ip: u64, bitness: u32) -> String {
 /// Emits the events for a unit built from guest `[guest_start, +guest_len)` (fetched
 /// through `mem`) into host code `code` at `host`.
 pub(crate) fn unit_built(mem: &mut dyn crate::GuestCode, guest_start: u32, guest_len: u32, host: u64, code: &[u8]) {
-    if tracing::enabled!(target: IN_ASM, tracing::Level::TRACE) {
+    if IN_ASM_ON.load(Ordering::Relaxed) {
         let mut bytes = vec![0u8; guest_len as usize];
         let n = mem.fetch(guest_start, &mut bytes);
         bytes.truncate(n);
         let text = disassemble(&bytes, u64::from(guest_start), 32);
         tracing::trace!(target: IN_ASM, "IN: guest 0x{guest_start:08x}, {guest_len} bytes\n{text}");
     }
-    if tracing::enabled!(target: OUT_ASM, tracing::Level::TRACE) {
+    if OUT_ASM_ON.load(Ordering::Relaxed) {
         let text = disassemble(code, host, 64);
         tracing::trace!(target: OUT_ASM, "OUT: guest 0x{guest_start:08x} -> host 0x{host:x}, {} bytes\n{text}", code.len());
     }
