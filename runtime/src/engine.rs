@@ -20,7 +20,6 @@ use bt86_shadow_mmu::View;
 use bt86_translator::abi::ExitReason;
 use bt86_translator::translate::BuildError;
 use bt86_translator::{CalloutKind, Fixup, GuestCode, TranslatorError, UnitKey};
-use hashbrown::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -717,7 +716,7 @@ impl GuestCode for CodeFetch<'_> {
 struct LinearMemory<'a> {
     ram: &'a GuestRam,
     view: &'a mut View,
-    protected: &'a mut HashSet<u32>,
+    protected: &'a mut std::collections::BTreeSet<u32>,
     invalidate: Vec<u32>,
     paging: Option<PagingMode>,
     shadow: &'a crate::mmu::Shadow,

@@ -34,6 +34,7 @@ use crate::vm::{Vm, VmError};
 use bt86_shadow_mmu::walk::{self, Access, PagingMode, PhysMem, WalkError};
 use bt86_shadow_mmu::View;
 use hashbrown::{HashMap, HashSet};
+use std::collections::BTreeMap;
 
 const CR4_PSE: u32 = 1 << 4;
 const CR4_PGE: u32 = 1 << 7;
@@ -47,6 +48,9 @@ const MAX_CACHED_MAPPINGS: usize = 24_000;
 /// (a fork copying it, an exit clearing it), and following each store would
 /// cost more than dropping what depends on it once.
 const UNTRACE_AFTER: u32 = 64;
+
+/// Bytes of a large (PSE) page.
+const LARGE: u64 = 4 << 20;
 
 /// The frame number shadow mappings of non-existent memory carry (the void page).
 const VOID_FRAME: u32 = u32::MAX;
@@ -81,6 +85,24 @@ struct SpaceMaps {
     /// linear page → frame + 1 for code pages walked in this space, 0 otherwise.
     /// 4 MiB of address space, zero pages until code is found on them.
     code_map: Box<[u32]>,
+    /// 4 MiB guest pages mapped whole, by place (view, region base).
+    large: HashMap<Place, LargeMapping>,
+    /// Physical address of a PDE → the large mappings it made.
+    large_deps: HashMap<u32, Vec<Place>>,
+    /// Physical 4 MiB region (frame >> 10) → the large mappings of it.
+    large_rmap: HashMap<u32, Vec<Place>>,
+}
+
+/// A 4 MiB guest page (PSE) mapped as a whole: one host mapping per run of
+/// frames with the same protection (code and page-table frames are read-only).
+#[derive(Clone, Copy, Debug)]
+struct LargeMapping {
+    /// The first frame of the page.
+    frame0: u32,
+    /// Whether the guest allows writes through it (R/W, U/S, WP, D).
+    writable: bool,
+    /// Host mappings it took (for the bound on their number).
+    runs: u32,
 }
 
 impl Default for SpaceMaps {
@@ -92,6 +114,9 @@ impl Default for SpaceMaps {
             traced: HashSet::new(),
             code_deps: HashMap::new(),
             code_map: vec![0u32; 1 << 20].into_boxed_slice(),
+            large: HashMap::new(),
+            large_deps: HashMap::new(),
+            large_rmap: HashMap::new(),
         }
     }
 }
@@ -140,6 +165,11 @@ impl SpaceMaps {
             if let Some(list) = self.deps.remove(entry) {
                 places.extend(list.into_iter().filter(|p| self.mappings.contains_key(p)));
             }
+            for place in self.large_deps.remove(entry).into_iter().flatten() {
+                if self.forget_large(place) {
+                    pick_view(view, user_view, place.0).unmap(place.1, LARGE)?;
+                }
+            }
             // Code reached through the entry: page checks fail from now on.
             for p in self.code_deps.remove(entry).into_iter().flatten() {
                 self.code_map[(p >> 12) as usize] = 0;
@@ -170,7 +200,30 @@ impl SpaceMaps {
             let allowed = self.mappings.get(place).is_some_and(|m| m.writable);
             pick_view(view, user_view, place.0).protect_page(place.1, writable && allowed)?;
         }
+        for place in self.large_rmap.get(&(frame >> 10)).into_iter().flatten() {
+            if let Some(l) = self.large.get(place) {
+                let linear = place.1 + ((frame - l.frame0) << 12);
+                pick_view(view, user_view, place.0).protect_page(linear, writable && l.writable)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Forgets the large mapping at `place`; whether there was one.
+    fn forget_large(&mut self, place: Place) -> bool {
+        let Some(l) = self.large.remove(&place) else { return false };
+        if let Some(places) = self.large_rmap.get_mut(&(l.frame0 >> 10)) {
+            places.retain(|&p| p != place);
+            if places.is_empty() {
+                self.large_rmap.remove(&(l.frame0 >> 10));
+            }
+        }
+        true
+    }
+
+    /// Host mappings this space holds (each may be a host VMA).
+    fn host_mappings(&self) -> usize {
+        self.mappings.len() + self.large.values().map(|l| l.runs as usize).sum::<usize>()
     }
 }
 
@@ -205,6 +258,8 @@ pub(crate) struct Shadow {
     pub invlpgs: u64,
     /// Pages mapped by a hidden fault next to the one that faulted.
     pub prefetched: u64,
+    /// 4 MiB guest pages mapped whole.
+    pub large_maps: u64,
     /// Writes to each traced frame since a walk last went through it.
     trace_burst: HashMap<u32, u32>,
     /// Frames no longer traced because of a burst of writes.
@@ -215,17 +270,37 @@ pub(crate) struct Shadow {
     pub adaptive_misses: HashMap<u32, u32>,
     /// Void pages mapped into the identity view (paging off), oldest first.
     void_pages: std::collections::VecDeque<u32>,
+    /// Frame → how many cached spaces trace it (the union of their `traced`
+    /// sets, ordered for range queries over a large page).
+    traced_count: BTreeMap<u32, u32>,
 }
 
 impl Shadow {
     /// Pages mapped in all cached spaces' views right now.
     pub fn mappings_live(&self) -> usize {
-        self.maps.mappings.len() + self.idle.iter().map(|s| s.maps.mappings.len()).sum::<usize>()
+        self.maps.host_mappings() + self.idle.iter().map(|s| s.maps.host_mappings()).sum::<usize>()
     }
 
     /// Whether `frame` holds a page directory or page table any cached space uses.
     pub fn is_traced(&self, frame: u32) -> bool {
-        self.maps.traced.contains(&frame) || self.idle.iter().any(|s| s.maps.traced.contains(&frame))
+        self.traced_count.contains_key(&frame)
+    }
+
+    /// One more space traces `frame`.
+    fn count_trace(&mut self, frame: u32) {
+        *self.traced_count.entry(frame).or_insert(0) += 1;
+    }
+
+    /// One space fewer traces each of `frames`.
+    fn uncount_traces(&mut self, frames: impl IntoIterator<Item = u32>) {
+        for f in frames {
+            if let Some(n) = self.traced_count.get_mut(&f) {
+                *n -= 1;
+                if *n == 0 {
+                    self.traced_count.remove(&f);
+                }
+            }
+        }
     }
 
     /// The current address space's code map (for `VcpuCtx::code_map`).
@@ -332,6 +407,7 @@ impl Vm {
             self.shadow.spare_views.push((idle.view, idle.user_view));
         }
         self.shadow.maps = SpaceMaps::default();
+        self.shadow.traced_count.clear();
         self.shadow.pending_trace = None;
         self.shadow.void_pages.clear();
         self.shadow.view_flushes += 1;
@@ -415,6 +491,7 @@ impl Vm {
     /// a hidden fault that maps them as the guest allows.
     fn evict_idle_space(&mut self) -> Result<(), VmError> {
         let mut gone = self.shadow.idle.remove(0);
+        self.shadow.uncount_traces(gone.maps.traced.iter().copied());
         gone.view.unmap_all()?;
         gone.user_view.unmap_all()?;
         self.shadow.spare_views.push((gone.view, gone.user_view));
@@ -462,6 +539,7 @@ impl Vm {
             if !self.shadow.maps.traced.contains(&f) {
                 let known = self.shadow.is_traced(f);
                 self.shadow.maps.traced.insert(f);
+                self.shadow.count_trace(f);
                 if !known {
                     self.protect_frame(f, false)?;
                 }
@@ -494,12 +572,16 @@ impl Vm {
         while self.shadow.mappings_live() >= MAX_CACHED_MAPPINGS && !self.shadow.idle.is_empty() {
             self.evict_idle_space()?;
         }
-        if self.shadow.maps.mappings.len() >= MAX_CACHED_MAPPINGS {
+        if self.shadow.maps.host_mappings() >= MAX_CACHED_MAPPINGS {
             self.view.unmap_all()?;
             self.user_view.unmap_all()?;
-            self.shadow.maps.mappings.clear();
-            self.shadow.maps.rmap.clear();
-            self.shadow.maps.deps.clear();
+            let maps = &mut self.shadow.maps;
+            maps.mappings.clear();
+            maps.rmap.clear();
+            maps.deps.clear();
+            maps.large.clear();
+            maps.large_deps.clear();
+            maps.large_rmap.clear();
             self.shadow.space_drops += 1;
         }
         Ok(())
@@ -557,11 +639,65 @@ impl Vm {
             return Ok(FaultAction::WriteThrough { traced: true });
         }
         self.shadow.hidden_faults += 1;
+        if let Some(base) = t.large {
+            return self.map_large(user_view, linear, base, guest_writable, t.pde_addr);
+        }
         let host_writable = guest_writable && !code && !traced;
         self.map_shadow(user_view, linear, Mapping { frame, writable: guest_writable }, host_writable, deps)?;
         if t.pte_addr.is_some() {
             self.prefetch_neighbours(linear, user_view)?;
         }
+        Ok(FaultAction::Retry)
+    }
+
+    /// A hidden fault in a 4 MiB guest page: maps all of it (as far as RAM goes)
+    /// with as few host mappings as the read-only frames inside allow (code and
+    /// page tables), so a space touching the kernel's direct map takes one fault
+    /// per 4 MiB instead of one per page.
+    fn map_large(&mut self, user_view: bool, linear: u32, base: u32, guest_writable: bool, pde: u32) -> Result<FaultAction, VmError> {
+        let region = linear & !0x3f_ffff;
+        let frame0 = base >> 12;
+        let ram_frames = self.ram.size() >> 12;
+        let count = ram_frames.saturating_sub(frame0).min(1024);
+        if count == 0 {
+            return Ok(FaultAction::NoRam);
+        }
+        // Read-only frames inside, in order.
+        let range = frame0..frame0 + count;
+        let mut fixed: Vec<u32> = self.protected.range(range.clone()).copied().collect();
+        fixed.extend(self.shadow.traced_count.range(range).map(|(&f, _)| f));
+        fixed.sort_unstable();
+        fixed.dedup();
+        let view = pick_view(&mut self.view, &mut self.user_view, user_view);
+        let mut runs = 0u32;
+        let mut run = |first: u32, n: u32, writable: bool| -> Result<(), VmError> {
+            if n > 0 {
+                view.map_pages(region + ((first - frame0) << 12), self.ram.fd(), first << 12, n, writable)?;
+                runs += 1;
+            }
+            Ok(())
+        };
+        if guest_writable {
+            let mut at = frame0;
+            for &f in &fixed {
+                run(at, f - at, true)?;
+                run(f, 1, false)?;
+                at = f + 1;
+            }
+            run(at, frame0 + count - at, true)?;
+        } else {
+            run(frame0, count, false)?;
+        }
+        let place = (user_view, region);
+        let maps = &mut self.shadow.maps;
+        maps.forget_large(place);
+        maps.large.insert(place, LargeMapping { frame0, writable: guest_writable, runs });
+        maps.large_rmap.entry(frame0 >> 10).or_default().push(place);
+        let deps = maps.large_deps.entry(pde).or_default();
+        if !deps.contains(&place) {
+            deps.push(place);
+        }
+        self.shadow.large_maps += 1;
         Ok(FaultAction::Retry)
     }
 
@@ -655,6 +791,7 @@ impl Vm {
         for idle in &mut self.shadow.idle {
             idle.maps.traced.remove(&frame);
         }
+        self.shadow.traced_count.remove(&frame);
         self.shadow.untraced_frames += 1;
         self.protect_frame(frame, true)
     }

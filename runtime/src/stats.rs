@@ -60,6 +60,8 @@ pub struct PagingReport {
     pub plain_retranslations: u64,
     /// Pages mapped next to a hidden fault (same page table, A bit already set).
     pub prefetched_pages: u64,
+    /// 4 MiB guest pages mapped whole by one hidden fault.
+    pub large_pages_mapped: u64,
     /// Times every shadow mapping of every space was dropped (CR0.PG or CR4.PSE
     /// changes).
     pub view_flushes: u64,

@@ -10,7 +10,6 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::stats::Stats;
 use bt86_shadow_mmu::{View, ViewError};
 use bt86_translator::{Translator, TranslatorError};
-use hashbrown::HashSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -132,8 +131,9 @@ pub struct Vm {
     pub(crate) tr: Translator,
     /// sti just set IF: the next instruction runs before any interrupt.
     pub(crate) interrupt_shadow: bool,
-    /// Frames write-protected in the view because they hold translated code.
-    pub(crate) protected: HashSet<u32>,
+    /// Frames write-protected in the view because they hold translated code
+    /// (ordered: the shadow MMU asks for those inside a large page).
+    pub(crate) protected: std::collections::BTreeSet<u32>,
     pub(crate) stats: Stats,
     pub(crate) stop_flag: Arc<AtomicBool>,
     /// A code frame unprotected for one data write, to protect again after it.
@@ -172,7 +172,7 @@ impl Vm {
             alarm,
             tr,
             interrupt_shadow: false,
-            protected: HashSet::new(),
+            protected: std::collections::BTreeSet::new(),
             stats: Stats::default(),
             stop_flag: Arc::new(AtomicBool::new(false)),
             reprotect: None,
@@ -288,6 +288,7 @@ impl Vm {
             space_evictions: self.shadow.space_evictions,
             spaces_cached: self.shadow.spaces_cached() as u64,
             prefetched_pages: self.shadow.prefetched,
+            large_pages_mapped: self.shadow.large_maps,
             untraced_frames: self.shadow.untraced_frames,
             plain_retranslations: self.tr.stats().plain_retranslations,
             view_flushes: self.shadow.view_flushes,
