@@ -288,6 +288,7 @@ impl Vm {
         }
         let table_hits_before = self.shadow.table_write_hits;
         let resume = self.tr.ctx().resume;
+        let drops_before = self.tr.drops();
         let mode_before = self.cpu.mode();
         let vif_before = self.tr.ctx().vif;
         let space_before = address_space_key(&self.cpu);
@@ -316,8 +317,9 @@ impl Vm {
         match outcome {
             Outcome::Continue => {
                 self.tr.ctx_mut().eip = next_eip;
-                let unit_live = self.tr.resolve(resume).is_some_and(|(_, _, u)| self.tr.is_live(u));
-                if wrote_code || !unit_live || self.cpu.mode() != mode_before {
+                // Whether the callout dropped any unit (its own, perhaps).
+                let units_intact = self.tr.drops() == drops_before;
+                if wrote_code || !units_intact || self.cpu.mode() != mode_before {
                     Ok(Next::Dispatch(next_eip))
                 } else {
                     Ok(Next::Resume(resume))

@@ -91,6 +91,10 @@ struct SpaceMaps {
     large_deps: HashMap<u32, Vec<Place>>,
     /// Physical 4 MiB region (frame >> 10) → the large mappings of it.
     large_rmap: HashMap<u32, Vec<Place>>,
+    /// Page-table frame → how many of its entries are keys of `deps`,
+    /// `large_deps` or `code_deps`: a write to a frame not here needs no look-up
+    /// entry by entry.
+    dep_frames: HashMap<u32, u32>,
 }
 
 /// A 4 MiB guest page (PSE) mapped as a whole: one host mapping per run of
@@ -117,6 +121,7 @@ impl Default for SpaceMaps {
             large: HashMap::new(),
             large_deps: HashMap::new(),
             large_rmap: HashMap::new(),
+            dep_frames: HashMap::new(),
         }
     }
 }
@@ -161,18 +166,32 @@ impl SpaceMaps {
     /// consecutive pages with one host call; returns their linear pages.
     fn drop_entries(&mut self, view: &mut View, user_view: &mut View, entries: &[u32]) -> Result<(), VmError> {
         let mut places: Vec<Place> = Vec::new();
-        for entry in entries {
-            if let Some(list) = self.deps.remove(entry) {
+        let mut frame_known = (u32::MAX, false);
+        for &entry in entries {
+            if frame_known.0 != entry >> 12 {
+                frame_known = (entry >> 12, self.dep_frames.contains_key(&(entry >> 12)));
+            }
+            if !frame_known.1 {
+                continue;
+            }
+            if let Some(list) = self.deps.remove(&entry) {
+                self.uncount_dep_key(entry);
                 places.extend(list.into_iter().filter(|p| self.mappings.contains_key(p)));
             }
-            for place in self.large_deps.remove(entry).into_iter().flatten() {
-                if self.forget_large(place) {
-                    pick_view(view, user_view, place.0).unmap(place.1, LARGE)?;
+            if let Some(large) = self.large_deps.remove(&entry) {
+                self.uncount_dep_key(entry);
+                for place in large {
+                    if self.forget_large(place) {
+                        pick_view(view, user_view, place.0).unmap(place.1, LARGE)?;
+                    }
                 }
             }
             // Code reached through the entry: page checks fail from now on.
-            for p in self.code_deps.remove(entry).into_iter().flatten() {
-                self.code_map[(p >> 12) as usize] = 0;
+            if let Some(pages) = self.code_deps.remove(&entry) {
+                self.uncount_dep_key(entry);
+                for p in pages {
+                    self.code_map[(p >> 12) as usize] = 0;
+                }
             }
         }
         places.sort_unstable();
@@ -207,6 +226,36 @@ impl SpaceMaps {
             }
         }
         Ok(())
+    }
+
+    /// `entry` became a key of one of the dependency maps.
+    fn count_dep_key(&mut self, entry: u32) {
+        *self.dep_frames.entry(entry >> 12).or_insert(0) += 1;
+    }
+
+    /// `entry` stopped being a key of one of the dependency maps.
+    fn uncount_dep_key(&mut self, entry: u32) {
+        if let Some(n) = self.dep_frames.get_mut(&(entry >> 12)) {
+            *n -= 1;
+            if *n == 0 {
+                self.dep_frames.remove(&(entry >> 12));
+            }
+        }
+    }
+
+    /// Records that `place` depends on guest entry `entry` (`deps`).
+    fn add_dep(&mut self, entry: u32, place: Place) {
+        match self.deps.entry(entry) {
+            hashbrown::hash_map::Entry::Occupied(mut o) => {
+                if !o.get().contains(&place) {
+                    o.get_mut().push(place);
+                }
+            }
+            hashbrown::hash_map::Entry::Vacant(v) => {
+                v.insert(vec![place]);
+                self.count_dep_key(entry);
+            }
+        }
     }
 
     /// Forgets the large mapping at `place`; whether there was one.
@@ -522,9 +571,16 @@ impl Vm {
         self.trace_tables(t)?;
         let maps = &mut self.shadow.maps;
         for entry in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
-            let pages = maps.code_deps.entry(entry).or_default();
-            if !pages.contains(&page) {
-                pages.push(page);
+            match maps.code_deps.entry(entry) {
+                hashbrown::hash_map::Entry::Occupied(mut o) => {
+                    if !o.get().contains(&page) {
+                        o.get_mut().push(page);
+                    }
+                }
+                hashbrown::hash_map::Entry::Vacant(v) => {
+                    v.insert(vec![page]);
+                    maps.count_dep_key(entry);
+                }
             }
         }
         maps.code_map[(page >> 12) as usize] = (t.phys_page >> 12) + 1;
@@ -582,6 +638,12 @@ impl Vm {
             maps.large.clear();
             maps.large_deps.clear();
             maps.large_rmap.clear();
+            // Only the code dependencies stay.
+            maps.dep_frames.clear();
+            let keys: Vec<u32> = maps.code_deps.keys().copied().collect();
+            for entry in keys {
+                maps.count_dep_key(entry);
+            }
             self.shadow.space_drops += 1;
         }
         Ok(())
@@ -693,9 +755,16 @@ impl Vm {
         maps.forget_large(place);
         maps.large.insert(place, LargeMapping { frame0, writable: guest_writable, runs });
         maps.large_rmap.entry(frame0 >> 10).or_default().push(place);
-        let deps = maps.large_deps.entry(pde).or_default();
-        if !deps.contains(&place) {
-            deps.push(place);
+        match maps.large_deps.entry(pde) {
+            hashbrown::hash_map::Entry::Occupied(mut o) => {
+                if !o.get().contains(&place) {
+                    o.get_mut().push(place);
+                }
+            }
+            hashbrown::hash_map::Entry::Vacant(v) => {
+                v.insert(vec![place]);
+                maps.count_dep_key(pde);
+            }
         }
         self.shadow.large_maps += 1;
         Ok(FaultAction::Retry)
@@ -733,7 +802,7 @@ impl Vm {
             maps.mappings.insert((user_view, l), Mapping { frame, writable: guest_writable });
             maps.rmap.entry(frame).or_default().push((user_view, l));
             for entry in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
-                maps.deps.entry(entry).or_default().push((user_view, l));
+                maps.add_dep(entry, (user_view, l));
             }
             self.shadow.prefetched += 1;
             run = match run {
@@ -838,10 +907,7 @@ impl Vm {
             places.push(place);
         }
         for entry in deps.into_iter().flatten() {
-            let list = maps.deps.entry(entry).or_default();
-            if !list.contains(&place) {
-                list.push(place);
-            }
+            maps.add_dep(entry, place);
         }
         Ok(())
     }

@@ -534,6 +534,12 @@ impl Translator {
         self.invalidate_unit(id)
     }
 
+    /// How many units were ever dropped (invalidated or flushed): unchanged across
+    /// a callout, the unit it came from is still live.
+    pub fn drops(&self) -> u64 {
+        self.stats.units_invalidated + self.epoch
+    }
+
     /// Whether unit `id` is still live (not invalidated or flushed).
     pub fn is_live(&self, id: u32) -> bool {
         self.units.get(id as usize).is_some_and(|u| u.live)
