@@ -18,7 +18,6 @@ struct State {
 /// never touches a poll page that is gone.
 pub struct Alarm {
     shared: Arc<(Mutex<State>, Condvar)>,
-    armed: Option<Nanos>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -31,19 +30,28 @@ impl Alarm {
             .name("bt86-alarm".into())
             .spawn(move || run(&theirs, poll, &*clock))
             .ok();
-        Self { shared, armed: None, thread }
+        Self { shared, thread }
     }
 
-    /// Makes translated code exit at `deadline` (None: never). Cheap when the
-    /// deadline did not change.
+    /// Makes translated code exit at `deadline` (None: never). The thread is
+    /// woken (a futex call) only when the deadline moves earlier: for a later
+    /// one (or none) it wakes at the old time, finds the new one and sleeps
+    /// again, which costs the vCPU thread nothing (a spurious exit at most, if
+    /// it raced).
     pub fn set(&mut self, deadline: Option<Nanos>) {
-        if deadline == self.armed {
+        let (lock, cv) = &*self.shared;
+        let Ok(mut s) = lock.lock() else { return };
+        // The thread clears the deadline when it fires: compare with its state.
+        if s.deadline == deadline {
             return;
         }
-        self.armed = deadline;
-        let (lock, cv) = &*self.shared;
-        if let Ok(mut s) = lock.lock() {
-            s.deadline = deadline;
+        let earlier = match (deadline, s.deadline) {
+            (Some(new), Some(old)) => new < old,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        s.deadline = deadline;
+        if earlier {
             cv.notify_one();
         }
     }

@@ -95,6 +95,9 @@ struct SpaceMaps {
     /// `large_deps` or `code_deps`: a write to a frame not here needs no look-up
     /// entry by entry.
     dep_frames: HashMap<u32, u32>,
+    /// Frames this space stopped tracing since the VMM last looked (their last
+    /// dependency went): the VMM updates the global count and protections.
+    untraced: Vec<u32>,
 }
 
 /// A 4 MiB guest page (PSE) mapped as a whole: one host mapping per run of
@@ -122,6 +125,7 @@ impl Default for SpaceMaps {
             large_deps: HashMap::new(),
             large_rmap: HashMap::new(),
             dep_frames: HashMap::new(),
+            untraced: Vec::new(),
         }
     }
 }
@@ -234,11 +238,17 @@ impl SpaceMaps {
     }
 
     /// `entry` stopped being a key of one of the dependency maps.
+    /// When the last dependency on a frame goes, the space stops tracing it
+    /// (a page table the guest took down, and perhaps reuses as data).
     fn uncount_dep_key(&mut self, entry: u32) {
-        if let Some(n) = self.dep_frames.get_mut(&(entry >> 12)) {
+        let frame = entry >> 12;
+        if let Some(n) = self.dep_frames.get_mut(&frame) {
             *n -= 1;
             if *n == 0 {
-                self.dep_frames.remove(&(entry >> 12));
+                self.dep_frames.remove(&frame);
+                if self.traced.remove(&frame) {
+                    self.untraced.push(frame);
+                }
             }
         }
     }
@@ -246,9 +256,15 @@ impl SpaceMaps {
     /// Records that `place` depends on guest entry `entry` (`deps`).
     fn add_dep(&mut self, entry: u32, place: Place) {
         match self.deps.entry(entry) {
+            // A page directory entry has a place for every page under it: no
+            // search per insertion; duplicates (a page mapped again) are rare
+            // and removed when the list grows.
             hashbrown::hash_map::Entry::Occupied(mut o) => {
-                if !o.get().contains(&place) {
-                    o.get_mut().push(place);
+                let list = o.get_mut();
+                list.push(place);
+                if list.len().is_power_of_two() && list.len() >= 64 {
+                    list.sort_unstable();
+                    list.dedup();
                 }
             }
             hashbrown::hash_map::Entry::Vacant(v) => {
@@ -539,13 +555,18 @@ impl Vm {
     /// longer traced; where other spaces map them read-only, the next write takes
     /// a hidden fault that maps them as the guest allows.
     fn evict_idle_space(&mut self) -> Result<(), VmError> {
-        let mut gone = self.shadow.idle.remove(0);
-        self.shadow.uncount_traces(gone.maps.traced.iter().copied());
+        let gone = self.shadow.idle.remove(0);
+        self.retire_space(gone)
+    }
+
+    /// Drops cached space `gone`: its views go back to the spares, and frames only
+    /// it traced become writable where the guest allows.
+    fn retire_space(&mut self, mut gone: IdleSpace) -> Result<(), VmError> {
         gone.view.unmap_all()?;
         gone.user_view.unmap_all()?;
         self.shadow.spare_views.push((gone.view, gone.user_view));
         self.shadow.space_evictions += 1;
-        Ok(())
+        self.release_traces(gone.maps.traced.into_iter().collect())
     }
 
     /// Sets the host protection of every mapping of `frame` in every cached space:
@@ -638,12 +659,17 @@ impl Vm {
             maps.large.clear();
             maps.large_deps.clear();
             maps.large_rmap.clear();
-            // Only the code dependencies stay.
+            // Only the code dependencies stay, and the tracing of their frames.
             maps.dep_frames.clear();
             let keys: Vec<u32> = maps.code_deps.keys().copied().collect();
             for entry in keys {
                 maps.count_dep_key(entry);
             }
+            let gone: Vec<u32> = maps.traced.iter().copied().filter(|f| !maps.dep_frames.contains_key(f)).collect();
+            for f in &gone {
+                maps.traced.remove(f);
+            }
+            self.release_traces(gone)?;
             self.shadow.space_drops += 1;
         }
         Ok(())
@@ -875,9 +901,36 @@ impl Vm {
 
     fn drop_entries(&mut self, entries: impl Iterator<Item = u32>) -> Result<(), VmError> {
         let entries: Vec<u32> = entries.collect();
+        self.evict_rewritten_spaces(&entries)?;
         self.shadow.maps.drop_entries(&mut self.view, &mut self.user_view, &entries)?;
+        let mut untraced = core::mem::take(&mut self.shadow.maps.untraced);
         for idle in &mut self.shadow.idle {
             idle.maps.drop_entries(&mut idle.view, &mut idle.user_view, &entries)?;
+            untraced.append(&mut idle.maps.untraced);
+        }
+        self.release_traces(untraced)
+    }
+
+    /// A cached space whose page directory the guest rewrites is gone (an OS
+    /// reuses the frame of a dead process's page directory): drop it whole now,
+    /// rather than follow each write, and stop tracing what only it traced.
+    fn evict_rewritten_spaces(&mut self, entries: &[u32]) -> Result<(), VmError> {
+        while let Some(i) = self.shadow.idle.iter().position(|s| entries.iter().any(|e| e >> 12 == s.key.0 >> 12)) {
+            let gone = self.shadow.idle.remove(i);
+            self.retire_space(gone)?;
+        }
+        Ok(())
+    }
+
+    /// Spaces stopped tracing `frames`: those no space traces any more become
+    /// writable again where the guest allows it.
+    fn release_traces(&mut self, frames: Vec<u32>) -> Result<(), VmError> {
+        self.shadow.uncount_traces(frames.iter().copied());
+        for f in frames {
+            if !self.shadow.is_traced(f) {
+                self.shadow.trace_burst.remove(&f);
+                self.protect_frame(f, true)?;
+            }
         }
         Ok(())
     }
