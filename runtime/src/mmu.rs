@@ -368,6 +368,17 @@ impl Shadow {
         }
     }
 
+    /// Host calls made by the views of idle and spare spaces.
+    pub fn idle_view_calls(&self) -> bt86_shadow_mmu::view::ViewCalls {
+        let views = self.idle.iter().flat_map(|s| [&s.view, &s.user_view]).chain(self.spare_views.iter().flat_map(|(a, b)| [a, b]));
+        views.fold(Default::default(), |mut acc: bt86_shadow_mmu::view::ViewCalls, v| {
+            acc.maps += v.calls.maps;
+            acc.unmaps += v.calls.unmaps;
+            acc.protects += v.calls.protects;
+            acc
+        })
+    }
+
     /// The current address space's code map (for `VcpuCtx::code_map`).
     pub fn code_map_ptr(&self) -> u64 {
         self.maps.code_map.as_ptr() as u64

@@ -62,6 +62,10 @@ pub struct PagingReport {
     pub prefetched_pages: u64,
     /// 4 MiB guest pages mapped whole by one hidden fault.
     pub large_pages_mapped: u64,
+    /// Host calls that changed the views: mappings made, removed, reprotected.
+    pub host_maps: u64,
+    pub host_unmaps: u64,
+    pub host_protects: u64,
     /// Times every shadow mapping of every space was dropped (CR0.PG or CR4.PSE
     /// changes).
     pub view_flushes: u64,

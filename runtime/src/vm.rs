@@ -277,6 +277,7 @@ impl Vm {
     pub fn stats(&self) -> crate::stats::StatsReport {
         let mut r = self.stats.report(&self.tr);
         r.devices = Some(self.bus.stats());
+        let calls = self.shadow.idle_view_calls();
         r.paging = crate::stats::PagingReport {
             hidden_faults: self.shadow.hidden_faults,
             true_faults: self.shadow.true_faults,
@@ -289,6 +290,9 @@ impl Vm {
             spaces_cached: self.shadow.spaces_cached() as u64,
             prefetched_pages: self.shadow.prefetched,
             large_pages_mapped: self.shadow.large_maps,
+            host_maps: calls.maps + self.view.calls.maps + self.user_view.calls.maps,
+            host_unmaps: calls.unmaps + self.view.calls.unmaps + self.user_view.calls.unmaps,
+            host_protects: calls.protects + self.view.calls.protects + self.user_view.calls.protects,
             untraced_frames: self.shadow.untraced_frames,
             plain_retranslations: self.tr.stats().plain_retranslations,
             view_flushes: self.shadow.view_flushes,

@@ -41,6 +41,17 @@ pub struct View {
     len: usize,
     /// Guest RAM size mapped (identity views).
     ram: u64,
+    /// Host calls made: maps, unmaps, protection changes.
+    pub calls: ViewCalls,
+}
+
+/// Host calls a view made (each one a system call, and a TLB flush for unmaps
+/// and protection changes).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ViewCalls {
+    pub maps: u64,
+    pub unmaps: u64,
+    pub protects: u64,
 }
 
 // SAFETY: the view owns its reservation; the pointer is only an address, and all
@@ -57,7 +68,7 @@ impl View {
             mm::mmap_anonymous(core::ptr::null_mut(), len, ProtFlags::empty(), MapFlags::PRIVATE | MapFlags::NORESERVE)
         }
         .map_err(ViewError::Reserve)?;
-        Ok(Self { reservation: p.cast(), len, ram: 0 })
+        Ok(Self { reservation: p.cast(), len, ram: 0, calls: ViewCalls::default() })
     }
 
     /// Host address of guest linear address 0 (the GS base for translated code).
@@ -99,6 +110,7 @@ impl View {
             return Ok(());
         }
         let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
+        self.calls.maps += 1;
         let addr = self.base() + linear;
         assert!(linear + len <= FOUR_GIB + GUARD_BYTES, "mapping outside the view");
         // SAFETY: the range lies inside our reservation (asserted above), which no
@@ -194,6 +206,7 @@ impl View {
             targets.push(FOUR_GIB + linear);
         }
         for l in targets {
+            self.calls.protects += 1;
             // SAFETY: the page lies inside our reservation; the caller maps it first.
             unsafe { mm::mprotect((self.base() + l) as *mut _, PAGE as usize, prot) }
                 .map_err(|source| ViewError::Protect { linear: l, source })?;
@@ -206,6 +219,7 @@ impl View {
             return Ok(());
         }
         assert!(linear + len <= FOUR_GIB + GUARD_BYTES, "range outside the view");
+        self.calls.unmaps += 1;
         // SAFETY: the range lies inside our reservation; replacing it with a fresh
         // PROT_NONE anonymous mapping affects no Rust object.
         unsafe {
