@@ -286,6 +286,7 @@ impl Vm {
         if site.kind == CalloutKind::Emulate {
             *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
         }
+        tracing::trace!(target: "bt86::callout", "callout {:?} {} at eip {:#010x}", site.kind, site.ins, site.eip);
         let table_hits_before = self.shadow.table_write_hits;
         let resume = self.tr.ctx().resume;
         let drops_before = self.tr.drops();
@@ -294,6 +295,7 @@ impl Vm {
         let space_before = address_space_key(&self.cpu);
         self.tr.ctx_mut().eip = site.eip;
         let (outcome, mut wrote_code) = self.with_machine(|m| emulate::emulate(m, &site))?;
+        self.cpu.tsc_calibrating = self.bus.calibrating();
         if site.kind == CalloutKind::TracedWrite {
             self.shadow.adaptive_writes += 1;
             self.adaptive_outcome(site.eip, self.shadow.table_write_hits != table_hits_before)?;

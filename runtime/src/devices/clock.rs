@@ -25,6 +25,11 @@ pub trait Clock: Send + Sync {
     fn now_ns(&self) -> Nanos;
     /// Wall-clock time (UTC) at the origin, in nanoseconds since the Unix epoch.
     fn wall_origin_ns(&self) -> u64;
+    /// The host time-stamp counter's value at time `ns` on this clock (a clock
+    /// not based on it counts at 1 GHz from 0).
+    fn tsc_at(&self, ns: Nanos) -> u64 {
+        ns
+    }
 }
 
 /// The host's time-stamp counter.
@@ -83,6 +88,110 @@ impl Clock for HostClock {
 
     fn wall_origin_ns(&self) -> u64 {
         self.wall_origin_ns
+    }
+
+    fn tsc_at(&self, ns: Nanos) -> u64 {
+        let ticks = u128::from(ns) * u128::from(tsc_hz()) / 1_000_000_000;
+        self.origin_tsc.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
+    }
+}
+
+/// Time the guest sees: the platform's clock, except while the guest calibrates
+/// its TSC against PIT channel 2 (gate on, speaker off: how Linux and other
+/// kernels do it at boot). Their calibration loops time one port read after
+/// another and give up when one read takes ten times longer than the shortest,
+/// which a host interrupt or a preempted vCPU thread does all the time here
+/// (reads take 0.3–0.5 µs, hiccups 10–100 µs and more). So while calibrating,
+/// time advances between two reads by the real time elapsed but at most
+/// [`CLIP_NS`]: the host's stalls vanish, and the guest's TSC (emulated then,
+/// see [`GuestClock::calibration_tsc`]) follows the same time, so TSC and PIT
+/// agree exactly. Clipped time only falls behind; when calibration ends it
+/// jumps forward to the real time again, so nothing runs backwards.
+pub struct GuestClock {
+    inner: Arc<dyn Clock>,
+    clipping: std::sync::atomic::AtomicBool,
+    clip: std::sync::Mutex<Clip>,
+}
+
+/// Longest step of clipped time between two reads.
+pub const CLIP_NS: Nanos = 2_000;
+/// Clipped time one calibration may last (Linux's longest attempt is 50 ms).
+pub const CLIP_LIMIT_NS: Nanos = 250_000_000;
+
+#[derive(Default)]
+struct Clip {
+    /// The real time at the last read.
+    real: Nanos,
+    /// The clipped time at the last read.
+    virt: Nanos,
+    /// The clipped time calibration started.
+    since: Nanos,
+}
+
+impl GuestClock {
+    pub fn new(inner: Arc<dyn Clock>) -> Self {
+        Self { inner, clipping: false.into(), clip: Default::default() }
+    }
+
+    /// The guest started (or restarted) a calibration: clip stalls from now on.
+    pub fn start_calibration(&self) {
+        let mut clip = self.lock();
+        let now = self.inner.now_ns();
+        if !self.clipping.load(Ordering::SeqCst) {
+            *clip = Clip { real: now, virt: now, since: now };
+            self.clipping.store(true, Ordering::SeqCst);
+        } else {
+            clip.since = clip.virt;
+        }
+    }
+
+    /// Calibration is over (or the guest idles): time is real again.
+    pub fn end_calibration(&self) {
+        let _clip = self.lock();
+        self.clipping.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether time is clipped now.
+    pub fn calibrating(&self) -> bool {
+        self.clipping.load(Ordering::SeqCst)
+    }
+
+    /// The guest's TSC while calibrating (the host TSC at the clipped time),
+    /// None otherwise.
+    pub fn calibration_tsc(&self) -> Option<u64> {
+        self.calibrating().then(|| self.inner.tsc_at(self.now_ns()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Clip> {
+        self.clip.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Clock for GuestClock {
+    fn now_ns(&self) -> Nanos {
+        if !self.clipping.load(Ordering::SeqCst) {
+            return self.inner.now_ns();
+        }
+        let mut clip = self.lock();
+        let real = self.inner.now_ns();
+        if !self.clipping.load(Ordering::SeqCst) {
+            return real;
+        }
+        clip.virt += real.saturating_sub(clip.real).min(CLIP_NS);
+        clip.real = real;
+        if clip.virt - clip.since > CLIP_LIMIT_NS {
+            self.clipping.store(false, Ordering::SeqCst);
+            return real;
+        }
+        clip.virt
+    }
+
+    fn wall_origin_ns(&self) -> u64 {
+        self.inner.wall_origin_ns()
+    }
+
+    fn tsc_at(&self, ns: Nanos) -> u64 {
+        self.inner.tsc_at(ns)
     }
 }
 
@@ -155,6 +264,38 @@ mod tests {
         c.advance_ns(u64::MAX);
         assert_eq!(c.now_ns(), u64::MAX, "saturates");
         assert_eq!(c.wall_origin_ns(), 1_000_000_000_000);
+    }
+
+    #[test]
+    fn calibration_clips_stalls_and_ends_in_real_time() {
+        let fake = FakeClock::new(0);
+        let c = GuestClock::new(Arc::new(fake.clone()));
+        fake.advance_ns(1_000);
+        c.start_calibration();
+        assert!(c.calibrating());
+        fake.advance_ns(500);
+        assert_eq!(c.now_ns(), 1_500, "short steps pass");
+        fake.advance_ns(80_000);
+        assert_eq!(c.now_ns(), 1_500 + CLIP_NS, "a stall is clipped");
+        assert_eq!(c.calibration_tsc(), Some(1_500 + CLIP_NS), "the TSC follows clipped time");
+        c.end_calibration();
+        assert_eq!(c.now_ns(), 81_500, "real time again");
+        assert_eq!(c.calibration_tsc(), None);
+    }
+
+    #[test]
+    fn calibration_cannot_last_forever() {
+        let fake = FakeClock::new(0);
+        let c = GuestClock::new(Arc::new(fake.clone()));
+        c.start_calibration();
+        let mut last = 0;
+        while c.calibrating() {
+            fake.advance_ns(CLIP_NS);
+            let now = c.now_ns();
+            assert!(now >= last);
+            last = now;
+        }
+        assert!(last >= CLIP_LIMIT_NS);
     }
 
     #[test]
