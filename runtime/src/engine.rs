@@ -90,7 +90,7 @@ impl Vm {
                 Next::Resume(h) => h,
                 Next::Done(outcome) => return Ok(outcome),
             };
-            let (bases, view, code_map) = (self.cpu.seg_bases(), self.current_view_base(), self.shadow.code_map_ptr());
+            let (bases, view, code_map) = (self.cpu.seg_bases(), self.current_view_base(), self.code_map_address());
             let ctx = self.tr.ctx_mut();
             ctx.gs_base = view;
             ctx.seg_base = bases;
