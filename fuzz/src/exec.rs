@@ -55,24 +55,55 @@ pub fn guest_vm(g: &GuestCase) -> Result<Vm, String> {
     Ok(vm)
 }
 
-fn run_guest(g: &GuestCase) -> Verdict {
-    let mut vm = match guest_vm(g) {
-        Ok(vm) => vm,
-        Err(e) => return failure("internal-error", "internal-error", e),
-    };
+/// One event the harness's handler logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub vector: u32,
+    pub eip: u32,
+    pub error: u32,
+    pub cs: u32,
+}
+
+/// A guest run in detail: how it ended, the events logged (the last 32 at most,
+/// oldest first), guest RAM afterwards, and the host's mappings during the run.
+pub struct GuestRun {
+    pub outcome: Result<RunOutcome, String>,
+    pub events: Vec<Event>,
+    pub ram: Vec<u8>,
+    pub host: HostRanges,
+}
+
+/// Runs a guest case in this thread.
+pub fn run_guest_detailed(g: &GuestCase) -> Result<GuestRun, String> {
+    let mut vm = guest_vm(g)?;
     let mut regs = [0u32; 8];
     regs[4] = h::KSTACK_TOP;
     vm.set_flat_state(g.entry, regs, 0);
     let host = HostRanges::now();
-    let outcome = run_with_timeout(&mut vm, Duration::from_millis(u64::from(g.timeout_ms)));
-    let mut v = match outcome {
-        Err(e) => failure("internal-error", "internal-error", e.to_string()),
-        Ok(o) => classify(&o),
-    };
+    let outcome = run_with_timeout(&mut vm, Duration::from_millis(u64::from(g.timeout_ms))).map_err(|e| e.to_string());
     let ram = read_ram(&vm);
-    v.instructions = estimate_instructions(g, &ram, &v);
+    let n = le32(&ram, h::RECORD + rec::EVENTS);
+    let events = (n.saturating_sub(rec::LOG_ENTRIES - 1).max(1)..=n.min(h::EVENT_LIMIT))
+        .map(|k| {
+            let e = h::RECORD + rec::LOG + 16 * (k % rec::LOG_ENTRIES);
+            Event { vector: le32(&ram, e), eip: le32(&ram, e + 4), error: le32(&ram, e + 8), cs: le32(&ram, e + 12) }
+        })
+        .collect();
+    Ok(GuestRun { outcome, events, ram, host })
+}
+
+fn run_guest(g: &GuestCase) -> Verdict {
+    let run = match run_guest_detailed(g) {
+        Ok(r) => r,
+        Err(e) => return failure("internal-error", "internal-error", e),
+    };
+    let mut v = match &run.outcome {
+        Err(e) => failure("internal-error", "internal-error", e.clone()),
+        Ok(o) => classify(o),
+    };
+    v.instructions = estimate_instructions(g, &run.ram, &v);
     if v.failure.is_none() {
-        if let Some(f) = scan_for_host_addresses(&ram, &host).or_else(|| check_probes(g, &ram, &host)) {
+        if let Some(f) = scan_for_host_addresses(&run.ram, &run.host).or_else(|| check_probes(g, &run.ram, &run.host)) {
             v.failure = Some(f);
         }
     }
@@ -193,7 +224,7 @@ impl HostRanges {
 
 /// The first 8-byte value (at any 4-byte boundary) in `ram` that is a host
 /// address.
-fn scan_for_host_addresses(ram: &[u8], host: &HostRanges) -> Option<Failure> {
+pub fn scan_for_host_addresses(ram: &[u8], host: &HostRanges) -> Option<Failure> {
     let words: Vec<u32> = ram.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     for (i, w) in words.windows(2).enumerate() {
         let hi = w[1];
@@ -224,22 +255,31 @@ fn check_probes(g: &GuestCase, ram: &[u8], host: &HostRanges) -> Option<Failure>
 
 /// One probe area: see the module documentation. The probe item filled the bytes
 /// past the image, saved, then compared them with the fill and copied the pointer
-/// fields out (see `harness::probe`); nothing is known unless its marker is there.
+/// fields out (see `harness::probe`); nothing is known unless its marker is there
+/// and the area itself shows the save (random jumps may land past the save, on the
+/// code that writes the marker).
 pub fn check_probe(p: &Probe, area: &[u8], host: &HostRanges) -> Option<Failure> {
     let at = |off: u32| le32(area, off);
-    if at(h::probe::MARKER) != h::probe::MAGIC {
+    let image_len = match p.kind {
+        ProbeKind::Fxsave | ProbeKind::Xsave => 160,
+        ProbeKind::Fnsave | ProbeKind::Fnstenv => 28,
+    };
+    if at(h::probe::MARKER) != h::probe::MAGIC || area[..image_len].iter().all(|&b| b == p.fill) {
         return None;
     }
     if p.kind == ProbeKind::Xsave {
         return Some(Failure::new("host-leak", format!("xsave ran at {:#x} (the guest CPU has no XSAVE)", p.addr)));
     }
     let left = at(h::probe::LEFT);
-    if p.kind == ProbeKind::Fxsave && left != 0 {
-        let first = h::probe::UPPER.end.saturating_sub(left + 1);
-        return Some(Failure::new(
-            "fxsave-area",
-            format!("fxsave at {:#x} wrote byte {first} (a 32-bit CPU leaves 288..512 alone)", p.addr),
-        ));
+    let upper = h::probe::UPPER;
+    if p.kind == ProbeKind::Fxsave && left != 0 && left < upper.len() as u32 {
+        let first = upper.end - left - 1;
+        if area[first as usize] != p.fill {
+            return Some(Failure::new(
+                "fxsave-area",
+                format!("fxsave at {:#x} wrote byte {first} (a 32-bit CPU leaves 288..512 alone)", p.addr),
+            ));
+        }
     }
     let (fip, fcs) = (at(h::probe::FIP), at(h::probe::FCS) & 0xffff);
     if fcs == 0x33 || (host.low_half_of_code(fip) && !(h::BODY..h::BODY + h::BODY_MAX).contains(&fip)) {
@@ -305,7 +345,7 @@ mod tests {
         let host = HostRanges::now();
         let local = 0u64;
         assert!(host.contains(std::ptr::addr_of!(local) as u64));
-        assert!(host.contains(host_ranges_know_this_stack_and_code as usize as u64));
+        assert!(host.contains(host_ranges_know_this_stack_and_code as fn() as usize as u64));
         assert!(!host.contains(0x1234_5678));
         let mut ram = vec![0u8; 64];
         ram[20..28].copy_from_slice(&(std::ptr::addr_of!(local) as u64).to_le_bytes());
@@ -318,12 +358,17 @@ mod tests {
         let host = HostRanges::now();
         let p = Probe { addr: 0, kind: ProbeKind::Fxsave, fill: 0xa5 };
         let mut area = vec![0xa5u8; 1024];
+        area[h::probe::LEFT as usize..][..12].fill(0);
         area[h::probe::LEFT as usize] = 3;
+        area[508] = 0;
         assert!(check_probe(&p, &area, &host).is_none(), "no marker: the save did not run");
+        area[h::probe::MARKER as usize..][..4].copy_from_slice(&h::probe::MAGIC.to_le_bytes());
+        assert!(check_probe(&p, &area, &host).is_none(), "marker without an image: jumped past the save");
+        area[..288].fill(0);
         area[h::probe::MARKER as usize..][..4].copy_from_slice(&h::probe::MAGIC.to_le_bytes());
         assert_eq!(check_probe(&p, &area, &host).expect("clobbered").class, "fxsave-area");
         area[h::probe::LEFT as usize] = 0;
-        assert!(check_probe(&p, &area, &host).is_none(), "upper area kept");
+        assert_eq!(check_probe(&p, &area, &host), None, "upper area kept");
         area[h::probe::FCS as usize] = 0x33;
         let env = Probe { kind: ProbeKind::Fnstenv, ..p };
         assert_eq!(check_probe(&env, &area, &host).expect("host cs").class, "host-leak");

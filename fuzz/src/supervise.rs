@@ -72,9 +72,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(stderr_path: &std::path::Path) -> std::io::Result<Self> {
+    fn spawn(program: &std::path::Path, stderr_path: &std::path::Path) -> std::io::Result<Self> {
         let stderr = std::fs::File::create(stderr_path)?;
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(program)
             .arg("--worker")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -148,19 +148,39 @@ fn signal_name(sig: i32) -> &'static str {
 /// Runs cases in workers, one at a time.
 pub struct Supervisor {
     worker: Option<Worker>,
+    program: std::path::PathBuf,
     stderr_path: std::path::PathBuf,
+    last_growth_kb: u64,
     pub restarts: u64,
 }
 
 impl Supervisor {
+    /// Workers are this program; their stderr goes to a file in `scratch`.
     pub fn new(scratch: &std::path::Path) -> Self {
-        Self { worker: None, stderr_path: scratch.join("worker-stderr.txt"), restarts: 0 }
+        let program = std::env::current_exe().unwrap_or_else(|_| "bt86-fuzz".into());
+        Self::with_program(&program, scratch)
+    }
+
+    /// Workers are `program --worker` (the `bt86-fuzz` binary).
+    pub fn with_program(program: &std::path::Path, scratch: &std::path::Path) -> Self {
+        Self {
+            worker: None,
+            program: program.to_path_buf(),
+            stderr_path: scratch.join("worker-stderr.txt"),
+            last_growth_kb: 0,
+            restarts: 0,
+        }
+    }
+
+    /// How much the last case grew the worker's peak RSS, in KiB.
+    pub fn last_growth_kb(&self) -> u64 {
+        self.last_growth_kb
     }
 
     /// Runs `case` in the worker and judges what happened to the worker too.
     pub fn run(&mut self, case: &Case) -> Verdict {
         if self.worker.is_none() {
-            match Worker::spawn(&self.stderr_path) {
+            match Worker::spawn(&self.program, &self.stderr_path) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => {
                     return Verdict { kind: "no-worker".into(), detail: e.to_string(), instructions: 0, failure: Some(Failure::new("fuzzer", e.to_string())) }
@@ -213,6 +233,7 @@ impl Supervisor {
             return self.replace(v);
         }
         let grew = reply.rss_peak_kb.saturating_sub(reply.rss_before_kb);
+        self.last_growth_kb = grew;
         if v.failure.is_none() && grew > CASE_MEMORY_LIMIT_KB {
             v.failure = Some(Failure::new("memory", format!("one case grew the VMM by {} MiB (peak {} MiB)", grew >> 10, reply.rss_peak_kb >> 10)));
         }
