@@ -89,6 +89,9 @@ pub struct Probe {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GuestCase {
     pub mem_mib: u32,
+    /// The code cache (MiB); the fuzzer's small default when absent.
+    #[serde(default)]
+    pub code_cache_mib: Option<u32>,
     pub timeout_ms: u32,
     /// Where the run starts, flat at CPL 0 with paging off.
     pub entry: u32,
@@ -316,6 +319,7 @@ mod tests {
             generator: "test".into(),
             body: Body::Guest(GuestCase {
                 mem_mib: 8,
+                code_cache_mib: None,
                 timeout_ms: 100,
                 entry: 0x10_0000,
                 chunks: vec![

@@ -45,7 +45,7 @@ fn failure(kind: &str, class: &str, msg: String) -> Verdict {
 pub fn guest_vm(g: &GuestCase) -> Result<Vm, String> {
     let cfg = VmConfig {
         mem_bytes: u64::from(g.mem_mib) << 20,
-        code_cache_bytes: CODE_CACHE_BYTES,
+        code_cache_bytes: g.code_cache_mib.map_or(CODE_CACHE_BYTES, |m| (m as usize) << 20),
         ..VmConfig::new(g.mem_mib, Box::new(std::io::sink()))
     };
     let vm = Vm::new(cfg).map_err(|e| format!("cannot create the VM: {e}"))?;
@@ -174,6 +174,9 @@ fn count_instructions(code: &[u8]) -> u64 {
     n
 }
 
+/// Largest host mapping the leak scan looks for addresses in.
+pub const MAX_RANGE: u64 = 64 << 20;
+
 /// The host's mappings (this process), sorted.
 pub struct HostRanges {
     ranges: Vec<(u64, u64, bool)>,
@@ -182,7 +185,11 @@ pub struct HostRanges {
 }
 
 impl HostRanges {
-    /// From `/proc/self/maps`: (start, end, executable).
+    /// From `/proc/self/maps`: (start, end, executable) of the accessible mappings
+    /// (not the `PROT_NONE` reservations of the views and guards) up to
+    /// [`MAX_RANGE`] each. A 64-bit value whose upper half is small (two guest page
+    /// table entries side by side look like that) would too often fall in a range
+    /// of gigabytes by chance.
     pub fn now() -> Self {
         let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         let mut ranges: Vec<(u64, u64, bool)> = text
@@ -190,8 +197,9 @@ impl HostRanges {
             .filter_map(|l| {
                 let mut f = l.split_whitespace();
                 let (a, b) = f.next()?.split_once('-')?;
-                let exec = f.next()?.contains('x');
-                Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?, exec))
+                let perms = f.next()?;
+                let (a, b) = (u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?);
+                (!perms.starts_with("---") && b - a <= MAX_RANGE).then_some((a, b, perms.contains('x')))
             })
             .filter(|&(a, _, _)| a >= 1 << 32)
             .collect();

@@ -221,7 +221,8 @@ fn system(g: &mut Gen<'_>) -> BodyItem {
                 _ => cr8,
             };
             if cr == 8 {
-                return a.db(&[0x0f, 0x22, 0xc0 | (8 & 7) << 3]);
+                // lock mov %eax,%cr0: AMD's encoding of mov %eax,%cr8.
+                return a.db(&[0xf0, 0x0f, 0x22, 0xc0]);
             }
             a.mov(reg, crn)?;
             if which == 4 {
@@ -573,7 +574,7 @@ fn page_table(g: &mut Gen<'_>) -> BodyItem {
     let which = r.below(6);
     let index = if r.chance(1, 2) { (h::DATA >> 12) + r.below(h::DATA_LEN >> 12) } else { r.below(1024) };
     let pde = r.below(1024);
-    let bit = r.pick(&[h::CR0_WP, h::CR0_PG, h::CR4_PSE << 0, h::CR4_PGE]);
+    let bit = r.pick(&[h::CR0_WP, h::CR0_PG, h::CR4_PSE, h::CR4_PGE]);
     BodyItem::new(format!("page-table-{which}"), move |a, _| match which {
         0 => {
             a.mov(dword_ptr(u64::from(h::PT_LOW + 4 * index)), entry)?;

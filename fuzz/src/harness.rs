@@ -318,7 +318,7 @@ impl Harness {
         }
         for v in h.regs.iter_mut() {
             *v = match r.below(4) {
-                0 | 1 => DATA + r.below(DATA_LEN) & !r.pick(&[0, 3, 0xf]),
+                0 | 1 => (DATA + r.below(DATA_LEN)) & !r.pick(&[0, 3, 0xf]),
                 2 => r.edgy_u32(),
                 _ => r.u32(),
             };
@@ -392,7 +392,7 @@ impl Harness {
             }
         }
         chunks.push(Chunk { addr: RESUME, bytes: Bytes(resume) });
-        chunks.push(Chunk { addr: SETUP, bytes: Bytes(self.setup_code(epilogue).expect("setup assembles")) });
+        chunks.push(Chunk { addr: SETUP, bytes: Bytes(self.setup_code().expect("setup assembles")) });
         chunks.push(Chunk { addr: STUBS, bytes: Bytes(stubs().expect("stubs assemble")) });
         chunks.push(Chunk { addr: COMMON, bytes: Bytes(common_handler(epilogue).expect("handler assembles")) });
         chunks.push(Chunk { addr: SERVICES, bytes: Bytes(services().expect("services assemble")) });
@@ -409,6 +409,7 @@ impl Harness {
         }
         GuestCase {
             mem_mib: MEM_MIB,
+            code_cache_mib: None,
             timeout_ms,
             entry: SETUP,
             chunks,
@@ -494,7 +495,7 @@ impl Harness {
     }
 
     /// Setup: tables, control registers, MSRs, PICs, PIT, FPU, registers, entry.
-    fn setup_code(&self, _epilogue: u32) -> Result<Vec<u8>, IcedError> {
+    fn setup_code(&self) -> Result<Vec<u8>, IcedError> {
         use x::*;
         let mut a = CodeAssembler::new(32)?;
         a.lgdt(ptr(u64::from(GDTR)))?;

@@ -3,7 +3,7 @@
 //! bt86 reports. Tests of what bt86 still gets wrong are ignored, with the item and
 //! what fails. Items covered elsewhere: 3 (`translator/src/translate/sweep.rs`),
 //! 5 (`tests/tests/guests.rs`, `devices/console_input.rs`), 6 (`cli/tests/issue12.rs`),
-//! 7 (`cli/tests/console.rs`), 8 (`fuzz_memory_is_bounded` below), 11 (`runtime/src/vm.rs`,
+//! 7 (`cli/tests/console.rs`), 8 (the translation floods below), 11 (`runtime/src/vm.rs`,
 //! `cli/tests/console.rs`).
 
 use bt86_fuzz::case::{Bytes, Chunk, GuestCase};
@@ -337,8 +337,9 @@ fn item10_apic_base_msr_reads() {
 // item 8: memory
 
 /// A guest that keeps rewriting and running a 16 KiB block of distinct code (every
-/// round invalidates every unit and translates them all again) for 3 seconds.
-fn translation_flood() -> GuestCase {
+/// round invalidates every unit and translates them all again) for `ms`, in a VM
+/// with a code cache of `cache_mib`.
+fn translation_flood(ms: u32, cache_mib: u32) -> GuestCase {
     use iced_x86::code_asm::*;
     const BLOCK: u32 = 0x24_0000;
     let mut a = CodeAssembler::new(32).expect("asm");
@@ -358,16 +359,16 @@ fn translation_flood() -> GuestCase {
     a.jb(fill).expect("jb");
     a.jmp(top).expect("jmp");
     let code = a.assemble(u64::from(h::BODY)).expect("assemble");
-    let mut g = Harness::standard(0, false).build(&[BodyItem::raw("flood", code)], 3000);
-    g.timeout_ms = 3000;
+    let mut g = Harness::standard(0, false).build(&[BodyItem::raw("flood", code)], ms);
+    g.code_cache_mib = Some(cache_mib);
     g
 }
 
-#[test]
-fn item8_translation_flood_memory_is_bounded() {
+/// How much the flood grew a worker process (its peak RSS), in MiB.
+fn flood_growth_mib(ms: u32, cache_mib: u32) -> u64 {
     use bt86_fuzz::case::{Body, Case};
-    let case = Case { seed: 0, index: 0, generator: "flood".into(), body: Body::Guest(translation_flood()) };
-    let dir = std::env::temp_dir().join(format!("bt86-fuzz-flood-{}", std::process::id()));
+    let case = Case { seed: 0, index: 0, generator: "flood".into(), body: Body::Guest(translation_flood(ms, cache_mib)) };
+    let dir = std::env::temp_dir().join(format!("bt86-fuzz-flood-{}-{cache_mib}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch");
     // Through a worker process: it reports its peak RSS during the case.
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_bt86-fuzz"));
@@ -375,6 +376,20 @@ fn item8_translation_flood_memory_is_bounded() {
     let v = sup.run(&case);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(v.kind, "timeout", "{v:?}");
-    let grew = sup.last_growth_kb();
-    assert!(grew < 192 << 10, "a translation flood grew the VMM by {} MiB", grew >> 10);
+    let grew = sup.last_growth_kb() >> 10;
+    eprintln!("a translation flood of {ms} ms with a {cache_mib} MiB code cache grew the VMM by {grew} MiB");
+    grew
+}
+
+#[test]
+fn item8_translation_flood_with_a_small_code_cache_stays_small() {
+    let grew = flood_growth_mib(3000, 8);
+    assert!(grew < 128, "grew by {grew} MiB");
+}
+
+#[test]
+#[ignore = "issue 12 item 8: with the default 64 MiB code cache a translation flood grows bt86 by about 400 MiB in 15 s (the translator's per-unit tables are bounded only by the code cache's flush)"]
+fn item8_translation_flood_memory_is_bounded() {
+    let grew = flood_growth_mib(15_000, 64);
+    assert!(grew < 192, "grew by {grew} MiB: the code cache is 64 MiB");
 }
