@@ -151,8 +151,11 @@ fn le32(ram: &[u8], at: u32) -> u32 {
 /// body's instructions up to the furthest point reached (loops and `rep`
 /// iterations counted once).
 fn estimate_instructions(g: &GuestCase, ram: &[u8], v: &Verdict) -> u64 {
+    // The guest may have overwritten the record: no more than the handler could
+    // have counted.
     let events = u64::from(le32(ram, h::RECORD + rec::EVENTS).min(h::EVENT_LIMIT + 1));
-    let irqs = u64::from(le32(ram, h::RECORD + rec::IRQS));
+    let max_irqs = g.setup.timer.map_or(0, |d| u64::from(g.timeout_ms) * 1_193_182 / 1000 / u64::from(d.max(1)) + 1);
+    let irqs = u64::from(le32(ram, h::RECORD + rec::IRQS)).min(max_irqs);
     let reached = if v.kind == "done" { u32::MAX } else { le32(ram, h::RECORD + rec::MAX_EIP) };
     let body: u64 = g
         .items

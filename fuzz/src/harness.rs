@@ -521,13 +521,15 @@ impl Harness {
             a.mov(eax, PD)?;
             a.mov(cr3, eax)?;
         }
-        a.mov(eax, self.cr0 & !CR0_TS)?;
+        // The x87/SSE state first, with TS and EM clear (they would fault), then
+        // CR0 as chosen.
+        a.mov(eax, self.cr0 & !(CR0_TS | CR0_EM))?;
         a.mov(cr0, eax)?;
         a.fninit()?;
-        if self.cr4 & CR4_OSFXSR != 0 && self.cr0 & CR0_EM == 0 {
+        if self.cr4 & CR4_OSFXSR != 0 {
             a.ldmxcsr(dword_ptr(u64::from(RECORD + rec::MXCSR_DEFAULT)))?;
         }
-        if self.cr0 & CR0_TS != 0 {
+        if self.cr0 & (CR0_TS | CR0_EM) != 0 {
             a.mov(eax, self.cr0)?;
             a.mov(cr0, eax)?;
         }
