@@ -961,33 +961,6 @@ pub fn oracle_case(seed: u64, index: u64) -> Case {
 // --------------------------------------------------------------------------------
 // kernel images
 
-/// A minimal valid multiboot (v1) ELF32: one PT_LOAD at 1 MiB with the headers, the
-/// multiboot header and `code`.
-pub fn multiboot_elf(code: &[u8]) -> Vec<u8> {
-    const LOAD: u32 = 0x10_0000;
-    const CODE_OFFSET: usize = 108;
-    let mut img = vec![0u8; CODE_OFFSET + code.len()];
-    let size = img.len() as u32;
-    img[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1, 1]);
-    put16(&mut img, 16, 2);
-    put16(&mut img, 18, 3);
-    put32(&mut img, 20, 1);
-    put32(&mut img, 24, LOAD + CODE_OFFSET as u32);
-    put32(&mut img, 28, 52);
-    put16(&mut img, 40, 52);
-    put16(&mut img, 42, 32);
-    put16(&mut img, 44, 1);
-    for (i, v) in [1, 0, LOAD, LOAD, size, size, 5, 0x1000].into_iter().enumerate() {
-        put32(&mut img, 52 + 4 * i, v);
-    }
-    let magic = 0x1bad_b002u32;
-    put32(&mut img, 96, magic);
-    put32(&mut img, 100, 0);
-    put32(&mut img, 104, magic.wrapping_neg());
-    img[CODE_OFFSET..].copy_from_slice(code);
-    img
-}
-
 /// A multiboot kernel without ELF: the header's address fields (flag 16) say where
 /// to load it.
 pub fn multiboot_kludge(code: &[u8]) -> Vec<u8> {
@@ -1049,7 +1022,7 @@ pub fn loader_case(seed: u64, index: u64) -> Case {
             bzimage(&[code.as_slice(), &r.bytes(n)].concat())
         }
         ImageKind::Multiboot if r.chance(1, 3) => multiboot_kludge(&code),
-        ImageKind::Multiboot => multiboot_elf(&code),
+        ImageKind::Multiboot => bt86_tests::images::multiboot_elf(&code, &[]),
     };
     // Interesting offsets: the ELF header and program header, the multiboot header,
     // the Linux setup header.

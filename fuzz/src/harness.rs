@@ -203,12 +203,8 @@ impl BodyItem {
 /// The harness's choices: privilege, paging, timer, control registers, tables.
 #[derive(Clone, Debug)]
 pub struct Harness {
-    pub cpl: u8,
-    pub paging: bool,
-    pub timer: Option<u16>,
-    pub iopl: u8,
-    pub cr0: u32,
-    pub cr4: u32,
+    /// Privilege, paging, timer, IOPL, CR0 and CR4.
+    pub setup: Setup,
     /// The body's initial eax..edi (esp is the harness's).
     pub regs: [u32; 8],
     pub gdt: Vec<u64>,
@@ -284,12 +280,14 @@ impl Harness {
             idt_attrs[v] = 0xee;
         }
         Self {
-            cpl,
-            paging,
-            timer: None,
-            iopl: 0,
-            cr0: CR0_PE | CR0_ET | CR0_NE | CR0_MP | if paging { CR0_PG | CR0_WP } else { 0 },
-            cr4: CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_PSE,
+            setup: Setup {
+                cpl,
+                paging,
+                timer: None,
+                iopl: 0,
+                cr0: CR0_PE | CR0_ET | CR0_NE | CR0_MP | if paging { CR0_PG | CR0_WP } else { 0 },
+                cr4: CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_PSE,
+            },
             regs: [DATA, DATA + 0x100, DATA + 0x200, DATA + 0x300, 0, DATA + 0x400, DATA + 0x500, DATA + 0x600],
             gdt,
             ldt,
@@ -307,14 +305,14 @@ impl Harness {
     /// A random set-up for `cpl`, `paging` and `timer`.
     pub fn random(r: &mut Rng, cpl: u8, paging: bool, timer: bool) -> Self {
         let mut h = Self::standard(cpl, paging);
-        h.timer = timer.then(|| r.range(300, 6000) as u16);
-        h.iopl = if r.chance(1, 5) { r.below(4) as u8 } else { 0 };
+        h.setup.timer = timer.then(|| r.range(300, 6000) as u16);
+        h.setup.iopl = if r.chance(1, 5) { r.below(4) as u8 } else { 0 };
         if r.chance(1, 4) {
-            h.cr0 |= r.pick(&[CR0_TS, CR0_EM, CR0_AM, 0]);
-            h.cr0 &= !r.pick(&[CR0_MP, CR0_NE, 0, 0]);
+            h.setup.cr0 |= r.pick(&[CR0_TS, CR0_EM, CR0_AM, 0]);
+            h.setup.cr0 &= !r.pick(&[CR0_MP, CR0_NE, 0, 0]);
         }
         if r.chance(1, 4) {
-            h.cr4 ^= r.pick(&[CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PSE, CR4_PGE, CR4_DE, CR4_PCE, CR4_TSD]);
+            h.setup.cr4 ^= r.pick(&[CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PSE, CR4_PGE, CR4_DE, CR4_PCE, CR4_TSD]);
         }
         for v in h.regs.iter_mut() {
             *v = match r.below(4) {
@@ -415,7 +413,7 @@ impl Harness {
             chunks,
             items: placed,
             probes: self.probes.clone(),
-            setup: Setup { cpl: self.cpl, paging: self.paging, timer: self.timer, iopl: self.iopl, cr0: self.cr0, cr4: self.cr4 },
+            setup: self.setup.clone(),
         }
     }
 
@@ -445,9 +443,9 @@ impl Harness {
         let mut bitmap = self.io_bitmap.clone();
         bitmap.resize(0x2001, 0xff);
         out.push(Chunk { addr: TSS + 0x68, bytes: Bytes(bitmap) });
-        let cr3 = if self.paging { PD } else { 0 };
+        let cr3 = if self.setup.paging { PD } else { 0 };
         out.push(Chunk { addr: TSS2, bytes: Bytes(tss(TASK_STACK, SERVICES + 0x20, cr3, 0x2, 0x68)) });
-        if self.paging {
+        if self.setup.paging {
             out.extend(self.page_tables());
         }
         out
@@ -515,22 +513,22 @@ impl Harness {
             a.xor(edx, edx)?;
             a.wrmsr()?;
         }
-        a.mov(eax, self.cr4)?;
+        a.mov(eax, self.setup.cr4)?;
         a.mov(cr4, eax)?;
-        if self.paging {
+        if self.setup.paging {
             a.mov(eax, PD)?;
             a.mov(cr3, eax)?;
         }
         // The x87/SSE state first, with TS and EM clear (they would fault), then
         // CR0 as chosen.
-        a.mov(eax, self.cr0 & !(CR0_TS | CR0_EM))?;
+        a.mov(eax, self.setup.cr0 & !(CR0_TS | CR0_EM))?;
         a.mov(cr0, eax)?;
         a.fninit()?;
-        if self.cr4 & CR4_OSFXSR != 0 {
+        if self.setup.cr4 & CR4_OSFXSR != 0 {
             a.ldmxcsr(dword_ptr(u64::from(RECORD + rec::MXCSR_DEFAULT)))?;
         }
-        if self.cr0 & (CR0_TS | CR0_EM) != 0 {
-            a.mov(eax, self.cr0)?;
+        if self.setup.cr0 & (CR0_TS | CR0_EM) != 0 {
+            a.mov(eax, self.setup.cr0)?;
             a.mov(cr0, eax)?;
         }
         // PICs: vectors 0x20 and 0x28, cascade on IRQ 2, 8086 mode; IRQ 0 only.
@@ -538,11 +536,11 @@ impl Harness {
             a.mov(al, v)?;
             a.out(port, al)?;
         }
-        a.mov(al, if self.timer.is_some() { 0xfeu32 } else { 0xff })?;
+        a.mov(al, if self.setup.timer.is_some() { 0xfeu32 } else { 0xff })?;
         a.out(0x21u32, al)?;
         a.mov(al, 0xffu32)?;
         a.out(0xa1u32, al)?;
-        if let Some(divisor) = self.timer {
+        if let Some(divisor) = self.setup.timer {
             a.mov(al, 0x34u32)?;
             a.out(0x43u32, al)?;
             a.mov(al, u32::from(divisor & 0xff))?;
@@ -550,8 +548,8 @@ impl Harness {
             a.mov(al, u32::from(divisor >> 8))?;
             a.out(0x40u32, al)?;
         }
-        let eflags = 0x2 | u32::from(self.iopl & 3) << 12 | if self.timer.is_some() { 0x200 } else { 0 };
-        if self.cpl == 3 {
+        let eflags = 0x2 | u32::from(self.setup.iopl & 3) << 12 | if self.setup.timer.is_some() { 0x200 } else { 0 };
+        if self.setup.cpl == 3 {
             a.mov(eax, u32::from(sel::UDATA))?;
             for s in [ds, es, fs, gs] {
                 a.mov(s, ax)?;
@@ -574,7 +572,7 @@ impl Harness {
         for (r, &v) in [ebp, esi, edi].into_iter().zip(&self.regs[5..]) {
             a.mov(r, v)?;
         }
-        if self.cpl == 3 {
+        if self.setup.cpl == 3 {
             a.iretd()?;
         } else {
             // retf to the body: sti's shadow is not needed (popf set IF).
