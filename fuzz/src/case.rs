@@ -268,6 +268,9 @@ pub fn save(dir: &Path, name: &str, case: &Case, verdict: Option<&Verdict>) -> R
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut case = case.clone();
+    if let Body::Guest(g) = &mut case.body {
+        trim_zeros(&mut g.chunks);
+    }
     let mut bin = Vec::new();
     let mut blobs = Vec::new();
     for b in case.blobs_mut() {
@@ -281,6 +284,26 @@ pub fn save(dir: &Path, name: &str, case: &Case, verdict: Option<&Verdict>) -> R
     std::fs::write(&bin_path, bin).map_err(io(&bin_path))?;
     std::fs::write(&json_path, text + "\n").map_err(io(&json_path))?;
     Ok(json_path)
+}
+
+/// Drops the leading and trailing zero bytes of each chunk that no other chunk
+/// overlaps (guest RAM starts zeroed, so the guest is the same).
+fn trim_zeros(chunks: &mut [Chunk]) {
+    let spans: Vec<(u64, u64)> = chunks.iter().map(|c| (u64::from(c.addr), u64::from(c.addr) + c.bytes.0.len() as u64)).collect();
+    for (i, c) in chunks.iter_mut().enumerate() {
+        let (a, b) = spans[i];
+        if spans.iter().enumerate().any(|(j, &(x, y))| j != i && x < b && a < y) {
+            continue;
+        }
+        let bytes = &c.bytes.0;
+        let Some(first) = bytes.iter().position(|&v| v != 0) else {
+            c.bytes.0.clear();
+            continue;
+        };
+        let last = bytes.iter().rposition(|&v| v != 0).unwrap_or(first);
+        c.bytes.0 = bytes[first..=last].to_vec();
+        c.addr += first as u32;
+    }
 }
 
 /// Reads a reproducer: `path` is its `.json` (or `.bin`) file.
@@ -325,6 +348,7 @@ mod tests {
                 chunks: vec![
                     Chunk { addr: 0x1000, bytes: Bytes(vec![1, 2, 3]) },
                     Chunk { addr: 0x2000, bytes: Bytes(vec![0xff; 5]) },
+                    Chunk { addr: 0x3000, bytes: Bytes(vec![0, 0, 7, 0, 8, 0]) },
                 ],
                 items: vec![Item { addr: 0x11_0000, len: 3, kind: "x".into() }],
                 probes: vec![],
@@ -333,9 +357,13 @@ mod tests {
         };
         let dir = std::env::temp_dir().join(format!("bt86-fuzz-case-{}", std::process::id()));
         let path = save(&dir, "r", &case, None).expect("save");
-        assert_eq!(std::fs::read(dir.join("r.bin")).expect("bin"), [1, 2, 3, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(std::fs::read(dir.join("r.bin")).expect("bin"), [1, 2, 3, 0xff, 0xff, 0xff, 0xff, 0xff, 7, 0, 8]);
         let (back, _) = load(&path).expect("load");
-        assert_eq!(back, case);
+        let mut trimmed = case.clone();
+        if let Body::Guest(g) = &mut trimmed.body {
+            g.chunks[2] = Chunk { addr: 0x3002, bytes: Bytes(vec![7, 0, 8]) };
+        }
+        assert_eq!(back, trimmed, "zeros around a chunk are left out");
         let wire = serde_json::to_string(&case).expect("json");
         assert!(wire.contains("\"010203\""), "{wire}");
         assert_eq!(serde_json::from_str::<Case>(&wire).expect("parse"), case);
