@@ -284,7 +284,7 @@ fn interactive_console_echoes_passes_ctrl_c_and_ends_with_ctrl_a_x() {
 
 #[test]
 fn a_signal_restores_the_terminal() {
-    for (sig, status) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129)] {
+    for (sig, status) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129), (libc::SIGQUIT, 131)] {
         let Some(t) = Tmux::start(&format!("sig{sig}"), &shell(&format!("run --kernel {} --stats json", guests::ECHO))) else { return };
         t.wait_for("waits for Ctrl-C)");
         let pid = t.child_pid();

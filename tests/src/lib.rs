@@ -1,5 +1,6 @@
 //! End-to-end tests, the guest kit's guests, and the differential oracle.
 pub mod guests;
+pub mod images;
 pub mod oracle;
 
 /// Whether QEMU's `qemu-system-i386` is on PATH; says on stderr that the caller's test
