@@ -64,7 +64,7 @@ const OUT_FLUSH_AT: usize = 4096;
 pub const RX_FIFO_DEPTH: usize = 16;
 
 /// Counters of one UART.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UartStats {
     /// Bytes the guest transmitted to the console (loopback excluded).
     pub tx_bytes: u64,
@@ -72,6 +72,22 @@ pub struct UartStats {
     pub rx_bytes: u64,
     /// Bytes lost to a full receive FIFO.
     pub rx_overruns: u64,
+}
+
+/// A UART's state in a checkpoint: its registers and the bytes in its receive FIFO.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UartState {
+    #[serde(with = "crate::checkpoint::bytes::vec")]
+    rx: Vec<u8>,
+    lsr_errors: u8,
+    stats: UartStats,
+    ier: u8,
+    fcr: u8,
+    lcr: u8,
+    mcr: u8,
+    scr: u8,
+    divisor: u16,
+    thre_pending: bool,
 }
 
 /// One 16550A at `base..=base+7`.
@@ -154,6 +170,39 @@ impl Uart16550 {
         self.scr = 0;
         self.divisor = RESET_DIVISOR;
         self.thre_pending = false;
+    }
+
+    /// The registers and the receive FIFO, for a checkpoint (buffered output is
+    /// flushed first: it belongs to the console, not to the UART).
+    pub fn save(&mut self) -> UartState {
+        self.flush_output();
+        UartState {
+            rx: self.rx.iter().copied().collect(),
+            lsr_errors: self.lsr_errors,
+            stats: self.stats,
+            ier: self.ier,
+            fcr: self.fcr,
+            lcr: self.lcr,
+            mcr: self.mcr,
+            scr: self.scr,
+            divisor: self.divisor,
+            thre_pending: self.thre_pending,
+        }
+    }
+
+    /// Takes the state `save` gave (the console stays this UART's); a receive FIFO
+    /// longer than the hardware's is cut to it.
+    pub fn restore(&mut self, s: UartState) {
+        self.rx = s.rx.into_iter().take(RX_FIFO_DEPTH).collect();
+        self.lsr_errors = s.lsr_errors;
+        self.stats = s.stats;
+        self.ier = s.ier;
+        self.fcr = s.fcr;
+        self.lcr = s.lcr;
+        self.mcr = s.mcr;
+        self.scr = s.scr;
+        self.divisor = s.divisor;
+        self.thre_pending = s.thre_pending;
     }
 
     /// Whether the UART drives its interrupt line: an interrupt is pending and, as on PC

@@ -103,6 +103,31 @@ impl VgaState {
     }
 }
 
+/// The VGA's registers in a checkpoint (the text buffer is guest RAM).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VgaRegs {
+    crtc_index: u8,
+    crtc: [u8; 25],
+    seq_index: u8,
+    seq: [u8; 5],
+    gc_index: u8,
+    gc: [u8; 9],
+    attr_index: u8,
+    attr: [u8; 21],
+    attr_data_next: bool,
+    misc: u8,
+    feature: u8,
+    dac_mask: u8,
+    dac_read_index: u8,
+    dac_write_index: u8,
+    dac_component: u8,
+    #[serde(with = "crate::checkpoint::bytes::boxed_array")]
+    dac: Box<[u8; 768]>,
+    retrace: bool,
+    /// The guest has touched a VGA register.
+    touched: bool,
+}
+
 /// The VGA's registers (see the module notes).
 #[derive(Debug)]
 pub struct Vga {
@@ -156,6 +181,59 @@ impl Vga {
             dac: Box::new([0; 768]),
             retrace: false,
         }
+    }
+
+    /// The registers, for a checkpoint.
+    pub fn save(&self) -> VgaRegs {
+        VgaRegs {
+            crtc_index: self.crtc_index,
+            crtc: self.crtc,
+            seq_index: self.seq_index,
+            seq: self.seq,
+            gc_index: self.gc_index,
+            gc: self.gc,
+            attr_index: self.attr_index,
+            attr: self.attr,
+            attr_data_next: self.attr_data_next,
+            misc: self.misc,
+            feature: self.feature,
+            dac_mask: self.dac_mask,
+            dac_read_index: self.dac_read_index,
+            dac_write_index: self.dac_write_index,
+            dac_component: self.dac_component,
+            dac: self.dac.clone(),
+            retrace: self.retrace,
+            touched: self.shared.touched.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes the registers `save` gave; the display's view ([`Vga::state`]) follows.
+    pub fn restore(&mut self, r: VgaRegs) {
+        self.crtc_index = r.crtc_index;
+        self.crtc = r.crtc;
+        self.seq_index = r.seq_index;
+        self.seq = r.seq;
+        self.gc_index = r.gc_index;
+        self.gc = r.gc;
+        self.attr_index = r.attr_index;
+        self.attr = r.attr;
+        self.attr_data_next = r.attr_data_next;
+        self.misc = r.misc;
+        self.feature = r.feature;
+        self.dac_mask = r.dac_mask;
+        self.dac_read_index = r.dac_read_index;
+        self.dac_write_index = r.dac_write_index;
+        // Indexes the DAC with the palette index: 0..3 only.
+        self.dac_component = r.dac_component % 3;
+        self.dac = r.dac;
+        self.retrace = r.retrace;
+        let pair = |hi: u8, lo: u8| u16::from_be_bytes([hi, lo]);
+        let s = &self.shared;
+        s.cursor_start.store(self.crtc[0x0a], Ordering::Relaxed);
+        s.cursor_end.store(self.crtc[0x0b], Ordering::Relaxed);
+        s.start.store(pair(self.crtc[0x0c], self.crtc[0x0d]), Ordering::Relaxed);
+        s.cursor.store(pair(self.crtc[0x0e], self.crtc[0x0f]), Ordering::Relaxed);
+        s.touched.store(r.touched, Ordering::Relaxed);
     }
 
     /// The state a display reads.
