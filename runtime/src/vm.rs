@@ -265,6 +265,11 @@ impl Vm {
         self.tr.ctx().vif != 0
     }
 
+    /// The guest's eip (where a stopped guest continues).
+    pub fn eip(&self) -> u32 {
+        self.tr.ctx().eip
+    }
+
     /// Guest general registers (eax..edi) and the arithmetic flags.
     pub fn registers(&self) -> ([u32; 8], u32) {
         let ctx = self.tr.ctx();

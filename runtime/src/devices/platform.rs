@@ -524,10 +524,12 @@ impl Platform {
         Ok(())
     }
 
-    /// Plugs a keyboard into the i8042 and sends console input there (as key presses)
-    /// instead of to COM1.
+    /// Plugs a keyboard into the i8042 (unless one is there: a restored checkpoint's)
+    /// and sends console input there (as key presses) instead of to COM1.
     pub fn attach_keyboard(&mut self) {
-        self.kbc.attach_keyboard();
+        if !self.kbc.has_keyboard() {
+            self.kbc.attach_keyboard();
+        }
         self.input_to_keyboard = true;
     }
 
