@@ -136,7 +136,7 @@ fn prepare(opts: &RunOpts) -> anyhow::Result<Prepared> {
     let timeout = opts.timeout.map(parse_timeout).transpose().map_err(anyhow::Error::msg)?;
     let checkpoint_after = opts
         .checkpoint_after
-        .map(|s| parse_timeout(s).map_err(|m| anyhow::anyhow!("--checkpoint-after: {m}")))
+        .map(|s| parse_timeout(s).map_err(|_| anyhow::anyhow!("--checkpoint-after must be a positive number of seconds, not {s}")))
         .transpose()?;
     if let Some(p) = &opts.checkpoint {
         checkpoint::check_writable(p)?;
