@@ -164,3 +164,37 @@ fn checkpoint_options_are_checked_before_the_guest_runs() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!f.exists(), "no checkpoint taken");
 }
+
+#[test]
+fn a_checkpoint_taken_under_kvm_continues_under_bt() {
+    use bt86_runtime::checkpoint::Engine;
+    use bt86_runtime::kvm;
+    if let Err(e) = kvm::check_host() {
+        if e.software_host().is_none() {
+            eprintln!("skipped: no usable /dev/kvm ({e})");
+            return;
+        }
+    }
+    // No timer and no x87/SSE: today's KVM engine delivers no interrupts, and the
+    // software KVM of the development machines emulates no x87.
+    let cmdline = "steps=150 notimer nofpu every=10";
+    let whole = uninterrupted(cmdline);
+    let file = tmp("kvm.bt86");
+    let first = bt86()
+        .args(["run", "--engine", "kvm", "--allow-software-kvm", "--kernel", guests::TICKER, "--append", cmdline, "--checkpoint"])
+        .arg(&file)
+        .args(["--checkpoint-after", "1"])
+        .output()
+        .unwrap();
+    if first.status.code() == Some(0) {
+        eprintln!("skipped: the guest ended under KVM within the second before the checkpoint");
+        return;
+    }
+    assert_eq!(first.status.code(), Some(8), "{}", text(&first.stderr));
+    assert_eq!(Checkpoint::read_from(&file).unwrap().engine(), Engine::Kvm);
+    // The engine the checkpoint names is the default; --engine bt continues under BT.
+    let second = restore(&file, &["--engine", "bt"]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    assert_eq!(text(&first.stdout) + &text(&second.stdout), whole);
+}

@@ -201,3 +201,76 @@ fn a_checkpoint_from_a_cpu_with_more_features_is_refused() {
     let vm = taken.restore(Box::new(std::io::sink()), false).unwrap();
     assert_eq!(vm.cpu.model.cpuid(0, 0), [1, 0, 0, 0]);
 }
+
+/// Integer only (a software KVM emulates no x87 here): counts in ecx until the
+/// dword at 0x3000 is not zero, then 'k' on COM1 and exit 7.
+fn counting_vm() -> (Vm, SharedBuffer) {
+    let code = [
+        0xb9, 0, 0, 0, 0, /* mov $0,%ecx */
+        0x41, /* loop: inc %ecx */
+        0x83, 0x3d, 0x00, 0x30, 0, 0, 0, /* cmpl $0,0x3000 */
+        0x74, 0xf6, /* je loop */
+        0x66, 0xba, 0xf8, 0x03, /* mov $0x3f8,%dx */
+        0xb0, b'k', /* mov $'k',%al */
+        0xee, /* out %al,(%dx) */
+        0x66, 0xba, 0xf4, 0x00, /* mov $0xf4,%dx */
+        0xb8, 7, 0, 0, 0, /* mov $7,%eax */
+        0xef, /* out %eax,(%dx) */
+    ];
+    let out = SharedBuffer::new();
+    let mut vm = Vm::new(VmConfig::new(2, Box::new(out.clone()))).unwrap();
+    vm.ram.write(0x1000, &code).unwrap();
+    vm.set_flat_state(0x1000, [0, 0, 0, 0, 0x8000, 0, 0, 0], 0);
+    vm.cpu.sysenter_eip = 0xc010_1234;
+    vm.cpu.dr[0] = 0x0040_0000;
+    (vm, out)
+}
+
+/// Whether this host runs the KVM engine at all (a software KVM counts).
+fn kvm_usable() -> bool {
+    match crate::kvm::check_host() {
+        Ok(_) => true,
+        Err(e) => e.software_host().is_some(),
+    }
+}
+
+#[test]
+fn checkpoints_cross_between_the_bt_and_kvm_engines() {
+    use crate::kvm::KvmOptions;
+    if !kvm_usable() {
+        eprintln!("skipped: no usable /dev/kvm");
+        return;
+    }
+    let kvm = |limit| KvmOptions { allow_software: true, timeout: Some(limit) };
+
+    // BT → KVM.
+    let (mut vm, _) = counting_vm();
+    assert!(matches!(run_with_timeout(&mut vm, Duration::from_millis(20)).unwrap(), RunOutcome::Stopped { .. }));
+    let ecx = vm.registers().0[1];
+    let bytes = Checkpoint::capture(&mut vm, Engine::Bt, Vec::new()).unwrap().to_bytes().unwrap();
+    let out = SharedBuffer::new();
+    let mut vm = Checkpoint::from_bytes(&bytes).unwrap().restore(Box::new(out.clone()), false).unwrap();
+    vm.ram.write_u32(0x3000, 1).unwrap();
+    let (outcome, _) = vm.run_kvm(kvm(Duration::from_secs(30))).unwrap();
+    assert_eq!(outcome, RunOutcome::GuestExit(7));
+    assert_eq!(out.to_string_lossy(), "k");
+    assert!(vm.registers().0[1] > ecx, "counted on from {ecx}");
+    assert_eq!((vm.cpu.sysenter_eip, vm.cpu.dr[0]), (0xc010_1234, 0x0040_0000), "MSRs and debug registers through KVM");
+
+    // KVM → BT.
+    let (mut vm, _) = counting_vm();
+    let (outcome, _) = vm.run_kvm(kvm(Duration::from_millis(300))).unwrap();
+    assert!(matches!(outcome, RunOutcome::Stopped { .. }), "{outcome:?}");
+    let ecx = vm.registers().0[1];
+    let taken = Checkpoint::capture(&mut vm, Engine::Kvm, Vec::new()).unwrap();
+    let back = Checkpoint::from_bytes(&taken.to_bytes().unwrap()).unwrap();
+    assert_eq!(back.engine(), Engine::Kvm);
+    let out = SharedBuffer::new();
+    let mut vm = back.restore(Box::new(out.clone()), false).unwrap();
+    assert_eq!((vm.cpu.sysenter_eip, vm.cpu.dr[0]), (0xc010_1234, 0x0040_0000));
+    vm.ram.write_u32(0x3000, 1).unwrap();
+    let outcome = run_with_timeout(&mut vm, Duration::from_secs(20)).unwrap();
+    assert_eq!(outcome, RunOutcome::GuestExit(7));
+    assert_eq!(out.to_string_lossy(), "k");
+    assert!(vm.registers().0[1] >= ecx);
+}
