@@ -7,7 +7,6 @@
  * PIT channel 0 in mode 2 at about 1 kHz, interrupts on; CR4.OSFXSR set for SSE.
  * The TSC is calibrated against 50 ticks.
  *
- * With `spin=M` it first counts M million times in a loop (a warm-up to stop in).
  * Each step k (command line `steps=N`, default 300):
  * - x87: a product and a sum kept on the x87 stack through 100,000 multiply-adds,
  *   with a control word that varies by step (precision, rounding): the result's bits
@@ -195,7 +194,6 @@ int kmain(uint32_t magic, uint32_t mbi_addr)
     uint32_t steps = parse_number(cmdline, "steps=", 300);
     uint32_t maxgap = parse_number(cmdline, "maxgap=", 2000);
     uint32_t every = parse_number(cmdline, "every=", 1);
-    uint32_t spin = parse_number(cmdline, "spin=", 0);
     if (every == 0)
         every = 1;
     int paging = has_word(cmdline, "paging");
@@ -210,10 +208,6 @@ int kmain(uint32_t magic, uint32_t mbi_addr)
     if (paging)
         paging_on();
 
-    /* A warm-up of spin million rounds of a counting loop (nothing printed). */
-    for (uint32_t m = 0; m < spin; m++)
-        for (volatile uint32_t i = 0; i < 1000000; i++)
-            ;
     uint32_t per_tick = 1;
     if (timer) {
         kit_set_interrupt_gate(0x20, irq0_stub);
