@@ -114,39 +114,14 @@ struct RunOpts {
     /// The kernel command line (`--cmdline` is the same option).
     #[arg(long = "append", visible_alias = "cmdline", value_name = "STR", default_value = "")]
     cmdline: String,
-    /// Print statistics when the run ends, however it ends: `--stats`, `--stats text`,
-    /// `--stats json` (one JSON object with a `stop` member saying how the run ended).
-    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text")]
-    stats: Option<StatsFormat>,
-    /// Write the statistics to FILE instead of standard error (JSON unless --stats
-    /// says text).
-    #[arg(long, value_name = "FILE")]
-    stats_file: Option<PathBuf>,
     /// The engine: bt (binary translation) or kvm (the host's hardware-assisted KVM).
     #[arg(long, value_enum, default_value_t = Engine::Bt)]
     engine: Engine,
-    /// With --engine kvm: run even where /dev/kvm is backed by a software hypervisor
-    /// (slow, and its timings say nothing about hardware-assisted virtualization).
-    #[arg(long)]
-    allow_software_kvm: bool,
-    /// Stop the guest after this many seconds (exit status 3).
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
     /// Show the guest's VGA text screen live in the terminal (`vga`), with a PS/2
     /// keyboard fed from the terminal; COM1 is shown below the screen. `none`: COM1
     /// only.
     #[arg(long, value_enum, default_value_t = DisplayKind::None)]
     display: DisplayKind,
-    /// Write the final 80x25 VGA text screen to FILE as plain text when the run ends.
-    #[arg(long, value_name = "FILE")]
-    screen: Option<PathBuf>,
-    /// Write a trace of the translator and the CPU to FILE (see --trace-events).
-    #[arg(long, value_name = "FILE")]
-    trace: Option<PathBuf>,
-    /// What --trace records, comma-separated: in_asm (guest code translated), out_asm
-    /// (host code emitted), int (exceptions and interrupts delivered).
-    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "in_asm,int")]
-    trace_events: Vec<logging::TraceEvent>,
     /// How the guest's isa-debug-exit value N becomes the exit status: as it is
     /// (`bt86`), or QEMU's (N << 1) | 1 (`qemu`), which never equals a status of bt86's
     /// own.
@@ -161,38 +136,19 @@ struct RunOpts {
     /// seconds, and stop (exit status 8).
     #[arg(long, value_name = "SECS", requires = "checkpoint")]
     checkpoint_after: Option<f64>,
+    #[command(flatten)]
+    session: SessionOpts,
 }
 
 /// The options of `bt86 restore`: the run options that can change between runs.
 #[derive(clap::Args)]
 struct RestoreOpts {
-    /// Print statistics when the run ends (see bt86 run --help); they count this run.
-    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text")]
-    stats: Option<StatsFormat>,
-    /// Write the statistics to FILE instead of standard error.
-    #[arg(long, value_name = "FILE")]
-    stats_file: Option<PathBuf>,
     /// The engine to continue under (default: the one the checkpoint was taken under).
     #[arg(long, value_enum)]
     engine: Option<Engine>,
-    /// With --engine kvm: run even where /dev/kvm is backed by a software hypervisor.
-    #[arg(long)]
-    allow_software_kvm: bool,
-    /// Stop the guest after this many seconds of this run (exit status 3).
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
     /// `vga` or `none` (default: as when the checkpoint was taken).
     #[arg(long, value_enum)]
     display: Option<DisplayKind>,
-    /// Write the final 80x25 VGA text screen to FILE as plain text when the run ends.
-    #[arg(long, value_name = "FILE")]
-    screen: Option<PathBuf>,
-    /// Write a trace of the translator and the CPU to FILE (see bt86 run --help).
-    #[arg(long, value_name = "FILE")]
-    trace: Option<PathBuf>,
-    /// What --trace records, comma-separated: in_asm, out_asm, int.
-    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "in_asm,int")]
-    trace_events: Vec<logging::TraceEvent>,
     /// `bt86` or `qemu` (default: as when the checkpoint was taken).
     #[arg(long, value_enum)]
     exit_code_style: Option<ExitCodeStyle>,
@@ -203,6 +159,39 @@ struct RestoreOpts {
     /// (exit status 8).
     #[arg(long, value_name = "SECS")]
     checkpoint_after: Option<f64>,
+    #[command(flatten)]
+    session: SessionOpts,
+}
+
+/// The options of one run that `run`, `demo` and `restore` share: what it reports,
+/// its time limit, and KVM's permission.
+#[derive(clap::Args)]
+struct SessionOpts {
+    /// Print statistics when the run ends, however it ends: `--stats`, `--stats text`,
+    /// `--stats json` (one JSON object with a `stop` member saying how the run ended).
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text")]
+    stats: Option<StatsFormat>,
+    /// Write the statistics to FILE instead of standard error (JSON unless --stats
+    /// says text).
+    #[arg(long, value_name = "FILE")]
+    stats_file: Option<PathBuf>,
+    /// With --engine kvm: run even where /dev/kvm is backed by a software hypervisor
+    /// (slow, and its timings say nothing about hardware-assisted virtualization).
+    #[arg(long)]
+    allow_software_kvm: bool,
+    /// Stop the guest after this many seconds (exit status 3).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Write the final 80x25 VGA text screen to FILE as plain text when the run ends.
+    #[arg(long, value_name = "FILE")]
+    screen: Option<PathBuf>,
+    /// Write a trace of the translator and the CPU to FILE (see --trace-events).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// What --trace records, comma-separated: in_asm (guest code translated), out_asm
+    /// (host code emitted), int (exceptions and interrupts delivered).
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "in_asm,int")]
+    trace_events: Vec<logging::TraceEvent>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]

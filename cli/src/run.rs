@@ -133,7 +133,7 @@ struct Prepared {
 }
 
 fn prepare(opts: &RunOpts) -> anyhow::Result<Prepared> {
-    let timeout = opts.timeout.map(parse_timeout).transpose().map_err(anyhow::Error::msg)?;
+    let timeout = opts.session.timeout.map(parse_timeout).transpose().map_err(anyhow::Error::msg)?;
     let checkpoint_after = opts
         .checkpoint_after
         .map(|s| parse_timeout(s).map_err(|_| anyhow::anyhow!("--checkpoint-after must be a positive number of seconds, not {s}")))
@@ -147,11 +147,11 @@ fn prepare(opts: &RunOpts) -> anyhow::Result<Prepared> {
     if opts.display == DisplayKind::Vga && opts.engine == Engine::Kvm {
         anyhow::bail!("--display vga works with --engine bt only");
     }
-    if let Some(p) = &opts.screen {
+    if let Some(p) = &opts.session.screen {
         create_output(p, "the screen to")?;
     }
-    let stats_file = opts.stats_file.as_deref().map(|p| create_output(p, "statistics to")).transpose()?;
-    let trace = opts.trace.as_deref().map(|p| create_output(p, "the trace to")).transpose()?;
+    let stats_file = opts.session.stats_file.as_deref().map(|p| create_output(p, "statistics to")).transpose()?;
+    let trace = opts.session.trace.as_deref().map(|p| create_output(p, "the trace to")).transpose()?;
     Ok(Prepared { trace, stats_file, timeout, checkpoint_after })
 }
 
@@ -169,18 +169,12 @@ pub(crate) fn restore(file: &Path, r: RestoreOpts) -> ExitCode {
     let opts = RunOpts {
         mem: checkpoint.as_ref().map_or(bt86_runtime::DEFAULT_MEM_MIB, |c| c.mem_bytes() >> 20),
         cmdline: String::new(),
-        stats: r.stats,
-        stats_file: r.stats_file,
         engine: engine.unwrap_or(Engine::Bt),
-        allow_software_kvm: r.allow_software_kvm,
-        timeout: r.timeout,
         display: display.unwrap_or(DisplayKind::None),
-        screen: r.screen,
-        trace: r.trace,
-        trace_events: r.trace_events,
         exit_code_style: style.unwrap_or(ExitCodeStyle::Bt86),
         checkpoint: Some(r.checkpoint.unwrap_or_else(|| file.to_path_buf())),
         checkpoint_after: r.checkpoint_after,
+        session: r.session,
     };
     main(Inputs::Checkpoint { file: file.to_path_buf(), checkpoint }, &opts, true)
 }
@@ -228,7 +222,7 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
             return finish(opts, None, None, Stop::new("bad-input", Exit::Status(EXIT_BAD_INPUT), Some(format!("{e:#}"))));
         }
     };
-    crate::logging::init(prepared.trace.map(|f| (f, &opts.trace_events[..])));
+    crate::logging::init(prepared.trace.map(|f| (f, &opts.session.trace_events[..])));
     let mut stats_file = prepared.stats_file;
     // The time limit runs from here: reading a FIFO nobody writes must not hang us.
     if let (Some(t), Engine::Bt) = (prepared.timeout, opts.engine) {
@@ -241,7 +235,7 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
         return finish(opts, stats_file.as_mut(), None, stop);
     }
     if opts.engine == Engine::Kvm {
-        if let Err(stop) = check_kvm_host(opts.allow_software_kvm) {
+        if let Err(stop) = check_kvm_host(opts.session.allow_software_kvm) {
             return finish(opts, stats_file.as_mut(), None, stop);
         }
     }
@@ -306,7 +300,7 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
             Arc::new(move |m: &str| p2.message(m))
         }
         None => {
-            if opts.screen.is_none() {
+            if opts.session.screen.is_none() {
                 hint = vm.ram().reader().ok().map(|r| Hint::start(r, vga.clone()));
             }
             Arc::new(|m: &str| eprint!("{m}"))
@@ -372,7 +366,7 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
     if let Some(h) = hint {
         h.finish();
     }
-    if let (Some(path), Ok(ram)) = (&opts.screen, &screen_ram) {
+    if let (Some(path), Ok(ram)) = (&opts.session.screen, &screen_ram) {
         if let Err(e) = display::write_screen(path, ram, &vga) {
             eprintln!("bt86: cannot write the screen to {}: {e}", path.display());
         }
@@ -396,7 +390,7 @@ fn internal(e: impl std::fmt::Display) -> Stop {
 }
 
 fn run_kvm(vm: &mut Vm, opts: &RunOpts, timeout: Option<Duration>) -> RunResult {
-    match vm.run_kvm(KvmOptions { allow_software: opts.allow_software_kvm, timeout }) {
+    match vm.run_kvm(KvmOptions { allow_software: opts.session.allow_software_kvm, timeout }) {
         Ok((outcome, stats)) => Ok((outcome, Some(stats))),
         Err(e) if e.is_host_problem() => Err(Stop::new("kvm-unavailable", Exit::Status(EXIT_KVM_UNAVAILABLE), Some(format!("{KVM_PREFIX}{e}")))),
         Err(e) => Err(internal(e)),
@@ -490,7 +484,7 @@ fn stop_of(outcome: &RunOutcome, vm: &Vm, opts: &RunOpts) -> Stop {
             Some("the guest asked for a reset; bt86 does not reboot guests, so the run ends here".into()),
         ),
         RunOutcome::Stopped { eip } => {
-            let cause = console::cause().or((opts.timeout.is_some() && opts.engine == Engine::Kvm).then_some(StopCause::Timeout));
+            let cause = console::cause().or((opts.session.timeout.is_some() && opts.engine == Engine::Kvm).then_some(StopCause::Timeout));
             match cause {
                 Some(StopCause::Timeout) => {
                     Stop::new("timeout", failed(opts), Some(format!("stopped at eip {eip:#010x}: --timeout passed"))).at(*eip)
@@ -531,7 +525,7 @@ fn emit(opts: &RunOpts, stats_file: Option<&mut std::fs::File>, report: Option<s
     if let Some(m) = &stop.message {
         eprintln!("bt86: {m}");
     }
-    let format = opts.stats.or(opts.stats_file.as_ref().map(|_| StatsFormat::Json));
+    let format = opts.session.stats.or(opts.session.stats_file.as_ref().map(|_| StatsFormat::Json));
     if let Some(format) = format {
         let mut v = report.unwrap_or_else(|| serde_json::json!({}));
         if let Some(obj) = v.as_object_mut() {

@@ -178,15 +178,6 @@ static uint32_t parse_number(const char *s, const char *key, uint32_t otherwise)
     return otherwise;
 }
 
-static int has_word(const char *s, const char *w)
-{
-    size_t n = strlen(w);
-    for (; s && *s; s++)
-        if (strncmp(s, w, n) == 0)
-            return 1;
-    return 0;
-}
-
 int kmain(uint32_t magic, uint32_t mbi_addr)
 {
     struct multiboot_info *mbi = (struct multiboot_info *)mbi_addr;
@@ -196,9 +187,9 @@ int kmain(uint32_t magic, uint32_t mbi_addr)
     uint32_t every = parse_number(cmdline, "every=", 1);
     if (every == 0)
         every = 1;
-    int paging = has_word(cmdline, "paging");
-    int timer = !has_word(cmdline, "notimer");
-    int fpu = !has_word(cmdline, "nofpu");
+    int paging = kit_has_word(cmdline, "paging");
+    int timer = !kit_has_word(cmdline, "notimer");
+    int fpu = !kit_has_word(cmdline, "nofpu");
     printf("ticker: %u steps%s\n", steps, paging ? ", paging in 4 address spaces" : "");
 
     write_cr0((read_cr0() | CR0_MP) & ~(CR0_EM | CR0_TS));

@@ -3,34 +3,49 @@ use crate::devices::SharedBuffer;
 use crate::vm::{run_with_timeout, RunOutcome};
 use std::time::Duration;
 
-/// Flat protected mode, code at 0x1000: x87 and xmm3 loaded, a loop counting in
-/// ecx until the dword at 0x3000 is not zero (the test sets it), then the x87 sum
-/// and xmm3 stored at 0x2000 / 0x2008, 'k' on COM1 and exit 7.
+/// Counts in ecx until the dword at 0x3000 is not zero (the test sets it).
+const COUNT_UNTIL_FLAG: [u8; 15] = [
+    0xb9, 0, 0, 0, 0, /* mov $0,%ecx */
+    0x41, /* loop: inc %ecx */
+    0x83, 0x3d, 0x00, 0x30, 0, 0, 0, /* cmpl $0,0x3000 */
+    0x74, 0xf6, /* je loop */
+];
+
+/// 'k' on COM1, then exit 7.
+const K_THEN_EXIT_7: [u8; 17] = [
+    0x66, 0xba, 0xf8, 0x03, /* mov $0x3f8,%dx */
+    0xb0, b'k', /* mov $'k',%al */
+    0xee, /* out %al,(%dx) */
+    0x66, 0xba, 0xf4, 0x00, /* mov $0xf4,%dx */
+    0xb8, 7, 0, 0, 0, /* mov $7,%eax */
+    0xef, /* out %eax,(%dx) */
+];
+
+/// Flat protected mode, code at 0x1000: x87 and xmm3 loaded, the counting loop,
+/// then the x87 sum and xmm3 stored at 0x2000 / 0x2008, 'k' on COM1 and exit 7.
 fn looping_vm() -> (Vm, SharedBuffer) {
-    let code = [
+    let prologue = [
         0xd9, 0xeb, /* fldpi */
         0xd9, 0xe8, /* fld1 */
         0xb8, 0x78, 0x56, 0x34, 0x12, /* mov $0x12345678,%eax */
         0x66, 0x0f, 0x6e, 0xd8, /* movd %eax,%xmm3 */
-        0xb9, 0, 0, 0, 0, /* mov $0,%ecx */
-        0x41, /* loop: inc %ecx */
-        0x83, 0x3d, 0x00, 0x30, 0, 0, 0, /* cmpl $0,0x3000 */
-        0x74, 0xf6, /* je loop */
+    ];
+    let epilogue = [
         0xde, 0xc1, /* faddp */
         0xdd, 0x1d, 0x00, 0x20, 0, 0, /* fstpl 0x2000 */
         0x66, 0x0f, 0x7e, 0x1d, 0x08, 0x20, 0, 0, /* movd %xmm3,0x2008 */
-        0x66, 0xba, 0xf8, 0x03, /* mov $0x3f8,%dx */
-        0xb0, b'k', /* mov $'k',%al */
-        0xee, /* out %al,(%dx) */
-        0x66, 0xba, 0xf4, 0x00, /* mov $0xf4,%dx */
-        0xb8, 7, 0, 0, 0, /* mov $7,%eax */
-        0xef, /* out %eax,(%dx) */
     ];
+    let (mut vm, out) = vm_with(&[&prologue[..], &COUNT_UNTIL_FLAG, &epilogue, &K_THEN_EXIT_7].concat());
+    vm.cpu.cr4 |= 1 << 9; // OSFXSR: SSE allowed
+    (vm, out)
+}
+
+/// A 2 MiB VM in flat protected mode at `code` (loaded at 0x1000), COM1 captured.
+fn vm_with(code: &[u8]) -> (Vm, SharedBuffer) {
     let out = SharedBuffer::new();
     let mut vm = Vm::new(VmConfig::new(2, Box::new(out.clone()))).unwrap();
-    vm.ram.write(0x1000, &code).unwrap();
+    vm.ram.write(0x1000, code).unwrap();
     vm.set_flat_state(0x1000, [0, 0, 0, 0, 0x8000, 0, 0, 0], 0);
-    vm.cpu.cr4 |= 1 << 9; // OSFXSR: SSE allowed
     (vm, out)
 }
 
@@ -202,25 +217,10 @@ fn a_checkpoint_from_a_cpu_with_more_features_is_refused() {
     assert_eq!(vm.cpu.model.cpuid(0, 0), [1, 0, 0, 0]);
 }
 
-/// Integer only (a software KVM emulates no x87 here): counts in ecx until the
-/// dword at 0x3000 is not zero, then 'k' on COM1 and exit 7.
+/// Integer only (a software KVM emulates no x87 here): the counting loop, then 'k'
+/// on COM1 and exit 7.
 fn counting_vm() -> (Vm, SharedBuffer) {
-    let code = [
-        0xb9, 0, 0, 0, 0, /* mov $0,%ecx */
-        0x41, /* loop: inc %ecx */
-        0x83, 0x3d, 0x00, 0x30, 0, 0, 0, /* cmpl $0,0x3000 */
-        0x74, 0xf6, /* je loop */
-        0x66, 0xba, 0xf8, 0x03, /* mov $0x3f8,%dx */
-        0xb0, b'k', /* mov $'k',%al */
-        0xee, /* out %al,(%dx) */
-        0x66, 0xba, 0xf4, 0x00, /* mov $0xf4,%dx */
-        0xb8, 7, 0, 0, 0, /* mov $7,%eax */
-        0xef, /* out %eax,(%dx) */
-    ];
-    let out = SharedBuffer::new();
-    let mut vm = Vm::new(VmConfig::new(2, Box::new(out.clone()))).unwrap();
-    vm.ram.write(0x1000, &code).unwrap();
-    vm.set_flat_state(0x1000, [0, 0, 0, 0, 0x8000, 0, 0, 0], 0);
+    let (mut vm, out) = vm_with(&[&COUNT_UNTIL_FLAG[..], &K_THEN_EXIT_7].concat());
     vm.cpu.sysenter_eip = 0xc010_1234;
     vm.cpu.dr[0] = 0x0040_0000;
     (vm, out)

@@ -120,7 +120,7 @@ pub struct PlatformState {
     rtc: Rtc,
     kbc: I8042,
     uart: super::uart::UartState,
-    vga: super::vga::VgaRegs,
+    vga: (super::vga::VgaRegs, bool),
     input_to_keyboard: bool,
     pci: PciHost,
     post: PostCode,
