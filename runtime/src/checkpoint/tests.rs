@@ -274,3 +274,39 @@ fn checkpoints_cross_between_the_bt_and_kvm_engines() {
     assert_eq!(out.to_string_lossy(), "k");
     assert!(vm.registers().0[1] >= ecx);
 }
+
+/// Measures a large checkpoint: 1 GiB of RAM with 256 MiB touched (half random, half
+/// a compressible pattern). `cargo test --release -p bt86-runtime -- --ignored
+/// --nocapture large_checkpoint`.
+#[test]
+#[ignore = "a measurement: slow, prints its numbers"]
+fn large_checkpoint_sizes_and_times() {
+    use std::time::Instant;
+    let mut vm = Vm::new(VmConfig::new(1024, Box::new(std::io::sink()))).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut page = vec![0u8; 4096];
+    for frame in 0..(256u32 << 8) {
+        for (i, chunk) in page.chunks_exact_mut(8).enumerate() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = if frame % 2 == 0 { x } else { (i as u64 % 7) * 0x0101_0101 };
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        vm.ram.write(frame * 4096 * 3, &page).unwrap();
+    }
+    let t = Instant::now();
+    let taken = Checkpoint::capture(&mut vm, Engine::Bt, Vec::new()).unwrap();
+    let captured = t.elapsed();
+    let bytes = taken.to_bytes().unwrap();
+    let encoded = t.elapsed();
+    drop(vm);
+    let t = Instant::now();
+    let vm = Checkpoint::from_bytes(&bytes).unwrap().restore(Box::new(std::io::sink()), false).unwrap();
+    let restored = t.elapsed();
+    eprintln!(
+        "1 GiB RAM, 256 MiB touched: {} MiB file, capture {captured:?}, capture+encode {encoded:?}, decode+restore {restored:?}",
+        bytes.len() >> 20
+    );
+    assert_eq!(vm.ram().read_u8(3 * 4096).unwrap(), 0);
+}
