@@ -270,15 +270,46 @@ fn interactive_console_echoes_passes_ctrl_c_and_ends_with_ctrl_a_x() {
     t.wait_for("waiting until Ctrl-C");
     t.keys(&["C-c"]);
     t.wait_for("wait interrupted");
-    // The escapes: help, the reserved checkpoint, a literal Ctrl-A, then quit.
+    // The escapes: help, a checkpoint without --checkpoint, then quit.
     t.keys(&["C-a", "h"]);
     t.wait_for("end bt86");
     t.keys(&["C-a", "s"]);
-    t.wait_for("not available");
+    t.wait_for("no checkpoint: give bt86 run --checkpoint FILE");
     t.keys(&["C-a", "x"]);
     let s = t.wait_for("MODES:");
     assert!(s.contains("EXIT=0"), "Ctrl-A x ends with status 0:\n{s}");
     assert!(s.contains("\"reason\":\"quit\""), "statistics printed with the stop:\n{s}");
+    assert_restored(&s);
+}
+
+#[test]
+fn ctrl_a_c_saves_and_goes_on_ctrl_a_s_saves_and_stops_and_restore_continues() {
+    let file = tmp("console.bt86");
+    let Some(t) = Tmux::start("ckpt", &shell(&format!("run --kernel {} --checkpoint {}", guests::ECHO, file.display()))) else { return };
+    t.wait_for("waits for Ctrl-C)");
+    t.keys(&["-l", "abc"]);
+    t.wait_for("> abc");
+    t.keys(&["C-a", "c"]);
+    t.wait_for("the guest goes on");
+    t.keys(&["-l", "d"]);
+    // The guest echoes it after bt86's message.
+    t.wait_for("goes on\nd");
+    t.keys(&["C-a", "s"]);
+    let s = t.wait_for("MODES:");
+    assert!(s.contains("EXIT=8") && s.contains("bt86 restore"), "Ctrl-A s saves and stops with status 8:\n{s}");
+    assert_restored(&s);
+    drop(t);
+    // A new process, on a new terminal: the guest's half-typed line is still there.
+    let Some(t) = Tmux::start("ckpt2", &shell(&format!("restore {}", file.display()))) else { return };
+    t.keys(&["-l", "e"]);
+    t.wait_for("e");
+    t.keys(&["Enter"]);
+    t.wait_for("ABCDE");
+    t.keys(&["-l", "exit"]);
+    t.keys(&["Enter"]);
+    let s = t.wait_for("MODES:");
+    let _ = std::fs::remove_file(&file);
+    assert!(s.contains("EXIT=0"), "{s}");
     assert_restored(&s);
 }
 

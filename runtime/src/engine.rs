@@ -45,6 +45,7 @@ enum Next {
 impl Vm {
     /// Runs the guest until it stops.
     pub fn run(&mut self) -> Result<RunOutcome, VmError> {
+        crate::checkpoint::load_guest_fpu(self);
         let (code_start, code_end) = self.tr.code_range();
         signals::activate(signals::Active {
             code_start,
@@ -398,7 +399,11 @@ impl Vm {
                 }
             }
             if self.stop_flag.load(Ordering::SeqCst) {
-                break Next::Done(RunOutcome::Stopped { eip: next_eip });
+                // Still waiting: the next run (a checkpoint's restore) executes the hlt
+                // again, in its shadow so that no interrupt comes before it.
+                let ctx = self.tr.ctx_mut();
+                (ctx.eip, ctx.shadow_eip) = (next_eip.wrapping_sub(1), next_eip.wrapping_sub(1));
+                break Next::Done(RunOutcome::Stopped { eip: next_eip.wrapping_sub(1) });
             }
             let deadline = self.bus.next_event();
             if deadline.is_none() && !self.bus.input_possible() {

@@ -56,6 +56,8 @@ pub fn tsc_hz() -> u64 {
 #[derive(Debug, Clone, Copy)]
 pub struct HostClock {
     origin_tsc: u64,
+    /// Virtual time at `origin_tsc` (0, or where a restored checkpoint left off).
+    start_ns: Nanos,
     /// Nanoseconds per TSC tick, as a 32.32 fixed-point number.
     ns_per_tick: u128,
     wall_origin_ns: u64,
@@ -68,9 +70,29 @@ impl HostClock {
             .unwrap_or(Duration::ZERO);
         Self {
             origin_tsc: host_tsc(),
+            start_ns: 0,
             ns_per_tick: (1_000_000_000u128 << 32) / u128::from(tsc_hz()),
             wall_origin_ns: u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// A clock that continues a time line: it reads `at_ns` when the host TSC reads
+    /// `at_tsc`, and its wall time is the host's wall time now (so its wall origin
+    /// lies `at_ns` before now). A restored checkpoint's virtual time goes on from
+    /// where it stopped, however long the checkpoint waited.
+    pub fn resuming(at_ns: Nanos, at_tsc: u64) -> Self {
+        let fresh = Self::new();
+        let since = fresh.ticks_to_ns(fresh.origin_tsc.saturating_sub(at_tsc));
+        Self {
+            origin_tsc: at_tsc,
+            start_ns: at_ns,
+            wall_origin_ns: fresh.wall_origin_ns.saturating_sub(at_ns.saturating_add(since)),
+            ..fresh
+        }
+    }
+
+    fn ticks_to_ns(&self, ticks: u64) -> Nanos {
+        u64::try_from((u128::from(ticks) * self.ns_per_tick) >> 32).unwrap_or(u64::MAX)
     }
 }
 
@@ -83,7 +105,7 @@ impl Default for HostClock {
 impl Clock for HostClock {
     fn now_ns(&self) -> Nanos {
         let ticks = host_tsc().saturating_sub(self.origin_tsc);
-        u64::try_from((u128::from(ticks) * self.ns_per_tick) >> 32).unwrap_or(u64::MAX)
+        self.start_ns.saturating_add(self.ticks_to_ns(ticks))
     }
 
     fn wall_origin_ns(&self) -> u64 {
@@ -307,5 +329,16 @@ mod tests {
         assert!(c.wall_origin_ns() > 1_600_000_000 * 1_000_000_000);
         assert_eq!(until(10, 4), Duration::ZERO);
         assert_eq!(until(4, 10), Duration::from_nanos(6));
+    }
+
+    #[test]
+    fn a_resumed_clock_goes_on_from_its_start() {
+        let ten_s = 10_000_000_000;
+        let c = HostClock::resuming(ten_s, host_tsc());
+        let t = c.now_ns();
+        assert!((ten_s..ten_s + 1_000_000_000).contains(&t), "{t}");
+        let wall_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let wall = c.wall_origin_ns() + c.now_ns();
+        assert!(wall.abs_diff(wall_now) < 1_000_000_000, "wall time is the host's: {wall} vs {wall_now}");
     }
 }

@@ -111,6 +111,30 @@ pub struct PlatformStats {
     pub resets_requested: u64,
 }
 
+/// Every device's state in a checkpoint, with the interrupt lines the platform
+/// drives and the console input queued but not yet delivered.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PlatformState {
+    pic: Pic,
+    pit: Pit,
+    rtc: Rtc,
+    kbc: I8042,
+    uart: super::uart::UartState,
+    vga: (super::vga::VgaRegs, bool),
+    input_to_keyboard: bool,
+    pci: PciHost,
+    post: PostCode,
+    port_a: SystemControlA,
+    lines: u16,
+    irqs_raised: [u64; 16],
+    console_bytes_in: u64,
+    accesses: u64,
+    resets: u64,
+    /// Console input queued on the host side, not yet taken by the UART or keyboard.
+    #[serde(with = "crate::checkpoint::bytes::vec")]
+    input: Vec<u8>,
+}
+
 /// Wakes a vCPU blocked in [`Platform::wait_for_event`], from any thread.
 #[derive(Debug, Clone)]
 pub struct PlatformWaker(InputQueue);
@@ -238,6 +262,54 @@ impl Platform {
             time,
             touched: true,
         }
+    }
+
+    /// The devices' state, for a checkpoint (console output is flushed first).
+    pub fn save(&mut self) -> PlatformState {
+        self.bus.flush();
+        PlatformState {
+            pic: self.pic.clone(),
+            pit: self.pit.clone(),
+            rtc: self.rtc.clone(),
+            kbc: self.kbc.clone(),
+            uart: self.uart.save(),
+            vga: self.vga.save(),
+            input_to_keyboard: self.input_to_keyboard,
+            pci: self.pci.clone(),
+            post: self.post.clone(),
+            port_a: self.port_a.clone(),
+            lines: self.lines,
+            irqs_raised: self.irqs_raised,
+            console_bytes_in: self.console_bytes_in,
+            accesses: self.accesses,
+            resets: self.resets,
+            input: self.input.peek_all(),
+        }
+    }
+
+    /// Takes the devices' state from a checkpoint: the console output and input
+    /// sources and the clock stay this platform's; the CMOS clock reads the host's
+    /// wall time again (see [`Rtc::resume_wall_clock`]); queued input goes before any
+    /// the new source reads.
+    pub fn restore(&mut self, s: PlatformState) {
+        self.pic = s.pic;
+        self.pit = s.pit;
+        self.rtc = s.rtc;
+        self.rtc.resume_wall_clock(self.clock.wall_origin_ns());
+        self.kbc = s.kbc;
+        self.uart.restore(s.uart);
+        self.vga.restore(s.vga);
+        self.input_to_keyboard = s.input_to_keyboard;
+        self.pci = s.pci;
+        self.post = s.post;
+        self.port_a = s.port_a;
+        self.lines = s.lines;
+        self.irqs_raised = s.irqs_raised;
+        self.console_bytes_in = s.console_bytes_in;
+        self.accesses = s.accesses;
+        self.resets = s.resets;
+        self.input.push_front(&s.input);
+        self.touched = true;
     }
 
     /// Virtual time now, on the platform's clock.
@@ -487,10 +559,12 @@ impl Platform {
         Ok(())
     }
 
-    /// Plugs a keyboard into the i8042 and sends console input there (as key presses)
-    /// instead of to COM1.
+    /// Plugs a keyboard into the i8042 (unless one is there: a restored checkpoint's)
+    /// and sends console input there (as key presses) instead of to COM1.
     pub fn attach_keyboard(&mut self) {
-        self.kbc.attach_keyboard();
+        if !self.kbc.has_keyboard() {
+            self.kbc.attach_keyboard();
+        }
         self.input_to_keyboard = true;
     }
 

@@ -25,7 +25,7 @@ mod flags;
 mod interrupts;
 mod io;
 mod legacy;
-mod msr;
+pub(crate) mod msr;
 mod segments;
 mod stack;
 mod string;
