@@ -343,6 +343,8 @@ impl Checkpoint {
             sysenter_eip: c.sysenter_eip,
             #[allow(clippy::cast_possible_wrap)]
             tsc_offset: time.guest_tsc.wrapping_sub(at_tsc) as i64,
+            // A calibration in progress is not saved: time is real after a restore.
+            tsc_calibrating: false,
             model,
             msrs: c.msrs,
         };
