@@ -14,6 +14,7 @@ pub mod newc;
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -156,6 +157,9 @@ fn fetch_into(scratch: &Path, dir: &Path) -> Result<(), FetchError> {
     let busybox = deb::extract_file(&busybox_deb, "bin/busybox", |p| p == "bin/busybox" || p == "usr/bin/busybox")?;
     write(&dir.join("vmlinuz"), &kernel.data)?;
     write(&dir.join("busybox"), &busybox.data)?;
+    // Executable, so that it can run on the host too (the benchmark's native reference).
+    let exec = fs::Permissions::from_mode(0o755);
+    fs::set_permissions(dir.join("busybox"), exec).map_err(io_error("making busybox executable"))?;
     let source = [&image_deb, &busybox_deb].map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned());
     write(&dir.join("source"), format!("{}\n", source.join("\n")).as_bytes())
 }

@@ -86,9 +86,7 @@ impl NewcWriter {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
-            self.out.push(0);
-        }
+        self.out.resize(self.out.len().next_multiple_of(4), 0);
     }
 }
 
