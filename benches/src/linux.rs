@@ -274,6 +274,10 @@ fn secs(v: Option<f64>) -> String {
     v.map_or("-".into(), |s| format!("{s:.2}"))
 }
 
+fn secs_unit(v: Option<f64>) -> String {
+    v.map_or("-".into(), |s| format!("{s:.2} s"))
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
@@ -311,7 +315,7 @@ impl Results {
         let mut s = String::from("| phase | bt86 | QEMU TCG | bt86/QEMU | native |\n|---|---|---|---|---|\n");
         for (i, (name, _, _)) in PHASES.iter().enumerate() {
             let (b, q, n) = (self.bt86.median(i, true), self.qemu.median(i, true), self.native.median(i, true));
-            let _ = writeln!(s, "| {name} | {} s | {} s | {} | {} |", secs(b), secs(q), ratio(b, q), secs(n));
+            let _ = writeln!(s, "| {name} | {} | {} | {} | {} |", secs_unit(b), secs_unit(q), ratio(b, q), secs_unit(n));
         }
         s
     }
