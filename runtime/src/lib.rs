@@ -3,6 +3,7 @@
 mod alarm;
 pub mod cpu;
 pub mod cpu_model;
+pub mod debug;
 pub mod devices;
 pub mod emulate;
 mod engine;
