@@ -7,6 +7,7 @@ pub mod debug;
 pub mod devices;
 pub mod emulate;
 mod engine;
+pub mod gdb;
 pub mod kvm;
 pub mod loader;
 pub mod memory;
