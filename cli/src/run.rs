@@ -7,6 +7,7 @@ use crate::display::{self, Display, Hint, SerialPane};
 use crate::{signals, DisplayKind, Engine, ExitCodeStyle, RunOpts, StatsFormat};
 use anyhow::Context;
 use bt86_runtime::devices::InputSource;
+use bt86_runtime::gdb::GdbEnd;
 use bt86_runtime::kvm::{self, KvmOptions, KvmUnavailable};
 use bt86_runtime::{RunOutcome, Vm, VmConfig, VmError};
 use std::io::{IsTerminal, Write};
@@ -46,7 +47,8 @@ enum Exit {
 #[derive(Debug)]
 struct Stop {
     /// guest-exit, halted, reset, guest-exception, triple-fault, unsupported, unbacked,
-    /// timeout, quit, signal, stopped, bad-input, kvm-unavailable, internal-error.
+    /// timeout, quit, signal, stopped, gdb-kill, bad-input, kvm-unavailable,
+    /// internal-error.
     reason: &'static str,
     exit: Exit,
     /// The line bt86 prints about it (without "bt86: "), if any.
@@ -123,6 +125,7 @@ struct Prepared {
     trace: Option<std::fs::File>,
     stats_file: Option<std::fs::File>,
     timeout: Option<Duration>,
+    gdb: Option<crate::gdb::GdbListen>,
 }
 
 fn prepare(opts: &RunOpts) -> anyhow::Result<Prepared> {
@@ -138,7 +141,8 @@ fn prepare(opts: &RunOpts) -> anyhow::Result<Prepared> {
     }
     let stats_file = opts.stats_file.as_deref().map(|p| create_output(p, "statistics to")).transpose()?;
     let trace = opts.trace.as_deref().map(|p| create_output(p, "the trace to")).transpose()?;
-    Ok(Prepared { trace, stats_file, timeout })
+    let gdb = crate::gdb::listen(opts)?;
+    Ok(Prepared { trace, stats_file, timeout, gdb })
 }
 
 pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitCode {
@@ -220,13 +224,16 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
         }
     };
     if vm.platform().input_source() == InputSource::Terminal {
-        vm.platform().set_escape_handler(console::escape_handler(say));
+        vm.platform().set_escape_handler(console::escape_handler(say.clone()));
     }
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let result = match opts.engine {
         Engine::Bt => {
             console::started(Some(vm.stop_handle()));
-            vm.run().map(|o| (o, None)).map_err(internal)
+            match &prepared.gdb {
+                Some(gdb) => run_gdb(&mut vm, gdb, &say),
+                None => vm.run().map(|o| (o, None)).map_err(internal),
+            }
         }
         Engine::Kvm => {
             console::started(None);
@@ -258,6 +265,15 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
 }
 
 type RunResult = Result<(RunOutcome, Option<bt86_runtime::kvm::KvmStats>), Stop>;
+
+/// The run under the gdb stub (`--gdb`).
+fn run_gdb(vm: &mut Vm, gdb: &crate::gdb::GdbListen, say: &console::Say) -> RunResult {
+    match crate::gdb::run(vm, gdb, &|m: &str| say(&format!("bt86: {m}\r\n"))) {
+        Ok(GdbEnd::Ended(outcome)) => Ok((outcome, None)),
+        Ok(GdbEnd::Killed) => Err(Stop::new("gdb-kill", Exit::Status(0), Some("the guest was killed from gdb".into()))),
+        Err(e) => Err(internal(e)),
+    }
+}
 
 fn internal(e: impl std::fmt::Display) -> Stop {
     Stop::new("internal-error", Exit::Status(EXIT_INTERNAL), Some(format!("internal error: {e}")))
