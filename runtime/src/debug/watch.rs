@@ -55,7 +55,13 @@ pub(crate) fn accesses(ins: &Instruction, down: bool, reg: impl Fn(Register) -> 
                 _ => return None,
             };
             let first = m.virtual_address(0, |r, _, _| Some(reg(r)))?;
-            let size = (m.memory_size().size() as u64).max(1);
+            // iced gives a repeated string instruction's accesses no size: its
+            // element size is the instruction's.
+            let size = match repeats {
+                Some(_) => ins.memory_size().size(),
+                None => m.memory_size().size(),
+            };
+            let size = (size as u64).max(1);
             let (start, len) = match repeats {
                 // A repeated string instruction walks its pointers ecx times.
                 Some(0) => return None,

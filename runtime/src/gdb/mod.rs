@@ -138,7 +138,7 @@ fn session(vm: &mut Vm, conn: TcpStream, note: &dyn Fn(&str)) -> Result<SessionE
         Ok(DisconnectReason::Kill) => Ok(SessionEnd::Killed),
         Ok(_) => Ok(SessionEnd::Detached),
         Err(e) if e.is_target_error() => {
-            Err(e.into_target_error().map_or_else(|| VmError::Internal("gdb stub: target error".into()), |e| e).into())
+            Err(e.into_target_error().unwrap_or_else(|| VmError::Internal("gdb stub: target error".into())).into())
         }
         Err(e) => {
             note(&format!("gdb connection lost ({e})"));
