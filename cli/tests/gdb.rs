@@ -70,6 +70,15 @@ impl Bt86 {
         Self { child, port, stdout, stderr }
     }
 
+    /// Waits until the guest has printed `text`.
+    fn wait_for_output(&self, text: &str) {
+        let deadline = Instant::now() + LIMIT;
+        while !self.stdout.lock().unwrap().contains(text) {
+            assert!(Instant::now() < deadline, "the guest never printed {text:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for bt86 to end (killing it after `LIMIT`).
     fn wait(mut self) -> (ExitStatus, String, String) {
         let status = wait_or_kill(&mut self.child, "bt86");
@@ -114,13 +123,23 @@ fn gdb(port: u16, commands: &[&str]) -> Command {
     cmd
 }
 
-fn run_gdb(port: u16, commands: &[&str]) -> String {
+/// gdb started on `commands`, with what it prints (stdout, stderr) as it comes.
+fn spawn_gdb(port: u16, commands: &[&str]) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
     let mut child = gdb(port, commands).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start gdb");
     let (out, err) = (collect(child.stdout.take().unwrap(), None), collect(child.stderr.take().unwrap(), None));
+    (child, out, err)
+}
+
+/// Waits for gdb to end; all it printed.
+fn finish_gdb((mut child, out, err): (Child, Arc<Mutex<String>>, Arc<Mutex<String>>)) -> String {
     wait_or_kill(&mut child, "gdb");
     std::thread::sleep(Duration::from_millis(100));
     let text = format!("{}{}", out.lock().unwrap(), err.lock().unwrap());
     text
+}
+
+fn run_gdb(port: u16, commands: &[&str]) -> String {
+    finish_gdb(spawn_gdb(port, commands))
 }
 
 /// The numbers in base `radix` after each `prefix` in `text`, in order.
@@ -210,25 +229,15 @@ fn gdb_ctrl_c_interrupts_a_running_guest() {
         return;
     }
     let bt86 = Bt86::start("spin", &["--gdb-wait"]);
-    let mut client = gdb(bt86.port, &["continue", "printf \"spinning=%d\\n\", spinning", "set var spinning = 0", "continue"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start gdb");
-    let (out, err) = (collect(client.stdout.take().unwrap(), None), collect(client.stderr.take().unwrap(), None));
-    let deadline = Instant::now() + LIMIT;
-    while !bt86.stdout.lock().unwrap().contains("spinning") {
-        assert!(Instant::now() < deadline, "the guest never started spinning");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let client = spawn_gdb(bt86.port, &["continue", "printf \"spinning=%d\\n\", spinning", "set var spinning = 0", "continue"]);
+    bt86.wait_for_output("spinning");
     std::thread::sleep(Duration::from_millis(200));
     // What Ctrl-C at gdb's prompt does: SIGINT to gdb, which sends the interrupt.
-    let pid = i32::try_from(client.id()).unwrap();
+    let pid = i32::try_from(client.0.id()).unwrap();
     // SAFETY: kill(2) on the gdb child this test started and has not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    wait_or_kill(&mut client, "gdb");
+    let out = finish_gdb(client);
     let (status, stdout, _) = bt86.wait();
-    let out = format!("{}{}", out.lock().unwrap(), err.lock().unwrap());
     assert!(out.contains("Program received signal SIGINT"), "{out}");
     assert!(out.contains("spinning=1"), "{out}");
     assert!(out.contains("exited normally"), "{out}");
@@ -243,11 +252,7 @@ fn gdb_attaches_to_a_running_guest_which_runs_on_after_detach() {
     }
     // No --gdb-wait: the guest runs (spinning) until gdb connects.
     let bt86 = Bt86::start("spin", &[]);
-    let deadline = Instant::now() + LIMIT;
-    while !bt86.stdout.lock().unwrap().contains("spinning") {
-        assert!(Instant::now() < deadline, "the guest never started spinning");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    bt86.wait_for_output("spinning");
     let out = run_gdb(bt86.port, &["set var spinning = 0", "detach"]);
     let (status, stdout, stderr) = bt86.wait();
     assert!(out.contains("main () at"), "paused where it ran: {out}");
