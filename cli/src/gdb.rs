@@ -11,25 +11,25 @@ use std::net::TcpListener;
 /// Where `-s` listens, as QEMU's (but on the loopback address only).
 const DEFAULT_ADDRESS: &str = "127.0.0.1:1234";
 
-/// The stub's listening socket, and whether the guest waits for gdb.
+/// The stub's listening socket.
 pub(crate) struct GdbListen {
     listener: TcpListener,
-    wait: bool,
 }
 
 /// The socket the options ask for, bound; None without --gdb or -s.
 pub(crate) fn listen(opts: &RunOpts) -> anyhow::Result<Option<GdbListen>> {
-    let address = match (&opts.gdb, opts.gdb_default_port) {
+    let session = &opts.session;
+    let address = match (&session.gdb, session.gdb_default_port) {
         (Some(a), _) => address(a),
         (None, true) => DEFAULT_ADDRESS.to_string(),
-        (None, false) if opts.gdb_wait => bail!("--gdb-wait (-S) needs --gdb HOST:PORT or -s"),
+        (None, false) if session.gdb_wait => bail!("--gdb-wait (-S) needs --gdb HOST:PORT or -s"),
         (None, false) => return Ok(None),
     };
     if opts.engine == Engine::Kvm {
         bail!("--gdb works with --engine bt only: the KVM engine has no debugger support");
     }
     let listener = TcpListener::bind(&address).with_context(|| format!("cannot listen for gdb on {address}"))?;
-    Ok(Some(GdbListen { listener, wait: opts.gdb_wait }))
+    Ok(Some(GdbListen { listener }))
 }
 
 /// `HOST:PORT` as given, with QEMU's `tcp::PORT` and a bare `:PORT` meaning the
@@ -43,16 +43,17 @@ fn address(arg: &str) -> String {
     }
 }
 
-/// Runs the guest under the gdb stub; `say` prints a line for the person at the
-/// terminal (where gdb should connect, connections coming and going).
-pub(crate) fn run(vm: &mut Vm, gdb: &GdbListen, say: &dyn Fn(&str)) -> Result<GdbEnd, GdbError> {
+/// Runs the guest under the gdb stub, first waiting for gdb if `wait`; `say`
+/// prints a line for the person at the terminal (where gdb should connect,
+/// connections coming and going).
+pub(crate) fn run(vm: &mut Vm, gdb: &GdbListen, wait: bool, say: &dyn Fn(&str)) -> Result<GdbEnd, GdbError> {
     let at = gdb.listener.local_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
-    if gdb.wait {
+    if wait {
         say(&format!("waiting for gdb on {at} (in gdb: target remote {at})"));
     } else {
         say(&format!("gdb stub listening on {at}"));
     }
-    bt86_runtime::gdb::serve(vm, &gdb.listener, gdb.wait, say)
+    bt86_runtime::gdb::serve(vm, &gdb.listener, wait, say)
 }
 
 #[cfg(test)]
@@ -72,7 +73,8 @@ mod tests {
         use clap::Parser;
         let cli = crate::Cli::try_parse_from(["bt86", "run", "--kernel", "k", "-s", "-S"]).expect("parses");
         let crate::Command::Run { opts, .. } = cli.command else { panic!("not run") };
-        assert!(opts.gdb_default_port && opts.gdb_wait && opts.gdb.is_none());
+        let s = opts.session;
+        assert!(s.gdb_default_port && s.gdb_wait && s.gdb.is_none());
         assert!(crate::Cli::try_parse_from(["bt86", "run", "--kernel", "k", "-s", "--gdb", ":1"]).is_err(), "one address");
     }
 }

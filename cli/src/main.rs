@@ -25,7 +25,7 @@ mod study;
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BT86_GIT_COMMIT"), ")");
 
 const EXIT_STATUS_HELP: &str = "\
-Exit status of run and demo:
+Exit status of run, demo and restore:
   N   the guest wrote N to the isa-debug-exit port (0xf4); with --exit-code-style qemu,
       (N << 1) | 1, as QEMU's isa-debug-exit (odd: never one of bt86's own statuses)
   0   the guest powered off (hlt with interrupts off), halted for good, asked for a
@@ -36,6 +36,8 @@ Exit status of run and demo:
       --exit-code-style qemu (so that every status of bt86's own is even)
   4   --engine kvm cannot run here: /dev/kvm missing or not accessible, or backed by
       a software hypervisor (use --allow-software-kvm to run anyway)
+  8   the VM was saved to the --checkpoint file and stopped (--checkpoint-after,
+      Ctrl-A s): bt86 restore FILE continues it
   70  internal error of bt86
   A termination signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) stops the guest: bt86
   restores the terminal, prints the statistics if asked, and ends by that signal
@@ -76,6 +78,18 @@ enum Command {
         #[command(flatten)]
         opts: RunOpts,
     },
+    /// Continue a VM saved by `bt86 run --checkpoint FILE` (or by an earlier restore),
+    /// from the instruction where it stopped, with the console and the run options
+    /// it was saved with (the engine, --display, --exit-code-style), unless given
+    /// here. Ctrl-A s and c save to FILE again, or to --checkpoint.
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Restore {
+        /// The checkpoint file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        opts: RestoreOpts,
+    },
     /// Run one kernel under every available engine (bt; kvm when hardware-backed or
     /// allowed; QEMU TCG when qemu-system-i386 is installed) and print a table of wall
     /// time, ratio to the fastest, guest exits, callouts, status and whether the
@@ -101,6 +115,59 @@ struct RunOpts {
     /// The kernel command line (`--cmdline` is the same option).
     #[arg(long = "append", visible_alias = "cmdline", value_name = "STR", default_value = "")]
     cmdline: String,
+    /// The engine: bt (binary translation) or kvm (the host's hardware-assisted KVM).
+    #[arg(long, value_enum, default_value_t = Engine::Bt)]
+    engine: Engine,
+    /// Show the guest's VGA text screen live in the terminal (`vga`), with a PS/2
+    /// keyboard fed from the terminal; COM1 is shown below the screen. `none`: COM1
+    /// only.
+    #[arg(long, value_enum, default_value_t = DisplayKind::None)]
+    display: DisplayKind,
+    /// How the guest's isa-debug-exit value N becomes the exit status: as it is
+    /// (`bt86`), or QEMU's (N << 1) | 1 (`qemu`), which never equals a status of bt86's
+    /// own.
+    #[arg(long, value_enum, default_value_t = ExitCodeStyle::Bt86)]
+    exit_code_style: ExitCodeStyle,
+    /// Where to save a checkpoint of the whole VM: after --checkpoint-after, or when
+    /// Ctrl-A s (save and stop) or Ctrl-A c (save and continue) is typed. `bt86
+    /// restore FILE` continues it.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Save a checkpoint to the --checkpoint file after the guest has run this many
+    /// seconds, and stop (exit status 8).
+    #[arg(long, value_name = "SECS", requires = "checkpoint")]
+    checkpoint_after: Option<f64>,
+    #[command(flatten)]
+    session: SessionOpts,
+}
+
+/// The options of `bt86 restore`: the run options that can change between runs.
+#[derive(clap::Args)]
+struct RestoreOpts {
+    /// The engine to continue under (default: the one the checkpoint was taken under).
+    #[arg(long, value_enum)]
+    engine: Option<Engine>,
+    /// `vga` or `none` (default: as when the checkpoint was taken).
+    #[arg(long, value_enum)]
+    display: Option<DisplayKind>,
+    /// `bt86` or `qemu` (default: as when the checkpoint was taken).
+    #[arg(long, value_enum)]
+    exit_code_style: Option<ExitCodeStyle>,
+    /// Where Ctrl-A s and c and --checkpoint-after save (default: the FILE restored).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Save a checkpoint after the guest has run this many more seconds, and stop
+    /// (exit status 8).
+    #[arg(long, value_name = "SECS")]
+    checkpoint_after: Option<f64>,
+    #[command(flatten)]
+    session: SessionOpts,
+}
+
+/// The options of one run that `run`, `demo` and `restore` share: what it reports,
+/// its time limit, KVM's permission and the gdb stub.
+#[derive(clap::Args)]
+struct SessionOpts {
     /// Print statistics when the run ends, however it ends: `--stats`, `--stats text`,
     /// `--stats json` (one JSON object with a `stop` member saying how the run ended).
     #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "text")]
@@ -109,9 +176,6 @@ struct RunOpts {
     /// says text).
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
-    /// The engine: bt (binary translation) or kvm (the host's hardware-assisted KVM).
-    #[arg(long, value_enum, default_value_t = Engine::Bt)]
-    engine: Engine,
     /// With --engine kvm: run even where /dev/kvm is backed by a software hypervisor
     /// (slow, and its timings say nothing about hardware-assisted virtualization).
     #[arg(long)]
@@ -119,11 +183,6 @@ struct RunOpts {
     /// Stop the guest after this many seconds (exit status 3).
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
-    /// Show the guest's VGA text screen live in the terminal (`vga`), with a PS/2
-    /// keyboard fed from the terminal; COM1 is shown below the screen. `none`: COM1
-    /// only.
-    #[arg(long, value_enum, default_value_t = DisplayKind::None)]
-    display: DisplayKind,
     /// Write the final 80x25 VGA text screen to FILE as plain text when the run ends.
     #[arg(long, value_name = "FILE")]
     screen: Option<PathBuf>,
@@ -147,32 +206,27 @@ struct RunOpts {
     /// QEMU's -s: the same as --gdb 127.0.0.1:1234.
     #[arg(short = 's', conflicts_with = "gdb")]
     gdb_default_port: bool,
-    /// How the guest's isa-debug-exit value N becomes the exit status: as it is
-    /// (`bt86`), or QEMU's (N << 1) | 1 (`qemu`), which never equals a status of bt86's
-    /// own.
-    #[arg(long, value_enum, default_value_t = ExitCodeStyle::Bt86)]
-    exit_code_style: ExitCodeStyle,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
 enum StatsFormat {
     Text,
     Json,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
 enum Engine {
     Bt,
     Kvm,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
 enum DisplayKind {
     None,
     Vga,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
 enum ExitCodeStyle {
     Bt86,
     Qemu,
@@ -183,6 +237,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { kernel, initrd, opts } => run::main(run::Inputs::Files { kernel, initrd }, &opts, true),
         Command::Demo { opts } => run::main(run::Inputs::Demo, &opts, false),
+        Command::Restore { file, opts } => run::restore(&file, opts),
         Command::Compare(args) => {
             logging::init(None);
             compare::main(&args)

@@ -1,11 +1,14 @@
-//! `bt86 run` and `bt86 demo`: set the VM up from the arguments, run it, and report
-//! how it ended — one message, the statistics (however the run ended), the screen
-//! file, and the exit status (see `EXIT_STATUS_HELP` in main.rs).
+//! `bt86 run`, `bt86 demo` and `bt86 restore`: set the VM up from the arguments (or
+//! from a checkpoint), run it, save checkpoints when asked, and report how it ended —
+//! one message, the statistics (however the run ended), the screen file, and the
+//! exit status (see `EXIT_STATUS_HELP` in main.rs).
 
 use crate::console::{self, StopCause};
 use crate::display::{self, Display, Hint, SerialPane};
-use crate::{signals, DisplayKind, Engine, ExitCodeStyle, RunOpts, StatsFormat};
+use crate::{signals, DisplayKind, Engine, ExitCodeStyle, RestoreOpts, RunOpts, StatsFormat};
 use anyhow::Context;
+use clap::ValueEnum;
+use bt86_runtime::checkpoint::{self, Checkpoint, CheckpointError};
 use bt86_runtime::devices::InputSource;
 use bt86_runtime::gdb::GdbEnd;
 use bt86_runtime::kvm::{self, KvmOptions, KvmUnavailable};
@@ -26,13 +29,16 @@ pub(crate) const EXIT_GUEST_FAILED: u8 = 3;
 const EXIT_GUEST_FAILED_QEMU_STYLE: u8 = 6;
 /// Exit status when the KVM engine cannot (or may not) run on this host.
 const EXIT_KVM_UNAVAILABLE: u8 = 4;
+/// Exit status after a checkpoint was saved and the run stopped.
+pub(crate) const EXIT_CHECKPOINT: u8 = 8;
 /// Exit status for an internal error.
 const EXIT_INTERNAL: u8 = 70;
 
-/// Where the kernel (and initrd) come from.
+/// Where the kernel (and initrd) come from, or the checkpoint to continue.
 pub(crate) enum Inputs {
     Demo,
     Files { kernel: PathBuf, initrd: Option<PathBuf> },
+    Checkpoint { file: PathBuf, checkpoint: Result<Box<Checkpoint>, CheckpointError> },
 }
 
 /// How the process ends.
@@ -125,24 +131,86 @@ struct Prepared {
     trace: Option<std::fs::File>,
     stats_file: Option<std::fs::File>,
     timeout: Option<Duration>,
+    checkpoint_after: Option<Duration>,
     gdb: Option<crate::gdb::GdbListen>,
 }
 
 fn prepare(opts: &RunOpts) -> anyhow::Result<Prepared> {
-    let timeout = opts.timeout.map(parse_timeout).transpose().map_err(anyhow::Error::msg)?;
+    let timeout = opts.session.timeout.map(parse_timeout).transpose().map_err(anyhow::Error::msg)?;
+    let checkpoint_after = opts
+        .checkpoint_after
+        .map(|s| parse_timeout(s).map_err(|_| anyhow::anyhow!("--checkpoint-after must be a positive number of seconds, not {s}")))
+        .transpose()?;
+    if let Some(p) = &opts.checkpoint {
+        checkpoint::check_writable(p)?;
+    }
     if opts.display == DisplayKind::Vga && !std::io::stdout().is_terminal() {
         anyhow::bail!("--display vga draws on a terminal, and standard output is not one (use --screen FILE to get the screen as text)");
     }
     if opts.display == DisplayKind::Vga && opts.engine == Engine::Kvm {
         anyhow::bail!("--display vga works with --engine bt only");
     }
-    if let Some(p) = &opts.screen {
+    if let Some(p) = &opts.session.screen {
         create_output(p, "the screen to")?;
     }
-    let stats_file = opts.stats_file.as_deref().map(|p| create_output(p, "statistics to")).transpose()?;
-    let trace = opts.trace.as_deref().map(|p| create_output(p, "the trace to")).transpose()?;
+    let stats_file = opts.session.stats_file.as_deref().map(|p| create_output(p, "statistics to")).transpose()?;
+    let trace = opts.session.trace.as_deref().map(|p| create_output(p, "the trace to")).transpose()?;
     let gdb = crate::gdb::listen(opts)?;
-    Ok(Prepared { trace, stats_file, timeout, gdb })
+    Ok(Prepared { trace, stats_file, timeout, checkpoint_after, gdb })
+}
+
+/// `bt86 restore FILE`: the checkpoint read, and `bt86 run`'s options made of the
+/// ones given and the ones the checkpoint kept.
+pub(crate) fn restore(file: &Path, r: RestoreOpts) -> ExitCode {
+    let checkpoint = Checkpoint::read_from(file).map(Box::new);
+    let kept = |name: &str| checkpoint.as_ref().ok().and_then(|c| c.option(name)).map(str::to_string);
+    let engine = r.engine.or(checkpoint.as_ref().ok().map(|c| match c.engine() {
+        checkpoint::Engine::Bt => Engine::Bt,
+        checkpoint::Engine::Kvm => Engine::Kvm,
+    }));
+    let display = r.display.or_else(|| kept(OPT_DISPLAY).and_then(|v| DisplayKind::from_str(&v, false).ok()));
+    let style = r.exit_code_style.or_else(|| kept(OPT_EXIT_CODE_STYLE).and_then(|v| ExitCodeStyle::from_str(&v, false).ok()));
+    let opts = RunOpts {
+        mem: checkpoint.as_ref().map_or(bt86_runtime::DEFAULT_MEM_MIB, |c| c.mem_bytes() >> 20),
+        cmdline: String::new(),
+        engine: engine.unwrap_or(Engine::Bt),
+        display: display.unwrap_or(DisplayKind::None),
+        exit_code_style: style.unwrap_or(ExitCodeStyle::Bt86),
+        checkpoint: Some(r.checkpoint.unwrap_or_else(|| file.to_path_buf())),
+        checkpoint_after: r.checkpoint_after,
+        session: r.session,
+    };
+    main(Inputs::Checkpoint { file: file.to_path_buf(), checkpoint }, &opts, true)
+}
+
+/// Names of the run options a checkpoint keeps for `bt86 restore`.
+const OPT_DISPLAY: &str = "display";
+const OPT_EXIT_CODE_STYLE: &str = "exit-code-style";
+
+fn value_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+}
+
+/// Saves the stopped VM to `path`, with the options a restore keeps; the message
+/// says where, how big and how long it took.
+fn save_checkpoint(vm: &mut Vm, opts: &RunOpts, path: &Path) -> Result<String, CheckpointError> {
+    let started = Instant::now();
+    let engine = match opts.engine {
+        Engine::Bt => checkpoint::Engine::Bt,
+        Engine::Kvm => checkpoint::Engine::Kvm,
+    };
+    let kept = vec![
+        (OPT_DISPLAY.to_string(), value_name(&opts.display)),
+        (OPT_EXIT_CODE_STYLE.to_string(), value_name(&opts.exit_code_style)),
+    ];
+    let written = Checkpoint::capture(vm, engine, kept)?.write_to(path)?;
+    Ok(format!(
+        "checkpoint saved to {} ({} KiB: {} pages of guest RAM, in {} ms)",
+        path.display(),
+        written.bytes.div_ceil(1024),
+        written.pages,
+        started.elapsed().as_millis()
+    ))
 }
 
 pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitCode {
@@ -158,20 +226,26 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
             return finish(opts, None, None, Stop::new("bad-input", Exit::Status(EXIT_BAD_INPUT), Some(format!("{e:#}"))));
         }
     };
-    crate::logging::init(prepared.trace.map(|f| (f, &opts.trace_events[..])));
+    crate::logging::init(prepared.trace.map(|f| (f, &opts.session.trace_events[..])));
     let mut stats_file = prepared.stats_file;
     // The time limit runs from here: reading a FIFO nobody writes must not hang us.
     if let (Some(t), Engine::Bt) = (prepared.timeout, opts.engine) {
         console::watchdog(t);
     }
     let deadline = prepared.timeout.map(|t| Instant::now() + t);
+    if let Inputs::Checkpoint { checkpoint: Err(e), file } = &inputs {
+        let status = if e.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_INTERNAL };
+        let stop = Stop::new("bad-input", Exit::Status(status), Some(format!("cannot restore {}: {e}", file.display())));
+        return finish(opts, stats_file.as_mut(), None, stop);
+    }
     if opts.engine == Engine::Kvm {
-        if let Err(stop) = check_kvm_host(opts.allow_software_kvm) {
+        if let Err(stop) = check_kvm_host(opts.session.allow_software_kvm) {
             return finish(opts, stats_file.as_mut(), None, stop);
         }
     }
     let ram_limit = u64::from(opts.mem) << 20;
     let loaded = match &inputs {
+        Inputs::Checkpoint { .. } => Ok((Vec::new(), None)),
         Inputs::Demo => Ok((DEMO_KERNEL.to_vec(), None)),
         Inputs::Files { kernel, initrd } => read_bounded(kernel, "kernel image", ram_limit).and_then(|k| {
             let i = initrd.as_deref().map(|p| read_bounded(p, "initrd", ram_limit)).transpose()?;
@@ -187,20 +261,33 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
         Some(p) => Box::new(p.clone()),
         None => Box::new(std::io::stdout()),
     };
-    let mut cfg = VmConfig::new(opts.mem, console_out);
-    cfg.stdin_input = console_input && opts.engine == Engine::Bt;
-    let mut vm = match Vm::new(cfg) {
-        Ok(vm) => vm,
-        Err(e @ VmError::MemSize(_)) => return finish(opts, stats_file.as_mut(), None, Stop::new("bad-input", Exit::Status(EXIT_BAD_INPUT), Some(e.to_string()))),
-        Err(e) => {
-            let stop = Stop::new("internal-error", Exit::Status(EXIT_INTERNAL), Some(format!("cannot create the virtual machine: {e}")));
-            return finish(opts, stats_file.as_mut(), None, stop);
+    let stdin_input = console_input && opts.engine == Engine::Bt;
+    let mut vm = if let Inputs::Checkpoint { file, checkpoint: Ok(ck) } = inputs {
+        match ck.restore(console_out, stdin_input) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let (reason, status) = if e.is_bad_input() { ("bad-input", EXIT_BAD_INPUT) } else { ("internal-error", EXIT_INTERNAL) };
+                let stop = Stop::new(reason, Exit::Status(status), Some(format!("cannot restore {}: {e}", file.display())));
+                return finish(opts, stats_file.as_mut(), None, stop);
+            }
         }
+    } else {
+        let mut cfg = VmConfig::new(opts.mem, console_out);
+        cfg.stdin_input = stdin_input;
+        let mut vm = match Vm::new(cfg) {
+            Ok(vm) => vm,
+            Err(e @ VmError::MemSize(_)) => return finish(opts, stats_file.as_mut(), None, Stop::new("bad-input", Exit::Status(EXIT_BAD_INPUT), Some(e.to_string()))),
+            Err(e) => {
+                let stop = Stop::new("internal-error", Exit::Status(EXIT_INTERNAL), Some(format!("cannot create the virtual machine: {e}")));
+                return finish(opts, stats_file.as_mut(), None, stop);
+            }
+        };
+        if let Err(e) = vm.load_kernel(&image, &opts.cmdline, initrd.as_deref()) {
+            let stop = Stop::new("bad-input", Exit::Status(EXIT_BAD_INPUT), Some(e.to_string()));
+            return finish(opts, stats_file.as_mut(), Some(&vm), stop);
+        }
+        vm
     };
-    if let Err(e) = vm.load_kernel(&image, &opts.cmdline, initrd.as_deref()) {
-        let stop = Stop::new("bad-input", Exit::Status(EXIT_BAD_INPUT), Some(e.to_string()));
-        return finish(opts, stats_file.as_mut(), Some(&vm), stop);
-    }
     // The screen: shown live, or watched for the hint.
     let screen_ram = vm.ram().reader();
     let vga = vm.platform().vga_state();
@@ -217,28 +304,70 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
             Arc::new(move |m: &str| p2.message(m))
         }
         None => {
-            if opts.screen.is_none() {
+            if opts.session.screen.is_none() {
                 hint = vm.ram().reader().ok().map(|r| Hint::start(r, vga.clone()));
             }
             Arc::new(|m: &str| eprint!("{m}"))
         }
     };
     if vm.platform().input_source() == InputSource::Terminal {
-        vm.platform().set_escape_handler(console::escape_handler(say.clone()));
+        vm.platform().set_escape_handler(console::escape_handler(say.clone(), opts.checkpoint.is_some()));
     }
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    let result = match opts.engine {
-        Engine::Bt => {
-            console::started(Some(vm.stop_handle()));
-            match &prepared.gdb {
-                Some(gdb) => run_gdb(&mut vm, gdb, &say),
-                None => vm.run().map(|o| (o, None)).map_err(internal),
+    // KVM has one time limit: the nearer of --timeout and --checkpoint-after.
+    let kvm_checkpoints = prepared.checkpoint_after.is_some_and(|c| remaining.is_none_or(|t| c < t));
+    let kvm_limit = if kvm_checkpoints { prepared.checkpoint_after } else { remaining };
+    if let (Some(after), Engine::Bt) = (prepared.checkpoint_after, opts.engine) {
+        console::checkpoint_after(after);
+    }
+    // How the run ended when a checkpoint was saved (or failed to be).
+    let mut saved: Option<Stop> = None;
+    let mut gdb_wait = opts.session.gdb_wait;
+    let result = loop {
+        let result = match opts.engine {
+            Engine::Bt => {
+                console::started(Some(vm.stop_handle()));
+                match &prepared.gdb {
+                    // Only the first run waits for gdb (not one after a checkpoint).
+                    Some(gdb) => run_gdb(&mut vm, gdb, gdb_wait, &say),
+                    None => vm.run().map(|o| (o, None)).map_err(internal),
+                }
+            }
+            Engine::Kvm => {
+                console::started(None);
+                run_kvm(&mut vm, opts, kvm_limit)
+            }
+        };
+        gdb_wait = false;
+        let and_continue = match (&result, console::cause(), opts.engine) {
+            (Ok((RunOutcome::Stopped { .. }, _)), Some(StopCause::Checkpoint { and_continue }), Engine::Bt) => and_continue,
+            (Ok((RunOutcome::Stopped { .. }, _)), None, Engine::Kvm) if kvm_checkpoints => false,
+            _ => break result,
+        };
+        let Some(path) = opts.checkpoint.as_deref() else { break result };
+        let eip = vm.eip();
+        match save_checkpoint(&mut vm, opts, path) {
+            Ok(m) if and_continue => {
+                if console::continue_after_checkpoint(|| vm.clear_stop()) {
+                    say(&format!("bt86: {m}; the guest goes on\r\n"));
+                    continue;
+                }
+                saved = Some(Stop::new("checkpoint", Exit::Status(EXIT_CHECKPOINT), Some(format!("{m}; stopped at eip {eip:#010x}"))).at(eip));
+            }
+            Ok(m) => {
+                let m = format!("{m}; stopped at eip {eip:#010x}: `bt86 restore {}` continues the guest", path.display());
+                saved = Some(Stop::new("checkpoint", Exit::Status(EXIT_CHECKPOINT), Some(m)).at(eip));
+            }
+            Err(e) if and_continue && e.is_bad_input() && console::continue_after_checkpoint(|| vm.clear_stop()) => {
+                say(&format!("bt86: {e}; the guest goes on\r\n"));
+                continue;
+            }
+            Err(e) => {
+                let (reason, status) = if e.is_bad_input() { ("bad-input", EXIT_BAD_INPUT) } else { ("internal-error", EXIT_INTERNAL) };
+                saved = Some(Stop::new(reason, Exit::Status(status), Some(format!("{e}"))).at(eip));
             }
         }
-        Engine::Kvm => {
-            console::started(None);
-            run_kvm(&mut vm, opts, remaining)
-        }
+        break result;
     };
     vm.flush_devices();
     if let Some(d) = live {
@@ -247,13 +376,13 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
     if let Some(h) = hint {
         h.finish();
     }
-    if let (Some(path), Ok(ram)) = (&opts.screen, &screen_ram) {
+    if let (Some(path), Ok(ram)) = (&opts.session.screen, &screen_ram) {
         if let Err(e) = display::write_screen(path, ram, &vga) {
             eprintln!("bt86: cannot write the screen to {}: {e}", path.display());
         }
     }
     let (stop, kvm_stats) = match result {
-        Ok((outcome, kvm_stats)) => (stop_of(&outcome, &vm, opts), kvm_stats),
+        Ok((outcome, kvm_stats)) => (saved.unwrap_or_else(|| stop_of(&outcome, &vm, opts)), kvm_stats),
         Err(stop) => (stop, None),
     };
     let report = match kvm_stats {
@@ -266,9 +395,9 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
 
 type RunResult = Result<(RunOutcome, Option<bt86_runtime::kvm::KvmStats>), Stop>;
 
-/// The run under the gdb stub (`--gdb`).
-fn run_gdb(vm: &mut Vm, gdb: &crate::gdb::GdbListen, say: &console::Say) -> RunResult {
-    match crate::gdb::run(vm, gdb, &|m: &str| say(&format!("bt86: {m}\r\n"))) {
+/// The run under the gdb stub (`--gdb`); `wait`: for gdb before the first instruction.
+fn run_gdb(vm: &mut Vm, gdb: &crate::gdb::GdbListen, wait: bool, say: &console::Say) -> RunResult {
+    match crate::gdb::run(vm, gdb, wait, &|m: &str| say(&format!("bt86: {m}\r\n"))) {
         Ok(GdbEnd::Ended(outcome)) => Ok((outcome, None)),
         Ok(GdbEnd::Killed) => Err(Stop::new("gdb-kill", Exit::Status(0), Some("the guest was killed from gdb".into()))),
         Err(e) => Err(internal(e)),
@@ -280,7 +409,7 @@ fn internal(e: impl std::fmt::Display) -> Stop {
 }
 
 fn run_kvm(vm: &mut Vm, opts: &RunOpts, timeout: Option<Duration>) -> RunResult {
-    match vm.run_kvm(KvmOptions { allow_software: opts.allow_software_kvm, timeout }) {
+    match vm.run_kvm(KvmOptions { allow_software: opts.session.allow_software_kvm, timeout }) {
         Ok((outcome, stats)) => Ok((outcome, Some(stats))),
         Err(e) if e.is_host_problem() => Err(Stop::new("kvm-unavailable", Exit::Status(EXIT_KVM_UNAVAILABLE), Some(format!("{KVM_PREFIX}{e}")))),
         Err(e) => Err(internal(e)),
@@ -374,7 +503,7 @@ fn stop_of(outcome: &RunOutcome, vm: &Vm, opts: &RunOpts) -> Stop {
             Some("the guest asked for a reset; bt86 does not reboot guests, so the run ends here".into()),
         ),
         RunOutcome::Stopped { eip } => {
-            let cause = console::cause().or((opts.timeout.is_some() && opts.engine == Engine::Kvm).then_some(StopCause::Timeout));
+            let cause = console::cause().or((opts.session.timeout.is_some() && opts.engine == Engine::Kvm).then_some(StopCause::Timeout));
             match cause {
                 Some(StopCause::Timeout) => {
                     Stop::new("timeout", failed(opts), Some(format!("stopped at eip {eip:#010x}: --timeout passed"))).at(*eip)
@@ -386,7 +515,10 @@ fn stop_of(outcome: &RunOutcome, vm: &Vm, opts: &RunOpts) -> Stop {
                     let m = format!("stopped by {} at eip {eip:#010x}", signals::name(s));
                     Stop::new("signal", Exit::Signal(s), Some(m)).at(*eip)
                 }
-                None => Stop::new("stopped", failed(opts), Some(format!("stopped at eip {eip:#010x}"))).at(*eip),
+                // Saved (or refused) above; not reached.
+                Some(StopCause::Checkpoint { .. }) | None => {
+                    Stop::new("stopped", failed(opts), Some(format!("stopped at eip {eip:#010x}"))).at(*eip)
+                }
             }
         }
     }
@@ -412,7 +544,7 @@ fn emit(opts: &RunOpts, stats_file: Option<&mut std::fs::File>, report: Option<s
     if let Some(m) = &stop.message {
         eprintln!("bt86: {m}");
     }
-    let format = opts.stats.or(opts.stats_file.as_ref().map(|_| StatsFormat::Json));
+    let format = opts.session.stats.or(opts.session.stats_file.as_ref().map(|_| StatsFormat::Json));
     if let Some(format) = format {
         let mut v = report.unwrap_or_else(|| serde_json::json!({}));
         if let Some(obj) = v.as_object_mut() {
@@ -452,7 +584,7 @@ mod tests {
         assert_eq!(guest_exit_status(0x80, ExitCodeStyle::Qemu).0, 1, "as QEMU: the low 8 bits");
         assert_eq!(guest_exit_status(7, ExitCodeStyle::Bt86), (7, None));
         assert_eq!(guest_exit_status(256, ExitCodeStyle::Bt86).0, 255);
-        for own in [0, EXIT_BAD_INPUT, EXIT_GUEST_FAILED_QEMU_STYLE, EXIT_KVM_UNAVAILABLE, EXIT_INTERNAL] {
+        for own in [0, EXIT_BAD_INPUT, EXIT_GUEST_FAILED_QEMU_STYLE, EXIT_KVM_UNAVAILABLE, EXIT_CHECKPOINT, EXIT_INTERNAL] {
             assert_eq!(own % 2, 0, "bt86's own statuses are even in the qemu style");
         }
     }

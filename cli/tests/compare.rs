@@ -10,34 +10,9 @@ fn bt86() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bt86"))
 }
 
-const LOAD: u32 = 0x10_0000;
-const CODE_OFFSET: usize = 108;
-
-/// A minimal multiboot (v1) ELF32: one PT_LOAD at 1 MiB holding the headers, a
-/// multiboot header and `code` (the entry point). (Same layout as in tests/kvm.rs.)
+/// A minimal multiboot ELF with `code` as the entry point (see `bt86_tests::images`).
 fn multiboot_elf(code: &[u8]) -> Vec<u8> {
-    let mut img = vec![0u8; CODE_OFFSET + code.len()];
-    let le16 = |img: &mut Vec<u8>, at: usize, v: u16| img[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    let le32 = |img: &mut Vec<u8>, at: usize, v: u32| img[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    let size = img.len() as u32;
-    img[..7].copy_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1, 1]);
-    le16(&mut img, 16, 2);
-    le16(&mut img, 18, 3);
-    le32(&mut img, 20, 1);
-    le32(&mut img, 24, LOAD + CODE_OFFSET as u32);
-    le32(&mut img, 28, 52);
-    le16(&mut img, 40, 52);
-    le16(&mut img, 42, 32);
-    le16(&mut img, 44, 1);
-    for (i, v) in [1, 0, LOAD, LOAD, size, size, 5, 0x1000].into_iter().enumerate() {
-        le32(&mut img, 52 + 4 * i, v);
-    }
-    let magic = 0x1BAD_B002u32;
-    le32(&mut img, 96, magic);
-    le32(&mut img, 100, 0);
-    le32(&mut img, 104, magic.wrapping_neg());
-    img[CODE_OFFSET..].copy_from_slice(code);
-    img
+    bt86_tests::images::multiboot_elf(code, &[])
 }
 
 /// Prints "K" on COM1, then exits with 7 (after `prefix`).

@@ -6,6 +6,7 @@
 //! (`apt-get install -y tmux`).
 
 use bt86_tests::guests;
+use bt86_tests::tmux::Tmux;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -168,75 +169,6 @@ fn version_names_the_commit() {
 
 // ---- under tmux: a real terminal ----
 
-/// A tmux server of our own, killed when dropped.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    /// None (after saying why) where tmux is not installed.
-    fn start(name: &str, shell_command: &str) -> Option<Self> {
-        if Command::new("tmux").arg("-V").output().map(|o| !o.status.success()).unwrap_or(true) {
-            eprintln!("skipped: tmux is not installed (apt-get install -y tmux)");
-            return None;
-        }
-        let t = Self { socket: format!("bt86-test-{}-{name}", std::process::id()) };
-        let st = t.cmd(&["new-session", "-d", "-x", "100", "-y", "40", shell_command]).status().unwrap();
-        assert!(st.success(), "tmux new-session");
-        Some(t)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket, "-f", "/dev/null"]).args(args);
-        c
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "0"];
-        args.extend_from_slice(keys);
-        assert!(self.cmd(&args).status().unwrap().success());
-    }
-
-    fn screen(&self) -> String {
-        text(&self.cmd(&["capture-pane", "-p", "-J", "-t", "0"]).output().unwrap().stdout)
-    }
-
-    /// Waits until the pane shows `want`; the pane on failure.
-    fn wait_for(&self, want: &str) -> String {
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = self.screen();
-            if s.contains(want) {
-                return s;
-            }
-            assert!(Instant::now() < end, "timed out waiting for {want:?} in:\n{s}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The pid of the pane's first process's child (bt86 under the shell).
-    fn child_pid(&self) -> u32 {
-        let pane = text(&self.cmd(&["list-panes", "-t", "0", "-F", "#{pane_pid}"]).output().unwrap().stdout);
-        let pane: u32 = pane.trim().parse().unwrap();
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            let children = std::fs::read_to_string(format!("/proc/{pane}/task/{pane}/children")).unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next() {
-                return pid.parse().unwrap();
-            }
-            assert!(Instant::now() < end, "no child of the pane's shell");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]).status();
-    }
-}
-
 /// The pane's shell: bt86 with `args`, then its exit status and the terminal modes.
 fn shell(args: &str) -> String {
     format!(
@@ -270,11 +202,11 @@ fn interactive_console_echoes_passes_ctrl_c_and_ends_with_ctrl_a_x() {
     t.wait_for("waiting until Ctrl-C");
     t.keys(&["C-c"]);
     t.wait_for("wait interrupted");
-    // The escapes: help, the reserved checkpoint, a literal Ctrl-A, then quit.
+    // The escapes: help, a checkpoint without --checkpoint, then quit.
     t.keys(&["C-a", "h"]);
     t.wait_for("end bt86");
     t.keys(&["C-a", "s"]);
-    t.wait_for("not available");
+    t.wait_for("no checkpoint: give bt86 run --checkpoint FILE");
     t.keys(&["C-a", "x"]);
     let s = t.wait_for("MODES:");
     assert!(s.contains("EXIT=0"), "Ctrl-A x ends with status 0:\n{s}");
@@ -283,8 +215,39 @@ fn interactive_console_echoes_passes_ctrl_c_and_ends_with_ctrl_a_x() {
 }
 
 #[test]
+fn ctrl_a_c_saves_and_goes_on_ctrl_a_s_saves_and_stops_and_restore_continues() {
+    let file = tmp("console.bt86");
+    let Some(t) = Tmux::start("ckpt", &shell(&format!("run --kernel {} --checkpoint {}", guests::ECHO, file.display()))) else { return };
+    t.wait_for("waits for Ctrl-C)");
+    t.keys(&["-l", "abc"]);
+    t.wait_for("> abc");
+    t.keys(&["C-a", "c"]);
+    t.wait_for("the guest goes on");
+    t.keys(&["-l", "d"]);
+    // The guest echoes it after bt86's message.
+    t.wait_for("goes on\nd");
+    t.keys(&["C-a", "s"]);
+    let s = t.wait_for("MODES:");
+    assert!(s.contains("EXIT=8") && s.contains("bt86 restore"), "Ctrl-A s saves and stops with status 8:\n{s}");
+    assert_restored(&s);
+    drop(t);
+    // A new process, on a new terminal: the guest's half-typed line is still there.
+    let Some(t) = Tmux::start("ckpt2", &shell(&format!("restore {}", file.display()))) else { return };
+    t.keys(&["-l", "e"]);
+    t.wait_for("e");
+    t.keys(&["Enter"]);
+    t.wait_for("ABCDE");
+    t.keys(&["-l", "exit"]);
+    t.keys(&["Enter"]);
+    let s = t.wait_for("MODES:");
+    let _ = std::fs::remove_file(&file);
+    assert!(s.contains("EXIT=0"), "{s}");
+    assert_restored(&s);
+}
+
+#[test]
 fn a_signal_restores_the_terminal() {
-    for (sig, status) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129)] {
+    for (sig, status) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129), (libc::SIGQUIT, 131)] {
         let Some(t) = Tmux::start(&format!("sig{sig}"), &shell(&format!("run --kernel {} --stats json", guests::ECHO))) else { return };
         t.wait_for("waits for Ctrl-C)");
         let pid = t.child_pid();

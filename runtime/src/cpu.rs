@@ -18,7 +18,7 @@ pub mod sreg {
 }
 
 /// A segment register: the visible selector and the hidden descriptor cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     pub selector: u16,
     pub base: u32,
@@ -38,7 +38,7 @@ impl Segment {
 }
 
 /// GDTR/IDTR.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TableReg {
     pub base: u32,
     pub limit: u16,
@@ -96,6 +96,9 @@ pub struct Cpu {
     pub sysenter_eip: u32,
     /// Added to the host TSC for the guest's view (set by a TSC MSR write).
     pub tsc_offset: i64,
+    /// The guest is calibrating its TSC and the platform's time runs clipped:
+    /// `rdtsc` is emulated to follow it (`GuestClock`).
+    pub tsc_calibrating: bool,
     /// What the CPU reports itself to be (CPUID) and the instructions it has.
     pub model: &'static CpuModel,
     /// MSRs that hold what the guest wrote to them.
@@ -119,6 +122,7 @@ impl Default for Cpu {
             sysenter_esp: 0,
             sysenter_eip: 0,
             tsc_offset: 0,
+            tsc_calibrating: false,
             model: CpuModel::host(),
             msrs: MsrFile::default(),
         }
@@ -167,7 +171,7 @@ impl Cpu {
         let ss = self.seg[sreg::SS];
         let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0;
         let tsd = self.cr4 & CR4_TSD != 0 && self.cpl() > 0;
-        let native_tsc = self.tsc_offset == 0 && !tsd;
+        let native_tsc = self.tsc_offset == 0 && !tsd && !self.tsc_calibrating;
         Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack, native_tsc }
     }
 }

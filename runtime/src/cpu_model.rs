@@ -79,7 +79,7 @@ pub enum Vendor {
 }
 
 /// The guest CPU: its CPUID table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CpuModel {
     /// (leaf, subleaf) → eax, ebx, ecx, edx; subleaf is 0 for leaves without them.
     leaves: Vec<((u32, u32), [u32; 4])>,
@@ -139,6 +139,18 @@ impl CpuModel {
             .iter()
             .filter(|&&(leaf, reg, bit, _)| self.has_bit(leaf, reg, bit))
             .fold(Isa::base().with(CpuidFeature::RDPMC), |isa, &(_, _, _, f)| isa.with(f))
+    }
+}
+
+impl CpuModel {
+    /// The instruction-set extensions this model advertises that `other` does not
+    /// (a guest shown this model may use them), by name.
+    pub fn features_missing_on(&self, other: &CpuModel) -> Vec<String> {
+        FEATURE_BITS
+            .iter()
+            .filter(|&&(leaf, reg, bit, _)| self.has_bit(leaf, reg, bit) && !other.has_bit(leaf, reg, bit))
+            .map(|&(_, _, _, f)| format!("{f:?}"))
+            .collect()
     }
 }
 
@@ -254,6 +266,9 @@ mod tests {
         }
         let bare = CpuModel::from_host(|leaf, _| if leaf == 0 { [1, 0, 0, 0] } else { [0; 4] });
         assert_eq!(bare.isa(), Isa::base().with(CpuidFeature::RDPMC));
+        assert!(bare.features_missing_on(&m).is_empty());
+        let missing = m.features_missing_on(&bare);
+        assert!(missing.contains(&"SSE2".to_string()) && missing.contains(&"ADX".to_string()), "{missing:?}");
     }
 
     #[test]

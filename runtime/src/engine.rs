@@ -44,6 +44,7 @@ pub(crate) enum Next {
 impl Vm {
     /// Runs the guest until it stops.
     pub fn run(&mut self) -> Result<RunOutcome, VmError> {
+        crate::checkpoint::load_guest_fpu(self);
         let (code_start, code_end) = self.tr.code_range();
         signals::activate(signals::Active {
             code_start,
@@ -92,7 +93,7 @@ impl Vm {
                 Next::Resume(h) => h,
                 Next::Done(outcome) => return Ok(outcome),
             };
-            let (bases, view, code_map) = (self.cpu.seg_bases(), self.current_view_base(), self.shadow.code_map_ptr());
+            let (bases, view, code_map) = (self.cpu.seg_bases(), self.current_view_base(), self.code_map_address());
             let ctx = self.tr.ctx_mut();
             ctx.gs_base = view;
             ctx.seg_base = bases;
@@ -296,6 +297,7 @@ impl Vm {
         if site.kind == CalloutKind::Emulate {
             *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
         }
+        tracing::trace!(target: "bt86::callout", "callout {:?} {} at eip {:#010x}", site.kind, site.ins, site.eip);
         let table_hits_before = self.shadow.table_write_hits;
         let resume = self.tr.ctx().resume;
         let drops_before = self.tr.drops();
@@ -304,6 +306,7 @@ impl Vm {
         let space_before = address_space_key(&self.cpu);
         self.tr.ctx_mut().eip = site.eip;
         let (outcome, mut wrote_code) = self.with_machine(|m| emulate::emulate(m, &site))?;
+        self.cpu.tsc_calibrating = self.bus.calibrating();
         if site.kind == CalloutKind::TracedWrite {
             self.shadow.adaptive_writes += 1;
             self.adaptive_outcome(site.eip, self.shadow.table_write_hits != table_hits_before)?;
@@ -406,7 +409,11 @@ impl Vm {
                 }
             }
             if self.stop_requested() {
-                break Next::Done(RunOutcome::Stopped { eip: next_eip });
+                // Still waiting: the next run (a checkpoint's restore) executes the hlt
+                // again, in its shadow so that no interrupt comes before it.
+                let ctx = self.tr.ctx_mut();
+                (ctx.eip, ctx.shadow_eip) = (next_eip.wrapping_sub(1), next_eip.wrapping_sub(1));
+                break Next::Done(RunOutcome::Stopped { eip: next_eip.wrapping_sub(1) });
             }
             let deadline = self.bus.next_event();
             if deadline.is_none() && !self.bus.input_possible() {

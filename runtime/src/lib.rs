@@ -1,6 +1,7 @@
 //! The bt86 virtual machine: guest RAM, the multiboot loader, the vCPU, devices,
 //! and the engines.
 mod alarm;
+pub mod checkpoint;
 pub mod cpu;
 pub mod cpu_model;
 pub mod debug;

@@ -32,6 +32,7 @@ use crate::cpu::{cr0, sreg};
 use crate::memory::GuestRam;
 use crate::vm::{Vm, VmError};
 use bt86_shadow_mmu::walk::{self, Access, PagingMode, PhysMem, WalkError};
+use bt86_shadow_mmu::code_map::{CodeMap, Source};
 use bt86_shadow_mmu::View;
 use hashbrown::{HashMap, HashSet};
 use std::collections::BTreeMap;
@@ -77,23 +78,20 @@ struct SpaceMaps {
     deps: HashMap<u32, Vec<Place>>,
     /// Frames holding the page directories and page tables its walks used.
     traced: HashSet<u32>,
-    /// Physical address of a PDE or PTE → linear pages whose code was reached
-    /// through it: their indirect-lookup entries and chained jumps (which skip the
-    /// walk) depend on it, though no host mapping does.
-    code_deps: HashMap<u32, Vec<u32>>,
-    /// The code map translated code's page checks read (`VcpuCtx::code_map`):
-    /// linear page → frame + 1 for code pages walked in this space, 0 otherwise.
-    /// 4 MiB of address space, zero pages until code is found on them.
-    code_map: Box<[u32]>,
+    /// Page directories and tables code was fetched through in this space: the
+    /// code map's entries learnt through them stay valid only while they are
+    /// traced, so each counts as one dependency in `dep_frames` until the space
+    /// goes.
+    code_tables: HashSet<u32>,
     /// 4 MiB guest pages mapped whole, by place (view, region base).
     large: HashMap<Place, LargeMapping>,
     /// Physical address of a PDE → the large mappings it made.
     large_deps: HashMap<u32, Vec<Place>>,
     /// Physical 4 MiB region (frame >> 10) → the large mappings of it.
     large_rmap: HashMap<u32, Vec<Place>>,
-    /// Page-table frame → how many of its entries are keys of `deps`,
-    /// `large_deps` or `code_deps`: a write to a frame not here needs no look-up
-    /// entry by entry.
+    /// Page-table frame → how many of its entries are keys of `deps` or
+    /// `large_deps`, plus one if it is in `code_tables`: a write to a frame not
+    /// here needs no look-up entry by entry.
     dep_frames: HashMap<u32, u32>,
     /// Frames this space stopped tracing since the VMM last looked (their last
     /// dependency went): the VMM updates the global count and protections.
@@ -119,8 +117,7 @@ impl Default for SpaceMaps {
             mappings: HashMap::new(),
             deps: HashMap::new(),
             traced: HashSet::new(),
-            code_deps: HashMap::new(),
-            code_map: vec![0u32; 1 << 20].into_boxed_slice(),
+            code_tables: HashSet::new(),
             large: HashMap::new(),
             large_deps: HashMap::new(),
             large_rmap: HashMap::new(),
@@ -188,13 +185,6 @@ impl SpaceMaps {
                     if self.forget_large(place) {
                         pick_view(view, user_view, place.0).unmap(place.1, LARGE)?;
                     }
-                }
-            }
-            // Code reached through the entry: page checks fail from now on.
-            if let Some(pages) = self.code_deps.remove(&entry) {
-                self.uncount_dep_key(entry);
-                for p in pages {
-                    self.code_map[(p >> 12) as usize] = 0;
                 }
             }
         }
@@ -338,6 +328,8 @@ pub(crate) struct Shadow {
     /// Frame → how many cached spaces trace it (the union of their `traced`
     /// sets, ordered for range queries over a large page).
     traced_count: BTreeMap<u32, u32>,
+    /// What translated code's page checks read.
+    code: CodeMap,
 }
 
 impl Shadow {
@@ -379,10 +371,6 @@ impl Shadow {
         })
     }
 
-    /// The current address space's code map (for `VcpuCtx::code_map`).
-    pub fn code_map_ptr(&self) -> u64 {
-        self.maps.code_map.as_ptr() as u64
-    }
 
     /// Address spaces cached (the current one included).
     pub fn spaces_cached(&self) -> usize {
@@ -463,6 +451,13 @@ impl Vm {
         }
     }
 
+    /// The code map translated code's page checks read now
+    /// (`VcpuCtx::code_map`): the current space's, for the current privilege.
+    pub(crate) fn code_map_address(&mut self) -> u64 {
+        let user = self.cpu.cpl() == 3;
+        self.shadow.code.top_address(self.cpu.cr3 >> 12, user)
+    }
+
     /// The GS base translated code must use: the user view at CPL 3 with paging.
     pub(crate) fn current_view_base(&self) -> u64 {
         if self.paging() && self.cpu.seg[sreg::CS].selector & 3 == 3 {
@@ -484,6 +479,7 @@ impl Vm {
         }
         self.shadow.maps = SpaceMaps::default();
         self.shadow.traced_count.clear();
+        self.shadow.code.reset();
         self.shadow.pending_trace = None;
         self.shadow.void_pages.clear();
         self.shadow.view_flushes += 1;
@@ -597,25 +593,22 @@ impl Vm {
     }
 
     /// Code at linear `page` is reached through walk `t` in the current space:
-    /// trace its tables, and remember that the page's lookup entries and chains
-    /// depend on its PDE and PTE (a change to either unlinks them).
+    /// trace its tables (kept traced while the space is cached) and enter the
+    /// page in the code map, so units on it pass their page checks here.
     pub(crate) fn note_code_page(&mut self, page: u32, t: &walk::Translation) -> Result<(), VmError> {
         self.trace_tables(t)?;
         let maps = &mut self.shadow.maps;
-        for entry in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
-            match maps.code_deps.entry(entry) {
-                hashbrown::hash_map::Entry::Occupied(mut o) => {
-                    if !o.get().contains(&page) {
-                        o.get_mut().push(page);
-                    }
-                }
-                hashbrown::hash_map::Entry::Vacant(v) => {
-                    v.insert(vec![page]);
-                    maps.count_dep_key(entry);
-                }
+        for table in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
+            if maps.code_tables.insert(table >> 12) {
+                maps.count_dep_key(table & !0xfff);
             }
         }
-        maps.code_map[(page >> 12) as usize] = (t.phys_page >> 12) + 1;
+        let source = match (t.large, t.pte_addr) {
+            (Some(base), _) => Source::Large(base >> 12),
+            (None, Some(pte)) => Source::Table(pte >> 12),
+            (None, None) => return Ok(()),
+        };
+        self.shadow.code.note(self.cpu.cr3 >> 12, page, source, t.phys_page >> 12, t.user);
         Ok(())
     }
 
@@ -670,11 +663,11 @@ impl Vm {
             maps.large.clear();
             maps.large_deps.clear();
             maps.large_rmap.clear();
-            // Only the code dependencies stay, and the tracing of their frames.
+            // Only the code tables stay, and their tracing.
             maps.dep_frames.clear();
-            let keys: Vec<u32> = maps.code_deps.keys().copied().collect();
-            for entry in keys {
-                maps.count_dep_key(entry);
+            let tables: Vec<u32> = maps.code_tables.iter().copied().collect();
+            for table in tables {
+                maps.count_dep_key(table << 12);
             }
             let gone: Vec<u32> = maps.traced.iter().copied().filter(|f| !maps.dep_frames.contains_key(f)).collect();
             for f in &gone {
@@ -898,6 +891,7 @@ impl Vm {
             idle.maps.traced.remove(&frame);
         }
         self.shadow.traced_count.remove(&frame);
+        self.shadow.code.frame_untraced(frame);
         self.shadow.untraced_frames += 1;
         self.protect_frame(frame, true)
     }
@@ -907,6 +901,7 @@ impl Vm {
     /// the code pages reached through it (their units' page checks fail until the
     /// VMM walks them again). Translations stay: they are keyed by frame.
     pub(crate) fn entry_changed(&mut self, entry: u32) -> Result<(), VmError> {
+        self.shadow.code.entry_changed(entry & !3);
         self.drop_entries(core::iter::once(entry & !3))
     }
 
@@ -940,6 +935,7 @@ impl Vm {
         for f in frames {
             if !self.shadow.is_traced(f) {
                 self.shadow.trace_burst.remove(&f);
+                self.shadow.code.frame_untraced(f);
                 self.protect_frame(f, true)?;
             }
         }

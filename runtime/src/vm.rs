@@ -108,12 +108,15 @@ pub struct VmConfig {
     pub code_cache_bytes: usize,
     /// Feed the host's standard input to the guest's serial port.
     pub stdin_input: bool,
+    /// Virtual time (None: the host clock from 0; a restored checkpoint's clock goes
+    /// on from where it stopped).
+    pub clock: Option<Arc<dyn crate::devices::Clock>>,
 }
 
 impl VmConfig {
     /// `mem_mib` MiB of RAM, the default code cache, output to `console`.
     pub fn new(mem_mib: u32, console: Box<dyn Write + Send>) -> Self {
-        Self { mem_bytes: u64::from(mem_mib) << 20, console, code_cache_bytes: CODE_CACHE_BYTES, stdin_input: false }
+        Self { mem_bytes: u64::from(mem_mib) << 20, console, code_cache_bytes: CODE_CACHE_BYTES, stdin_input: false, clock: None }
     }
 }
 
@@ -146,6 +149,9 @@ pub struct Vm {
     /// Set by a debugger's interrupt (`DebugInterrupt`): stop like `stop_flag`, but
     /// to pause, not to end.
     pub(crate) debug_break: Arc<AtomicBool>,
+    /// The guest's x87/SSE state while it is not in the vCPU thread's registers (a
+    /// restored checkpoint, or the KVM engine's last run); `run` loads it first.
+    pub(crate) fpu: Option<Box<crate::checkpoint::FxImage>>,
 }
 
 impl Vm {
@@ -162,6 +168,9 @@ impl Vm {
         tr.ctx_mut().gs_base = view.base();
         let mut platform_cfg = PlatformConfig::new(cfg.console, mem_bytes);
         platform_cfg.stdin_input = cfg.stdin_input;
+        if let Some(clock) = cfg.clock {
+            platform_cfg.clock = clock;
+        }
         let bus = Platform::new(platform_cfg);
         let poll = tr.poll_handle();
         // Console input arriving while translated code runs must make it exit.
@@ -185,6 +194,7 @@ impl Vm {
             poll_due: true,
             debug: None,
             debug_break: Arc::new(AtomicBool::new(false)),
+            fpu: None,
         })
     }
 
@@ -263,6 +273,11 @@ impl Vm {
         self.tr.ctx().vif != 0
     }
 
+    /// The guest's eip (where a stopped guest continues).
+    pub fn eip(&self) -> u32 {
+        self.tr.ctx().eip
+    }
+
     /// Guest general registers (eax..edi) and the arithmetic flags.
     pub fn registers(&self) -> ([u32; 8], u32) {
         let ctx = self.tr.ctx();
@@ -274,6 +289,12 @@ impl Vm {
     /// A handle to stop this VM from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle { flag: self.stop_flag.clone(), poll: self.tr.poll_handle(), waker: self.bus.waker() }
+    }
+
+    /// Withdraws a stop request that has been served (the run returned `Stopped`), so
+    /// that the next `run` continues the guest (after a checkpoint that continues).
+    pub fn clear_stop(&self) {
+        self.stop_flag.store(false, Ordering::SeqCst);
     }
 
     /// Limits translation units to `n` guest instructions (testing aid).

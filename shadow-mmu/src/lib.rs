@@ -5,8 +5,10 @@
 //! paging); the guest page-table walk, hidden and true faults and page-table tracing
 //! arrive with the shadow-MMU issue and fill views on demand through the same type.
 
+pub mod code_map;
 pub mod view;
 pub mod walk;
 
+pub use code_map::CodeMap;
 pub use view::{View, ViewError, GUARD_BYTES};
 pub use walk::{error_code, walk, Access, PagingMode, PhysMem, Translation, WalkError};

@@ -45,15 +45,6 @@ static char hex(unsigned v) { return "0123456789abcdef"[v & 15]; }
 
 static void put_hex8(char *at, uint8_t v) { at[0] = hex(v >> 4); at[1] = hex(v); }
 
-static int has_word(const char *s, const char *w)
-{
-    size_t n = strlen(w);
-    for (; s && *s; s++)
-        if (strncmp(s, w, n) == 0)
-            return 1;
-    return 0;
-}
-
 /* ---- the keyboard, by interrupt ---- */
 static struct kit_ring codes;
 
@@ -146,9 +137,9 @@ int kmain(uint32_t magic, uint32_t mbi_addr)
         screen[(ROWS - 1) * COLS + c] = 0x1720;
     put_at(4, 0, "scrolled: row 24 is now row 23", 0x17);
 
-    if (has_word(cmdline, "keys"))
+    if (kit_has_word(cmdline, "keys"))
         read_keys();
-    if (has_word(cmdline, "halt"))
+    if (kit_has_word(cmdline, "halt"))
         for (;;)
             __asm__ volatile("cli; hlt");
     debug_exit(0);

@@ -113,9 +113,11 @@ pub struct VcpuCtx {
     pub xmm: [[u64; 2]; 8],
     /// Written by the signal handler.
     pub fault: FaultRecord,
-    /// The current address space's code map: entry `linear >> 12` holds the frame
-    /// number + 1 that page maps, for pages the VMM has checked (0: unknown). The
-    /// checked entry of a unit compares its own page's entry with its frame.
+    /// The current address space's code map, for the current privilege: 1024
+    /// leaf addresses, one per 4 MiB region; entry `(linear >> 12) & 0x3ff` of a
+    /// leaf holds the frame number + 1 that page maps, for pages the VMM has
+    /// checked (0: unknown). The checked entry of a unit compares its own page's
+    /// entry with its frame (`bt86_shadow_mmu::code_map`).
     pub code_map: u64,
     /// Segment bases es, cs, ss, ds, fs, gs (copied from the vCPU before entry).
     pub seg_base: [u32; 6],

@@ -1,15 +1,14 @@
 //! The guest's registers as a debugger reads and writes them: the general
-//! registers, eip, EFLAGS, xmm0-7 and MXCSR from the translator's context, the
-//! selectors from the virtual CPU, and the x87 registers from this thread's FPU.
-//! Translated code runs the guest's x87 instructions on the host FPU and the
-//! world switch saves only the SSE state, so between runs the VM thread's x87
-//! registers are the guest's (the VMM's Rust code does not use x87); the gdb
-//! stub runs on that thread.
+//! registers, eip and EFLAGS from the translator's context, the selectors from
+//! the virtual CPU, and x87/SSE from the guest's FXSAVE image (`checkpoint`'s:
+//! between runs the x87 registers are the vCPU thread's own, xmm0-7 and MXCSR
+//! the context's, or a pending image a restore or a KVM run left). Written x87
+//! and SSE state becomes that pending image, which the next run loads.
 
 use super::DebugError;
+use crate::checkpoint::{self, FxImage};
 use crate::emulate::flags::{eflags_of, set_eflags_of, EFLAGS_WRITABLE};
 use crate::vm::Vm;
-use bt86_translator::abi::FpuImage;
 
 /// The x87 FPU as gdb shows it: ST0-ST7 (80-bit, in stack order) and the
 /// control registers, with the full two-bit tag word.
@@ -44,18 +43,21 @@ pub struct GuestRegisters {
 const SEGMENT_NAMES: [&str; 6] = ["es", "cs", "ss", "ds", "fs", "gs"];
 
 impl Vm {
-    /// The guest's registers now (between runs).
+    /// The guest's registers now (between runs, on the thread that runs the VM).
     pub fn debug_registers(&self) -> GuestRegisters {
         let ctx = self.tr.ctx();
-        let image = fxsave();
+        let image = checkpoint::guest_fpu(self);
         GuestRegisters {
             gpr: ctx.gpr,
             eip: ctx.eip,
             eflags: eflags_of(ctx),
             selectors: self.cpu.seg.map(|s| s.selector),
             x87: x87_from_image(&image),
-            xmm: ctx.xmm.map(|[lo, hi]| u128::from(lo) | (u128::from(hi) << 64)),
-            mxcsr: ctx.guest_mxcsr,
+            xmm: core::array::from_fn(|i| {
+                let [lo, hi] = image.xmm(i);
+                u128::from(lo) | (u128::from(hi) << 64)
+            }),
+            mxcsr: image.mxcsr(),
         }
     }
 
@@ -68,59 +70,42 @@ impl Vm {
                 return Err(DebugError::SegmentWrite { name: SEGMENT_NAMES[i], selector: new });
             }
         }
-        let mut image = fxsave();
-        let mxcsr_mask = match u32::from_le_bytes(field(&image, 28)) {
-            0 => 0xffbf, // SDM: a zero mask means the default one
-            m => m,
-        };
-        if regs.mxcsr & !mxcsr_mask != 0 {
+        let mut image = checkpoint::guest_fpu(self);
+        put(&mut image, MXCSR, &regs.mxcsr.to_le_bytes());
+        if !image.mxcsr_valid() {
             return Err(DebugError::Mxcsr(regs.mxcsr));
         }
-        if x87_from_image(&image) != regs.x87 {
-            x87_into_image(&regs.x87, &mut image);
-            fxrstor(&image);
+        x87_into_image(&regs.x87, &mut image);
+        for (i, x) in regs.xmm.iter().enumerate() {
+            put(&mut image, XMM0 + 16 * i, &x.to_le_bytes());
         }
+        checkpoint::set_guest_fpu(self, image);
         let ctx = self.tr.ctx_mut();
         ctx.gpr = regs.gpr;
         ctx.eip = regs.eip;
         set_eflags_of(ctx, regs.eflags, EFLAGS_WRITABLE);
-        ctx.xmm = regs.xmm.map(|x| {
-            #[allow(clippy::cast_possible_truncation)]
-            let halves = [x as u64, (x >> 64) as u64];
-            halves
-        });
-        ctx.guest_mxcsr = regs.mxcsr;
         Ok(())
     }
 }
 
-/// This thread's FPU and SSE state (the legacy 512-byte `fxsave` image).
-fn fxsave() -> FpuImage {
-    let mut image = FpuImage([0; 512]);
-    // SAFETY: `image` is 512 bytes aligned to 16 (`FpuImage`), as fxsave needs;
-    // FXSR is part of x86-64.
-    unsafe { core::arch::x86_64::_fxsave(image.0.as_mut_ptr()) };
-    image
-}
+/// Offsets in the FXSAVE image (SDM vol. 1, table 10-2).
+const MXCSR: usize = 24;
+const XMM0: usize = 160;
 
-/// Loads this thread's FPU and SSE state from `image` (one from `fxsave`, so its
-/// MXCSR and reserved fields are valid).
-fn fxrstor(image: &FpuImage) {
-    // SAFETY: `image` is a 16-byte aligned fxsave image whose MXCSR came from
-    // this CPU's own fxsave; only x87 fields were changed.
-    unsafe { core::arch::x86_64::_fxrstor(image.0.as_ptr()) };
+fn put(image: &mut FxImage, at: usize, bytes: &[u8]) {
+    image.0[at..at + bytes.len()].copy_from_slice(bytes);
 }
 
 /// `N` bytes of the image at `at`.
-fn field<const N: usize>(image: &FpuImage, at: usize) -> [u8; N] {
+fn field<const N: usize>(image: &FxImage, at: usize) -> [u8; N] {
     image.0[at..at + N].try_into().expect("inside the image")
 }
 
-fn u16_at(image: &FpuImage, at: usize) -> u16 {
+fn u16_at(image: &FxImage, at: usize) -> u16 {
     u16::from_le_bytes(field(image, at))
 }
 
-fn u32_at(image: &FpuImage, at: usize) -> u32 {
+fn u32_at(image: &FxImage, at: usize) -> u32 {
     u32::from_le_bytes(field(image, at))
 }
 
@@ -129,7 +114,7 @@ fn st_offset(i: usize) -> usize {
     32 + 16 * i
 }
 
-fn x87_from_image(image: &FpuImage) -> X87Registers {
+fn x87_from_image(image: &FxImage) -> X87Registers {
     let fstat = u16_at(image, 2);
     let st: [[u8; 10]; 8] = core::array::from_fn(|i| field(image, st_offset(i)));
     X87Registers {
@@ -145,18 +130,16 @@ fn x87_from_image(image: &FpuImage) -> X87Registers {
     }
 }
 
-fn x87_into_image(x: &X87Registers, image: &mut FpuImage) {
-    let mut put = |at: usize, bytes: &[u8]| image.0[at..at + bytes.len()].copy_from_slice(bytes);
-    put(0, &x.fctrl.to_le_bytes());
-    put(2, &x.fstat.to_le_bytes());
-    put(4, &[abridged_tag(x.ftag)]);
-    put(6, &(x.fop & 0x7ff).to_le_bytes());
-    put(8, &x.fioff.to_le_bytes());
-    put(12, &x.fiseg.to_le_bytes());
-    put(16, &x.fooff.to_le_bytes());
-    put(20, &x.foseg.to_le_bytes());
+/// The x87 registers into the image. The instruction and operand pointers stay
+/// as they are: the guest sees zeros there (`translate::fpu`), and a loaded
+/// image has them cleared.
+fn x87_into_image(x: &X87Registers, image: &mut FxImage) {
+    put(image, 0, &x.fctrl.to_le_bytes());
+    put(image, 2, &x.fstat.to_le_bytes());
+    put(image, 4, &[abridged_tag(x.ftag)]);
+    put(image, 6, &(x.fop & 0x7ff).to_le_bytes());
     for (i, st) in x.st.iter().enumerate() {
-        put(st_offset(i), st);
+        put(image, st_offset(i), st);
     }
 }
 

@@ -61,8 +61,10 @@ pub enum Escape {
     Quit,
     /// Ctrl-A h: list the escapes.
     Help,
-    /// Ctrl-A s: save a checkpoint (reserved; not available yet).
+    /// Ctrl-A s: save a checkpoint to the `--checkpoint` file and stop.
     Checkpoint,
+    /// Ctrl-A c: save a checkpoint to the `--checkpoint` file and continue.
+    CheckpointContinue,
     /// Ctrl-A followed by a byte that means nothing (dropped).
     Unknown(u8),
 }
@@ -71,7 +73,8 @@ pub enum Escape {
 pub const ESCAPE_HELP: &str = "bt86 console escapes (Ctrl-A, then):\r\n  \
 x        end bt86 (the terminal is restored; statistics printed if --stats)\r\n  \
 h        this list\r\n  \
-s        save a checkpoint (not available yet)\r\n  \
+s        save a checkpoint to the --checkpoint file and stop\r\n  \
+c        save a checkpoint to the --checkpoint file and continue\r\n  \
 Ctrl-A   send Ctrl-A to the guest\r\n\
 Ctrl-C, Ctrl-\\ and Ctrl-Z go to the guest.\r\n";
 
@@ -90,6 +93,7 @@ fn split_escapes(bytes: &[u8], prefixed: &mut bool) -> (Vec<u8>, Vec<Escape>) {
                 b'x' | b'X' => escapes.push(Escape::Quit),
                 b'h' | b'H' | b'?' => escapes.push(Escape::Help),
                 b's' | b'S' => escapes.push(Escape::Checkpoint),
+                b'c' | b'C' => escapes.push(Escape::CheckpointContinue),
                 other => escapes.push(Escape::Unknown(other)),
             }
         } else if b == ESCAPE_PREFIX {
@@ -244,6 +248,29 @@ impl InputQueue {
             self.0.cv.notify_all();
         }
         out
+    }
+
+    /// A copy of the bytes queued now (for a checkpoint).
+    pub fn peek_all(&self) -> Vec<u8> {
+        self.lock().bytes.iter().copied().collect()
+    }
+
+    /// Puts `bytes` before everything queued (input a checkpoint had queued comes
+    /// before what the new source reads), as much as fits.
+    pub fn push_front(&self, bytes: &[u8]) -> usize {
+        let n = {
+            let mut st = self.lock();
+            let n = bytes.len().min(INPUT_QUEUE_CAPACITY.saturating_sub(st.bytes.len()));
+            for &b in bytes[..n].iter().rev() {
+                st.bytes.push_front(b);
+            }
+            n
+        };
+        if n > 0 {
+            self.0.cv.notify_all();
+            self.notify();
+        }
+        n
     }
 
     /// Bytes queued now.
@@ -813,7 +840,9 @@ mod tests {
         assert!(p && d == b"z" && e.is_empty());
         let (d, e) = split_escapes(b"x", &mut p);
         assert!(!p && d.is_empty() && e == [Escape::Quit]);
-        assert!(ESCAPE_HELP.contains("not available"));
+        assert!(ESCAPE_HELP.contains("and continue"));
+        let (_, e) = split_escapes(b"\x01c\x01C", &mut p);
+        assert_eq!(e, [Escape::CheckpointContinue, Escape::CheckpointContinue]);
     }
 
     #[test]

@@ -38,14 +38,14 @@ const OUTPORT_RESET: u8 = 0x01; // active low: 0 holds the CPU in reset
 const OUTPORT_A20: u8 = 0x02;
 
 /// What the device at the other end of a byte in the output buffer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Source {
     Keyboard,
     Aux,
 }
 
 /// The keyboard controller.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct I8042 {
     command_byte: u8,
     output_port: u8,

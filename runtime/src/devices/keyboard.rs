@@ -179,7 +179,7 @@ pub fn keys_from_terminal(bytes: &[u8]) -> Vec<KeyEvent> {
 }
 
 /// What the keyboard waits for after a command that takes a data byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Pending {
     Leds,
     Typematic,
@@ -187,7 +187,7 @@ enum Pending {
 }
 
 /// The keyboard: scanning state and its output queue.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Keyboard {
     queue: VecDeque<u8>,
     scanning: bool,

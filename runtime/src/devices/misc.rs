@@ -16,7 +16,7 @@ pub const RESET_CONTROL: u16 = 0xcf9;
 pub const PCI_CONFIG_DATA: u16 = 0xcfc;
 
 /// Port 0x80: writes are recorded and ignored; reads float high.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PostCode {
     last: Option<u8>,
 }
@@ -46,7 +46,7 @@ impl PortDevice for PostCode {
 }
 
 /// Port 0x92. Setting bit 0 resets the machine; bit 1 (A20) is stored, A20 is never masked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SystemControlA {
     value: u8,
 }
@@ -85,7 +85,7 @@ impl PortDevice for SystemControlA {
 /// ignores writes. Byte and word accesses to 0xcf8–0xcfb are not configuration cycles
 /// (that is how guests tell mechanism #1 from #2): they float, except the byte at 0xcf9,
 /// the reset control register, where setting bit 2 resets the machine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PciHost {
     address: u32,
     reset_control: u8,

@@ -26,10 +26,10 @@ pub use i8042::I8042;
 pub use misc::{PciHost, PostCode, SystemControlA};
 pub use pic::Pic;
 pub use pit::Pit;
-pub use platform::{Platform, PlatformConfig, PlatformStats, PlatformWaker};
+pub use platform::{Platform, PlatformConfig, PlatformState, PlatformStats, PlatformWaker};
 pub use rtc::Rtc;
-pub use uart::Uart16550;
-pub use vga::{TextScreen, Vga, VgaState};
+pub use uart::{Uart16550, UartState};
+pub use vga::{TextScreen, Vga, VgaRegs, VgaState};
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};

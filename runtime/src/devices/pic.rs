@@ -29,7 +29,7 @@ const CASCADE_IRQ: u8 = 2;
 const CASCADE_BIT: u8 = 1 << CASCADE_IRQ;
 
 /// Which initialization command word the chip expects next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Init {
     Ready,
     Icw2,
@@ -38,7 +38,7 @@ enum Init {
 }
 
 /// One 8259A.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Chip {
     is_master: bool,
     /// Levels of the eight IR inputs.
@@ -312,14 +312,14 @@ impl Chip {
 }
 
 /// Counters of the interrupt controller.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PicStats {
     pub acknowledged: u64,
     pub spurious: u64,
 }
 
 /// The master/slave 8259A pair.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Pic {
     master: Chip,
     slave: Chip,

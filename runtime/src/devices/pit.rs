@@ -52,7 +52,7 @@ pub fn ns_at_tick(tick: u64) -> Nanos {
 }
 
 /// Read/write access mode of a channel's data port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Access {
     Lo,
     Hi,
@@ -70,7 +70,7 @@ impl Access {
 }
 
 /// What the counting element is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Run {
     /// Control word written, no count yet: OUT at the mode's initial level.
     Unloaded,
@@ -121,7 +121,7 @@ fn square_wave_ce(from: u16, e: u64) -> u16 {
     low16(v)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Channel {
     mode: u8,
     access: Access,
@@ -522,7 +522,7 @@ impl Channel {
 }
 
 /// Counters of the timer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PitStats {
     /// IRQ 0 edges reported.
     pub irq0_fired: u64,
@@ -531,7 +531,7 @@ pub struct PitStats {
 }
 
 /// The 8254 with port 0x61.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Pit {
     ch: [Channel; 3],
     /// Port 0x61 bits 0–3 (gate 2, speaker enable, parity/IOCHK check disables).

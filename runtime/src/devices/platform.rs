@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::clock::{self, Clock, HostClock, Nanos};
+use super::clock::{self, Clock, GuestClock, HostClock, Nanos};
 use super::console_input::{ConsoleInput, InputNotify, InputQueue, WaitOutcome};
 use super::i8042::I8042;
 use super::misc::{PciHost, PostCode, SystemControlA};
@@ -111,6 +111,30 @@ pub struct PlatformStats {
     pub resets_requested: u64,
 }
 
+/// Every device's state in a checkpoint, with the interrupt lines the platform
+/// drives and the console input queued but not yet delivered.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PlatformState {
+    pic: Pic,
+    pit: Pit,
+    rtc: Rtc,
+    kbc: I8042,
+    uart: super::uart::UartState,
+    vga: (super::vga::VgaRegs, bool),
+    input_to_keyboard: bool,
+    pci: PciHost,
+    post: PostCode,
+    port_a: SystemControlA,
+    lines: u16,
+    irqs_raised: [u64; 16],
+    console_bytes_in: u64,
+    accesses: u64,
+    resets: u64,
+    /// Console input queued on the host side, not yet taken by the UART or keyboard.
+    #[serde(with = "crate::checkpoint::bytes::vec")]
+    input: Vec<u8>,
+}
+
 /// Wakes a vCPU blocked in [`Platform::wait_for_event`], from any thread.
 #[derive(Debug, Clone)]
 pub struct PlatformWaker(InputQueue);
@@ -161,7 +185,9 @@ fn access_size(size: u8) -> u8 {
 
 /// All devices of the machine.
 pub struct Platform {
+    /// `time` as a plain clock (for the alarm thread).
     clock: Arc<dyn Clock>,
+    time: Arc<GuestClock>,
     pic: Pic,
     pit: Pit,
     rtc: Rtc,
@@ -198,7 +224,9 @@ impl std::fmt::Debug for Platform {
 }
 
 impl Platform {
-    pub fn new(cfg: PlatformConfig) -> Self {
+    pub fn new(mut cfg: PlatformConfig) -> Self {
+        let time = Arc::new(GuestClock::new(cfg.clock));
+        cfg.clock = time.clone();
         let now = cfg.clock.now_ns();
         let mut bus = PortBus::new();
         bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT, Box::new(DebugExit::new()));
@@ -231,8 +259,57 @@ impl Platform {
             accesses: 0,
             resets: 0,
             clock: cfg.clock,
+            time,
             touched: true,
         }
+    }
+
+    /// The devices' state, for a checkpoint (console output is flushed first).
+    pub fn save(&mut self) -> PlatformState {
+        self.bus.flush();
+        PlatformState {
+            pic: self.pic.clone(),
+            pit: self.pit.clone(),
+            rtc: self.rtc.clone(),
+            kbc: self.kbc.clone(),
+            uart: self.uart.save(),
+            vga: self.vga.save(),
+            input_to_keyboard: self.input_to_keyboard,
+            pci: self.pci.clone(),
+            post: self.post.clone(),
+            port_a: self.port_a.clone(),
+            lines: self.lines,
+            irqs_raised: self.irqs_raised,
+            console_bytes_in: self.console_bytes_in,
+            accesses: self.accesses,
+            resets: self.resets,
+            input: self.input.peek_all(),
+        }
+    }
+
+    /// Takes the devices' state from a checkpoint: the console output and input
+    /// sources and the clock stay this platform's; the CMOS clock reads the host's
+    /// wall time again (see [`Rtc::resume_wall_clock`]); queued input goes before any
+    /// the new source reads.
+    pub fn restore(&mut self, s: PlatformState) {
+        self.pic = s.pic;
+        self.pit = s.pit;
+        self.rtc = s.rtc;
+        self.rtc.resume_wall_clock(self.clock.wall_origin_ns());
+        self.kbc = s.kbc;
+        self.uart.restore(s.uart);
+        self.vga.restore(s.vga);
+        self.input_to_keyboard = s.input_to_keyboard;
+        self.pci = s.pci;
+        self.post = s.post;
+        self.port_a = s.port_a;
+        self.lines = s.lines;
+        self.irqs_raised = s.irqs_raised;
+        self.console_bytes_in = s.console_bytes_in;
+        self.accesses = s.accesses;
+        self.resets = s.resets;
+        self.input.push_front(&s.input);
+        self.touched = true;
     }
 
     /// Virtual time now, on the platform's clock.
@@ -278,7 +355,9 @@ impl Platform {
             }
         };
         self.sync_irqs();
-        v & size_mask(size)
+        let v = v & size_mask(size);
+        tracing::trace!(target: "bt86::io", "in {port:#06x} -> {v:#x}");
+        v
     }
 
     /// Guest `out` of `size` bytes (1, 2, 4) of `value` to `port`.
@@ -287,6 +366,7 @@ impl Platform {
         self.touched = true;
         let size = access_size(size);
         let value = value & size_mask(size);
+        tracing::trace!(target: "bt86::io", "out {port:#06x} <- {value:#x}");
         let effect = match route(port) {
             Dev::Uart => {
                 let e = self.uart.write(port, size, value);
@@ -356,6 +436,9 @@ impl Platform {
             Dev::Pit => {
                 let now = self.clock.now_ns();
                 self.pit.write(now, port, v);
+                if port == 0x61 {
+                    self.port_b_written(v);
+                }
                 IoEffect::None
             }
             Dev::Kbc => self.kbc.write(port, v),
@@ -424,11 +507,35 @@ impl Platform {
         }
     }
 
+    /// Channel 2's gate on with the speaker off is how a kernel starts timing
+    /// the TSC against the PIT: time runs clipped until it is done
+    /// ([`GuestClock`]).
+    fn port_b_written(&mut self, v: u8) {
+        if v & 0b11 == 0b01 {
+            self.time.start_calibration();
+        } else {
+            self.time.end_calibration();
+        }
+    }
+
+    /// The guest's TSC while it calibrates it against the PIT (emulated then:
+    /// it follows clipped time), None otherwise.
+    pub fn calibration_tsc(&self) -> Option<u64> {
+        self.time.calibration_tsc()
+    }
+
+    /// Whether the guest is calibrating its TSC (`rdtsc` must be emulated).
+    pub fn calibrating(&self) -> bool {
+        self.time.calibrating()
+    }
+
     /// Blocks the calling (vCPU) thread until `deadline` (virtual time; None = no
     /// deadline), until console input arrives that the UART can take, or until woken.
     /// Call [`Platform::poll`] afterwards.
     pub fn wait_for_event(&mut self, deadline: Option<Nanos>) -> WaitOutcome {
         self.uart.flush();
+        // An idle guest is not timing anything; its wake-up is in real time.
+        self.time.end_calibration();
         let timeout = deadline.map(|d| clock::until(self.clock.now_ns(), d));
         let want_input = if self.input_to_keyboard { self.kbc.key_room() >= 8 } else { self.uart.rx_room() > 0 };
         self.input.wait(timeout, want_input)
@@ -452,10 +559,12 @@ impl Platform {
         Ok(())
     }
 
-    /// Plugs a keyboard into the i8042 and sends console input there (as key presses)
-    /// instead of to COM1.
+    /// Plugs a keyboard into the i8042 (unless one is there: a restored checkpoint's)
+    /// and sends console input there (as key presses) instead of to COM1.
     pub fn attach_keyboard(&mut self) {
-        self.kbc.attach_keyboard();
+        if !self.kbc.has_keyboard() {
+            self.kbc.attach_keyboard();
+        }
         self.input_to_keyboard = true;
     }
 
@@ -831,12 +940,46 @@ mod tests {
         outb(&mut p, 0x42, latch as u8);
         outb(&mut p, 0x42, (latch >> 8) as u8);
         let start = c.now_ns();
+        // Reads 1 µs apart (longer steps would be clipped: see GuestClock).
         while inb(&mut p, 0x61) & 0x20 == 0 {
-            c.advance(Duration::from_micros(100));
+            c.advance(Duration::from_micros(1));
             assert!(c.now_ns() - start < 1_000_000_000);
         }
         let ms = (c.now_ns() - start) / 1_000_000;
         assert_eq!(ms, 50);
+    }
+
+    /// Linux's `pit_calibrate_tsc` loop, with the host stalling now and then:
+    /// the guest's TSC follows clipped time, so no read looks ten times slower
+    /// than the fastest and the rate comes out exact (the fake clock's TSC
+    /// counts at 1 GHz).
+    #[test]
+    fn calibration_survives_host_stalls() {
+        let (mut p, c, _) = platform();
+        let b = inb(&mut p, 0x61);
+        outb(&mut p, 0x61, (b & !0x02) | 0x01);
+        assert!(p.calibrating());
+        outb(&mut p, 0x43, 0xb0);
+        let latch = (PIT_HZ / 100) as u16; // 10 ms
+        outb(&mut p, 0x42, latch as u8);
+        outb(&mut p, 0x42, (latch >> 8) as u8);
+        let tsc = |p: &Platform| p.calibration_tsc().expect("calibrating");
+        let (t0, mut last) = (tsc(&p), tsc(&p));
+        let (mut min, mut max, mut reads) = (u64::MAX, 0, 0u64);
+        while inb(&mut p, 0x61) & 0x20 == 0 {
+            reads += 1;
+            c.advance_ns(if reads % 997 == 0 { 300_000 } else { 400 });
+            let now = tsc(&p);
+            min = min.min(now - last);
+            max = max.max(now - last);
+            last = now;
+        }
+        assert!(max <= 10 * min, "max {max} min {min}");
+        let khz = (last - t0) / 10; // TSC ticks in 10 ms
+        assert!((khz as i64 - 1_000_000).abs() < 1_000, "{khz} kHz");
+        outb(&mut p, 0x61, 0);
+        assert!(!p.calibrating());
+        assert_eq!(p.now(), c.now_ns(), "real time again");
     }
 
     #[test]

@@ -56,7 +56,7 @@ const UIP_NS: i128 = 244_000;
 const XTAL_HZ: u128 = 32_768;
 
 /// A broken-down UTC time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct DateTime {
     year: i64,
     month: u8,
@@ -127,10 +127,11 @@ impl DateTime {
 }
 
 /// The CMOS RAM and clock.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Rtc {
     index: u8,
     nmi_disabled: bool,
+    #[serde(with = "crate::checkpoint::bytes::array")]
     cmos: [u8; 128],
     wall_origin_ns: u64,
     /// Guest wall time minus host wall time.
@@ -220,6 +221,14 @@ impl Rtc {
         let b = self.reg(REG_B) & !(B_PIE | B_AIE | B_UIE | 0x08);
         self.set_reg(REG_B, b);
         self.set_reg(REG_C, 0);
+    }
+
+    /// After a restore in a new process: the clock's wall time at virtual time 0 is
+    /// `wall_origin_ns` (the host's wall time now, less the virtual time so far), so
+    /// the guest's wall clock reads the host's again, plus whatever offset the guest
+    /// set. The time a checkpoint spent on disk shows here, and only here.
+    pub fn resume_wall_clock(&mut self, wall_origin_ns: u64) {
+        self.wall_origin_ns = wall_origin_ns;
     }
 
     /// IRQ 8: a flag in C whose interrupt is enabled in B.

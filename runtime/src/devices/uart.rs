@@ -64,7 +64,7 @@ const OUT_FLUSH_AT: usize = 4096;
 pub const RX_FIFO_DEPTH: usize = 16;
 
 /// Counters of one UART.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UartStats {
     /// Bytes the guest transmitted to the console (loopback excluded).
     pub tx_bytes: u64,
@@ -74,13 +74,9 @@ pub struct UartStats {
     pub rx_overruns: u64,
 }
 
-/// One 16550A at `base..=base+7`.
-pub struct Uart16550 {
-    base: u16,
-    console: Box<dyn Write + Send>,
-    out: Vec<u8>,
-    /// Set after the console fails once, so the failure is logged once.
-    console_failed: bool,
+/// A UART's registers and receive FIFO: its whole state, as a checkpoint keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UartState {
     rx: VecDeque<u8>,
     /// LSR error bits (overrun), cleared by reading LSR.
     lsr_errors: u8,
@@ -95,14 +91,10 @@ pub struct Uart16550 {
     thre_pending: bool,
 }
 
-impl Uart16550 {
-    /// A UART at `base` in its reset state, transmitting to `console`.
-    pub fn new(base: u16, console: Box<dyn Write + Send>) -> Self {
+impl Default for UartState {
+    /// The power-on register state.
+    fn default() -> Self {
         Self {
-            base,
-            console,
-            out: Vec::new(),
-            console_failed: false,
             rx: VecDeque::with_capacity(RX_FIFO_DEPTH),
             lsr_errors: 0,
             stats: UartStats::default(),
@@ -115,12 +107,29 @@ impl Uart16550 {
             thre_pending: false,
         }
     }
+}
+
+/// One 16550A at `base..=base+7`.
+pub struct Uart16550 {
+    base: u16,
+    console: Box<dyn Write + Send>,
+    out: Vec<u8>,
+    /// Set after the console fails once, so the failure is logged once.
+    console_failed: bool,
+    r: UartState,
+}
+
+impl Uart16550 {
+    /// A UART at `base` in its reset state, transmitting to `console`.
+    pub fn new(base: u16, console: Box<dyn Write + Send>) -> Self {
+        Self { base, console, out: Vec::new(), console_failed: false, r: UartState::default() }
+    }
 
     /// Bytes received from the line (terminal input), as if they arrived one after the
     /// other: those that find the receive FIFO full are lost (overrun). Ignored in
     /// loopback mode, where the line input is disconnected.
     pub fn push_input(&mut self, bytes: &[u8]) {
-        if self.mcr & MCR_LOOP != 0 {
+        if self.r.mcr & MCR_LOOP != 0 {
             return;
         }
         for &b in bytes {
@@ -130,40 +139,47 @@ impl Uart16550 {
 
     /// How many bytes the line can deliver now without an overrun.
     pub fn rx_room(&self) -> usize {
-        if self.mcr & MCR_LOOP != 0 {
+        if self.r.mcr & MCR_LOOP != 0 {
             return 0;
         }
-        self.rx_capacity().saturating_sub(self.rx.len())
+        self.rx_capacity().saturating_sub(self.r.rx.len())
     }
 
     /// Counters so far.
     pub fn stats(&self) -> UartStats {
-        self.stats
+        self.r.stats
     }
 
     /// Back to the power-on register state (the console and counters are kept; buffered
     /// output is flushed).
     pub fn reset(&mut self) {
         self.flush_output();
-        self.rx.clear();
-        self.lsr_errors = 0;
-        self.ier = 0;
-        self.fcr = 0;
-        self.lcr = 0;
-        self.mcr = 0;
-        self.scr = 0;
-        self.divisor = RESET_DIVISOR;
-        self.thre_pending = false;
+        let stats = self.r.stats;
+        self.r = UartState { stats, ..UartState::default() };
+    }
+
+    /// The registers and the receive FIFO, for a checkpoint (buffered output is
+    /// flushed first: it belongs to the console, not to the UART).
+    pub fn save(&mut self) -> UartState {
+        self.flush_output();
+        self.r.clone()
+    }
+
+    /// Takes the state `save` gave (the console stays this UART's); a receive FIFO
+    /// longer than the hardware's is cut to it.
+    pub fn restore(&mut self, mut s: UartState) {
+        s.rx.truncate(RX_FIFO_DEPTH);
+        self.r = s;
     }
 
     /// Whether the UART drives its interrupt line: an interrupt is pending and, as on PC
     /// boards, MCR.OUT2 gates the line to the PIC (IRQ 4 for COM1).
     pub fn interrupt_pending(&self) -> bool {
-        self.pending_iid() != IIR_NONE && self.mcr & MCR_OUT2 != 0
+        self.pending_iid() != IIR_NONE && self.r.mcr & MCR_OUT2 != 0
     }
 
     fn fifo_enabled(&self) -> bool {
-        self.fcr & FCR_ENABLE != 0
+        self.r.fcr & FCR_ENABLE != 0
     }
 
     fn rx_capacity(&self) -> usize {
@@ -179,7 +195,7 @@ impl Uart16550 {
         if !self.fifo_enabled() {
             return 1;
         }
-        match self.fcr >> 6 {
+        match self.r.fcr >> 6 {
             0 => 1,
             1 => 4,
             2 => 8,
@@ -188,29 +204,29 @@ impl Uart16550 {
     }
 
     fn receive(&mut self, byte: u8) {
-        if self.rx.len() < self.rx_capacity() {
-            self.rx.push_back(byte);
-            self.stats.rx_bytes += 1;
+        if self.r.rx.len() < self.rx_capacity() {
+            self.r.rx.push_back(byte);
+            self.r.stats.rx_bytes += 1;
         } else {
-            self.lsr_errors |= LSR_OVERRUN;
-            self.stats.rx_overruns += 1;
+            self.r.lsr_errors |= LSR_OVERRUN;
+            self.r.stats.rx_overruns += 1;
             tracing::trace!("UART receive overrun; byte lost");
         }
     }
 
     fn dlab(&self) -> bool {
-        self.lcr & LCR_DLAB != 0
+        self.r.lcr & LCR_DLAB != 0
     }
 
     /// Highest-priority pending interrupt identification (without the FIFO bits).
     fn pending_iid(&self) -> u8 {
-        if self.ier & IER_RLS != 0 && self.lsr_errors != 0 {
+        if self.r.ier & IER_RLS != 0 && self.r.lsr_errors != 0 {
             IIR_RLS
-        } else if self.ier & IER_RDA != 0 && self.rx.len() >= self.rx_trigger() {
+        } else if self.r.ier & IER_RDA != 0 && self.r.rx.len() >= self.rx_trigger() {
             IIR_RDA
-        } else if self.ier & IER_RDA != 0 && !self.rx.is_empty() {
+        } else if self.r.ier & IER_RDA != 0 && !self.r.rx.is_empty() {
             IIR_CTI
-        } else if self.ier & IER_THRE != 0 && self.thre_pending {
+        } else if self.r.ier & IER_THRE != 0 && self.r.thre_pending {
             IIR_THRE
         } else {
             IIR_NONE
@@ -221,7 +237,7 @@ impl Uart16550 {
         let iid = self.pending_iid();
         // Reading IIR while it reports THRE acknowledges that interrupt.
         if iid == IIR_THRE {
-            self.thre_pending = false;
+            self.r.thre_pending = false;
         }
         let fifo = if self.fifo_enabled() {
             IIR_FIFO_ENABLED
@@ -233,36 +249,36 @@ impl Uart16550 {
 
     /// Line status; reading it clears the error bits.
     fn read_lsr(&mut self) -> u8 {
-        let ready = if self.rx.is_empty() {
+        let ready = if self.r.rx.is_empty() {
             0
         } else {
             LSR_DATA_READY
         };
-        LSR_THRE | LSR_TEMT | ready | std::mem::take(&mut self.lsr_errors)
+        LSR_THRE | LSR_TEMT | ready | std::mem::take(&mut self.r.lsr_errors)
     }
 
     /// Modem status; in loopback the outputs of MCR come back as the inputs.
     fn msr(&self) -> u8 {
-        if self.mcr & MCR_LOOP == 0 {
+        if self.r.mcr & MCR_LOOP == 0 {
             return MSR_CONNECTED;
         }
-        let m = self.mcr;
+        let m = self.r.mcr;
         // CTS←RTS, DSR←DTR, RI←OUT1, DCD←OUT2.
         ((m & 0x02) << 3) | ((m & 0x01) << 5) | ((m & 0x04) << 4) | ((m & 0x08) << 4)
     }
 
     fn read_reg(&mut self, reg: u16) -> u8 {
         match reg {
-            RBR_THR_DLL if self.dlab() => self.divisor.to_le_bytes()[0],
-            RBR_THR_DLL => self.rx.pop_front().unwrap_or(0),
-            IER_DLM if self.dlab() => self.divisor.to_le_bytes()[1],
-            IER_DLM => self.ier,
+            RBR_THR_DLL if self.dlab() => self.r.divisor.to_le_bytes()[0],
+            RBR_THR_DLL => self.r.rx.pop_front().unwrap_or(0),
+            IER_DLM if self.dlab() => self.r.divisor.to_le_bytes()[1],
+            IER_DLM => self.r.ier,
             IIR_FCR => self.read_iir(),
-            LCR => self.lcr,
-            MCR => self.mcr,
+            LCR => self.r.lcr,
+            MCR => self.r.mcr,
             LSR => self.read_lsr(),
             MSR => self.msr(),
-            SCR => self.scr,
+            SCR => self.r.scr,
             _ => 0xff,
         }
     }
@@ -270,17 +286,17 @@ impl Uart16550 {
     fn write_reg(&mut self, reg: u16, v: u8) {
         match reg {
             RBR_THR_DLL if self.dlab() => {
-                self.divisor = u16::from_le_bytes([v, self.divisor.to_le_bytes()[1]])
+                self.r.divisor = u16::from_le_bytes([v, self.r.divisor.to_le_bytes()[1]])
             }
             RBR_THR_DLL => self.transmit(v),
             IER_DLM if self.dlab() => {
-                self.divisor = u16::from_le_bytes([self.divisor.to_le_bytes()[0], v])
+                self.r.divisor = u16::from_le_bytes([self.r.divisor.to_le_bytes()[0], v])
             }
             IER_DLM => self.write_ier(v),
             IIR_FCR => self.write_fcr(v),
-            LCR => self.lcr = v,
-            MCR => self.mcr = v & MCR_MASK,
-            SCR => self.scr = v,
+            LCR => self.r.lcr = v,
+            MCR => self.r.mcr = v & MCR_MASK,
+            SCR => self.r.scr = v,
             // LSR and MSR writes are factory-test only; ignore.
             _ => {}
         }
@@ -289,34 +305,34 @@ impl Uart16550 {
     fn write_ier(&mut self, v: u8) {
         let v = v & IER_MASK;
         // Enabling THRE interrupts while the transmitter is empty raises one at once.
-        if v & IER_THRE != 0 && self.ier & IER_THRE == 0 {
-            self.thre_pending = true;
+        if v & IER_THRE != 0 && self.r.ier & IER_THRE == 0 {
+            self.r.thre_pending = true;
         }
-        self.ier = v;
+        self.r.ier = v;
     }
 
     fn write_fcr(&mut self, v: u8) {
         // Switching the FIFOs on or off clears them.
-        if v & FCR_CLEAR_RX != 0 || (v ^ self.fcr) & FCR_ENABLE != 0 {
-            self.rx.clear();
+        if v & FCR_CLEAR_RX != 0 || (v ^ self.r.fcr) & FCR_ENABLE != 0 {
+            self.r.rx.clear();
         }
         // Bit 2 (clear the transmit FIFO) has nothing to clear: it is always empty.
         // The clear bits are self-clearing; only enable/DMA/trigger bits stay.
-        self.fcr = v & 0xc9;
+        self.r.fcr = v & 0xc9;
     }
 
     fn transmit(&mut self, byte: u8) {
-        if self.mcr & MCR_LOOP != 0 {
+        if self.r.mcr & MCR_LOOP != 0 {
             self.receive(byte);
         } else {
             self.out.push(byte);
-            self.stats.tx_bytes += 1;
+            self.r.stats.tx_bytes += 1;
             if byte == b'\n' || self.out.len() >= OUT_FLUSH_AT {
                 self.flush_output();
             }
         }
         // The byte left at once, so THR is empty again.
-        self.thre_pending = true;
+        self.r.thre_pending = true;
     }
 
     fn flush_output(&mut self) {

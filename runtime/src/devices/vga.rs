@@ -103,10 +103,10 @@ impl VgaState {
     }
 }
 
-/// The VGA's registers (see the module notes).
-#[derive(Debug)]
-pub struct Vga {
-    shared: Arc<VgaState>,
+/// The VGA's registers: its state, as a checkpoint keeps it (the text buffer is
+/// guest RAM).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VgaRegs {
     crtc_index: u8,
     crtc: [u8; 25],
     seq_index: u8,
@@ -115,7 +115,6 @@ pub struct Vga {
     gc: [u8; 9],
     attr_index: u8,
     attr: [u8; 21],
-    /// The attribute controller's flip-flop: false = the next 0x3C0 write is an index.
     attr_data_next: bool,
     misc: u8,
     feature: u8,
@@ -123,8 +122,16 @@ pub struct Vga {
     dac_read_index: u8,
     dac_write_index: u8,
     dac_component: u8,
+    #[serde(with = "crate::checkpoint::bytes::boxed_array")]
     dac: Box<[u8; 768]>,
     retrace: bool,
+}
+
+/// The VGA's registers (see the module notes).
+#[derive(Debug)]
+pub struct Vga {
+    shared: Arc<VgaState>,
+    r: VgaRegs,
 }
 
 impl Default for Vga {
@@ -138,24 +145,46 @@ impl Vga {
     pub fn new() -> Self {
         Self {
             shared: Arc::new(VgaState::default()),
-            crtc_index: 0,
-            crtc: CRTC_MODE3,
-            seq_index: 0,
-            seq: SEQ_MODE3,
-            gc_index: 0,
-            gc: GC_MODE3,
-            attr_index: 0,
-            attr: ATTR_MODE3,
-            attr_data_next: false,
-            misc: 0x67,
-            feature: 0,
-            dac_mask: 0xff,
-            dac_read_index: 0,
-            dac_write_index: 0,
-            dac_component: 0,
-            dac: Box::new([0; 768]),
-            retrace: false,
+            r: VgaRegs {
+                crtc_index: 0,
+                crtc: CRTC_MODE3,
+                seq_index: 0,
+                seq: SEQ_MODE3,
+                gc_index: 0,
+                gc: GC_MODE3,
+                attr_index: 0,
+                attr: ATTR_MODE3,
+                attr_data_next: false,
+                misc: 0x67,
+                feature: 0,
+                dac_mask: 0xff,
+                dac_read_index: 0,
+                dac_write_index: 0,
+                dac_component: 0,
+                dac: Box::new([0; 768]),
+                retrace: false,
+            },
         }
+    }
+
+    /// The registers and whether the guest touched any, for a checkpoint.
+    pub fn save(&self) -> (VgaRegs, bool) {
+        (self.r.clone(), self.shared.touched.load(Ordering::Relaxed))
+    }
+
+    /// Takes what `save` gave; the display's view ([`Vga::state`]) follows.
+    pub fn restore(&mut self, (mut r, touched): (VgaRegs, bool)) {
+        // Indexes the DAC with the palette index: 0..3 only.
+        r.dac_component %= 3;
+        self.r = r;
+        let crtc = &self.r.crtc;
+        let pair = |hi: u8, lo: u8| u16::from_be_bytes([hi, lo]);
+        let s = &self.shared;
+        s.cursor_start.store(crtc[0x0a], Ordering::Relaxed);
+        s.cursor_end.store(crtc[0x0b], Ordering::Relaxed);
+        s.start.store(pair(crtc[0x0c], crtc[0x0d]), Ordering::Relaxed);
+        s.cursor.store(pair(crtc[0x0e], crtc[0x0f]), Ordering::Relaxed);
+        s.touched.store(touched, Ordering::Relaxed);
     }
 
     /// The state a display reads.
@@ -165,32 +194,32 @@ impl Vga {
 
     fn read_byte(&mut self, port: u16) -> u8 {
         match port {
-            0x3b4 | 0x3d4 => self.crtc_index,
-            0x3b5 | 0x3d5 => self.crtc.get(usize::from(self.crtc_index)).copied().unwrap_or(0xff),
-            0x3c0 => self.attr_index,
-            0x3c1 => self.attr.get(usize::from(self.attr_index & 0x1f)).copied().unwrap_or(0),
+            0x3b4 | 0x3d4 => self.r.crtc_index,
+            0x3b5 | 0x3d5 => self.r.crtc.get(usize::from(self.r.crtc_index)).copied().unwrap_or(0xff),
+            0x3c0 => self.r.attr_index,
+            0x3c1 => self.r.attr.get(usize::from(self.r.attr_index & 0x1f)).copied().unwrap_or(0),
             0x3c2 => 0x10, // input status 0: switch sense
-            0x3c4 => self.seq_index,
-            0x3c5 => self.seq.get(usize::from(self.seq_index)).copied().unwrap_or(0xff),
-            0x3c6 => self.dac_mask,
+            0x3c4 => self.r.seq_index,
+            0x3c5 => self.r.seq.get(usize::from(self.r.seq_index)).copied().unwrap_or(0xff),
+            0x3c6 => self.r.dac_mask,
             0x3c7 => 0x03, // DAC state: in read mode after a read-index write, say so
-            0x3c8 => self.dac_write_index,
+            0x3c8 => self.r.dac_write_index,
             0x3c9 => {
-                let i = usize::from(self.dac_read_index) * 3 + usize::from(self.dac_component);
-                let v = self.dac[i];
+                let i = usize::from(self.r.dac_read_index) * 3 + usize::from(self.r.dac_component);
+                let v = self.r.dac[i];
                 self.step_dac(true);
                 v
             }
-            0x3ca => self.feature,
-            0x3cc => self.misc,
-            0x3ce => self.gc_index,
-            0x3cf => self.gc.get(usize::from(self.gc_index)).copied().unwrap_or(0xff),
+            0x3ca => self.r.feature,
+            0x3cc => self.r.misc,
+            0x3ce => self.r.gc_index,
+            0x3cf => self.r.gc.get(usize::from(self.r.gc_index)).copied().unwrap_or(0xff),
             0x3ba | 0x3da => {
                 // Input status 1: resets the attribute flip-flop; display-enable and
                 // vertical-retrace bits alternate from read to read.
-                self.attr_data_next = false;
-                self.retrace = !self.retrace;
-                if self.retrace {
+                self.r.attr_data_next = false;
+                self.r.retrace = !self.r.retrace;
+                if self.r.retrace {
                     0x09
                 } else {
                     0x00
@@ -201,56 +230,56 @@ impl Vga {
     }
 
     fn step_dac(&mut self, reading: bool) {
-        self.dac_component += 1;
-        if self.dac_component == 3 {
-            self.dac_component = 0;
+        self.r.dac_component += 1;
+        if self.r.dac_component == 3 {
+            self.r.dac_component = 0;
             if reading {
-                self.dac_read_index = self.dac_read_index.wrapping_add(1);
+                self.r.dac_read_index = self.r.dac_read_index.wrapping_add(1);
             } else {
-                self.dac_write_index = self.dac_write_index.wrapping_add(1);
+                self.r.dac_write_index = self.r.dac_write_index.wrapping_add(1);
             }
         }
     }
 
     fn write_byte(&mut self, port: u16, v: u8) {
         match port {
-            0x3b4 | 0x3d4 => self.crtc_index = v,
+            0x3b4 | 0x3d4 => self.r.crtc_index = v,
             0x3b5 | 0x3d5 => self.write_crtc(v),
             0x3c0 => {
-                if self.attr_data_next {
-                    if let Some(r) = self.attr.get_mut(usize::from(self.attr_index & 0x1f)) {
+                if self.r.attr_data_next {
+                    if let Some(r) = self.r.attr.get_mut(usize::from(self.r.attr_index & 0x1f)) {
                         *r = v;
                     }
                 } else {
-                    self.attr_index = v & 0x3f;
+                    self.r.attr_index = v & 0x3f;
                 }
-                self.attr_data_next = !self.attr_data_next;
+                self.r.attr_data_next = !self.r.attr_data_next;
             }
-            0x3c2 => self.misc = v,
-            0x3c4 => self.seq_index = v,
+            0x3c2 => self.r.misc = v,
+            0x3c4 => self.r.seq_index = v,
             0x3c5 => {
-                if let Some(r) = self.seq.get_mut(usize::from(self.seq_index)) {
+                if let Some(r) = self.r.seq.get_mut(usize::from(self.r.seq_index)) {
                     *r = v;
                 }
             }
-            0x3c6 => self.dac_mask = v,
+            0x3c6 => self.r.dac_mask = v,
             0x3c7 => {
-                self.dac_read_index = v;
-                self.dac_component = 0;
+                self.r.dac_read_index = v;
+                self.r.dac_component = 0;
             }
             0x3c8 => {
-                self.dac_write_index = v;
-                self.dac_component = 0;
+                self.r.dac_write_index = v;
+                self.r.dac_component = 0;
             }
             0x3c9 => {
-                let i = usize::from(self.dac_write_index) * 3 + usize::from(self.dac_component);
-                self.dac[i] = v & 0x3f;
+                let i = usize::from(self.r.dac_write_index) * 3 + usize::from(self.r.dac_component);
+                self.r.dac[i] = v & 0x3f;
                 self.step_dac(false);
             }
-            0x3ba | 0x3da => self.feature = v,
-            0x3ce => self.gc_index = v,
+            0x3ba | 0x3da => self.r.feature = v,
+            0x3ce => self.r.gc_index = v,
             0x3cf => {
-                if let Some(r) = self.gc.get_mut(usize::from(self.gc_index)) {
+                if let Some(r) = self.r.gc.get_mut(usize::from(self.r.gc_index)) {
                     *r = v;
                 }
             }
@@ -259,24 +288,24 @@ impl Vga {
     }
 
     fn write_crtc(&mut self, v: u8) {
-        let i = usize::from(self.crtc_index);
+        let i = usize::from(self.r.crtc_index);
         // Registers 0–7 are write-protected while bit 7 of register 0x11 is set (only the
         // line-compare bit 4 of register 7 stays writable).
-        if i <= 7 && self.crtc[0x11] & 0x80 != 0 {
+        if i <= 7 && self.r.crtc[0x11] & 0x80 != 0 {
             if i == 7 {
-                self.crtc[7] = (self.crtc[7] & !0x10) | (v & 0x10);
+                self.r.crtc[7] = (self.r.crtc[7] & !0x10) | (v & 0x10);
             }
             return;
         }
-        let Some(r) = self.crtc.get_mut(i) else { return };
+        let Some(r) = self.r.crtc.get_mut(i) else { return };
         *r = v;
         let pair = |hi: u8, lo: u8| u16::from_be_bytes([hi, lo]);
         let s = &self.shared;
         match i {
             0x0a => s.cursor_start.store(v, Ordering::Relaxed),
             0x0b => s.cursor_end.store(v, Ordering::Relaxed),
-            0x0c | 0x0d => s.start.store(pair(self.crtc[0x0c], self.crtc[0x0d]), Ordering::Relaxed),
-            0x0e | 0x0f => s.cursor.store(pair(self.crtc[0x0e], self.crtc[0x0f]), Ordering::Relaxed),
+            0x0c | 0x0d => s.start.store(pair(self.r.crtc[0x0c], self.r.crtc[0x0d]), Ordering::Relaxed),
+            0x0e | 0x0f => s.cursor.store(pair(self.r.crtc[0x0e], self.r.crtc[0x0f]), Ordering::Relaxed),
             _ => {}
         }
     }

@@ -230,9 +230,11 @@ pub(crate) fn host_tsc() -> u64 {
     crate::devices::clock::host_tsc()
 }
 
-/// The guest's time-stamp counter: the host's plus the guest's offset.
+/// The guest's time-stamp counter: the host's plus the guest's offset (while
+/// the guest calibrates it, the platform's clipped time instead).
 pub(crate) fn guest_tsc(m: &Machine<'_>) -> u64 {
-    host_tsc().wrapping_add(m.cpu.tsc_offset as u64)
+    let tsc = m.io.calibration_tsc().unwrap_or_else(host_tsc);
+    tsc.wrapping_add(m.cpu.tsc_offset as u64)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub(crate) mod flags;
 mod interrupts;
 mod io;
 mod legacy;
-mod msr;
+pub(crate) mod msr;
 mod segments;
 mod stack;
 mod string;
@@ -68,6 +68,11 @@ pub trait GuestMemory {
 pub trait PortIo {
     fn read(&mut self, port: u16, size: u8) -> u32;
     fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect;
+    /// The guest's TSC while the platform's time runs clipped for a calibration
+    /// (`Platform::calibration_tsc`); None: the host's TSC plus the guest's offset.
+    fn calibration_tsc(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl PortIo for PortBus {
@@ -87,6 +92,10 @@ impl PortIo for Platform {
 
     fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect {
         Platform::write(self, port, size, value)
+    }
+
+    fn calibration_tsc(&self) -> Option<u64> {
+        Platform::calibration_tsc(self)
     }
 }
 

@@ -36,7 +36,7 @@ const APIC_BSP: u64 = 1 << 8;
 const CR4_PCE: u32 = 1 << 8;
 
 /// The values of MSRs that only hold what the guest wrote.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MsrFile {
     values: BTreeMap<u32, u64>,
 }

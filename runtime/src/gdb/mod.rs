@@ -69,11 +69,11 @@ pub fn serve(vm: &mut Vm, listener: &TcpListener, wait: bool, note: &dyn Fn(&str
         };
         waiting = false;
         note(&format!("gdb connected from {}", conn.peer_addr().map_or("?".into(), |a| a.to_string())));
-        match session(vm, conn, note)? {
-            SessionEnd::Detached => {
-                vm.clear_debug()?;
-                note("gdb detached; the guest runs on");
-            }
+        let end = session(vm, conn, note)?;
+        // gdb's breakpoints and watchpoints go with it, however it left.
+        vm.clear_debug()?;
+        match end {
+            SessionEnd::Detached => note("gdb detached; the guest runs on"),
             SessionEnd::Ended(outcome) => return Ok(GdbEnd::Ended(outcome)),
             SessionEnd::Killed => return Ok(GdbEnd::Killed),
         }

@@ -20,6 +20,7 @@
 
 pub mod host;
 mod run;
+mod state;
 mod sys;
 
 pub use host::{check_host, check_host_allowing, Backing, KvmHost, KvmUnavailable};

@@ -57,8 +57,8 @@ fn running(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmRunError 
 }
 
 impl Vm {
-    /// Runs the guest under KVM from the state `load_multiboot` (or `set_flat_state`)
-    /// left, with this VM's RAM and port devices, until it stops. Checks the host
+    /// Runs the guest under KVM from the state `load_multiboot` (or `set_flat_state`,
+    /// or a restored checkpoint) left, with this VM's RAM and port devices, until it stops. Checks the host
     /// first: a missing/inaccessible /dev/kvm is an error, and so is a software-backed
     /// one unless `opts.allow_software`. On return the VM's registers, segments and
     /// control registers hold the guest's final state.
@@ -85,6 +85,7 @@ impl Vm {
         load_sregs(&mut sregs, &self.cpu);
         vcpu.set_sregs(&sregs).map_err(setup("set the vCPU's system registers"))?;
         vcpu.set_regs(&self.entry_regs()).map_err(setup("set the vCPU's registers"))?;
+        super::state::load(&vcpu, self).map_err(setup("set the vCPU's x87/SSE state, MSRs and debug registers"))?;
         let watchdog = Watchdog::arm(opts.timeout).map_err(KvmRunError::Watchdog)?;
 
         let mut stats = KvmStats { engine: "kvm", kvm_backing: host.describe(), ..KvmStats::default() };
@@ -95,6 +96,9 @@ impl Vm {
         self.bus.flush();
         if let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) {
             self.save_state(&regs, &sregs);
+        }
+        if let Err(e) = super::state::store(&vcpu, self) {
+            tracing::warn!(error = %e, "cannot read the vCPU's x87/SSE state, MSRs and debug registers back from KVM");
         }
         result.map(|outcome| (outcome, stats))
     }

@@ -100,6 +100,8 @@ int memcmp(const void *a, const void *b, size_t n);
 size_t strlen(const char *s);
 int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
+/* Whether `w` occurs in the string `s` (NULL: no). */
+int kit_has_word(const char *s, const char *w);
 
 /* ---- interrupts (lib.c) ---- */
 /* An interrupt gate (ring 0, KIT_CODE_SEL) for `vector` in the kit's 256-entry IDT,

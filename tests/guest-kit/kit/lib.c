@@ -71,6 +71,15 @@ KIT_LIBFN int strncmp(const char *a, const char *b, size_t n)
     return 0;
 }
 
+int kit_has_word(const char *s, const char *w)
+{
+    size_t n = strlen(w);
+    for (; s && *s; s++)
+        if (strncmp(s, w, n) == 0)
+            return 1;
+    return 0;
+}
+
 /* ---- interrupts: the kit's IDT and the 8259A pair (kit.h) ---- */
 struct kit_gate {
     uint16_t off_lo, sel;

@@ -287,8 +287,12 @@ pub fn build_unit(
 fn emit_page_check(b: &mut Builder<'_>, eip: u32, linear: u32, frame: u32) -> Result<(), EmitError> {
     use crate::emit::{ice, ins2rm};
     use iced_x86::{Code, MemoryOperand, Register::*};
+    // Two loads, like a page walk: the region's leaf, then the page's entry
+    // (see `bt86_shadow_mmu::code_map`).
     b.a.load_ctx64(R9, off::CODE_MAP)?;
-    let entry = MemoryOperand::with_base_displ(R9, i64::from((linear >> 12) * 4));
+    let leaf = MemoryOperand::with_base_displ(R9, i64::from((linear >> 22) * 8));
+    b.a.ins(&ins2rm(Code::Mov_r64_rm64, R9, leaf))?;
+    let entry = MemoryOperand::with_base_displ(R9, i64::from(((linear >> 12) & 0x3ff) * 4));
     b.a.ins(&ins2rm(Code::Mov_r32_rm32, R9D, entry))?;
     b.a.mov_rr(R10, RCX)?;
     b.a.ins(&ins2rm(Code::Lea_r64_m, RCX, MemoryOperand::with_base_displ(R9, -i64::from(frame + 1))))?;
