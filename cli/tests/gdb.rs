@@ -2,7 +2,7 @@
 //! kit's `debuggee` guest (built with symbols): a breakpoint on `main`,
 //! registers, memory, single steps by instruction lengths, continue to the
 //! guest's end; a watchpoint; Ctrl-C; attaching to a running guest and
-//! detaching; kill. The tests skip, saying so, where gdb is not installed
+//! detaching; a restored checkpoint; kill. The tests skip, saying so, where gdb is not installed
 //! (`apt-get install -y gdb`). They live here rather than in tests/tests because
 //! they run the `bt86` binary.
 
@@ -50,8 +50,15 @@ impl Bt86 {
     /// Starts `bt86 run` on the debuggee with `args`, listening on a free port,
     /// and waits until it says where.
     fn start(cmdline: &str, args: &[&str]) -> Self {
+        Self::start_with(&["run", "--kernel", guests::DEBUGGEE, "--append", cmdline], args)
+    }
+
+    /// Starts bt86 with `command` (a subcommand and its input), `--gdb` on a free
+    /// port, and `args`.
+    fn start_with(command: &[&str], args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bt86"))
-            .args(["run", "--kernel", guests::DEBUGGEE, "--append", cmdline, "--gdb", "127.0.0.1:0"])
+            .args(command)
+            .args(["--gdb", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -257,6 +264,30 @@ fn gdb_attaches_to_a_running_guest_which_runs_on_after_detach() {
     let (status, stdout, stderr) = bt86.wait();
     assert!(out.contains("main () at"), "paused where it ran: {out}");
     assert!(stderr.contains("gdb detached; the guest runs on"), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("debuggee: released"), "{stdout}");
+}
+
+#[test]
+fn gdb_debugs_a_restored_checkpoint() {
+    if !have_gdb() {
+        return;
+    }
+    let file = std::env::temp_dir().join(format!("bt86-gdb-{}.ckpt", std::process::id()));
+    let file_arg = file.to_str().unwrap();
+    let saved = Command::new(env!("CARGO_BIN_EXE_bt86"))
+        .args(["run", "--kernel", guests::DEBUGGEE, "--append", "spin", "--checkpoint", file_arg, "--checkpoint-after", "0.3"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&saved.stdout).contains("spinning"), "{saved:?}");
+    let bt86 = Bt86::start_with(&["restore", file_arg], &["-S"]);
+    let out = run_gdb(bt86.port, &["printf \"spinning=%d fctrl=%#x\\n\", spinning, $fctrl", "set var spinning = 0", "continue"]);
+    let (status, stdout, stderr) = bt86.wait();
+    let _ = std::fs::remove_file(&file);
+    assert!(out.contains("main () at"), "paused where it was saved: {out}");
+    assert!(out.contains("spinning=1 fctrl=0x37f"), "{out}");
+    assert!(out.contains("exited normally"), "{out}");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("debuggee: released"), "{stdout}");
 }
