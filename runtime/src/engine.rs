@@ -20,7 +20,6 @@ use bt86_shadow_mmu::View;
 use bt86_translator::abi::ExitReason;
 use bt86_translator::translate::BuildError;
 use bt86_translator::{CalloutKind, Fixup, GuestCode, TranslatorError, UnitKey};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// Why no code could be fetched at an eip.
@@ -32,7 +31,7 @@ enum FetchFailure {
 }
 
 /// Where to go after an exit.
-enum Next {
+pub(crate) enum Next {
     /// Run the unit for this guest eip (translating it if needed).
     Dispatch(u32),
     /// Continue at a host address inside the code cache.
@@ -69,6 +68,9 @@ impl Vm {
     fn run_loop(&mut self) -> Result<RunOutcome, VmError> {
         let mut next = Next::Dispatch(self.tr.ctx().eip);
         loop {
+            if self.debug.is_some() {
+                next = self.debug_boundary(next)?;
+            }
             if let Next::Dispatch(eip) | Next::Transient(eip) = next {
                 if self.cpu.seg[crate::cpu::sreg::CS].base != 0 {
                     // Code is fetched and keyed by linear = eip; a code segment with a
@@ -96,7 +98,7 @@ impl Vm {
             ctx.gs_base = view;
             ctx.seg_base = bases;
             ctx.code_map = code_map;
-            if self.stop_flag.load(Ordering::SeqCst) {
+            if self.stop_requested() {
                 return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
             }
             self.tr.run(host)?;
@@ -111,7 +113,9 @@ impl Vm {
                 }
             }
             next = self.handle_exit()?;
-            next = self.interrupt_boundary(next)?;
+            if !self.debug_stepping() {
+                next = self.interrupt_boundary(next)?;
+            }
         }
     }
 
@@ -197,6 +201,9 @@ impl Vm {
             Some(ExitReason::Branch) => {
                 self.stats.exits_branch += 1;
                 let (slot, target, epoch) = (ctx.exit_arg, ctx.eip, self.tr.epoch());
+                if self.debug_stops_at(target) {
+                    return Ok(Next::Dispatch(target));
+                }
                 let (id, host) = match self.unit_for(target, false)? {
                     Ok(found) => found,
                     Err(failure) => return self.fetch_failed(failure, target),
@@ -209,6 +216,9 @@ impl Vm {
             Some(ExitReason::Indirect) => {
                 self.stats.exits_indirect += 1;
                 let target = ctx.eip;
+                if self.debug_stops_at(target) {
+                    return Ok(Next::Dispatch(target));
+                }
                 let (id, host) = match self.unit_for(target, false)? {
                     Ok(found) => found,
                     Err(failure) => return self.fetch_failed(failure, target),
@@ -398,7 +408,7 @@ impl Vm {
                     break self.raise(vector, None, next_eip, EventSource::External)?;
                 }
             }
-            if self.stop_flag.load(Ordering::SeqCst) {
+            if self.stop_requested() {
                 // Still waiting: the next run (a checkpoint's restore) executes the hlt
                 // again, in its shadow so that no interrupt comes before it.
                 let ctx = self.tr.ctx_mut();
@@ -486,7 +496,7 @@ impl Vm {
         if sig == libc::SIGSEGV && f.addr & !0xfff == self.tr.poll_page() {
             self.tr.rearm_poll();
             self.poll_due = true;
-            if self.stop_flag.load(Ordering::SeqCst) {
+            if self.stop_requested() {
                 return Ok(Next::Done(RunOutcome::Stopped { eip }));
             }
             return Ok(Next::Dispatch(eip));

@@ -21,7 +21,7 @@ mod control;
 mod cpuid;
 mod delivery;
 mod descriptor;
-mod flags;
+pub(crate) mod flags;
 mod interrupts;
 mod io;
 mod legacy;
