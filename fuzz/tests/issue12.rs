@@ -9,6 +9,7 @@
 use bt86_fuzz::case::{Bytes, Chunk, GuestCase};
 use bt86_fuzz::exec::{self, Event, GuestRun};
 use bt86_fuzz::harness::{self as h, sel, BodyItem, Harness};
+use bt86_fuzz::qemu;
 use bt86_runtime::RunOutcome;
 
 /// Runs `items` in `harness`, with `extra` chunks placed too.
@@ -17,6 +18,21 @@ fn go(harness: &Harness, items: Vec<BodyItem>, extra: Vec<Chunk>) -> (GuestCase,
     g.chunks.extend(extra);
     let run = exec::run_guest_detailed(&g).expect("the VM runs");
     (g, run)
+}
+
+/// The same guest under QEMU (skipped when it is not installed): it must log the
+/// same events and end the same way. Returns QEMU's run for more checks.
+fn qemu_agrees(g: &GuestCase, run: &GuestRun) -> Option<qemu::QemuRun> {
+    if !qemu::installed() {
+        eprintln!("qemu-system-i386 not installed: not compared");
+        return None;
+    }
+    let q = qemu::run(g, "max").expect("QEMU runs the guest");
+    assert_eq!(run.events, q.events, "bt86 (left) and QEMU (right) log different events");
+    if let Ok(RunOutcome::GuestExit(v)) = run.outcome {
+        assert_eq!(Some(v & 0x7f), q.exit, "bt86 and QEMU end differently");
+    }
+    Some(q)
 }
 
 fn raw(bytes: &[u8]) -> BodyItem {
@@ -135,32 +151,35 @@ fn item4_backward_stos_across_zero_faults_when_page_0_is_absent() {
         assert!(done(&run), "cpl {cpl}: {:?}", run.outcome);
         assert_eq!(vectors(&run), vec![14], "cpl {cpl}: #PF");
         assert_eq!(run.events[0].eip, g.items[0].addr + 13, "cpl {cpl}: at the rep stosb");
+        qemu_agrees(&g, &run);
     });
 }
 
 #[test]
-#[ignore = "issue 12 item 4: with paging on and page 0 mapped, `std; rep stosb` across linear 0 ends in an internal error (\"fault at host ... outside the views\": the guard below the view, on the paging path of Vm::page_fault) instead of wrapping to 0xffffffff"]
 fn item4_backward_stos_across_zero_wraps_onto_the_top_page() {
     at_both_levels(|cpl| {
         let mut harness = Harness::standard(cpl, true);
         harness.page0 = true;
-        let (_, run) = go(&harness, vec![stos_across(8, 0x20, true)], vec![]);
+        let (g, run) = go(&harness, vec![stos_across(8, 0x20, true)], vec![]);
         assert!(done(&run) && run.events.is_empty(), "cpl {cpl}: {:?} {:?}", run.outcome, run.events);
         assert!(run.ram[..9].iter().all(|&b| b == 0x5a), "cpl {cpl}: linear 0..8");
         // Linear 0xfffff000 maps frame RANDOM_FRAMES (the harness's top table).
         let top = (h::RANDOM_FRAMES + 0xfe9) as usize;
         assert!(run.ram[top..top + 0x17].iter().all(|&b| b == 0x5a), "cpl {cpl}: linear 0xffffffe9..0xffffffff");
+        if let Some(q) = qemu_agrees(&g, &run) {
+            assert_eq!(q.ram[top - 1..top + 0x17], run.ram[top - 1..top + 0x17], "cpl {cpl}: QEMU's top page");
+        }
     });
 }
 
 #[test]
-#[ignore = "issue 12 item 4: with paging off, `std; rep stosb` across linear 0 stops the VM as unsupported (\"a string instruction stepped below linear address 0\", Vm::page_fault) where the CPU wraps to 0xffffffff"]
 fn item4_backward_stos_across_zero_without_paging_wraps() {
     at_both_levels(|cpl| {
-        let (_, run) = go(&Harness::standard(cpl, false), vec![stos_across(8, 0x20, true)], vec![]);
-        // Linear 0xffffffe9.. is no RAM here: bt86 may end the run as unbacked.
-        assert!(done(&run) || matches!(run.outcome, Ok(RunOutcome::Unbacked { .. })), "cpl {cpl}: {:?}", run.outcome);
+        let (g, run) = go(&Harness::standard(cpl, false), vec![stos_across(8, 0x20, true)], vec![]);
+        // Linear 0xffffffe9.. is no RAM here (the firmware's ROM under QEMU).
+        assert!(done(&run), "cpl {cpl}: {:?}", run.outcome);
         assert!(run.ram[..9].iter().all(|&b| b == 0x5a), "cpl {cpl}: linear 0..8");
+        qemu_agrees(&g, &run);
     });
 }
 
@@ -168,11 +187,12 @@ fn item4_backward_stos_across_zero_without_paging_wraps() {
 fn item4_forward_stos_across_4gib_wraps_to_zero() {
     let mut harness = Harness::standard(0, true);
     harness.page0 = true;
-    let (_, run) = go(&harness, vec![stos_across(0xffff_fff8, 0x10, false)], vec![]);
+    let (g, run) = go(&harness, vec![stos_across(0xffff_fff8, 0x10, false)], vec![]);
     assert!(done(&run) && run.events.is_empty(), "{:?} {:?}", run.outcome, run.events);
     assert!(run.ram[..8].iter().all(|&b| b == 0x5a));
     let top = (h::RANDOM_FRAMES + 0xff8) as usize;
     assert!(run.ram[top..top + 8].iter().all(|&b| b == 0x5a));
+    qemu_agrees(&g, &run);
 }
 
 // ---------------------------------------------------------------------------------
