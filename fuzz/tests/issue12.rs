@@ -199,22 +199,60 @@ fn item4_forward_stos_across_4gib_wraps_to_zero() {
 // item 9: user code must not stop the VM
 
 #[test]
-#[ignore = "issue 12 item 9: an instruction running from a user page onto a supervisor page stops the VM (\"instruction fetch runs past guest memory\") instead of #PF"]
 fn item9_fetch_onto_a_supervisor_page_is_a_page_fault() {
     let harness = Harness::standard(3, true);
     // mov $1,%eax at 0x120ffe: its last three bytes are on the next page (not user).
     let code = Chunk { addr: 0x12_0ffe, bytes: Bytes(vec![0xb8, 1, 0, 0, 0]) };
-    let (_, run) = go(&harness, vec![with_eax(0x12_0ffe, &[0xff, 0xe0])], vec![code]);
+    let (g, run) = go(&harness, vec![with_eax(0x12_0ffe, &[0xff, 0xe0])], vec![code]);
     assert!(matches!(run.outcome, Ok(RunOutcome::GuestExit(v)) if v == h::EXIT_BASE | h::EXIT_WILD), "{:?}", run.outcome);
     assert_eq!((run.events[0].vector, run.events[0].eip, run.events[0].error), (14, 0x12_0ffe, 0x5));
+    qemu_agrees(&g, &run);
+}
+
+#[test]
+fn item9_straddling_instruction_runs_once_its_second_page_is_mapped() {
+    use iced_x86::code_asm::*;
+    // CPL 0: the guest's own #PF handler maps the page and returns to the
+    // instruction, which must then run (not fault again from a stale translation).
+    const CODE: u32 = 0x15_0ffe;
+    const PTE: u32 = h::PT_LOW + (0x151 * 4);
+    const HANDLER: u32 = h::DATA + 0x800;
+    let asm = |f: &dyn Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>, at: u32| {
+        let mut a = CodeAssembler::new(32).expect("asm");
+        f(&mut a).expect("assembles");
+        a.assemble(u64::from(at)).expect("assembles")
+    };
+    let handler = asm(&|a| {
+        a.mov(dword_ptr(u64::from(PTE)), 0x15_1003u32)?;
+        a.invlpg(ptr(0x15_1000u64))?;
+        a.add(esp, 4)?;
+        a.iretd()
+    }, HANDLER);
+    let gate = [(HANDLER & 0xffff) | u32::from(sel::KCODE) << 16, (HANDLER & 0xffff_0000) | 0x8e00];
+    let install = BodyItem::new("install", move |a, _| {
+        a.mov(dword_ptr(u64::from(h::IDT + 14 * 8)), gate[0])?;
+        a.mov(dword_ptr(u64::from(h::IDT + 14 * 8 + 4)), gate[1])?;
+        a.mov(dword_ptr(u64::from(PTE)), 0u32)?;
+        a.invlpg(ptr(0x15_1000u64))
+    });
+    let call = BodyItem::new("call", |a, _| a.call(u64::from(CODE)));
+    let check = raw(&[0x83, 0xf8, 0x01, 0x74, 0x02, 0x0f, 0x0b]); // cmp $1,%eax; je +2; ud2
+    let chunks = vec![
+        Chunk { addr: CODE, bytes: Bytes(vec![0xb8, 1, 0, 0, 0, 0xc3]) }, // mov $1,%eax; ret
+        Chunk { addr: HANDLER, bytes: Bytes(handler) },
+    ];
+    let (g, run) = go(&Harness::standard(0, true), vec![install, raw(&[0x31, 0xc0]), call, check], chunks);
+    assert!(done(&run) && run.events.is_empty(), "{:?} {:?}", run.outcome, run.events);
+    qemu_agrees(&g, &run);
 }
 
 #[test]
 fn item9_jump_to_a_not_present_page_is_a_page_fault() {
     let harness = Harness::standard(3, true);
-    let (_, run) = go(&harness, vec![with_eax(0x80_0000, &[0xff, 0xe0])], vec![]);
+    let (g, run) = go(&harness, vec![with_eax(0x80_0000, &[0xff, 0xe0])], vec![]);
     assert!(matches!(run.outcome, Ok(RunOutcome::GuestExit(v)) if v == h::EXIT_BASE | h::EXIT_WILD), "{:?}", run.outcome);
     assert_eq!((run.events[0].vector, run.events[0].eip, run.events[0].error), (14, 0x80_0000, 0x4));
+    qemu_agrees(&g, &run);
 }
 
 #[test]

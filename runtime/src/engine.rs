@@ -287,6 +287,11 @@ impl Vm {
         if site.kind == CalloutKind::Emulate {
             *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
         }
+        if site.kind == CalloutKind::FetchFault {
+            // The unit bakes in a fetch that failed when it was built: whatever the
+            // page is now, build it again next time.
+            self.tr.invalidate_linear(site.eip, 1)?;
+        }
         tracing::trace!(target: "bt86::callout", "callout {:?} {} at eip {:#010x}", site.kind, site.ins, site.eip);
         let table_hits_before = self.shadow.table_write_hits;
         let resume = self.tr.ctx().resume;
