@@ -241,7 +241,7 @@ impl Vm {
     /// Runs `f` on the emulation view of the machine; writes it makes to frames
     /// holding translated code invalidate those units. Returns `f`'s result and
     /// whether any translated code was invalidated.
-    fn with_machine<R>(&mut self, f: impl FnOnce(&mut Machine<'_>) -> R) -> Result<(R, bool), VmError> {
+    pub(crate) fn with_machine<R>(&mut self, f: impl FnOnce(&mut Machine<'_>) -> R) -> Result<(R, bool), VmError> {
         let paging = self.paging().then(|| self.paging_mode());
         let (tr, cpu, bus) = (&mut self.tr, &mut self.cpu, &mut self.bus);
         let mut mem = LinearMemory {
@@ -296,6 +296,11 @@ impl Vm {
             .ok_or_else(|| VmError::Internal(format!("unknown callout site {site_id}")))?;
         if site.kind == CalloutKind::Emulate {
             *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
+        }
+        if site.kind == CalloutKind::FetchFault {
+            // The unit bakes in a fetch that failed when it was built: whatever the
+            // page is now, build it again next time.
+            self.tr.invalidate_linear(site.eip, 1)?;
         }
         tracing::trace!(target: "bt86::callout", "callout {:?} {} at eip {:#010x}", site.kind, site.ins, site.eip);
         let table_hits_before = self.shadow.table_write_hits;
@@ -430,7 +435,7 @@ impl Vm {
     /// contributory, or after #PF), and a fault while delivering #DF is a triple
     /// fault, which ends the run naming the faults. A guest that never loaded an IDT
     /// cannot handle anything: the run ends naming the exception.
-    fn raise(&mut self, vector: u8, error: Option<u32>, eip: u32, source: EventSource) -> Result<Next, VmError> {
+    pub(crate) fn raise(&mut self, vector: u8, error: Option<u32>, eip: u32, source: EventSource) -> Result<Next, VmError> {
         self.raise_at(vector, error, eip, source, eip)
     }
 
@@ -528,6 +533,10 @@ impl Vm {
     }
 
     fn page_fault(&mut self, eip: u32, addr: u64, write: bool) -> Result<Next, VmError> {
+        if self.guard_linear(addr).is_some() {
+            // A string instruction's pointer left the view: wrap it (`slow_path`).
+            return self.emulate_in_place(eip);
+        }
         if self.paging() {
             let (linear, user_view) = match (self.view.linear_of(addr), self.user_view.linear_of(addr)) {
                 (Some(l), _) => (l, false),
@@ -549,12 +558,6 @@ impl Vm {
             };
         }
         let Some(linear) = self.view.linear_of(addr) else {
-            if self.view.owns(addr) {
-                return Ok(Next::Done(RunOutcome::Unsupported {
-                    eip,
-                    what: "a string instruction stepped below linear address 0".into(),
-                }));
-            }
             return Err(VmError::Internal(format!("fault at host {addr:#x} outside the view (guest eip {eip:#010x})")));
         };
         let frame = linear >> 12;
@@ -696,10 +699,10 @@ impl Vm {
 
 /// Guest code as the translator fetches it: through the guest's page tables when
 /// paging is on (an instruction fetch), else linear = physical.
-struct CodeFetch<'a> {
-    ram: &'a GuestRam,
-    paging: Option<PagingMode>,
-    user: bool,
+pub(crate) struct CodeFetch<'a> {
+    pub ram: &'a GuestRam,
+    pub paging: Option<PagingMode>,
+    pub user: bool,
 }
 
 impl GuestCode for CodeFetch<'_> {

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod memory;
 mod mmu;
 pub mod signals;
+mod slow_path;
 pub mod snippet;
 pub mod stats;
 pub mod vm;

@@ -266,7 +266,7 @@ pub fn build_unit(
         b.side.push(SideEntry { host_off: if count == 0 { 0 } else { host_off }, eip: ins.ip32(), fixup: Fixup::None });
         count += 1;
         guest_len += u32::try_from(ins.len()).expect("len");
-        let flow = if complete { translate_or_refuse(&mut b)? } else { special::raise_ud_fetch(&mut b)? };
+        let flow = if complete { translate_or_refuse(&mut b)? } else { special::fetch_fault(&mut b)? };
         if flow == Flow::End {
             break;
         }
