@@ -112,7 +112,10 @@ impl Vm {
                     self.protected.insert(frame);
                 }
             }
-            next = self.handle_exit()?;
+            next = match self.light_exit()? {
+                crate::light::Light::Done(next) => next,
+                crate::light::Light::No => self.handle_exit()?,
+            };
             if !self.debug_stepping() {
                 next = self.interrupt_boundary(next)?;
             }

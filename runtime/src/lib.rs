@@ -10,6 +10,7 @@ pub mod emulate;
 mod engine;
 pub mod gdb;
 pub mod kvm;
+mod light;
 pub mod loader;
 pub mod memory;
 mod mmu;
