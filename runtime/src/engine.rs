@@ -257,6 +257,7 @@ impl Vm {
             traced_writes: Vec::new(),
             traced_hits: Vec::new(),
             cr2: None,
+            recent: RecentWalks::default(),
         };
         let result = {
             let mut m = Machine { cpu, ctx: tr.ctx_mut(), mem: &mut mem, io: bus };
@@ -750,15 +751,49 @@ struct LinearMemory<'a> {
     /// Traced frames written (changed or not).
     traced_hits: Vec<u32>,
     cr2: Option<u32>,
+    /// Walks made during this emulation (an interrupt delivery reads the IDT, the
+    /// GDT and the TSS and pushes a frame: a dozen accesses on three pages).
+    recent: RecentWalks,
+}
+
+/// The last few page walks of one emulated instruction, by (linear page, write,
+/// user). Valid while the page tables are unchanged: forgotten when the
+/// instruction writes a traced frame, and never kept past the instruction.
+#[derive(Default)]
+struct RecentWalks {
+    entries: [Option<(u32, bool, bool, u32)>; 4],
+    next: usize,
+}
+
+impl RecentWalks {
+    fn get(&self, page: u32, write: bool, user: bool) -> Option<u32> {
+        self.entries.iter().flatten().find(|e| (e.0, e.1, e.2) == (page, write, user)).map(|e| e.3)
+    }
+
+    fn put(&mut self, page: u32, write: bool, user: bool, phys_page: u32) {
+        self.entries[self.next] = Some((page, write, user, phys_page));
+        self.next = (self.next + 1) % self.entries.len();
+    }
+
+    fn forget(&mut self) {
+        *self = Self::default();
+    }
 }
 
 impl LinearMemory<'_> {
     /// Physical address of `linear`, or the fault.
     fn phys(&mut self, linear: u32, write: bool, user: bool) -> Result<u32, MemFault> {
         let Some(mode) = self.paging else { return Ok(linear) };
+        let page = linear & !0xfff;
+        if let Some(phys_page) = self.recent.get(page, write, user) {
+            return Ok(phys_page | (linear & 0xfff));
+        }
         let access = Access { write, user, fetch: false };
         match walk::walk(&mut RamPhys(self.ram), &mode, linear, access) {
-            Ok(t) => Ok(t.phys_page | (linear & 0xfff)),
+            Ok(t) => {
+                self.recent.put(page, write, user, t.phys_page);
+                Ok(t.phys_page | (linear & 0xfff))
+            }
             Err(WalkError::PageFault { error_code }) => {
                 self.cr2 = Some(linear);
                 Err(MemFault::PageFault { linear, error_code })
@@ -819,6 +854,8 @@ impl GuestMemory for LinearMemory<'_> {
             }
             if traced {
                 self.traced_hits.push(frame);
+                // The write may change a translation just used.
+                self.recent.forget();
             }
             self.ram.write(phys, &data[off..off + n]).map_err(|_| MemFault::Unbacked { linear: phys })?;
         }
