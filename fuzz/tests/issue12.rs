@@ -368,7 +368,6 @@ fn item10_data_breakpoint_is_delivered() {
 }
 
 #[test]
-#[ignore = "issue 12 item 10: a 16-byte instruction raises #UD instead of #GP(0)"]
 fn item10_an_instruction_longer_than_15_bytes_is_gp() {
     at_both_levels(|cpl| {
         // mov 0x200000(%eax),%eax with 9 or 10 %ds prefixes: 15 and 16 bytes.
@@ -381,6 +380,7 @@ fn item10_an_instruction_longer_than_15_bytes_is_gp() {
         let (g, run) = go(&Harness::standard(cpl, false), vec![insn(9), insn(10)], vec![]);
         assert!(done(&run), "cpl {cpl}: {:?}", run.outcome);
         assert_eq!(run.events.iter().map(|e| (e.vector, e.eip)).collect::<Vec<_>>(), vec![(13, g.items[1].addr + 2)], "cpl {cpl}");
+        qemu_agrees(&g, &run);
     });
 }
 

@@ -45,6 +45,8 @@ pub enum CalloutKind {
     Emulate,
     /// Raise #UD at the instruction.
     RaiseUd,
+    /// Raise #GP(0) at the instruction (one longer than 15 bytes).
+    RaiseGp,
     /// A store to guest page tables, performed by the VMM (adaptive translation of
     /// an instruction that kept faulting on traced pages).
     TracedWrite,

@@ -259,7 +259,7 @@ pub(crate) fn jump_next(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
 
 /// Emulates the callout site's instruction.
 ///
-/// `RaiseUd` sites raise #UD, `FetchFault` sites #PF; `Unsupported` sites stop the run.
+/// `RaiseUd` sites raise #UD, `RaiseGp` #GP(0), `FetchFault` #PF; `Unsupported` sites stop the run.
 /// For `Emulate` sites, the instruction is emulated; if the translation mode
 /// (`Cpu::mode`: segment bases, CPL) changed, a `Continue` becomes a `Jump` to the
 /// next instruction, since the rest of the unit was translated for the old mode.
@@ -272,6 +272,9 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
                 error: None,
                 trap: false,
             }
+        }
+        CalloutKind::RaiseGp => {
+            return Outcome::Exception { vector: vector::GP, error: Some(0), trap: false }
         }
         CalloutKind::TracedWrite => {
             return match traced::emulate(m, site) {

@@ -12,6 +12,7 @@
 mod branch;
 mod fpu;
 mod ident;
+mod length;
 mod special;
 mod stack;
 mod string;
@@ -260,13 +261,18 @@ pub fn build_unit(
             b.jmp_slot(eip.wrapping_add(guest_len));
             break;
         }
-        let _ = at;
         b.ins = ins;
         let host_off = u32::try_from(b.a.pos()).expect("unit size");
         b.side.push(SideEntry { host_off: if count == 0 { 0 } else { host_off }, eip: ins.ip32(), fixup: Fixup::None });
         count += 1;
         guest_len += u32::try_from(ins.len()).expect("len");
-        let flow = if complete { translate_or_refuse(&mut b)? } else { special::fetch_fault(&mut b)? };
+        let flow = if !complete {
+            special::fetch_fault(&mut b)?
+        } else if ins.is_invalid() && length::too_long(&window[at..], isa.decoder_options()) {
+            special::raise_gp(&mut b)?
+        } else {
+            translate_or_refuse(&mut b)?
+        };
         if flow == Flow::End {
             break;
         }

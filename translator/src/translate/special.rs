@@ -103,6 +103,11 @@ pub(super) fn raise_ud(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     end(b, CalloutKind::RaiseUd)
 }
 
+/// Raises #GP(0) at the current instruction (one longer than 15 bytes).
+pub(super) fn raise_gp(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    end(b, CalloutKind::RaiseGp)
+}
+
 /// The instruction runs onto a page it cannot be fetched from (#PF there).
 pub(super) fn fetch_fault(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     end(b, CalloutKind::FetchFault)
