@@ -392,6 +392,30 @@ fn item10_apic_base_msr_reads() {
 }
 
 // ---------------------------------------------------------------------------------
+// user code must not stop the VM: iret forms any program can run
+
+#[test]
+fn cpl3_iretw_returns_to_a_16_bit_ip() {
+    // pushfw; pushw %cs; pushw $0x1234; iretw: the return fetches at 0x1234, a
+    // supervisor page: #PF there, outside the body (the harness then ends "wild").
+    let (g, run) = go(&Harness::standard(3, true), vec![raw(&[0x66, 0x9c, 0x66, 0x0e, 0x66, 0x68, 0x34, 0x12, 0x66, 0xcf])], vec![]);
+    assert!(matches!(run.outcome, Ok(RunOutcome::GuestExit(v)) if v == h::EXIT_BASE | h::EXIT_WILD), "{:?}", run.outcome);
+    assert_eq!(run.events.iter().map(|e| (e.vector, e.eip, e.error)).collect::<Vec<_>>(), vec![(14, 0x1234, 5)]);
+    qemu_agrees(&g, &run);
+}
+
+#[test]
+fn cpl3_iret_with_nt_set_is_a_task_return_fault() {
+    at_both_levels(|cpl| {
+        // pushf; orl $0x4000,(%esp); popf; iret: the TSS's back link is 0, #TS(0).
+        let (g, run) = go(&Harness::standard(cpl, false), vec![raw(&[0x9c, 0x81, 0x0c, 0x24, 0, 0x40, 0, 0, 0x9d, 0xcf])], vec![]);
+        assert!(done(&run), "cpl {cpl}: {:?}", run.outcome);
+        assert_eq!(run.events.iter().map(|e| (e.vector, e.error, e.eip)).collect::<Vec<_>>(), vec![(10, 0, g.items[0].addr + 9)], "cpl {cpl}");
+        qemu_agrees(&g, &run);
+    });
+}
+
+// ---------------------------------------------------------------------------------
 // item 8: memory
 
 /// A guest that keeps rewriting and running a 16 KiB block of distinct code (every

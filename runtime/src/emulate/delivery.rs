@@ -168,29 +168,31 @@ fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], user:
 }
 
 /// iret/iretd in protected mode: to the same ring, or to an outer ring (popping
-/// SS:ESP too and nulling data segments the outer ring may not use).
+/// SS:ESP too and nulling data segments the outer ring may not use). The 16-bit
+/// form (`iretw`) pops words: IP (zero-extended), CS, the low 16 bits of EFLAGS and,
+/// to an outer ring, SP and SS. With NT set it is a task return, checked as far as
+/// its faults (a back link that names no busy TSS is #TS, not present #NP); the
+/// task switch itself is not implemented.
 pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
-    if site.ins.mnemonic() == Mnemonic::Iret {
-        return Err(Fault::unsupported("16-bit iret"));
-    }
+    let size: u32 = if site.ins.mnemonic() == Mnemonic::Iret { 2 } else { 4 };
     if m.ctx.sys_flags & eflags::NT != 0 {
-        return Err(Fault::unsupported("iret with NT set (a task return)"));
+        return task_return(m);
     }
     let ss = m.cpu.seg[sreg::SS];
     let esp = m.ctx.gpr[4];
-    let at = |k: u32| ss.base.wrapping_add(esp.wrapping_add(4 * k));
-    let eip = read_lin(m, at(0), 4)?;
-    let cs_sel = read_lin(m, at(1), 4)? as u16;
-    let flags = read_lin(m, at(2), 4)?;
-    if flags & eflags::VM != 0 && m.cpu.cpl() == 0 {
+    let at = |k: u32| ss.base.wrapping_add(esp.wrapping_add(size * k));
+    let eip = read_lin(m, at(0), size)?;
+    let cs_sel = read_lin(m, at(1), size)? as u16;
+    let flags = read_lin(m, at(2), size)?;
+    if size == 4 && flags & eflags::VM != 0 && m.cpu.cpl() == 0 {
         return Err(Fault::unsupported("iret to virtual-8086 mode"));
     }
     let cpl = m.cpu.cpl();
     let rpl = (cs_sel & 3) as u8;
     let e = return_cs(m, cs_sel, eip)?;
     let outer = if rpl > cpl {
-        let new_esp = read_lin(m, at(3), 4)?;
-        let ss_sel = read_lin(m, at(4), 4)? as u16;
+        let new_esp = read_lin(m, at(3), size)?;
+        let ss_sel = read_lin(m, at(4), size)? as u16;
         Some((outer_ss(m, ss_sel, rpl)?, new_esp))
     } else {
         None
@@ -203,6 +205,9 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     } else if cpl <= iopl(m) {
         mask |= FLAG_IF;
     }
+    if size == 2 {
+        mask &= 0xffff;
+    }
     write_eflags(m, flags, mask);
     m.cpu.seg[sreg::CS] = d.to_segment(cs_sel);
     m.ctx.eip = eip;
@@ -212,9 +217,28 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
             m.ctx.gpr[4] = new_esp;
             null_inaccessible_data_segments(m, rpl);
         }
-        None => m.ctx.gpr[4] = esp.wrapping_add(12),
+        None => m.ctx.gpr[4] = esp.wrapping_add(3 * size),
     }
     Ok(Outcome::Jump)
+}
+
+/// iret with NT set: a return to the task the current TSS's back link names (SDM,
+/// IRET "TASK-RETURN"). The link must name a busy TSS in the GDT (else #TS(link)),
+/// present (else #NP(link)); the switch to that task is not implemented.
+fn task_return(m: &mut Machine<'_>) -> EmuResult {
+    let link = read_sys(m, m.cpu.tr.base, 2)? as u16;
+    let ts = Fault::exc(10, Some(u32::from(link & 0xfffc)));
+    if link & 4 != 0 {
+        return Err(ts);
+    }
+    let d = fetch(m, link)?.ok_or_else(|| ts.clone())?.desc;
+    if !d.is_system() || !matches!(d.typ(), sys::TSS16_BUSY | sys::TSS32_BUSY) {
+        return Err(ts);
+    }
+    if !d.present() {
+        return Err(Fault::np_sel(link));
+    }
+    Err(Fault::unsupported("iret with NT set to a busy TSS (a task switch)"))
 }
 
 /// A far return to an outer ring (`lret` with RPL > CPL): pops eip and cs, releases
@@ -463,6 +487,40 @@ mod tests {
         assert_eq!(t.cpu.cpl(), 3);
         assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.seg[sreg::SS].selector), (0x4321, 0x7000, 0x23));
         assert_eq!(t.cpu.seg[sreg::DS].selector, 0, "ring-0 data segments are nulled");
+    }
+
+    #[test]
+    fn iretw_pops_words_and_keeps_the_upper_flags() {
+        let mut t = machine();
+        t.set_gdt(3, desc(0, 0xfffff, 0xfb, 0xc));
+        t.set_gdt(4, desc(0, 0xfffff, 0xf3, 0xc));
+        t.set_cpl(3);
+        t.ctx.sys_flags |= eflags::AC;
+        let esp = STACK_TOP - 6;
+        t.write_u32(esp, 0x001b_4321);
+        t.write_u32(esp + 4, 0x0001_0003); // flags 0x0003 (CF), then a word of the caller's
+        t.ctx.gpr[4] = esp;
+        assert_eq!(t.run(&[0x66, 0xcf]), Outcome::Jump);
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.cpl()), (0x4321, STACK_TOP, 3));
+        assert_eq!(t.ctx.rflags & 1, 1, "CF from the frame");
+        assert_ne!(t.ctx.sys_flags & eflags::AC, 0, "AC is above the low 16 bits");
+    }
+
+    #[test]
+    fn iret_with_nt_is_a_task_return_that_checks_the_back_link() {
+        let mut t = machine();
+        t.set_cpl(3);
+        t.ctx.sys_flags |= eflags::NT;
+        // Back link 0: GDT entry 0 is no busy TSS.
+        assert!(matches!(t.run(&[0xcf]), Outcome::Exception { vector: 10, error: Some(0), .. }));
+        // An LDT selector.
+        t.write_u32(TSS, 0x2c);
+        assert!(matches!(t.run(&[0x66, 0xcf]), Outcome::Exception { vector: 10, error: Some(0x2c), .. }));
+        // A busy TSS that is not present: #NP.
+        t.set_gdt(6, desc(TSS, 0x67, 0x0b, 0));
+        t.write_u32(TSS, 0x30);
+        assert!(matches!(t.run(&[0xcf]), Outcome::Exception { vector: 11, error: Some(0x30), .. }));
+        assert_eq!(t.cpu.cpl(), 3, "nothing changed");
     }
 
     #[test]
