@@ -470,7 +470,6 @@ fn item8_translation_flood_with_a_small_code_cache_stays_small() {
 }
 
 #[test]
-#[ignore = "issue 12 item 8: with the default 64 MiB code cache a translation flood grows bt86 by about 400 MiB in 15 s (the translator's per-unit tables are bounded only by the code cache's flush)"]
 fn item8_translation_flood_memory_is_bounded() {
     let grew = flood_growth_mib(15_000, 64);
     assert!(grew < 192, "grew by {grew} MiB: the code cache is 64 MiB");
