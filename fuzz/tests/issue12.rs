@@ -318,7 +318,6 @@ fn item10_moffs_through_a_segment_base() {
 }
 
 #[test]
-#[ignore = "issue 12 item 10: an access through a null %fs/%gs does not raise #GP(0)"]
 fn item10_null_fs_and_gs_accesses_are_gp() {
     at_both_levels(|cpl| {
         let fs = with_fs(0, &[0x64, 0x8b, 0x00]); // mov %fs:(%eax),%eax

@@ -172,6 +172,12 @@ impl Cpu {
         let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0;
         let tsd = self.cr4 & CR4_TSD != 0 && self.cpl() > 0;
         let native_tsc = self.tsc_offset == 0 && !tsd && !self.tsc_calibrating;
-        Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack, native_tsc }
+        let mut seg_unusable = 0;
+        for r in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
+            if self.seg[r].attrs & 0x80 == 0 {
+                seg_unusable |= 1 << r;
+            }
+        }
+        Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack, native_tsc, seg_unusable }
     }
 }

@@ -45,7 +45,8 @@ pub enum CalloutKind {
     Emulate,
     /// Raise #UD at the instruction.
     RaiseUd,
-    /// Raise #GP(0) at the instruction (one longer than 15 bytes).
+    /// Raise #GP(0) at the instruction (one longer than 15 bytes, or one that
+    /// accesses memory through an unusable segment).
     RaiseGp,
     /// A store to guest page tables, performed by the VMM (adaptive translation of
     /// an instruction that kept faulting on traced pages).
@@ -80,6 +81,9 @@ pub struct Mode {
     /// `rdtsc` may run natively: the guest's TSC is the host's (no offset) and
     /// CR4.TSD does not forbid it here.
     pub native_tsc: bool,
+    /// Which data segments (bit i as in `seg_based`: es, ds, fs, gs) are unusable
+    /// (loaded with a null selector): a memory access through one is #GP(0).
+    pub seg_unusable: u8,
 }
 
 /// Bits of `Mode::fpu`.
@@ -106,6 +110,11 @@ impl Mode {
             Register::GS => Some(5),
             _ => None,
         }
+    }
+
+    /// Whether segment register `r` is unusable (null).
+    pub fn is_unusable(&self, r: Register) -> bool {
+        Self::seg_index(r).is_some_and(|i| self.seg_unusable & (1 << i) != 0)
     }
 
     /// Whether segment register `r` has a non-zero base.

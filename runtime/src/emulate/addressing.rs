@@ -119,9 +119,9 @@ pub(crate) mod attr {
 
 /// The linear address of `size` bytes at `seg:offset`, after the checks that are
 /// cheap: type (no writes to code or read-only data, no reads of execute-only code)
-/// and limit (expand-up and expand-down). Unusable (not present) segment caches are
-/// not checked, like translated code, which uses only the base. Faults are #GP(0),
-/// or #SS(0) for the stack segment.
+/// and limit (expand-up and expand-down). An access through an unusable (null,
+/// not present) segment is #GP(0), as in translated code. Faults are #GP(0), or
+/// #SS(0) for the stack segment.
 pub(crate) fn linear(
     cpu: &Cpu,
     seg: usize,
@@ -140,7 +140,10 @@ pub(crate) fn linear(
         }
     };
     let a = s.attrs;
-    if a & attr::P == 0 || a & attr::S == 0 {
+    if a & attr::P == 0 {
+        return Err(fault());
+    }
+    if a & attr::S == 0 {
         return Ok(s.base.wrapping_add(offset));
     }
     let last = u64::from(offset) + u64::from(size.max(1)) - 1;
@@ -458,8 +461,8 @@ mod tests {
             linear(&cpu, sreg::ES, 0, 1, Access::Write),
             Err(Fault::gp0())
         );
-        // Unusable caches are not checked.
+        // An unusable (null) segment is #GP(0).
         cpu.seg[sreg::GS] = Segment::default();
-        assert_eq!(linear(&cpu, sreg::GS, 5, 4, Access::Write), Ok(5));
+        assert_eq!(linear(&cpu, sreg::GS, 5, 4, Access::Write), Err(Fault::gp0()));
     }
 }

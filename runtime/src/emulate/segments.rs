@@ -392,9 +392,10 @@ mod tests {
             assert_eq!(t.run(MOV_DS_AX), want, "selector {sel:#x}");
             assert_eq!(t.cpu.seg, before);
         }
-        // Null selector: allowed for ds, unusable cache.
+        // Null selector: allowed for ds, unusable cache (a new translation mode:
+        // accesses through ds are #GP(0) now).
         t.ctx.gpr[0] = 3;
-        assert_eq!(t.run(MOV_DS_AX), Outcome::Continue);
+        assert_eq!(t.run(MOV_DS_AX), Outcome::Jump);
         assert_eq!(
             t.cpu.seg[sreg::DS],
             Segment {
@@ -402,9 +403,9 @@ mod tests {
                 ..Segment::default()
             }
         );
-        // Conforming code ignores the DPL check.
+        // Conforming code ignores the DPL check (ds usable again: a new mode).
         t.ctx.gpr[0] = 0x63;
-        assert_eq!(t.run(MOV_DS_AX), Outcome::Continue);
+        assert_eq!(t.run(MOV_DS_AX), Outcome::Jump);
         // DPL 3 data at CPL 0 with RPL 3.
         t.ctx.gpr[0] = 0x4b;
         assert_eq!(t.run(MOV_DS_AX), Outcome::Continue);

@@ -23,6 +23,9 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
     if let Some(kind) = fpu_unavailable(&i, b.mode.fpu) {
         return end(b, kind).map(Some);
     }
+    if uses_unusable_segment(&i, b.mode) {
+        return raise_gp(b).map(Some);
+    }
     let flow = match i.mnemonic() {
         // cli at CPL 0 only writes the virtual IF. Elsewhere it needs an IOPL check,
         // and sti always exits: interrupts may be pending, and they arrive after
@@ -103,7 +106,36 @@ pub(super) fn raise_ud(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     end(b, CalloutKind::RaiseUd)
 }
 
-/// Raises #GP(0) at the current instruction (one longer than 15 bytes).
+/// Whether `i` accesses memory through a data segment that is unusable (loaded
+/// with a null selector): #GP(0) on the CPU. The few instructions with a memory
+/// operand they never access (lea, the hint nops, prefetches, invlpg) are exempt.
+/// A `rep` string instruction faults even with a zero count, where the CPU
+/// accesses nothing.
+pub(crate) fn uses_unusable_segment(i: &Instruction, mode: &crate::Mode) -> bool {
+    use Mnemonic::*;
+    if mode.seg_unusable == 0
+        || matches!(
+            i.mnemonic(),
+            Lea | Nop | Reservednop | Prefetch | Prefetchw | Prefetchwt1 | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Invlpg
+        )
+    {
+        return false;
+    }
+    (0..i.op_count()).any(|n| match i.op_kind(n) {
+        OpKind::Memory
+        | OpKind::MemorySegSI
+        | OpKind::MemorySegESI
+        | OpKind::MemorySegRSI
+        | OpKind::MemorySegDI
+        | OpKind::MemorySegEDI
+        | OpKind::MemorySegRDI => mode.is_unusable(i.memory_segment()),
+        OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI => mode.is_unusable(Register::ES),
+        _ => false,
+    })
+}
+
+/// Raises #GP(0) at the current instruction (one longer than 15 bytes, or one
+/// that uses an unusable segment).
 pub(super) fn raise_gp(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     end(b, CalloutKind::RaiseGp)
 }

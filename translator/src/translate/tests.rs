@@ -116,6 +116,23 @@ fn segment_base_is_added_from_the_context() {
 }
 
 #[test]
+fn accesses_through_an_unusable_segment_raise_gp() {
+    let kinds = |code: &[u8], unusable: u8| -> Vec<(iced_x86::Mnemonic, CalloutKind)> {
+        build(code, Mode { seg_unusable: unusable, ..Mode::default() }).sites.iter().map(|s| (s.ins.mnemonic(), s.kind)).collect()
+    };
+    use iced_x86::Mnemonic::*;
+    let fs_load = [0x64, 0x8b, 0x03, 0xc3]; // mov %fs:(%ebx),%eax
+    assert_eq!(kinds(&fs_load, 1 << 4), vec![(Mov, CalloutKind::RaiseGp)]);
+    assert_eq!(kinds(&fs_load, 1 << 5), vec![], "gs unusable, fs fine");
+    // stosb writes through es; lea and a hint nop access nothing.
+    assert_eq!(kinds(&[0xaa, 0xc3], 1), vec![(Stosb, CalloutKind::RaiseGp)]);
+    assert_eq!(kinds(&[0x8d, 0x03, 0x0f, 0x1f, 0x00, 0xc3], 0b11_1001), vec![]);
+    // Through ds by default; not through ss.
+    assert_eq!(kinds(&[0x8b, 0x03, 0xc3], 1 << 3), vec![(Mov, CalloutKind::RaiseGp)]);
+    assert_eq!(kinds(&[0x8b, 0x45, 0x00, 0xc3], 1 << 3), vec![], "(%ebp) is ss");
+}
+
+#[test]
 fn masked_stores_go_through_the_view() {
     // maskmovq %mm1,%mm0 writes to ds:(%edi) implicitly: it gets the %gs override.
     let mode = Mode { fpu: crate::fpu_mode::OSFXSR, ..Mode::default() };
