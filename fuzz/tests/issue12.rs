@@ -414,6 +414,40 @@ fn cpl3_iret_with_nt_set_is_a_task_return_fault() {
     });
 }
 
+#[test]
+fn cpl3_stack_instructions_with_a_based_stack_segment() {
+    // ss = BASED_DATA (base DATA, limit 0xfff), esp 0x800: push, call/ret, pusha/popa,
+    // enter/leave, pop; then the flat stack back.
+    #[rustfmt::skip]
+    let mut b = vec![
+        0x8c, 0xd7,                         // mov %ss,%edi
+        0x89, 0xe6,                         // mov %esp,%esi
+        0xb8, 0x6b, 0, 0, 0,                // mov $0x6b,%eax
+        0x8e, 0xd0,                         // mov %eax,%ss
+        0xbc, 0x00, 0x08, 0, 0,             // mov $0x800,%esp
+        0x68, 0x78, 0x56, 0x34, 0x12,       // push $0x12345678
+        0xe8, 0x02, 0, 0, 0,                // call f
+        0xeb, 0x01,                         // jmp over
+        0xc3,                               // f: ret
+        0x60, 0x61,                         // over: pusha; popa
+        0xc8, 0x08, 0x00, 0x00,             // enter $8,$0
+        0xc9,                               // leave
+        0x59,                               // pop %ecx
+        0x89, 0xe3,                         // mov %esp,%ebx
+        0x8e, 0xd7,                         // mov %edi,%ss
+        0x89, 0xf4,                         // mov %esi,%esp
+        0x89, 0x0d,                         // mov %ecx,DATA+0x900
+    ];
+    b.extend_from_slice(&(h::DATA + 0x900).to_le_bytes());
+    b.extend_from_slice(&[0x89, 0x1d]); // mov %ebx,DATA+0x904
+    b.extend_from_slice(&(h::DATA + 0x904).to_le_bytes());
+    let (g, run) = go(&Harness::standard(3, true), vec![raw(&b)], vec![]);
+    assert!(done(&run) && run.events.is_empty(), "{:?} {:?}", run.outcome, run.events);
+    assert_eq!((ram32(&run, h::DATA + 0x900), ram32(&run, h::DATA + 0x904)), (0x1234_5678, 0x800));
+    assert_eq!(ram32(&run, h::DATA + 0x7fc), 0x1234_5678, "pushed at ss:0x7fc");
+    qemu_agrees(&g, &run);
+}
+
 // ---------------------------------------------------------------------------------
 // item 8: memory
 

@@ -76,7 +76,8 @@ pub struct Mode {
     /// FPU/SSE availability as CR0 and CR4 set it (`fpu_mode` bits).
     pub fpu: u8,
     /// SS has a non-zero base or is a 16-bit stack: translated code addresses the
-    /// stack as flat 32-bit `%gs:(r8d)`, so implicit stack accesses stop instead.
+    /// stack as flat 32-bit `%gs:(r8d)`, so implicit stack accesses are emulated
+    /// by the VMM instead.
     pub irregular_stack: bool,
     /// `rdtsc` may run natively: the guest's TSC is the host's (no offset) and
     /// CR4.TSD does not forbid it here.

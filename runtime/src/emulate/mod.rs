@@ -347,6 +347,8 @@ fn dispatch(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         Mov => control::mov_cr_dr(m, site),
         Push | Pop if segments::touches_sreg(ins) => segments::push_pop(m, site),
         Lds | Les | Lfs | Lgs | Lss => segments::load_far_pointer(m, site),
+        Push | Pop | Pusha | Pushad | Popa | Popad | Enter | Leave | Ret => stack::emulate(m, site),
+        Call if !ins.is_call_far() && !ins.is_call_far_indirect() => stack::emulate(m, site),
         Jmp | Call => segments::far_jmp_call(m, site),
         Retf => segments::retf(m, site),
         Cpuid => cpuid::emulate(m, site),

@@ -411,9 +411,13 @@ fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     }
     let implicit_stack = matches!(m, Push | Pop | Pushad | Pusha | Popad | Popa | Enter | Leave | Call | Ret);
     if implicit_stack && b.mode.irregular_stack {
-        b.callout(CalloutKind::Unsupported)?;
-        b.jmp_slot(b.next_eip());
-        return Ok(Flow::End);
+        // Translated code addresses the stack flat and 32-bit: the VMM emulates
+        // these against SS (its base, limit and B bit).
+        if matches!(m, Call | Ret) {
+            return special::end(b, CalloutKind::Emulate);
+        }
+        b.callout(CalloutKind::Emulate)?;
+        return Ok(Flow::Next);
     }
     match m {
         Push | Pop | Pushad | Pusha | Popad | Popa | Enter | Leave => stack::translate(b),

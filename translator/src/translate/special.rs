@@ -95,7 +95,7 @@ fn touches_cr_dr(i: &Instruction) -> bool {
 
 /// A callout after which the unit ends (the instruction may change eip or the
 /// translation mode); the fall-through continues at the next instruction.
-fn end(b: &mut Builder<'_>, kind: CalloutKind) -> Result<Flow, EmitError> {
+pub(super) fn end(b: &mut Builder<'_>, kind: CalloutKind) -> Result<Flow, EmitError> {
     b.callout(kind)?;
     b.jmp_slot(b.next_eip());
     Ok(Flow::End)

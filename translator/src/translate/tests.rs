@@ -232,12 +232,15 @@ fn lea_ignores_segment_bases() {
 }
 
 #[test]
-fn implicit_stack_use_with_an_irregular_stack_stops() {
+fn implicit_stack_use_with_an_irregular_stack_is_emulated() {
     let mode = Mode { irregular_stack: true, ..Mode::default() };
-    for code in [&[0x50, 0xc3][..], &[0xc3], &[0xe8, 0, 0, 0, 0]] {
+    for code in [&[0x50, 0xc3][..], &[0xc3], &[0xe8, 0, 0, 0, 0], &[0x60, 0xc9, 0xc3]] {
         let u = build(code, mode);
-        assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::Unsupported), "{code:02x?}");
+        assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::Emulate), "{code:02x?}");
     }
+    // A push is emulated in place: the unit goes on to the ret.
+    let u = build(&[0x50, 0xc3], mode);
+    assert_eq!(u.sites.iter().map(|s| s.ins.mnemonic()).collect::<Vec<_>>(), vec![iced_x86::Mnemonic::Push, iced_x86::Mnemonic::Ret]);
 }
 
 #[test]
