@@ -448,6 +448,37 @@ fn cpl3_stack_instructions_with_a_based_stack_segment() {
     qemu_agrees(&g, &run);
 }
 
+#[test]
+fn far_calls_through_call_gates() {
+    at_both_levels(|cpl| {
+        let rpl = u16::from(cpl);
+        let lcall = |sel: u16| {
+            let mut v = vec![0x9a, 0, 0, 0, 0];
+            v.extend_from_slice(&(sel | rpl).to_le_bytes());
+            v
+        };
+        // The gate to SERVICES (lret); then the one with two parameters (lret $8),
+        // esp compared before and after; then a jmp through the gate.
+        let mut with_params = vec![0x89, 0xe3, 0x6a, 0x01, 0x6a, 0x02]; // mov %esp,%ebx; push $1; push $2
+        with_params.extend(lcall(h::sel::CALL_GATE_PARAMS));
+        with_params.extend_from_slice(&[0x29, 0xe3, 0x89, 0x1d]); // sub %esp,%ebx; mov %ebx,DATA+0x900
+        with_params.extend_from_slice(&(h::DATA + 0x900).to_le_bytes());
+        let mut ljmp = vec![0xea, 0, 0, 0, 0];
+        ljmp.extend_from_slice(&(h::sel::CALL_GATE | rpl).to_le_bytes());
+        let items = vec![raw(&lcall(h::sel::CALL_GATE)), raw(&with_params), raw(&ljmp)];
+        let (g, run) = go(&Harness::standard(cpl, cpl == 3), items, vec![]);
+        if cpl == 3 {
+            assert!(done(&run), "{:?} {:?}", run.outcome, run.events);
+            assert_eq!(ram32(&run, h::DATA + 0x900), 0, "lret $8 released the parameters");
+            // The jmp may not move to ring 0: #GP(the gate's code segment).
+            assert_eq!(run.events.iter().map(|e| (e.vector, e.error)).collect::<Vec<_>>(), vec![(13, u32::from(h::sel::KCODE))]);
+        }
+        // At CPL 0 the harness's lret faults on QEMU too: only agreement is checked.
+        assert!(!matches!(run.outcome, Ok(RunOutcome::Unsupported { .. })), "cpl {cpl}: {:?}", run.outcome);
+        qemu_agrees(&g, &run);
+    });
+}
+
 // ---------------------------------------------------------------------------------
 // item 8: memory
 

@@ -126,7 +126,7 @@ fn read_gate(
 }
 
 /// The stack for ring `ring` from the current 32-bit TSS, checked: (SS cache, ESP).
-fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Segment, u32), Fault> {
+pub(crate) fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Segment, u32), Fault> {
     let tr = m.cpu.tr;
     let ts = |sel: u16| Fault::exc(10, Some(u32::from((sel & 0xfffc) | ext)));
     let ty = (tr.attrs & 0xf) as u8;
@@ -521,6 +521,34 @@ mod tests {
         t.write_u32(TSS, 0x30);
         assert!(matches!(t.run(&[0xcf]), Outcome::Exception { vector: 11, error: Some(0x30), .. }));
         assert_eq!(t.cpu.cpl(), 3, "nothing changed");
+    }
+
+    #[test]
+    fn a_call_gate_moves_to_ring_0_with_its_parameters_and_lret_comes_back() {
+        let mut t = machine();
+        t.set_cpl(3);
+        // GDT 6: a 32-bit call gate to KCODE:HANDLER, DPL 3, two parameters.
+        let gate = |dpl: u64| (u64::from(HANDLER & 0xffff_0000) << 32) | ((0x8c | (dpl << 5)) << 40) | (2 << 32) | (u64::from(KCODE) << 16) | u64::from(HANDLER & 0xffff);
+        t.set_gdt(6, gate(3));
+        t.ctx.gpr[4] = 0x7000;
+        t.write_u32(0x7000, 0x11);
+        t.write_u32(0x7004, 0x22);
+        let lcall = [0x9a, 0, 0, 0, 0, 0x33, 0];
+        assert_eq!(t.run(&lcall), Outcome::Jump);
+        assert_eq!((t.cpu.cpl(), t.ctx.eip, t.cpu.seg[sreg::SS].selector), (0, HANDLER, KDATA));
+        assert_eq!(t.ctx.gpr[4], KSTACK - 24);
+        let frame: Vec<u32> = (0..6).map(|k| t.read_u32(KSTACK - 24 + 4 * k)).collect();
+        assert_eq!(frame, vec![EIP + 7, 0x1b, 0x11, 0x22, 0x7000, 0x23]);
+        // lret $8 releases the parameters on both stacks.
+        t.ctx.eip = HANDLER;
+        assert_eq!(t.run(&[0xca, 0x08, 0x00]), Outcome::Jump);
+        assert_eq!((t.cpu.cpl(), t.ctx.eip, t.ctx.gpr[4]), (3, EIP + 7, 0x7008));
+        // A jmp may not change privilege: #GP(the code segment).
+        assert!(matches!(t.run(&[0xea, 0, 0, 0, 0, 0x33, 0]), Outcome::Exception { vector: 13, error: Some(e), .. } if e == u32::from(KCODE)));
+        // A gate of DPL 0 is out of reach of ring 3: #GP(the gate).
+        t.set_gdt(6, gate(0));
+        assert!(matches!(t.run(&lcall), Outcome::Exception { vector: 13, error: Some(0x30), .. }));
+        assert_eq!(t.cpu.cpl(), 3);
     }
 
     #[test]
