@@ -479,6 +479,24 @@ fn far_calls_through_call_gates() {
     });
 }
 
+/// The guest of a corpus reproducer.
+fn corpus_guest(name: &str) -> GuestCase {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(format!("{name}.json"));
+    match bt86_fuzz::case::load(&path).expect("the reproducer loads").0.body {
+        bt86_fuzz::case::Body::Guest(g) => g,
+        other => panic!("{name}: not a guest case: {other:?}"),
+    }
+}
+
+#[test]
+fn cpl3_fault_delivered_through_a_16_bit_gate() {
+    // A rep stosw fault at CPL 3 whose IDT entry is a 16-bit gate (to 32-bit code).
+    let g = corpus_guest("delivery-through-16bit-gate");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    assert!(!matches!(run.outcome, Ok(RunOutcome::Unsupported { .. })), "{:?}", run.outcome);
+    qemu_agrees(&g, &run);
+}
+
 // ---------------------------------------------------------------------------------
 // item 8: memory
 

@@ -9,7 +9,8 @@
 //! before any register changes, so a fault during delivery leaves the state as it
 //! was (the engine then raises #DF, and a fault during #DF is a triple fault).
 //!
-//! Not here yet: task gates and task switches, 16-bit gates, virtual-8086 mode.
+//! 16-bit gates push words. Not here yet: task gates and task switches, handlers
+//! in 16-bit code segments, virtual-8086 mode.
 
 use super::addressing::{read_lin, read_sys, write_linear_as};
 use super::descriptor::{fetch, is_null, set_type_bits, sys, Entry};
@@ -32,6 +33,8 @@ pub enum EventSource {
     External,
 }
 
+const GATE_INT16: u8 = 0x6;
+const GATE_TRAP16: u8 = 0x7;
 const GATE_INT32: u8 = 0xe;
 const GATE_TRAP32: u8 = 0xf;
 const ACCESSED: u8 = 1;
@@ -65,17 +68,19 @@ pub(crate) fn deliver(
     let new_cpl = if d.conforming() { cpl } else { d.dpl() };
     let old_flags = read_eflags(m);
     let old_cs = m.cpu.seg[sreg::CS].selector;
+    // A 16-bit gate pushes words (the low halves of eflags, eip and the error code).
+    let slot = if matches!(gate_type, GATE_INT16 | GATE_TRAP16) { 2 } else { 4 };
     let (new_ss, new_esp) = if new_cpl < cpl {
         let (ss, esp) = inner_stack(m, new_cpl, ext)?;
         let mut frame = vec![u32::from(m.cpu.seg[sreg::SS].selector), m.ctx.gpr[4]];
         frame.extend([old_flags, u32::from(old_cs), return_eip]);
         frame.extend(error);
-        (Some(ss), write_frame(m, ss.base, esp, &frame, false)?)
+        (Some(ss), write_frame(m, ss.base, esp, &frame, slot, false)?)
     } else {
         let mut frame = vec![old_flags, u32::from(old_cs), return_eip];
         frame.extend(error);
         let ss = m.cpu.seg[sreg::SS];
-        (None, write_frame(m, ss.base, m.ctx.gpr[4], &frame, m.cpu.cpl() == 3)?)
+        (None, write_frame(m, ss.base, m.ctx.gpr[4], &frame, slot, m.cpu.cpl() == 3)?)
     };
     // Commit: nothing below can fault.
     let d = set_type_bits(m, e, ACCESSED)?;
@@ -86,7 +91,7 @@ pub(crate) fn deliver(
     m.ctx.gpr[4] = new_esp;
     m.ctx.eip = offset;
     m.ctx.sys_flags &= !(eflags::TF | eflags::NT | eflags::RF | eflags::VM);
-    if gate_type == GATE_INT32 {
+    if matches!(gate_type, GATE_INT32 | GATE_INT16) {
         m.ctx.vif = 0;
     }
     Ok(())
@@ -110,9 +115,8 @@ fn read_gate(
     let dpl = ((hi >> 13) & 3) as u8;
     let present = hi & 0x8000 != 0;
     match gate_type {
-        GATE_INT32 | GATE_TRAP32 => {}
+        GATE_INT32 | GATE_TRAP32 | GATE_INT16 | GATE_TRAP16 => {}
         sys::TASK_GATE => return Err(Fault::unsupported("delivery through a task gate")),
-        0x6 | 0x7 => return Err(Fault::unsupported("delivery through a 16-bit gate")),
         _ => return Err(Fault::gp(idt_error)),
     }
     if source == EventSource::Software && dpl < m.cpu.cpl() {
@@ -121,8 +125,8 @@ fn read_gate(
     if !present {
         return Err(Fault::exc(super::vector::NP, Some(u32::from(idt_error))));
     }
-    let offset = (lo & 0xffff) | (hi & 0xffff_0000);
-    Ok((offset, (lo >> 16) as u16, gate_type))
+    let high = if matches!(gate_type, GATE_INT16 | GATE_TRAP16) { 0 } else { hi & 0xffff_0000 };
+    Ok(((lo & 0xffff) | high, (lo >> 16) as u16, gate_type))
 }
 
 /// The stack for ring `ring` from the current 32-bit TSS, checked: (SS cache, ESP).
@@ -154,15 +158,15 @@ pub(crate) fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Se
     Ok((d.to_segment(ss_sel), esp))
 }
 
-/// Writes `frame` (first element pushed first) below `esp` in the stack segment at
-/// `ss_base`, as a user access if `user` (the handler runs at CPL 3); returns the
-/// new esp.
-fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], user: bool) -> Result<u32, Fault> {
-    let bytes = u32::try_from(frame.len() * 4).unwrap_or(u32::MAX);
+/// Writes `frame` (first element pushed first) in `slot`-byte slots (4, or 2 for a
+/// 16-bit gate) below `esp` in the stack segment at `ss_base`, as a user access if
+/// `user` (the handler runs at CPL 3); returns the new esp.
+fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], slot: u32, user: bool) -> Result<u32, Fault> {
+    let bytes = u32::try_from(frame.len()).unwrap_or(u32::MAX).wrapping_mul(slot);
     let new_esp = esp.wrapping_sub(bytes);
     for (i, v) in frame.iter().enumerate() {
-        let slot = u32::try_from(frame.len() - 1 - i).unwrap_or(0) * 4;
-        write_linear_as(m, ss_base.wrapping_add(new_esp.wrapping_add(slot)), &v.to_le_bytes(), user)?;
+        let at = u32::try_from(frame.len() - 1 - i).unwrap_or(0) * slot;
+        write_linear_as(m, ss_base.wrapping_add(new_esp.wrapping_add(at)), &v.to_le_bytes()[..slot as usize], user)?;
     }
     Ok(new_esp)
 }
@@ -549,6 +553,22 @@ mod tests {
         t.set_gdt(6, gate(0));
         assert!(matches!(t.run(&lcall), Outcome::Exception { vector: 13, error: Some(0x30), .. }));
         assert_eq!(t.cpu.cpl(), 3);
+    }
+
+    #[test]
+    fn a_16_bit_gate_pushes_words_and_iretw_returns() {
+        let mut t = machine();
+        gate(&mut t, 0x21, 0x86); // 16-bit interrupt gate, DPL 0
+        t.ctx.vif = 1;
+        deliver_t(&mut t, 0x21, Some(0xabcd_0018), EventSource::Exception).unwrap();
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.ctx.vif), (HANDLER & 0xffff, STACK_TOP - 8, 0));
+        assert_eq!(t.read_u16(STACK_TOP - 8), 0x0018, "the error code's low word");
+        assert_eq!(t.read_u16(STACK_TOP - 6), 0x1234);
+        assert_eq!(t.read_u16(STACK_TOP - 4), KCODE);
+        assert_eq!(t.read_u16(STACK_TOP - 2) & (1 << 9), 1 << 9, "saved IF=1");
+        t.ctx.gpr[4] += 2; // the handler drops the error code
+        assert_eq!(t.run(&[0x66, 0xcf]), Outcome::Jump);
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.ctx.vif), (0x1234, STACK_TOP, 1));
     }
 
     #[test]
