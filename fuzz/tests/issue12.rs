@@ -344,12 +344,37 @@ fn item10_segment_limits_are_enforced() {
 }
 
 #[test]
-#[ignore = "issue 12 item 10: popf setting TF raises no #DB (single-stepping)"]
 fn item10_popf_setting_tf_single_steps() {
     at_both_levels(|cpl| {
         // pushf; orl $0x100,(%esp); popf; nop; nop
         let (g, run) = go(&Harness::standard(cpl, false), vec![raw(&[0x9c, 0x81, 0x0c, 0x24, 0, 1, 0, 0, 0x9d, 0x90, 0x90])], vec![]);
         assert_eq!(run.events.first().map(|e| (e.vector, e.eip)), Some((1, g.items[0].addr + 10)), "cpl {cpl}: {:?}", run.outcome);
+        qemu_agrees(&g, &run);
+    });
+}
+
+#[test]
+fn single_steps_after_branches_callouts_stores_and_faults() {
+    // Each in a run of its own: the harness resumes with TF still set after a #DB.
+    let mut store = vec![0xa3];
+    store.extend_from_slice(&(h::DATA + 0x40).to_le_bytes()); // mov %eax,DATA+0x40
+    let tails: [(&[u8], Option<u32>); 5] = [
+        (&[0xeb, 0x00, 0x90], Some(11)),  // jmp .+2
+        (&[0x0f, 0xa2, 0x90], Some(11)),  // cpuid (a callout)
+        (&store, Some(14)),               // a store
+        (&[0x0f, 0x0b], None),            // ud2: #UD, no #DB
+        (&[0x9c, 0x81, 0x24, 0x24, 0xff, 0xfe, 0xff, 0xff, 0x9d, 0x90], Some(10)), // pushf, #DB after it
+    ];
+    at_both_levels(|cpl| {
+        for (tail, db_at) in &tails {
+            let mut b = vec![0x9c, 0x81, 0x0c, 0x24, 0, 1, 0, 0, 0x9d]; // pushf; orl $0x100,(%esp); popf
+            b.extend_from_slice(tail);
+            let (g, run) = go(&Harness::standard(cpl, cpl == 3), vec![raw(&b)], vec![]);
+            assert!(done(&run), "cpl {cpl} {tail:02x?}: {:?} {:?}", run.outcome, run.events);
+            let first = run.events.first().map(|e| (e.vector, e.eip - g.items[0].addr));
+            assert_eq!(first, Some(db_at.map_or((6, 9), |at| (1, at))), "cpl {cpl} {tail:02x?}");
+            qemu_agrees(&g, &run);
+        }
     });
 }
 

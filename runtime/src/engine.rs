@@ -13,6 +13,7 @@
 use crate::emulate::{self, DeliveryFailure, EventSource, GuestMemory, Machine, MemFault, Outcome, Stop};
 use crate::memory::GuestRam;
 use crate::signals;
+use crate::cpu::eflags;
 use crate::vm::{RunOutcome, Vm, VmError};
 use crate::mmu::{address_space_key, FaultAction, RamPhys};
 use bt86_shadow_mmu::walk::{self, Access, PagingMode, WalkError};
@@ -29,6 +30,9 @@ enum FetchFailure {
     /// The guest's page tables refuse the fetch: #PF with this error code.
     PageFault(u32),
 }
+
+/// DR6.BS: the #DB came from a single step (EFLAGS.TF).
+const DR6_BS: u32 = 1 << 14;
 
 /// Where to go after an exit.
 pub(crate) enum Next {
@@ -78,6 +82,16 @@ impl Vm {
                     return Ok(RunOutcome::Unsupported { eip, what: "a code segment with a non-zero base".into() });
                 }
             }
+            // Guest single-stepping: with TF set, each instruction runs alone, and
+            // a #DB trap follows it once it has completed.
+            if let Next::Dispatch(eip) | Next::Transient(eip) = next {
+                if self.tr.ctx().sys_flags & eflags::TF != 0 {
+                    next = Next::Transient(eip);
+                    self.guest_step = Some((eip, self.events_raised));
+                } else {
+                    self.guest_step = None;
+                }
+            }
             let transient = matches!(next, Next::Transient(_));
             let host = match next {
                 Next::Dispatch(eip) | Next::Transient(eip) => {
@@ -113,10 +127,33 @@ impl Vm {
                 }
             }
             next = self.handle_exit()?;
+            if self.guest_step.is_some() {
+                next = self.single_step_trap(next)?;
+            }
             if !self.debug_stepping() {
                 next = self.interrupt_boundary(next)?;
             }
         }
+    }
+
+    /// After an exit while the guest single-steps: if the instruction completed
+    /// (it raised no event and is not to run again after a hidden fault or the
+    /// poll), the #DB trap (DR6.BS) at the next instruction. A resume inside the
+    /// instruction's unit is not the end of it.
+    fn single_step_trap(&mut self, next: Next) -> Result<Next, VmError> {
+        let (Next::Dispatch(target) | Next::Transient(target)) = next else {
+            if matches!(next, Next::Done(_)) {
+                self.guest_step = None;
+            }
+            return Ok(next);
+        };
+        let Some((eip, raised_before)) = self.guest_step.take() else { return Ok(next) };
+        let again = target == eip && ExitReason::from_raw(self.tr.ctx().exit_reason) == Some(ExitReason::Fault);
+        if again || raised_before != self.events_raised {
+            return Ok(next);
+        }
+        self.cpu.dr[6] |= DR6_BS;
+        self.raise(1, None, target, EventSource::Exception)
     }
 
     /// The unit for `eip` in the current mode: (unit id, host entry), or why no
@@ -201,7 +238,7 @@ impl Vm {
             Some(ExitReason::Branch) => {
                 self.stats.exits_branch += 1;
                 let (slot, target, epoch) = (ctx.exit_arg, ctx.eip, self.tr.epoch());
-                if self.debug_stops_at(target) {
+                if self.debug_stops_at(target) || self.guest_step.is_some() {
                     return Ok(Next::Dispatch(target));
                 }
                 let (id, host) = match self.unit_for(target, false)? {
@@ -216,7 +253,7 @@ impl Vm {
             Some(ExitReason::Indirect) => {
                 self.stats.exits_indirect += 1;
                 let target = ctx.eip;
-                if self.debug_stops_at(target) {
+                if self.debug_stops_at(target) || self.guest_step.is_some() {
                     return Ok(Next::Dispatch(target));
                 }
                 let (id, host) = match self.unit_for(target, false)? {
@@ -450,6 +487,7 @@ impl Vm {
         fault_eip: u32,
     ) -> Result<Next, VmError> {
         *self.stats.exceptions.entry(vector).or_default() += 1;
+        self.events_raised += 1;
         tracing::trace!(target: "bt86::trace::int", "INT: vector 0x{vector:02x} ({source:?}) error {error:x?} at eip 0x{eip:08x} cpl {}", self.cpu.cpl());
         self.tr.ctx_mut().eip = eip;
         if self.cpu.idtr.limit == 0 {

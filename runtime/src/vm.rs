@@ -134,6 +134,13 @@ pub struct Vm {
     pub(crate) tr: Translator,
     /// sti just set IF: the next instruction runs before any interrupt.
     pub(crate) interrupt_shadow: bool,
+    /// The guest single-steps (EFLAGS.TF was set when the instruction now running
+    /// alone started): its eip and the events raised before it (`events_raised`),
+    /// to tell a completed instruction (a #DB trap follows) from one that raised
+    /// an event or is to run again.
+    pub(crate) guest_step: Option<(u32, u64)>,
+    /// Exceptions and interrupts raised so far (`Vm::raise`).
+    pub(crate) events_raised: u64,
     /// Frames write-protected in the view because they hold translated code
     /// (ordered: the shadow MMU asks for those inside a large page).
     pub(crate) protected: std::collections::BTreeSet<u32>,
@@ -187,6 +194,8 @@ impl Vm {
             alarm,
             tr,
             interrupt_shadow: false,
+            guest_step: None,
+            events_raised: 0,
             protected: std::collections::BTreeSet::new(),
             stats: Stats::default(),
             stop_flag: Arc::new(AtomicBool::new(false)),
