@@ -48,6 +48,10 @@ fn unit_table_bytes(u: &Unit, slots: usize, sites: usize) -> usize {
         + 3 * ALLOC_HEADER
 }
 
+/// Adaptive store eips kept across a flush at most: the set outlives the units,
+/// so a guest making ever new stores adaptive must not grow it without bound.
+const MAX_ADAPTIVE: usize = 1 << 16;
+
 /// Errors from the translator.
 #[derive(Debug, Error)]
 pub enum TranslatorError {
@@ -626,6 +630,11 @@ impl Translator {
         self.ctx.lookup_table = self.lookup.current_ptr();
         self.used = self.stubs_end;
         self.tables = 0;
+        if self.adaptive.len() > MAX_ADAPTIVE {
+            // Forgotten whole (with its memory): the stores that still hit page
+            // tables learn it again.
+            self.adaptive = hashbrown::HashSet::new();
+        }
         self.epoch += 1;
         self.stats.cache_flushes += 1;
         frames
@@ -753,5 +762,20 @@ mod tests {
         }
         assert!(tr.stats().cache_flushes > 0);
         assert!(most_code + MAX_UNIT_BYTES < CACHE, "the code cache filled ({most_code} bytes): the tables did not decide");
+    }
+
+    #[test]
+    fn a_flush_forgets_adaptive_stores_once_there_are_too_many() {
+        let mut tr = Translator::new(1 << 20, Isa::default()).expect("translator");
+        for eip in 0..100u32 {
+            tr.make_adaptive(eip).expect("adaptive");
+        }
+        tr.flush();
+        assert_eq!(tr.adaptive.len(), 100, "a few are kept");
+        for eip in 0..=MAX_ADAPTIVE as u32 {
+            tr.make_adaptive(eip).expect("adaptive");
+        }
+        tr.flush();
+        assert!(tr.adaptive.is_empty());
     }
 }
