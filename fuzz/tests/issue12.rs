@@ -522,6 +522,44 @@ fn cpl3_fault_delivered_through_a_16_bit_gate() {
     qemu_agrees(&g, &run);
 }
 
+#[test]
+fn task_switches_through_a_task_gate_and_back() {
+    at_both_levels(|cpl| {
+        // lcall through the task gate: the task (ring 0, TSS2) returns by iret with
+        // NT set; then the caller goes on and stores a marker.
+        let mut b = vec![0x9a, 0, 0, 0, 0];
+        b.extend_from_slice(&(h::sel::TASK_GATE | u16::from(cpl)).to_le_bytes());
+        b.extend_from_slice(&[0xc7, 0x05]); // movl $0x600d,DATA+0x900
+        b.extend_from_slice(&(h::DATA + 0x900).to_le_bytes());
+        b.extend_from_slice(&0x600du32.to_le_bytes());
+        // Paging off: the harness's first TSS holds no CR3 to come back to.
+        let (g, run) = go(&Harness::standard(cpl, false), vec![raw(&b)], vec![]);
+        assert!(done(&run) && run.events.is_empty(), "cpl {cpl}: {:?} {:?}", run.outcome, run.events);
+        assert_eq!(ram32(&run, h::DATA + 0x900), 0x600d, "cpl {cpl}");
+        assert_eq!(ram32(&run, h::TSS2) & 0xffff, u32::from(h::sel::TSS), "cpl {cpl}: the back link");
+        assert_eq!(ram32(&run, h::TSS + 0x20), g.items[0].addr + 7, "cpl {cpl}: the caller's eip saved");
+        qemu_agrees(&g, &run);
+    });
+    // A jmp through the gate does not nest: the task ends the run (EXIT_TASK).
+    let mut b = vec![0xea, 0, 0, 0, 0];
+    b.extend_from_slice(&(h::sel::TASK_GATE | 3).to_le_bytes());
+    let (g, run) = go(&Harness::standard(3, true), vec![raw(&b)], vec![]);
+    assert!(matches!(run.outcome, Ok(RunOutcome::GuestExit(v)) if v == h::EXIT_BASE | h::EXIT_TASK), "{:?}", run.outcome);
+    qemu_agrees(&g, &run);
+}
+
+#[test]
+fn task_switch_reproducers_agree_with_qemu() {
+    // (iret-with-nt is left out: it pushes and pops through memory that does not
+    // exist, which QEMU discards and bt86 keeps in its void page.)
+    for name in ["delivery-through-task-gate", "far-transfer-through-call-gate"] {
+        let g = corpus_guest(name);
+        let run = exec::run_guest_detailed(&g).expect("the VM runs");
+        assert!(!matches!(run.outcome, Ok(RunOutcome::Unsupported { .. })), "{name}: {:?}", run.outcome);
+        qemu_agrees(&g, &run);
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // item 8: memory
 

@@ -498,7 +498,13 @@ impl Vm {
         let mut eip = eip;
         loop {
             let cpl_before = self.cpu.cpl();
+            let space_before = address_space_key(&self.cpu);
             let (result, _) = self.with_machine(|m| emulate::deliver_event(m, event.0, event.1, event.2, eip))?;
+            // A task gate switches tasks, and with them perhaps CR3.
+            let space_after = address_space_key(&self.cpu);
+            if space_after != space_before {
+                self.paging_controls_changed(space_before, space_after)?;
+            }
             match result {
                 Ok(()) => {
                     if self.cpu.cpl() != cpl_before {

@@ -9,8 +9,8 @@
 //! before any register changes, so a fault during delivery leaves the state as it
 //! was (the engine then raises #DF, and a fault during #DF is a triple fault).
 //!
-//! 16-bit gates push words. Not here yet: task gates and task switches, handlers
-//! in 16-bit code segments, virtual-8086 mode.
+//! 16-bit gates push words; task gates switch tasks (`task.rs`). Not here yet:
+//! handlers in 16-bit code segments, virtual-8086 mode.
 
 use super::addressing::{read_lin, read_sys, write_linear_as};
 use super::descriptor::{fetch, is_null, set_type_bits, sys, Entry};
@@ -50,6 +50,10 @@ pub(crate) fn deliver(
     let ext = u16::from(source != EventSource::Software);
     let idt_error = u16::from(vector) * 8 + 2 + ext;
     let (offset, selector, gate_type) = read_gate(m, vector, source, idt_error)?;
+    if gate_type == sys::TASK_GATE {
+        let t = super::task::event_target(m, selector, ext)?;
+        return super::task::switch(m, selector, t, super::task::Source::Event(error), return_eip);
+    }
     if is_null(selector) {
         return Err(Fault::gp(ext));
     }
@@ -115,8 +119,7 @@ fn read_gate(
     let dpl = ((hi >> 13) & 3) as u8;
     let present = hi & 0x8000 != 0;
     match gate_type {
-        GATE_INT32 | GATE_TRAP32 | GATE_INT16 | GATE_TRAP16 => {}
-        sys::TASK_GATE => return Err(Fault::unsupported("delivery through a task gate")),
+        GATE_INT32 | GATE_TRAP32 | GATE_INT16 | GATE_TRAP16 | sys::TASK_GATE => {}
         _ => return Err(Fault::gp(idt_error)),
     }
     if source == EventSource::Software && dpl < m.cpu.cpl() {
@@ -174,13 +177,11 @@ fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], slot:
 /// iret/iretd in protected mode: to the same ring, or to an outer ring (popping
 /// SS:ESP too and nulling data segments the outer ring may not use). The 16-bit
 /// form (`iretw`) pops words: IP (zero-extended), CS, the low 16 bits of EFLAGS and,
-/// to an outer ring, SP and SS. With NT set it is a task return, checked as far as
-/// its faults (a back link that names no busy TSS is #TS, not present #NP); the
-/// task switch itself is not implemented.
+/// to an outer ring, SP and SS. With NT set it is a task return (`task_return`).
 pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     let size: u32 = if site.ins.mnemonic() == Mnemonic::Iret { 2 } else { 4 };
     if m.ctx.sys_flags & eflags::NT != 0 {
-        return task_return(m);
+        return task_return(m, super::next_eip(site));
     }
     let ss = m.cpu.seg[sreg::SS];
     let esp = m.ctx.gpr[4];
@@ -228,21 +229,19 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
 
 /// iret with NT set: a return to the task the current TSS's back link names (SDM,
 /// IRET "TASK-RETURN"). The link must name a busy TSS in the GDT (else #TS(link)),
-/// present (else #NP(link)); the switch to that task is not implemented.
-fn task_return(m: &mut Machine<'_>) -> EmuResult {
+/// present (else #NP(link)); the outgoing task resumes at `next_eip`.
+fn task_return(m: &mut Machine<'_>, next_eip: u32) -> EmuResult {
     let link = read_sys(m, m.cpu.tr.base, 2)? as u16;
     let ts = Fault::exc(10, Some(u32::from(link & 0xfffc)));
     if link & 4 != 0 {
         return Err(ts);
     }
-    let d = fetch(m, link)?.ok_or_else(|| ts.clone())?.desc;
-    if !d.is_system() || !matches!(d.typ(), sys::TSS16_BUSY | sys::TSS32_BUSY) {
+    let e = fetch(m, link)?.ok_or_else(|| ts.clone())?;
+    if !e.desc.is_system() || !matches!(e.desc.typ(), sys::TSS16_BUSY | sys::TSS32_BUSY) {
         return Err(ts);
     }
-    if !d.present() {
-        return Err(Fault::np_sel(link));
-    }
-    Err(Fault::unsupported("iret with NT set to a busy TSS (a task switch)"))
+    super::task::switch(m, link, e, super::task::Source::Iret, next_eip)?;
+    Ok(Outcome::Jump)
 }
 
 /// A far return to an outer ring (`lret` with RPL > CPL): pops eip and cs, releases

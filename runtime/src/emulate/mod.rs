@@ -31,6 +31,7 @@ mod stack;
 mod string;
 mod sysenter;
 mod tables;
+mod task;
 pub mod traced;
 #[cfg(test)]
 mod testutil;
@@ -152,6 +153,7 @@ pub(crate) mod vector {
     pub const OF: u8 = 4;
     pub const BR: u8 = 5;
     pub const UD: u8 = 6;
+    pub const TS: u8 = 10;
     pub const NP: u8 = 11;
     pub const SS: u8 = 12;
     pub const GP: u8 = 13;

@@ -6,7 +6,7 @@
 //! in memory (only if clear), and fills the cache: base, limit (granularity
 //! applied), attributes. Far calls through call gates may move to an inner ring
 //! (`through_call_gate`); returns to an outer ring are in `delivery.rs`; task
-//! switches stop as unsupported.
+//! switches in `task.rs`.
 
 use super::addressing::{dest, mem_operand, read_mem, read_op, sreg_index, write_dest, write_linear_as, write_reg};
 use super::descriptor::{fetch, is_null, set_type_bits, sys, Descriptor, Entry};
@@ -282,6 +282,12 @@ pub(crate) fn far_jmp_call(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult
         if let Some(e) = fetch(m, sel)? {
             if e.desc.is_system() && matches!(e.desc.typ(), sys::CALL_GATE16 | sys::CALL_GATE32) {
                 return through_call_gate(m, site, sel, e.desc);
+            }
+            if e.desc.is_system() && matches!(e.desc.typ(), sys::TASK_GATE | sys::TSS16_AVAIL | sys::TSS32_AVAIL) {
+                let (tss, t) = super::task::transfer_target(m, sel, e)?;
+                let source = if ins.mnemonic() == Mnemonic::Call { super::task::Source::Call } else { super::task::Source::Jmp };
+                super::task::switch(m, tss, t, source, next_eip(site))?;
+                return Ok(Outcome::Jump);
             }
         }
     }
