@@ -379,7 +379,6 @@ fn single_steps_after_branches_callouts_stores_and_faults() {
 }
 
 #[test]
-#[ignore = "issue 12 item 10: debug-register breakpoints (DR0-DR3, DR7) are never delivered"]
 fn item10_data_breakpoint_is_delivered() {
     // DR0 = DATA+0x40, DR7: L0, write, 4 bytes; then a store there.
     let mut b = vec![0xb8];
@@ -389,6 +388,20 @@ fn item10_data_breakpoint_is_delivered() {
     store.extend_from_slice(&(h::DATA + 0x40).to_le_bytes()); // mov %eax,DATA+0x40
     let (g, run) = go(&Harness::standard(0, false), vec![raw(&b), raw(&store)], vec![]);
     assert_eq!(run.events.first().map(|e| (e.vector, e.eip)), Some((1, g.items[1].addr + 5)), "{:?}", run.outcome);
+    qemu_agrees(&g, &run);
+    // DR1 = DATA+0x80, DR7: G1, read/write, 1 byte; a load that does not reach it,
+    // then one that covers it.
+    let mut b = vec![0xb8];
+    b.extend_from_slice(&(h::DATA + 0x80).to_le_bytes());
+    b.extend_from_slice(&[0x0f, 0x23, 0xc8, 0xb8, 0x08, 0x00, 0x30, 0x00, 0x0f, 0x23, 0xf8]); // mov %eax,%dr1; mov $0x300008,%eax; mov %eax,%dr7
+    let load = |at: u32| {
+        let mut v = vec![0xa1];
+        v.extend_from_slice(&at.to_le_bytes());
+        raw(&v)
+    };
+    let (g, run) = go(&Harness::standard(0, false), vec![raw(&b), load(h::DATA + 0x7c), load(h::DATA + 0x7e)], vec![]);
+    assert_eq!(run.events.first().map(|e| (e.vector, e.eip)), Some((1, g.items[2].addr + 5)), "{:?}", run.outcome);
+    qemu_agrees(&g, &run);
 }
 
 #[test]

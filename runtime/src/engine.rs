@@ -34,6 +34,20 @@ enum FetchFailure {
 /// DR6.BS: the #DB came from a single step (EFLAGS.TF).
 const DR6_BS: u32 = 1 << 14;
 
+/// An instruction run alone for the guest's own debugging: a #DB trap follows it
+/// once it has completed (it raised no event and is not to run again after a
+/// hidden fault or the poll), for TF (DR6.BS) or for the data breakpoints its
+/// accesses hit (DR6.B0-B3).
+pub(crate) struct GuestStep {
+    eip: u32,
+    /// `Vm::events_raised` before it ran.
+    raised: u64,
+    /// EFLAGS.TF was set when it started.
+    tf: bool,
+    /// The memory it accesses, when data breakpoints are set.
+    accesses: Vec<crate::debug::MemAccess>,
+}
+
 /// Where to go after an exit.
 pub(crate) enum Next {
     /// Run the unit for this guest eip (translating it if needed).
@@ -82,12 +96,15 @@ impl Vm {
                     return Ok(RunOutcome::Unsupported { eip, what: "a code segment with a non-zero base".into() });
                 }
             }
-            // Guest single-stepping: with TF set, each instruction runs alone, and
-            // a #DB trap follows it once it has completed.
+            // The guest's own debugging: with TF set or data breakpoints in DR7,
+            // each instruction runs alone, and a #DB trap may follow it.
             if let Next::Dispatch(eip) | Next::Transient(eip) = next {
-                if self.tr.ctx().sys_flags & eflags::TF != 0 {
+                let tf = self.tr.ctx().sys_flags & eflags::TF != 0;
+                let watching = self.cpu.dr[7] & 0xff != 0 && !crate::debug::guest_breakpoints(&self.cpu.dr).is_empty();
+                if tf || watching {
                     next = Next::Transient(eip);
-                    self.guest_step = Some((eip, self.events_raised));
+                    let accesses = if watching { self.accesses_at(eip) } else { Vec::new() };
+                    self.guest_step = Some(GuestStep { eip, raised: self.events_raised, tf, accesses });
                 } else {
                     self.guest_step = None;
                 }
@@ -136,10 +153,11 @@ impl Vm {
         }
     }
 
-    /// After an exit while the guest single-steps: if the instruction completed
-    /// (it raised no event and is not to run again after a hidden fault or the
-    /// poll), the #DB trap (DR6.BS) at the next instruction. A resume inside the
-    /// instruction's unit is not the end of it.
+    /// After an exit while an instruction runs alone for the guest's debugging
+    /// (`GuestStep`): if it completed (it raised no event and is not to run again
+    /// after a hidden fault or the poll), the #DB trap at the next instruction for
+    /// TF (DR6.BS) and for the data breakpoints it hit (DR6.B0-B3). A resume
+    /// inside the instruction's unit is not the end of it.
     fn single_step_trap(&mut self, next: Next) -> Result<Next, VmError> {
         let (Next::Dispatch(target) | Next::Transient(target)) = next else {
             if matches!(next, Next::Done(_)) {
@@ -147,12 +165,17 @@ impl Vm {
             }
             return Ok(next);
         };
-        let Some((eip, raised_before)) = self.guest_step.take() else { return Ok(next) };
-        let again = target == eip && ExitReason::from_raw(self.tr.ctx().exit_reason) == Some(ExitReason::Fault);
-        if again || raised_before != self.events_raised {
+        let Some(step) = self.guest_step.take() else { return Ok(next) };
+        let again = target == step.eip && ExitReason::from_raw(self.tr.ctx().exit_reason) == Some(ExitReason::Fault);
+        if again || step.raised != self.events_raised {
             return Ok(next);
         }
-        self.cpu.dr[6] |= DR6_BS;
+        let hits = crate::debug::guest_hits(&crate::debug::guest_breakpoints(&self.cpu.dr), &step.accesses);
+        let bits = hits | if step.tf { DR6_BS } else { 0 };
+        if bits == 0 {
+            return Ok(next);
+        }
+        self.cpu.dr[6] = (self.cpu.dr[6] & !0xf) | bits;
         self.raise(1, None, target, EventSource::Exception)
     }
 

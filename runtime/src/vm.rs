@@ -134,11 +134,9 @@ pub struct Vm {
     pub(crate) tr: Translator,
     /// sti just set IF: the next instruction runs before any interrupt.
     pub(crate) interrupt_shadow: bool,
-    /// The guest single-steps (EFLAGS.TF was set when the instruction now running
-    /// alone started): its eip and the events raised before it (`events_raised`),
-    /// to tell a completed instruction (a #DB trap follows) from one that raised
-    /// an event or is to run again.
-    pub(crate) guest_step: Option<(u32, u64)>,
+    /// The instruction now running alone because the guest single-steps (TF) or
+    /// has data breakpoints set (DR7): after it, a #DB trap may follow.
+    pub(crate) guest_step: Option<crate::engine::GuestStep>,
     /// Exceptions and interrupts raised so far (`Vm::raise`).
     pub(crate) events_raised: u64,
     /// Frames write-protected in the view because they hold translated code
