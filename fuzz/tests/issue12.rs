@@ -329,7 +329,6 @@ fn item10_null_fs_and_gs_accesses_are_gp() {
 }
 
 #[test]
-#[ignore = "issue 12 item 10: segment limits (expand-up and expand-down) are not enforced in translated code"]
 fn item10_segment_limits_are_enforced() {
     at_both_levels(|cpl| {
         // BASED_DATA: byte-granular limit 0xfff. EXPAND_DOWN: valid above 0x1fff.
@@ -340,6 +339,21 @@ fn item10_segment_limits_are_enforced() {
         let (_, run) = go(&Harness::standard(cpl, false), vec![past_limit, straddle, below, above], vec![]);
         assert!(done(&run), "cpl {cpl}: {:?}", run.outcome);
         assert_eq!(run.events.iter().map(|e| (e.vector, e.error)).collect::<Vec<_>>(), vec![(13, 0); 3], "cpl {cpl}");
+    });
+}
+
+#[test]
+fn read_only_segments_and_string_instructions_past_a_limit_are_gp() {
+    at_both_levels(|cpl| {
+        let read = with_fs(h::sel::READ_ONLY | 3, &[0x64, 0x8b, 0x0d, 0x10, 0, 0, 0]); // mov %fs:0x10,%ecx
+        let write = with_fs(h::sel::READ_ONLY | 3, &[0x64, 0x89, 0x0d, 0x10, 0, 0, 0]); // mov %ecx,%fs:0x10
+        // fs rep movsb from fs:0xffe, 4 bytes: past BASED_DATA's limit 0xfff.
+        let mut movs = vec![0xbe, 0xfe, 0x0f, 0, 0, 0xbf]; // mov $0xffe,%esi; mov $DATA+0x100,%edi
+        movs.extend_from_slice(&(h::DATA + 0x100).to_le_bytes());
+        movs.extend_from_slice(&[0xb9, 4, 0, 0, 0, 0xfc, 0x64, 0xf3, 0xa4]); // mov $4,%ecx; cld; fs rep movsb
+        let (_, run) = go(&Harness::standard(cpl, false), vec![read, write, with_fs(h::sel::BASED_DATA | 3, &movs)], vec![]);
+        assert!(done(&run), "cpl {cpl}: {:?}", run.outcome);
+        assert_eq!(run.events.iter().map(|e| (e.vector, e.error)).collect::<Vec<_>>(), vec![(13, 0); 2], "cpl {cpl}");
     });
 }
 

@@ -393,6 +393,11 @@ impl Vm {
         }
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
         match outcome {
+            // The check passed: the instruction itself runs next, in the unit.
+            Outcome::Continue if site.kind == CalloutKind::SegmentCheck => {
+                self.tr.ctx_mut().eip = site.eip;
+                Ok(Next::Resume(resume))
+            }
             Outcome::Continue => {
                 self.tr.ctx_mut().eip = next_eip;
                 // Whether the callout dropped any unit (its own, perhaps).

@@ -45,6 +45,10 @@ pub enum CalloutKind {
     Emulate,
     /// Raise #UD at the instruction.
     RaiseUd,
+    /// Check the segment limits and types of the instruction's memory accesses
+    /// (raising #GP/#SS if one fails); the instruction's own code follows the
+    /// callout, which leaves the guest state as it was.
+    SegmentCheck,
     /// Raise #GP(0) at the instruction (one longer than 15 bytes, or one that
     /// accesses memory through an unusable segment).
     RaiseGp,
@@ -85,6 +89,10 @@ pub struct Mode {
     /// Which data segments (bit i as in `seg_based`: es, ds, fs, gs) are unusable
     /// (loaded with a null selector): a memory access through one is #GP(0).
     pub seg_unusable: u8,
+    /// Which segments (bit i as in `seg_based`) need their limit or type checked
+    /// on a memory access (not writable data expanding up to 4 GiB): the
+    /// instructions that access memory through one get a `SegmentCheck` first.
+    pub seg_checked: u8,
 }
 
 /// Bits of `Mode::fpu`.
@@ -111,6 +119,11 @@ impl Mode {
             Register::GS => Some(5),
             _ => None,
         }
+    }
+
+    /// Whether accesses through segment register `r` need a limit check.
+    pub fn is_checked(&self, r: Register) -> bool {
+        Self::seg_index(r).is_some_and(|i| self.seg_checked & (1 << i) != 0)
     }
 
     /// Whether segment register `r` is unusable (null).

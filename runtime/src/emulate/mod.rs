@@ -288,6 +288,12 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
             return Outcome::Exception { vector: 7, error: None, trap: false }
         }
         CalloutKind::Boundary => return Outcome::Continue,
+        CalloutKind::SegmentCheck => {
+            return match addressing::check_accesses(m, &site.ins, m.cpu.mode().seg_checked) {
+                Ok(()) => Outcome::Continue,
+                Err(f) => f.into_outcome(site.eip),
+            }
+        }
         CalloutKind::FetchFault => {
             return match fetch_fault(m, site) {
                 Ok(o) => o,

@@ -464,8 +464,8 @@ mod tests {
         // Back to the flat base: leaves the unit again; same base: stays in it.
         t.ctx.gpr[0] = 0x10;
         assert_eq!(t.run(MOV_DS_AX), Outcome::Jump);
-        t.ctx.gpr[0] = 0x40; // readable code into fs
-        assert_eq!(t.run(MOV_FS_AX), Outcome::Continue);
+        t.ctx.gpr[0] = 0x40; // readable code into fs: writes through it are checked now
+        assert_eq!(t.run(MOV_FS_AX), Outcome::Jump);
         assert_eq!(t.cpu.seg[sreg::FS].attrs, 0xc09b);
     }
 
@@ -499,9 +499,9 @@ mod tests {
         // Conforming code ignores the DPL check (ds usable again: a new mode).
         t.ctx.gpr[0] = 0x63;
         assert_eq!(t.run(MOV_DS_AX), Outcome::Jump);
-        // DPL 3 data at CPL 0 with RPL 3.
+        // DPL 3 data at CPL 0 with RPL 3 (flat data again: a new mode).
         t.ctx.gpr[0] = 0x4b;
-        assert_eq!(t.run(MOV_DS_AX), Outcome::Continue);
+        assert_eq!(t.run(MOV_DS_AX), Outcome::Jump);
         // At CPL 3, DPL 0 data is out of reach.
         t.set_cpl(3);
         t.ctx.gpr[0] = 0x10;

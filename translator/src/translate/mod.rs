@@ -409,6 +409,10 @@ fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     if let Some(flow) = special::translate(b)? {
         return Ok(flow);
     }
+    if special::uses_checked_segment(&b.ins, b.mode) {
+        // Limits and types are checked by the VMM; the instruction runs after.
+        b.callout(CalloutKind::SegmentCheck)?;
+    }
     let implicit_stack = matches!(m, Push | Pop | Pushad | Pusha | Popad | Popa | Enter | Leave | Call | Ret);
     if implicit_stack && b.mode.irregular_stack {
         // Translated code addresses the stack flat and 32-bit: the VMM emulates

@@ -112,9 +112,19 @@ pub(super) fn raise_ud(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
 /// A `rep` string instruction faults even with a zero count, where the CPU
 /// accesses nothing.
 pub(crate) fn uses_unusable_segment(i: &Instruction, mode: &crate::Mode) -> bool {
+    mode.seg_unusable != 0 && accesses_through(i, |r| mode.is_unusable(r))
+}
+
+/// Whether `i` accesses memory through a segment whose limit or type must be
+/// checked (`Mode::seg_checked`).
+pub(crate) fn uses_checked_segment(i: &Instruction, mode: &crate::Mode) -> bool {
+    mode.seg_checked != 0 && accesses_through(i, |r| mode.is_checked(r))
+}
+
+/// Whether `i` accesses memory through a segment register `pick` chooses.
+fn accesses_through(i: &Instruction, pick: impl Fn(Register) -> bool) -> bool {
     use Mnemonic::*;
-    if mode.seg_unusable == 0
-        || matches!(
+    if matches!(
             i.mnemonic(),
             Lea | Nop | Reservednop | Prefetch | Prefetchw | Prefetchwt1 | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Invlpg
         )
@@ -128,8 +138,8 @@ pub(crate) fn uses_unusable_segment(i: &Instruction, mode: &crate::Mode) -> bool
         | OpKind::MemorySegRSI
         | OpKind::MemorySegDI
         | OpKind::MemorySegEDI
-        | OpKind::MemorySegRDI => mode.is_unusable(i.memory_segment()),
-        OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI => mode.is_unusable(Register::ES),
+        | OpKind::MemorySegRDI => pick(i.memory_segment()),
+        OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI => pick(Register::ES),
         _ => false,
     })
 }

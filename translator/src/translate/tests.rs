@@ -133,6 +133,17 @@ fn accesses_through_an_unusable_segment_raise_gp() {
 }
 
 #[test]
+fn accesses_through_a_checked_segment_get_a_check_first() {
+    let mode = Mode { seg_checked: 1 << 4, ..Mode::default() }; // fs has a limit
+    let u = build(&[0x64, 0x8b, 0x03, 0x8b, 0x03, 0xc3], mode); // mov %fs:(%ebx),%eax; mov (%ebx),%eax
+    let sites: Vec<_> = u.sites.iter().map(|s| (s.ins.mnemonic(), s.kind, s.eip)).collect();
+    assert_eq!(sites, vec![(iced_x86::Mnemonic::Mov, CalloutKind::SegmentCheck, 0x1000)]);
+    // The load itself is still translated, after the check.
+    let l: Vec<String> = host_listing(&u).iter().map(text).collect();
+    assert!(l.iter().any(|s| s.starts_with("mov %gs:(") && s.ends_with(",%eax")), "{l:#?}");
+}
+
+#[test]
 fn masked_stores_go_through_the_view() {
     // maskmovq %mm1,%mm0 writes to ds:(%edi) implicitly: it gets the %gs override.
     let mode = Mode { fpu: crate::fpu_mode::OSFXSR, ..Mode::default() };
