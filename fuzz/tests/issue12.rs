@@ -144,6 +144,24 @@ fn stos_across(edi: u32, ecx: u32, std: bool) -> BodyItem {
 }
 
 #[test]
+fn item4_string_instruction_that_overwrites_itself_before_crossing_zero() {
+    at_both_levels(|cpl| {
+        // At 0x100: std; mov $0xa4,%ecx; mov $0x13e,%edi; mov $0x9090,%eax; rep stosw
+        // fills 0x100..0x140 with nops (its own bytes too) and crosses 0 four
+        // elements later; the nops then slide to cld; ret at 0x140.
+        let mut code = vec![0xfd, 0xb9, 0xa4, 0, 0, 0, 0xbf, 0x3e, 0x01, 0, 0, 0xb8, 0x90, 0x90, 0, 0, 0xf3, 0x66, 0xab];
+        code.resize(0x40, 0xcc);
+        code.extend_from_slice(&[0xfc, 0xc3]);
+        let chunk = Chunk { addr: 0x100, bytes: Bytes(code) };
+        let call = raw(&[0xb8, 0x00, 0x01, 0, 0, 0xff, 0xd0]); // mov $0x100,%eax; call *%eax
+        let (g, run) = go(&Harness::standard(cpl, false), vec![call], vec![chunk]);
+        assert!(done(&run) && run.events.is_empty(), "cpl {cpl}: {:?} {:?}", run.outcome, run.events);
+        assert!(run.ram[0x100..0x140].iter().all(|&b| b == 0x90), "cpl {cpl}");
+        qemu_agrees(&g, &run);
+    });
+}
+
+#[test]
 fn item4_backward_stos_across_zero_faults_when_page_0_is_absent() {
     at_both_levels(|cpl| {
         let harness = Harness::standard(cpl, true);

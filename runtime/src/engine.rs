@@ -20,7 +20,7 @@ use bt86_shadow_mmu::walk::{self, Access, PagingMode, WalkError};
 use bt86_shadow_mmu::View;
 use bt86_translator::abi::ExitReason;
 use bt86_translator::translate::BuildError;
-use bt86_translator::{CalloutKind, Fixup, GuestCode, TranslatorError, UnitKey};
+use bt86_translator::{CalloutKind, CalloutSite, Fixup, GuestCode, TranslatorError, UnitKey};
 use std::time::Instant;
 
 /// Why no code could be fetched at an eip.
@@ -569,6 +569,11 @@ impl Vm {
         };
         self.apply_fixup(fixup);
         self.tr.ctx_mut().eip = eip;
+        // A string instruction stopped in a guard is emulated as it was translated.
+        let string_site = match fixup {
+            Fixup::StringBias(_, id) => self.tr.site(id).cloned(),
+            _ => None,
+        };
         let sig = i32::try_from(f.signo).unwrap_or(-1);
         if sig == libc::SIGSEGV && f.addr & !0xfff == self.tr.poll_page() {
             self.tr.rearm_poll();
@@ -579,7 +584,7 @@ impl Vm {
             return Ok(Next::Dispatch(eip));
         }
         match sig {
-            libc::SIGSEGV if f.trapno == 14 => self.page_fault(eip, f.addr, f.err & 2 != 0),
+            libc::SIGSEGV if f.trapno == 14 => self.page_fault(eip, f.addr, f.err & 2 != 0, string_site),
             libc::SIGSEGV => self.raise(13, Some(0), eip, EventSource::Exception),
             libc::SIGFPE => {
                 let vector = match f.trapno {
@@ -604,10 +609,10 @@ impl Vm {
         }
     }
 
-    fn page_fault(&mut self, eip: u32, addr: u64, write: bool) -> Result<Next, VmError> {
+    fn page_fault(&mut self, eip: u32, addr: u64, write: bool, string_site: Option<CalloutSite>) -> Result<Next, VmError> {
         if self.guard_linear(addr).is_some() {
             // A string instruction's pointer left the view: wrap it (`slow_path`).
-            return self.emulate_in_place(eip);
+            return self.emulate_in_place(eip, string_site);
         }
         if self.paging() {
             let (linear, user_view) = match (self.view.linear_of(addr), self.user_view.linear_of(addr)) {
@@ -756,7 +761,7 @@ impl Vm {
                 let v = ctx.scratch[0] as u32;
                 ctx.gpr[usize::from(r & 7)] = v;
             }
-            Fixup::StringBias(mask) => {
+            Fixup::StringBias(mask, _) => {
                 #[allow(clippy::cast_possible_truncation)]
                 let bias = ctx.gs_base as u32;
                 for r in [6usize, 7] {

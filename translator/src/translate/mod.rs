@@ -44,8 +44,10 @@ pub enum Fixup {
     SpilledLegacy(u8),
     /// A string instruction runs with esi/edi biased by the view base (host
     /// register numbers in the mask: bit 6 = rsi, bit 7 = rdi); progress so far is
-    /// architectural, as on hardware.
-    StringBias(u8),
+    /// architectural, as on hardware. The second field is the id of a site (never
+    /// called) that holds the instruction as translated, for the VMM to emulate it
+    /// from where it stopped even if it has overwritten its own bytes since.
+    StringBias(u8, u32),
 }
 
 /// One side-table row: the code of the guest instruction at `eip` starts at host
@@ -176,6 +178,15 @@ impl Builder<'_> {
         self.a.store_ctx_imm32(off::EXIT_ARG, id)?;
         self.a.call(self.stubs.exit_callout);
         Ok(())
+    }
+
+    /// Records the current instruction as a site of `kind` without calling it
+    /// (for the VMM to find the instruction later); returns its id.
+    pub fn record_site(&mut self, kind: CalloutKind) -> u32 {
+        let id = self.first_site_id + u32::try_from(self.sites.len()).expect("sites");
+        let len = u8::try_from(self.ins.len()).expect("instruction length");
+        self.sites.push(CalloutSite { eip: self.eip(), len, ins: self.ins, kind });
+        id
     }
 
     /// Continues at the guest eip in r9d through the inline lookup.
