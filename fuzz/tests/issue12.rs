@@ -1,7 +1,9 @@
-//! Regression tests for the failure classes of issue 12 (items 1–4, 9, 10), as guest
-//! code in the fuzzer's harness: each test checks what the CPU does for the CPUID
-//! bt86 reports. Tests of what bt86 still gets wrong are ignored, with the item and
-//! what fails. Items covered elsewhere: 3 (`translator/src/translate/sweep.rs`),
+//! Regression tests for the failure classes of issue 12 (items 1–4, 8–10, and the
+//! ways user code stopped the VM: iret forms, stacks with a base, call gates,
+//! 16-bit gates, task switches), as guest code in the fuzzer's harness: each test
+//! checks what the CPU does for the CPUID bt86 reports, against QEMU where QEMU
+//! models it (not segment limits or null segments). Tests of what bt86 still gets
+//! wrong are ignored, with the item and what fails. Items covered elsewhere: 3 (`translator/src/translate/sweep.rs`),
 //! 5 (`tests/tests/guests.rs`, `devices/console_input.rs`), 6 (`cli/tests/issue12.rs`),
 //! 7 (`cli/tests/console.rs`), 8 (the translation floods below), 11 (`runtime/src/vm.rs`,
 //! `cli/tests/console.rs`).
