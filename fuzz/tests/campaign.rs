@@ -27,7 +27,6 @@ const KNOWN_OPEN: &[(&str, &str)] = &[
     ("unsupported", "a task in a N-bit code segment"),
     ("unsupported", "an interrupt handler in a N-bit code segment"),
     ("unsupported", "a return to a N-bit code segment"),
-    ("unsupported", "a N-bit far return to an outer ring"),
     ("unsupported", "virtual-N mode"),
     ("unsupported", "real mode"),
     ("unsupported", "without a N-bit TSS loaded"),

@@ -596,10 +596,10 @@ fn task_switches_through_a_task_gate_and_back() {
 }
 
 #[test]
-fn task_switch_reproducers_agree_with_qemu() {
+fn fixed_reproducers_agree_with_qemu() {
     // (iret-with-nt is left out: it pushes and pops through memory that does not
     // exist, which QEMU discards and bt86 keeps in its void page.)
-    for name in ["delivery-through-task-gate", "far-transfer-through-call-gate"] {
+    for name in ["delivery-through-task-gate", "far-transfer-through-call-gate", "16bit-far-return-to-outer-ring"] {
         let g = corpus_guest(name);
         let run = exec::run_guest_detailed(&g).expect("the VM runs");
         assert!(!matches!(run.outcome, Ok(RunOutcome::Unsupported { .. })), "{name}: {:?}", run.outcome);

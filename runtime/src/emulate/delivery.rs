@@ -248,16 +248,14 @@ fn task_return(m: &mut Machine<'_>, next_eip: u32) -> EmuResult {
 /// `release` bytes, pops esp and ss for the outer ring, and releases `release`
 /// bytes there too (SDM, RET "return to outer privilege level").
 pub(crate) fn far_return_outer(m: &mut Machine<'_>, size: u32, eip: u32, cs_sel: u16, release: u32) -> EmuResult {
-    if size != 4 {
-        return Err(Fault::unsupported("a 16-bit far return to an outer ring"));
-    }
     let rpl = (cs_sel & 3) as u8;
     let e = return_cs(m, cs_sel, eip)?;
     let ss = m.cpu.seg[sreg::SS];
     let esp = m.ctx.gpr[4];
     let at = |off: u32| ss.base.wrapping_add(esp.wrapping_add(off));
-    let new_esp = read_lin(m, at(8 + release), 4)?;
-    let ss_sel = read_lin(m, at(12 + release), 4)? as u16;
+    // A 16-bit return (`lretw`) pops words: the outer SP (zero-extended) and SS.
+    let new_esp = read_lin(m, at(2 * size + release), size)?;
+    let ss_sel = read_lin(m, at(3 * size + release), size)? as u16;
     let new_ss = outer_ss(m, ss_sel, rpl)?;
     let d = set_type_bits(m, e, ACCESSED)?;
     m.cpu.seg[sreg::CS] = d.to_segment(cs_sel);
@@ -568,6 +566,21 @@ mod tests {
         t.ctx.gpr[4] += 2; // the handler drops the error code
         assert_eq!(t.run(&[0x66, 0xcf]), Outcome::Jump);
         assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.ctx.vif), (0x1234, STACK_TOP, 1));
+    }
+
+    #[test]
+    fn a_16_bit_far_return_to_ring3_pops_words() {
+        let mut t = machine();
+        t.set_gdt(3, desc(0, 0xfffff, 0xfb, 0xc));
+        t.set_gdt(4, desc(0, 0xfffff, 0xf3, 0xc));
+        let esp = STACK_TOP - 8;
+        for (k, v) in [0x4321u16, 0x1b, 0x7000, 0x23].into_iter().enumerate() {
+            t.write(esp + 2 * k as u32, &v.to_le_bytes());
+        }
+        t.ctx.gpr[4] = esp;
+        assert_eq!(t.run(&[0x66, 0xcb]), Outcome::Jump); // lretw
+        assert_eq!(t.cpu.cpl(), 3);
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.seg[sreg::SS].selector), (0x4321, 0x7000, 0x23));
     }
 
     #[test]
