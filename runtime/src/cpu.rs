@@ -168,10 +168,29 @@ impl Cpu {
                 fpu |= bit;
             }
         }
+        // Checked: usable segments other than writable data expanding up to 4 GiB
+        // (limits, expand-down, read-only data, code read through a prefix).
+        let mut seg_checked = 0;
+        for (i, s) in self.seg.iter().enumerate() {
+            let flat_data = s.attrs & 0x1e == 0x12 && s.limit == 0xffff_ffff;
+            if s.attrs & 0x80 != 0 && !flat_data && i != sreg::CS {
+                seg_checked |= 1 << i;
+            }
+        }
+        if self.seg[sreg::CS].limit != 0xffff_ffff || self.seg[sreg::CS].attrs & 0x2 == 0 {
+            // Data read through cs: needs a readable code segment within its limit.
+            seg_checked |= 1 << sreg::CS;
+        }
         let ss = self.seg[sreg::SS];
-        let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0;
+        let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0 || seg_checked & (1 << sreg::SS) != 0;
         let tsd = self.cr4 & CR4_TSD != 0 && self.cpl() > 0;
         let native_tsc = self.tsc_offset == 0 && !tsd && !self.tsc_calibrating;
-        Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack, native_tsc }
+        let mut seg_unusable = 0;
+        for r in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
+            if self.seg[r].attrs & 0x80 == 0 {
+                seg_unusable |= 1 << r;
+            }
+        }
+        Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack, native_tsc, seg_unusable, seg_checked }
     }
 }

@@ -13,13 +13,14 @@
 use crate::emulate::{self, DeliveryFailure, EventSource, GuestMemory, Machine, MemFault, Outcome, Stop};
 use crate::memory::GuestRam;
 use crate::signals;
+use crate::cpu::eflags;
 use crate::vm::{RunOutcome, Vm, VmError};
 use crate::mmu::{address_space_key, FaultAction, RamPhys};
 use bt86_shadow_mmu::walk::{self, Access, PagingMode, WalkError};
 use bt86_shadow_mmu::View;
 use bt86_translator::abi::ExitReason;
 use bt86_translator::translate::BuildError;
-use bt86_translator::{CalloutKind, Fixup, GuestCode, TranslatorError, UnitKey};
+use bt86_translator::{CalloutKind, CalloutSite, Fixup, GuestCode, TranslatorError, UnitKey};
 use std::time::Instant;
 
 /// Why no code could be fetched at an eip.
@@ -28,6 +29,23 @@ enum FetchFailure {
     NoRam,
     /// The guest's page tables refuse the fetch: #PF with this error code.
     PageFault(u32),
+}
+
+/// DR6.BS: the #DB came from a single step (EFLAGS.TF).
+const DR6_BS: u32 = 1 << 14;
+
+/// An instruction run alone for the guest's own debugging: a #DB trap follows it
+/// once it has completed (it raised no event and is not to run again after a
+/// hidden fault or the poll), for TF (DR6.BS) or for the data breakpoints its
+/// accesses hit (DR6.B0-B3).
+pub(crate) struct GuestStep {
+    eip: u32,
+    /// `Vm::events_raised` before it ran.
+    raised: u64,
+    /// EFLAGS.TF was set when it started.
+    tf: bool,
+    /// The memory it accesses, when data breakpoints are set.
+    accesses: Vec<crate::debug::MemAccess>,
 }
 
 /// Where to go after an exit.
@@ -78,6 +96,19 @@ impl Vm {
                     return Ok(RunOutcome::Unsupported { eip, what: "a code segment with a non-zero base".into() });
                 }
             }
+            // The guest's own debugging: with TF set or data breakpoints in DR7,
+            // each instruction runs alone, and a #DB trap may follow it.
+            if let Next::Dispatch(eip) | Next::Transient(eip) = next {
+                let tf = self.tr.ctx().sys_flags & eflags::TF != 0;
+                let watching = self.cpu.dr[7] & 0xff != 0 && !crate::debug::guest_breakpoints(&self.cpu.dr).is_empty();
+                if tf || watching {
+                    next = Next::Transient(eip);
+                    let accesses = if watching { self.accesses_at(eip) } else { Vec::new() };
+                    self.guest_step = Some(GuestStep { eip, raised: self.events_raised, tf, accesses });
+                } else {
+                    self.guest_step = None;
+                }
+            }
             let transient = matches!(next, Next::Transient(_));
             let host = match next {
                 Next::Dispatch(eip) | Next::Transient(eip) => {
@@ -116,10 +147,39 @@ impl Vm {
                 crate::light::Light::Done(next) => next,
                 crate::light::Light::No => self.handle_exit()?,
             };
+            if self.guest_step.is_some() {
+                next = self.single_step_trap(next)?;
+            }
             if !self.debug_stepping() {
                 next = self.interrupt_boundary(next)?;
             }
         }
+    }
+
+    /// After an exit while an instruction runs alone for the guest's debugging
+    /// (`GuestStep`): if it completed (it raised no event and is not to run again
+    /// after a hidden fault or the poll), the #DB trap at the next instruction for
+    /// TF (DR6.BS) and for the data breakpoints it hit (DR6.B0-B3). A resume
+    /// inside the instruction's unit is not the end of it.
+    fn single_step_trap(&mut self, next: Next) -> Result<Next, VmError> {
+        let (Next::Dispatch(target) | Next::Transient(target)) = next else {
+            if matches!(next, Next::Done(_)) {
+                self.guest_step = None;
+            }
+            return Ok(next);
+        };
+        let Some(step) = self.guest_step.take() else { return Ok(next) };
+        let again = target == step.eip && ExitReason::from_raw(self.tr.ctx().exit_reason) == Some(ExitReason::Fault);
+        if again || step.raised != self.events_raised {
+            return Ok(next);
+        }
+        let hits = crate::debug::guest_hits(&crate::debug::guest_breakpoints(&self.cpu.dr), &step.accesses);
+        let bits = hits | if step.tf { DR6_BS } else { 0 };
+        if bits == 0 {
+            return Ok(next);
+        }
+        self.cpu.dr[6] = (self.cpu.dr[6] & !0xf) | bits;
+        self.raise(1, None, target, EventSource::Exception)
     }
 
     /// The unit for `eip` in the current mode: (unit id, host entry), or why no
@@ -204,7 +264,7 @@ impl Vm {
             Some(ExitReason::Branch) => {
                 self.stats.exits_branch += 1;
                 let (slot, target, epoch) = (ctx.exit_arg, ctx.eip, self.tr.epoch());
-                if self.debug_stops_at(target) {
+                if self.debug_stops_at(target) || self.guest_step.is_some() {
                     return Ok(Next::Dispatch(target));
                 }
                 let (id, host) = match self.unit_for(target, false)? {
@@ -219,7 +279,7 @@ impl Vm {
             Some(ExitReason::Indirect) => {
                 self.stats.exits_indirect += 1;
                 let target = ctx.eip;
-                if self.debug_stops_at(target) {
+                if self.debug_stops_at(target) || self.guest_step.is_some() {
                     return Ok(Next::Dispatch(target));
                 }
                 let (id, host) = match self.unit_for(target, false)? {
@@ -337,6 +397,11 @@ impl Vm {
         }
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
         match outcome {
+            // The check passed: the instruction itself runs next, in the unit.
+            Outcome::Continue if site.kind == CalloutKind::SegmentCheck => {
+                self.tr.ctx_mut().eip = site.eip;
+                Ok(Next::Resume(resume))
+            }
             Outcome::Continue => {
                 self.tr.ctx_mut().eip = next_eip;
                 // Whether the callout dropped any unit (its own, perhaps).
@@ -454,6 +519,7 @@ impl Vm {
         fault_eip: u32,
     ) -> Result<Next, VmError> {
         *self.stats.exceptions.entry(vector).or_default() += 1;
+        self.events_raised += 1;
         tracing::trace!(target: "bt86::trace::int", "INT: vector 0x{vector:02x} ({source:?}) error {error:x?} at eip 0x{eip:08x} cpl {}", self.cpu.cpl());
         self.tr.ctx_mut().eip = eip;
         if self.cpu.idtr.limit == 0 {
@@ -464,7 +530,13 @@ impl Vm {
         let mut eip = eip;
         loop {
             let cpl_before = self.cpu.cpl();
+            let space_before = address_space_key(&self.cpu);
             let (result, _) = self.with_machine(|m| emulate::deliver_event(m, event.0, event.1, event.2, eip))?;
+            // A task gate switches tasks, and with them perhaps CR3.
+            let space_after = address_space_key(&self.cpu);
+            if space_after != space_before {
+                self.paging_controls_changed(space_before, space_after)?;
+            }
             match result {
                 Ok(()) => {
                     if self.cpu.cpl() != cpl_before {
@@ -501,6 +573,11 @@ impl Vm {
         };
         self.apply_fixup(fixup);
         self.tr.ctx_mut().eip = eip;
+        // A string instruction stopped in a guard is emulated as it was translated.
+        let string_site = match fixup {
+            Fixup::StringBias(_, id) => self.tr.site(id).cloned(),
+            _ => None,
+        };
         let sig = i32::try_from(f.signo).unwrap_or(-1);
         if sig == libc::SIGSEGV && f.addr & !0xfff == self.tr.poll_page() {
             self.tr.rearm_poll();
@@ -511,7 +588,7 @@ impl Vm {
             return Ok(Next::Dispatch(eip));
         }
         match sig {
-            libc::SIGSEGV if f.trapno == 14 => self.page_fault(eip, f.addr, f.err & 2 != 0),
+            libc::SIGSEGV if f.trapno == 14 => self.page_fault(eip, f.addr, f.err & 2 != 0, string_site),
             libc::SIGSEGV => self.raise(13, Some(0), eip, EventSource::Exception),
             libc::SIGFPE => {
                 let vector = match f.trapno {
@@ -536,10 +613,10 @@ impl Vm {
         }
     }
 
-    fn page_fault(&mut self, eip: u32, addr: u64, write: bool) -> Result<Next, VmError> {
+    fn page_fault(&mut self, eip: u32, addr: u64, write: bool, string_site: Option<CalloutSite>) -> Result<Next, VmError> {
         if self.guard_linear(addr).is_some() {
             // A string instruction's pointer left the view: wrap it (`slow_path`).
-            return self.emulate_in_place(eip);
+            return self.emulate_in_place(eip, string_site);
         }
         if self.paging() {
             let (linear, user_view) = match (self.view.linear_of(addr), self.user_view.linear_of(addr)) {
@@ -688,7 +765,7 @@ impl Vm {
                 let v = ctx.scratch[0] as u32;
                 ctx.gpr[usize::from(r & 7)] = v;
             }
-            Fixup::StringBias(mask) => {
+            Fixup::StringBias(mask, _) => {
                 #[allow(clippy::cast_possible_truncation)]
                 let bias = ctx.gs_base as u32;
                 for r in [6usize, 7] {

@@ -68,7 +68,8 @@ impl Vm {
     /// that needs nothing at the boundary resumes translated code at once and the
     /// next exit is looked at the same way.
     pub(crate) fn light_exit(&mut self) -> Result<Light, VmError> {
-        if self.debug.is_some() {
+        if self.debug.is_some() || self.guest_step.is_some() {
+            // A debugger or the guest's TF wants every instruction boundary.
             return Ok(Light::No);
         }
         loop {

@@ -22,9 +22,11 @@ impl Vm {
         self.view.wrapped_linear_of(addr).or_else(|| self.user_view.wrapped_linear_of(addr))
     }
 
-    /// Emulates the instruction at `eip` once, in place of its translation.
-    pub(crate) fn emulate_in_place(&mut self, eip: u32) -> Result<Next, VmError> {
-        let Some(site) = self.site_at(eip) else {
+    /// Emulates the instruction at `eip` once, in place of its translation: `site`
+    /// as it was translated (a string instruction may have overwritten its own
+    /// bytes by now), or else as its bytes decode now.
+    pub(crate) fn emulate_in_place(&mut self, eip: u32, site: Option<CalloutSite>) -> Result<Next, VmError> {
+        let Some(site) = site.filter(|s| s.eip == eip).or_else(|| self.site_at(eip)) else {
             return Ok(Next::Done(crate::vm::RunOutcome::Unbacked { eip, linear: eip }));
         };
         let (outcome, _) = self.with_machine(|m| emulate::emulate(m, &site))?;

@@ -134,6 +134,11 @@ pub struct Vm {
     pub(crate) tr: Translator,
     /// sti just set IF: the next instruction runs before any interrupt.
     pub(crate) interrupt_shadow: bool,
+    /// The instruction now running alone because the guest single-steps (TF) or
+    /// has data breakpoints set (DR7): after it, a #DB trap may follow.
+    pub(crate) guest_step: Option<crate::engine::GuestStep>,
+    /// Exceptions and interrupts raised so far (`Vm::raise`).
+    pub(crate) events_raised: u64,
     /// Frames write-protected in the view because they hold translated code
     /// (ordered: the shadow MMU asks for those inside a large page).
     pub(crate) protected: std::collections::BTreeSet<u32>,
@@ -187,6 +192,8 @@ impl Vm {
             alarm,
             tr,
             interrupt_shadow: false,
+            guest_step: None,
+            events_raised: 0,
             protected: std::collections::BTreeSet::new(),
             stats: Stats::default(),
             stop_flag: Arc::new(AtomicBool::new(false)),

@@ -4,7 +4,10 @@
 //! a host address back to a guest instruction.
 //!
 //! Memory is bump-allocated; a full cache is flushed whole (the VMM is told which
-//! frames no longer hold translated code). Invalidated units stay in memory until
+//! frames no longer hold translated code). The host memory the units' tables take
+//! (side tables, callout sites, slots, the maps) is bounded too: the cache is
+//! flushed when they would pass the size of the code cache, so a guest that keeps
+//! translating small units cannot grow the VMM past about twice its code cache. Invalidated units stay in memory until
 //! the next flush but are unreachable: every chained jump into them is patched back
 //! to its own exit stub and their lookup entry is cleared.
 
@@ -22,6 +25,32 @@ use thiserror::Error;
 /// Room a unit may need at most: the host-code budget at which the builder stops
 /// (`UNIT_HOST_BUDGET`) plus one more instruction and the exit stubs.
 const MAX_UNIT_BYTES: usize = 16 * 1024;
+
+/// Table bytes one unit may add at most (`unit_table_bytes` of a unit at the
+/// host-code budget, generously).
+const MAX_UNIT_TABLE_BYTES: usize = 64 * 1024;
+
+/// What a unit costs in host memory besides its code: its record and side table,
+/// its slots (with the chaining entry each may add to a target's `incoming`), its
+/// callout sites, its entries in the key, frame and page maps, and an allocator
+/// header for each of its vectors.
+fn unit_table_bytes(u: &Unit, slots: usize, sites: usize) -> usize {
+    use core::mem::size_of;
+    const ALLOC_HEADER: usize = 16;
+    const MAP_ENTRY: usize = 2 * size_of::<(UnitKey, u32)>(); // slack of a hash map's load factor
+    size_of::<Unit>()
+        + u.side.capacity() * size_of::<SideEntry>()
+        + u.frames.capacity() * size_of::<u32>()
+        + slots * (size_of::<Slot>() + size_of::<u32>())
+        + sites * size_of::<CalloutSite>()
+        + MAP_ENTRY
+        + 2 * (u.frames.len() + 2) * size_of::<u32>()
+        + 3 * ALLOC_HEADER
+}
+
+/// Adaptive store eips kept across a flush at most: the set outlives the units,
+/// so a guest making ever new stores adaptive must not grow it without bound.
+const MAX_ADAPTIVE: usize = 1 << 16;
 
 /// Errors from the translator.
 #[derive(Debug, Error)]
@@ -111,6 +140,9 @@ pub struct Translator {
     stubs: Stubs,
     stubs_end: usize,
     used: usize,
+    /// Host bytes the units' tables take (an estimate, `unit_table_bytes`): a
+    /// flush comes when it would pass the code cache's size.
+    tables: usize,
     units: Vec<Unit>,
     by_key: HashMap<UnitKey, u32>,
     by_frame: HashMap<u32, Vec<u32>>,
@@ -170,6 +202,7 @@ impl Translator {
             stubs,
             stubs_end: used,
             used,
+            tables: 0,
             units: Vec::new(),
             by_key: HashMap::new(),
             by_frame: HashMap::new(),
@@ -299,7 +332,7 @@ impl Translator {
     ) -> Result<Translated, TranslatorError> {
         let started = Instant::now();
         let mut flushed_frames = Vec::new();
-        if self.used + MAX_UNIT_BYTES > self.mem.size() {
+        if self.used + MAX_UNIT_BYTES > self.mem.size() || self.tables + MAX_UNIT_TABLE_BYTES > self.mem.size() {
             flushed_frames = self.flush();
         }
         let base = self.mem.base() + self.used as u64;
@@ -334,6 +367,7 @@ impl Translator {
                 chained_to: 0,
             });
         }
+        let site_count = built.sites.len();
         self.sites.extend(built.sites);
         let frames = unit_frames(built.guest_start, built.guest_len, frame_of);
         let mut new_frames = Vec::new();
@@ -372,6 +406,7 @@ impl Translator {
             self.remember_indirect(key.eip, id);
         }
         self.used = (self.used + built.code.len()).next_multiple_of(16);
+        self.tables += unit_table_bytes(&self.units[id as usize], built.slots.len(), site_count);
         let st = &mut self.stats;
         st.units_translated += 1;
         st.guest_insns_translated += built.guest_insns as u64;
@@ -594,6 +629,12 @@ impl Translator {
         self.lookup.clear();
         self.ctx.lookup_table = self.lookup.current_ptr();
         self.used = self.stubs_end;
+        self.tables = 0;
+        if self.adaptive.len() > MAX_ADAPTIVE {
+            // Forgotten whole (with its memory): the stores that still hit page
+            // tables learn it again.
+            self.adaptive = hashbrown::HashSet::new();
+        }
         self.epoch += 1;
         self.stats.cache_flushes += 1;
         frames
@@ -691,4 +732,50 @@ fn host_has_fsgsbase() -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guest code of `ret`s everywhere.
+    struct Rets;
+
+    impl GuestCode for Rets {
+        fn fetch(&mut self, _linear: u32, buf: &mut [u8]) -> usize {
+            buf.fill(0xc3);
+            buf.len()
+        }
+    }
+
+    #[test]
+    fn many_small_units_flush_before_their_tables_outgrow_the_cache() {
+        const CACHE: usize = 4 << 20;
+        let mut tr = Translator::new(CACHE, Isa::default()).expect("translator");
+        let mode = Mode::default();
+        let mut most_code = 0;
+        for eip in 0..100_000u32 {
+            let key = UnitKey { eip, phys: eip & !0xfff, mode };
+            tr.translate(key, &mut Rets, &mut |p| Some(p >> 12), false).expect("translate");
+            most_code = most_code.max(tr.cache_bytes());
+            assert!(tr.tables <= CACHE, "unit tables of {} bytes", tr.tables);
+        }
+        assert!(tr.stats().cache_flushes > 0);
+        assert!(most_code + MAX_UNIT_BYTES < CACHE, "the code cache filled ({most_code} bytes): the tables did not decide");
+    }
+
+    #[test]
+    fn a_flush_forgets_adaptive_stores_once_there_are_too_many() {
+        let mut tr = Translator::new(1 << 20, Isa::default()).expect("translator");
+        for eip in 0..100u32 {
+            tr.make_adaptive(eip).expect("adaptive");
+        }
+        tr.flush();
+        assert_eq!(tr.adaptive.len(), 100, "a few are kept");
+        for eip in 0..=MAX_ADAPTIVE as u32 {
+            tr.make_adaptive(eip).expect("adaptive");
+        }
+        tr.flush();
+        assert!(tr.adaptive.is_empty());
+    }
 }

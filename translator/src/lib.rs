@@ -47,6 +47,13 @@ pub enum CalloutKind {
     RaiseUd,
     /// Raise #DE at the instruction (a division by a zero register).
     RaiseDe,
+    /// Check the segment limits and types of the instruction's memory accesses
+    /// (raising #GP/#SS if one fails); the instruction's own code follows the
+    /// callout, which leaves the guest state as it was.
+    SegmentCheck,
+    /// Raise #GP(0) at the instruction (one longer than 15 bytes, or one that
+    /// accesses memory through an unusable segment).
+    RaiseGp,
     /// A store to guest page tables, performed by the VMM (adaptive translation of
     /// an instruction that kept faulting on traced pages).
     TracedWrite,
@@ -75,11 +82,19 @@ pub struct Mode {
     /// FPU/SSE availability as CR0 and CR4 set it (`fpu_mode` bits).
     pub fpu: u8,
     /// SS has a non-zero base or is a 16-bit stack: translated code addresses the
-    /// stack as flat 32-bit `%gs:(r8d)`, so implicit stack accesses stop instead.
+    /// stack as flat 32-bit `%gs:(r8d)`, so implicit stack accesses are emulated
+    /// by the VMM instead.
     pub irregular_stack: bool,
     /// `rdtsc` may run natively: the guest's TSC is the host's (no offset) and
     /// CR4.TSD does not forbid it here.
     pub native_tsc: bool,
+    /// Which data segments (bit i as in `seg_based`: es, ds, fs, gs) are unusable
+    /// (loaded with a null selector): a memory access through one is #GP(0).
+    pub seg_unusable: u8,
+    /// Which segments (bit i as in `seg_based`) need their limit or type checked
+    /// on a memory access (not writable data expanding up to 4 GiB): the
+    /// instructions that access memory through one get a `SegmentCheck` first.
+    pub seg_checked: u8,
 }
 
 /// Bits of `Mode::fpu`.
@@ -106,6 +121,16 @@ impl Mode {
             Register::GS => Some(5),
             _ => None,
         }
+    }
+
+    /// Whether accesses through segment register `r` need a limit check.
+    pub fn is_checked(&self, r: Register) -> bool {
+        Self::seg_index(r).is_some_and(|i| self.seg_checked & (1 << i) != 0)
+    }
+
+    /// Whether segment register `r` is unusable (null).
+    pub fn is_unusable(&self, r: Register) -> bool {
+        Self::seg_index(r).is_some_and(|i| self.seg_unusable & (1 << i) != 0)
     }
 
     /// Whether segment register `r` has a non-zero base.

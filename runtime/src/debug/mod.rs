@@ -48,7 +48,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
-use watch::MemAccess;
+pub(crate) use watch::{guest_breakpoints, guest_hits, MemAccess};
 
 /// Errors of the debugger's requests (the guest is unaffected).
 #[derive(Debug, Error)]
@@ -337,7 +337,7 @@ impl Vm {
     }
 
     /// The memory the instruction at `eip` will access with the registers now.
-    fn accesses_at(&self, eip: u32) -> Vec<MemAccess> {
+    pub(crate) fn accesses_at(&self, eip: u32) -> Vec<MemAccess> {
         let mut bytes = [0u8; 15];
         let n = self.debug_read(eip, &mut bytes);
         let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), self.tr.isa().decoder_options()).decode();

@@ -173,3 +173,53 @@ mod tests {
         assert_eq!(hit(&r, &[load]).map(|h| h.kind), Some(WatchKind::Access));
     }
 }
+
+/// The guest's own data breakpoints: DR0-DR3 enabled in DR7 (L or G bit) for
+/// writes (R/W 01) or for reads and writes (11), each `len` bytes (LEN 00, 01, 11,
+/// and 10 taken as 8) at its address rounded down to that size. Instruction and
+/// I/O breakpoints (R/W 00, 10) are not here.
+pub(crate) fn guest_breakpoints(dr: &[u32; 8]) -> Vec<(u32, Watchpoint)> {
+    let dr7 = dr[7];
+    (0..4u32)
+        .filter(|n| dr7 & (3 << (2 * n)) != 0)
+        .filter_map(|n| {
+            let kind = match (dr7 >> (16 + 4 * n)) & 3 {
+                1 => WatchKind::Write,
+                3 => WatchKind::Access,
+                _ => return None,
+            };
+            let len = match (dr7 >> (18 + 4 * n)) & 3 {
+                0 => 1,
+                1 => 2,
+                2 => 8,
+                _ => 4,
+            };
+            Some((n, Watchpoint { addr: dr[n as usize] & !(len - 1), len, kind }))
+        })
+        .collect()
+}
+
+/// The DR6 bits (B0-B3) of the guest breakpoints `accesses` hit.
+pub(crate) fn guest_hits(breakpoints: &[(u32, Watchpoint)], accesses: &[MemAccess]) -> u32 {
+    breakpoints.iter().filter(|(_, w)| hit(std::slice::from_ref(w), accesses).is_some()).fold(0, |bits, (n, _)| bits | 1 << n)
+}
+
+#[cfg(test)]
+mod guest_tests {
+    use super::*;
+
+    #[test]
+    fn dr7_decodes_to_data_breakpoints() {
+        let mut dr = [0x1003, 0x2000, 0x3000, 0x4000, 0, 0, 0, 0];
+        // DR0: L0, write, 4 bytes; DR1: G1, read/write, 1 byte; DR2: L2, execute
+        // (left out); DR3: disabled.
+        dr[7] = 0b01 | 0b1000 | 0b1_0000 | (0b1101 << 16) | (0b0011 << 20) | (0b1101 << 28); // DR2's R/W, LEN: 00
+        let bps = guest_breakpoints(&dr);
+        assert_eq!(bps, vec![(0, Watchpoint { addr: 0x1000, len: 4, kind: WatchKind::Write }), (1, Watchpoint { addr: 0x2000, len: 1, kind: WatchKind::Access })]);
+        let store = MemAccess { addr: 0x1002, len: 4, read: false, write: true };
+        let load = MemAccess { addr: 0x1ffe, len: 4, read: true, write: false };
+        assert_eq!(guest_hits(&bps, &[store]), 0b01);
+        assert_eq!(guest_hits(&bps, &[load]), 0b10, "a read does not hit a write breakpoint");
+        assert_eq!(guest_hits(&bps, &[store, load]), 0b11);
+    }
+}

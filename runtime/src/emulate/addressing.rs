@@ -4,7 +4,7 @@
 use super::{Fault, Machine};
 use crate::cpu::{sreg, Cpu};
 use bt86_translator::abi::VcpuCtx;
-use iced_x86::{Instruction, OpKind, Register};
+use iced_x86::{Instruction, OpAccess, OpKind, Register};
 
 /// The segment-register index (`cpu::sreg`) of `r`.
 pub(crate) fn sreg_index(r: Register) -> Option<usize> {
@@ -119,9 +119,9 @@ pub(crate) mod attr {
 
 /// The linear address of `size` bytes at `seg:offset`, after the checks that are
 /// cheap: type (no writes to code or read-only data, no reads of execute-only code)
-/// and limit (expand-up and expand-down). Unusable (not present) segment caches are
-/// not checked, like translated code, which uses only the base. Faults are #GP(0),
-/// or #SS(0) for the stack segment.
+/// and limit (expand-up and expand-down). An access through an unusable (null,
+/// not present) segment is #GP(0), as in translated code. Faults are #GP(0), or
+/// #SS(0) for the stack segment.
 pub(crate) fn linear(
     cpu: &Cpu,
     seg: usize,
@@ -140,7 +140,10 @@ pub(crate) fn linear(
         }
     };
     let a = s.attrs;
-    if a & attr::P == 0 || a & attr::S == 0 {
+    if a & attr::P == 0 {
+        return Err(fault());
+    }
+    if a & attr::S == 0 {
         return Ok(s.base.wrapping_add(offset));
     }
     let last = u64::from(offset) + u64::from(size.max(1)) - 1;
@@ -312,6 +315,57 @@ pub(crate) fn write_dest(m: &mut Machine<'_>, d: Dest, size: u32, v: u32) -> Res
     }
 }
 
+/// The segment checks (limit, expand-down, type) of the memory accesses `ins`
+/// makes with the registers now, for the segments `checked` names (bit i: es, cs,
+/// ss, ds, fs, gs): #GP(0), or #SS(0) through SS. A repeated string instruction
+/// is checked at its first and last element. Nothing is accessed.
+pub(crate) fn check_accesses(m: &Machine<'_>, ins: &Instruction, checked: u8) -> Result<(), Fault> {
+    let mut factory = iced_x86::InstructionInfoFactory::new();
+    let info = factory.info(ins);
+    let reps = if ins.is_string_instruction() && (ins.has_rep_prefix() || ins.has_repne_prefix()) {
+        let ecx = m.ctx.gpr[1];
+        let addr16 = (0..ins.op_count())
+            .any(|i| matches!(ins.op_kind(i), OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI));
+        Some(if addr16 { ecx & 0xffff } else { ecx })
+    } else {
+        None
+    };
+    if reps == Some(0) {
+        return Ok(());
+    }
+    let down = m.ctx.rflags & u64::from(crate::cpu::eflags::DF) != 0;
+    for used in info.used_memory() {
+        let Some(seg) = sreg_index(used.segment()) else { continue };
+        if checked & (1 << seg) == 0 {
+            continue;
+        }
+        let access = match used.access() {
+            OpAccess::Read | OpAccess::CondRead => Access::Read,
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite => Access::Write,
+            _ => continue,
+        };
+        let Some(first) = used.virtual_address(0, |r, _, _| {
+            Some(if r.is_segment_register() { 0 } else { u64::from(read_reg(m.ctx, r)) })
+        }) else {
+            continue;
+        };
+        let size = match reps {
+            Some(_) => ins.memory_size().size(),
+            None => used.memory_size().size(),
+        };
+        let size = u32::try_from(size.max(1)).unwrap_or(u32::MAX);
+        #[allow(clippy::cast_possible_truncation)]
+        let first = first as u32;
+        linear(m.cpu, seg, first, size, access)?;
+        if let Some(n) = reps {
+            let span = (n - 1).wrapping_mul(size);
+            let last = if down { first.wrapping_sub(span) } else { first.wrapping_add(span) };
+            linear(m.cpu, seg, last, size, access)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
@@ -458,8 +512,9 @@ mod tests {
             linear(&cpu, sreg::ES, 0, 1, Access::Write),
             Err(Fault::gp0())
         );
-        // Unusable caches are not checked.
+        // An unusable (null) segment is #GP(0).
         cpu.seg[sreg::GS] = Segment::default();
-        assert_eq!(linear(&cpu, sreg::GS, 5, 4, Access::Write), Ok(5));
+        assert_eq!(linear(&cpu, sreg::GS, 5, 4, Access::Write), Err(Fault::gp0()));
     }
 }
+

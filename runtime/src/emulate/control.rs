@@ -160,7 +160,8 @@ pub(crate) fn mov_cr_dr(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
             let n = dr_number(m, ins.op0_register())?;
             require_cpl0(m)?;
             let v = get_gpr(m, ins.op1_register())?;
-            // TODO(debug issue): breakpoints in DR7 and DR7.GD are not emulated.
+            // Data breakpoints (DR0-DR3 for reads and writes) are checked by the
+            // engine; instruction and I/O breakpoints and DR7.GD are not emulated.
             let v = match n {
                 6 => (v & 0x0000_e00f) | 0xffff_0ff0,
                 7 => (v & 0xffff_27ff) | 0x400,
@@ -168,6 +169,10 @@ pub(crate) fn mov_cr_dr(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
             };
             if let Some(slot) = m.cpu.dr.get_mut(n) {
                 *slot = v;
+            }
+            if n == 7 {
+                // The engine watches from the next boundary on.
+                return jump_next(m, site);
             }
             Ok(Outcome::Continue)
         }
@@ -354,7 +359,7 @@ mod tests {
         assert_eq!(t.run(&[0x0f, 0x23, 0xf0]), Outcome::Continue);
         assert_eq!(t.cpu.dr[6], 0xffff_0ff0);
         t.ctx.gpr[0] = 0xffff_ffff;
-        assert_eq!(t.run(&[0x0f, 0x23, 0xf8]), Outcome::Continue);
+        assert_eq!(t.run(&[0x0f, 0x23, 0xf8]), Outcome::Jump, "the engine watches from the next boundary");
         assert_eq!(t.cpu.dr[7], 0xffff_27ff);
         // dr4 aliases dr6 ...
         assert_eq!(t.run(&[0x0f, 0x21, 0xe1]), Outcome::Continue);

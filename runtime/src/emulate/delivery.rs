@@ -9,7 +9,8 @@
 //! before any register changes, so a fault during delivery leaves the state as it
 //! was (the engine then raises #DF, and a fault during #DF is a triple fault).
 //!
-//! Not here yet: task gates and task switches, 16-bit gates, virtual-8086 mode.
+//! 16-bit gates push words; task gates switch tasks (`task.rs`). Not here yet:
+//! handlers in 16-bit code segments, virtual-8086 mode.
 
 use super::addressing::{read_lin, read_sys, write_linear_as};
 use super::descriptor::{fetch, is_null, set_type_bits, sys, Entry};
@@ -32,6 +33,8 @@ pub enum EventSource {
     External,
 }
 
+const GATE_INT16: u8 = 0x6;
+const GATE_TRAP16: u8 = 0x7;
 const GATE_INT32: u8 = 0xe;
 const GATE_TRAP32: u8 = 0xf;
 const ACCESSED: u8 = 1;
@@ -47,6 +50,10 @@ pub(crate) fn deliver(
     let ext = u16::from(source != EventSource::Software);
     let idt_error = u16::from(vector) * 8 + 2 + ext;
     let (offset, selector, gate_type) = read_gate(m, vector, source, idt_error)?;
+    if gate_type == sys::TASK_GATE {
+        let t = super::task::event_target(m, selector, ext)?;
+        return super::task::switch(m, selector, t, super::task::Source::Event(error), return_eip);
+    }
     if is_null(selector) {
         return Err(Fault::gp(ext));
     }
@@ -65,17 +72,19 @@ pub(crate) fn deliver(
     let new_cpl = if d.conforming() { cpl } else { d.dpl() };
     let old_flags = read_eflags(m);
     let old_cs = m.cpu.seg[sreg::CS].selector;
+    // A 16-bit gate pushes words (the low halves of eflags, eip and the error code).
+    let slot = if matches!(gate_type, GATE_INT16 | GATE_TRAP16) { 2 } else { 4 };
     let (new_ss, new_esp) = if new_cpl < cpl {
         let (ss, esp) = inner_stack(m, new_cpl, ext)?;
         let mut frame = vec![u32::from(m.cpu.seg[sreg::SS].selector), m.ctx.gpr[4]];
         frame.extend([old_flags, u32::from(old_cs), return_eip]);
         frame.extend(error);
-        (Some(ss), write_frame(m, ss.base, esp, &frame, false)?)
+        (Some(ss), write_frame(m, ss.base, esp, &frame, slot, false)?)
     } else {
         let mut frame = vec![old_flags, u32::from(old_cs), return_eip];
         frame.extend(error);
         let ss = m.cpu.seg[sreg::SS];
-        (None, write_frame(m, ss.base, m.ctx.gpr[4], &frame, m.cpu.cpl() == 3)?)
+        (None, write_frame(m, ss.base, m.ctx.gpr[4], &frame, slot, m.cpu.cpl() == 3)?)
     };
     // Commit: nothing below can fault.
     let d = set_type_bits(m, e, ACCESSED)?;
@@ -86,7 +95,7 @@ pub(crate) fn deliver(
     m.ctx.gpr[4] = new_esp;
     m.ctx.eip = offset;
     m.ctx.sys_flags &= !(eflags::TF | eflags::NT | eflags::RF | eflags::VM);
-    if gate_type == GATE_INT32 {
+    if matches!(gate_type, GATE_INT32 | GATE_INT16) {
         m.ctx.vif = 0;
     }
     Ok(())
@@ -110,9 +119,7 @@ fn read_gate(
     let dpl = ((hi >> 13) & 3) as u8;
     let present = hi & 0x8000 != 0;
     match gate_type {
-        GATE_INT32 | GATE_TRAP32 => {}
-        sys::TASK_GATE => return Err(Fault::unsupported("delivery through a task gate")),
-        0x6 | 0x7 => return Err(Fault::unsupported("delivery through a 16-bit gate")),
+        GATE_INT32 | GATE_TRAP32 | GATE_INT16 | GATE_TRAP16 | sys::TASK_GATE => {}
         _ => return Err(Fault::gp(idt_error)),
     }
     if source == EventSource::Software && dpl < m.cpu.cpl() {
@@ -121,12 +128,12 @@ fn read_gate(
     if !present {
         return Err(Fault::exc(super::vector::NP, Some(u32::from(idt_error))));
     }
-    let offset = (lo & 0xffff) | (hi & 0xffff_0000);
-    Ok((offset, (lo >> 16) as u16, gate_type))
+    let high = if matches!(gate_type, GATE_INT16 | GATE_TRAP16) { 0 } else { hi & 0xffff_0000 };
+    Ok(((lo & 0xffff) | high, (lo >> 16) as u16, gate_type))
 }
 
 /// The stack for ring `ring` from the current 32-bit TSS, checked: (SS cache, ESP).
-fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Segment, u32), Fault> {
+pub(crate) fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Segment, u32), Fault> {
     let tr = m.cpu.tr;
     let ts = |sel: u16| Fault::exc(10, Some(u32::from((sel & 0xfffc) | ext)));
     let ty = (tr.attrs & 0xf) as u8;
@@ -154,43 +161,43 @@ fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Segment, u32)
     Ok((d.to_segment(ss_sel), esp))
 }
 
-/// Writes `frame` (first element pushed first) below `esp` in the stack segment at
-/// `ss_base`, as a user access if `user` (the handler runs at CPL 3); returns the
-/// new esp.
-fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], user: bool) -> Result<u32, Fault> {
-    let bytes = u32::try_from(frame.len() * 4).unwrap_or(u32::MAX);
+/// Writes `frame` (first element pushed first) in `slot`-byte slots (4, or 2 for a
+/// 16-bit gate) below `esp` in the stack segment at `ss_base`, as a user access if
+/// `user` (the handler runs at CPL 3); returns the new esp.
+fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], slot: u32, user: bool) -> Result<u32, Fault> {
+    let bytes = u32::try_from(frame.len()).unwrap_or(u32::MAX).wrapping_mul(slot);
     let new_esp = esp.wrapping_sub(bytes);
     for (i, v) in frame.iter().enumerate() {
-        let slot = u32::try_from(frame.len() - 1 - i).unwrap_or(0) * 4;
-        write_linear_as(m, ss_base.wrapping_add(new_esp.wrapping_add(slot)), &v.to_le_bytes(), user)?;
+        let at = u32::try_from(frame.len() - 1 - i).unwrap_or(0) * slot;
+        write_linear_as(m, ss_base.wrapping_add(new_esp.wrapping_add(at)), &v.to_le_bytes()[..slot as usize], user)?;
     }
     Ok(new_esp)
 }
 
 /// iret/iretd in protected mode: to the same ring, or to an outer ring (popping
-/// SS:ESP too and nulling data segments the outer ring may not use).
+/// SS:ESP too and nulling data segments the outer ring may not use). The 16-bit
+/// form (`iretw`) pops words: IP (zero-extended), CS, the low 16 bits of EFLAGS and,
+/// to an outer ring, SP and SS. With NT set it is a task return (`task_return`).
 pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
-    if site.ins.mnemonic() == Mnemonic::Iret {
-        return Err(Fault::unsupported("16-bit iret"));
-    }
+    let size: u32 = if site.ins.mnemonic() == Mnemonic::Iret { 2 } else { 4 };
     if m.ctx.sys_flags & eflags::NT != 0 {
-        return Err(Fault::unsupported("iret with NT set (a task return)"));
+        return task_return(m, super::next_eip(site));
     }
     let ss = m.cpu.seg[sreg::SS];
     let esp = m.ctx.gpr[4];
-    let at = |k: u32| ss.base.wrapping_add(esp.wrapping_add(4 * k));
-    let eip = read_lin(m, at(0), 4)?;
-    let cs_sel = read_lin(m, at(1), 4)? as u16;
-    let flags = read_lin(m, at(2), 4)?;
-    if flags & eflags::VM != 0 && m.cpu.cpl() == 0 {
+    let at = |k: u32| ss.base.wrapping_add(esp.wrapping_add(size * k));
+    let eip = read_lin(m, at(0), size)?;
+    let cs_sel = read_lin(m, at(1), size)? as u16;
+    let flags = read_lin(m, at(2), size)?;
+    if size == 4 && flags & eflags::VM != 0 && m.cpu.cpl() == 0 {
         return Err(Fault::unsupported("iret to virtual-8086 mode"));
     }
     let cpl = m.cpu.cpl();
     let rpl = (cs_sel & 3) as u8;
     let e = return_cs(m, cs_sel, eip)?;
     let outer = if rpl > cpl {
-        let new_esp = read_lin(m, at(3), 4)?;
-        let ss_sel = read_lin(m, at(4), 4)? as u16;
+        let new_esp = read_lin(m, at(3), size)?;
+        let ss_sel = read_lin(m, at(4), size)? as u16;
         Some((outer_ss(m, ss_sel, rpl)?, new_esp))
     } else {
         None
@@ -203,6 +210,9 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     } else if cpl <= iopl(m) {
         mask |= FLAG_IF;
     }
+    if size == 2 {
+        mask &= 0xffff;
+    }
     write_eflags(m, flags, mask);
     m.cpu.seg[sreg::CS] = d.to_segment(cs_sel);
     m.ctx.eip = eip;
@@ -212,8 +222,25 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
             m.ctx.gpr[4] = new_esp;
             null_inaccessible_data_segments(m, rpl);
         }
-        None => m.ctx.gpr[4] = esp.wrapping_add(12),
+        None => m.ctx.gpr[4] = esp.wrapping_add(3 * size),
     }
+    Ok(Outcome::Jump)
+}
+
+/// iret with NT set: a return to the task the current TSS's back link names (SDM,
+/// IRET "TASK-RETURN"). The link must name a busy TSS in the GDT (else #TS(link)),
+/// present (else #NP(link)); the outgoing task resumes at `next_eip`.
+fn task_return(m: &mut Machine<'_>, next_eip: u32) -> EmuResult {
+    let link = read_sys(m, m.cpu.tr.base, 2)? as u16;
+    let ts = Fault::exc(10, Some(u32::from(link & 0xfffc)));
+    if link & 4 != 0 {
+        return Err(ts);
+    }
+    let e = fetch(m, link)?.ok_or_else(|| ts.clone())?;
+    if !e.desc.is_system() || !matches!(e.desc.typ(), sys::TSS16_BUSY | sys::TSS32_BUSY) {
+        return Err(ts);
+    }
+    super::task::switch(m, link, e, super::task::Source::Iret, next_eip)?;
     Ok(Outcome::Jump)
 }
 
@@ -221,16 +248,14 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
 /// `release` bytes, pops esp and ss for the outer ring, and releases `release`
 /// bytes there too (SDM, RET "return to outer privilege level").
 pub(crate) fn far_return_outer(m: &mut Machine<'_>, size: u32, eip: u32, cs_sel: u16, release: u32) -> EmuResult {
-    if size != 4 {
-        return Err(Fault::unsupported("a 16-bit far return to an outer ring"));
-    }
     let rpl = (cs_sel & 3) as u8;
     let e = return_cs(m, cs_sel, eip)?;
     let ss = m.cpu.seg[sreg::SS];
     let esp = m.ctx.gpr[4];
     let at = |off: u32| ss.base.wrapping_add(esp.wrapping_add(off));
-    let new_esp = read_lin(m, at(8 + release), 4)?;
-    let ss_sel = read_lin(m, at(12 + release), 4)? as u16;
+    // A 16-bit return (`lretw`) pops words: the outer SP (zero-extended) and SS.
+    let new_esp = read_lin(m, at(2 * size + release), size)?;
+    let ss_sel = read_lin(m, at(3 * size + release), size)? as u16;
     let new_ss = outer_ss(m, ss_sel, rpl)?;
     let d = set_type_bits(m, e, ACCESSED)?;
     m.cpu.seg[sreg::CS] = d.to_segment(cs_sel);
@@ -463,6 +488,99 @@ mod tests {
         assert_eq!(t.cpu.cpl(), 3);
         assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.seg[sreg::SS].selector), (0x4321, 0x7000, 0x23));
         assert_eq!(t.cpu.seg[sreg::DS].selector, 0, "ring-0 data segments are nulled");
+    }
+
+    #[test]
+    fn iretw_pops_words_and_keeps_the_upper_flags() {
+        let mut t = machine();
+        t.set_gdt(3, desc(0, 0xfffff, 0xfb, 0xc));
+        t.set_gdt(4, desc(0, 0xfffff, 0xf3, 0xc));
+        t.set_cpl(3);
+        t.ctx.sys_flags |= eflags::AC;
+        let esp = STACK_TOP - 6;
+        t.write_u32(esp, 0x001b_4321);
+        t.write_u32(esp + 4, 0x0001_0003); // flags 0x0003 (CF), then a word of the caller's
+        t.ctx.gpr[4] = esp;
+        assert_eq!(t.run(&[0x66, 0xcf]), Outcome::Jump);
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.cpl()), (0x4321, STACK_TOP, 3));
+        assert_eq!(t.ctx.rflags & 1, 1, "CF from the frame");
+        assert_ne!(t.ctx.sys_flags & eflags::AC, 0, "AC is above the low 16 bits");
+    }
+
+    #[test]
+    fn iret_with_nt_is_a_task_return_that_checks_the_back_link() {
+        let mut t = machine();
+        t.set_cpl(3);
+        t.ctx.sys_flags |= eflags::NT;
+        // Back link 0: GDT entry 0 is no busy TSS.
+        assert!(matches!(t.run(&[0xcf]), Outcome::Exception { vector: 10, error: Some(0), .. }));
+        // An LDT selector.
+        t.write_u32(TSS, 0x2c);
+        assert!(matches!(t.run(&[0x66, 0xcf]), Outcome::Exception { vector: 10, error: Some(0x2c), .. }));
+        // A busy TSS that is not present: #NP.
+        t.set_gdt(6, desc(TSS, 0x67, 0x0b, 0));
+        t.write_u32(TSS, 0x30);
+        assert!(matches!(t.run(&[0xcf]), Outcome::Exception { vector: 11, error: Some(0x30), .. }));
+        assert_eq!(t.cpu.cpl(), 3, "nothing changed");
+    }
+
+    #[test]
+    fn a_call_gate_moves_to_ring_0_with_its_parameters_and_lret_comes_back() {
+        let mut t = machine();
+        t.set_cpl(3);
+        // GDT 6: a 32-bit call gate to KCODE:HANDLER, DPL 3, two parameters.
+        let gate = |dpl: u64| (u64::from(HANDLER & 0xffff_0000) << 32) | ((0x8c | (dpl << 5)) << 40) | (2 << 32) | (u64::from(KCODE) << 16) | u64::from(HANDLER & 0xffff);
+        t.set_gdt(6, gate(3));
+        t.ctx.gpr[4] = 0x7000;
+        t.write_u32(0x7000, 0x11);
+        t.write_u32(0x7004, 0x22);
+        let lcall = [0x9a, 0, 0, 0, 0, 0x33, 0];
+        assert_eq!(t.run(&lcall), Outcome::Jump);
+        assert_eq!((t.cpu.cpl(), t.ctx.eip, t.cpu.seg[sreg::SS].selector), (0, HANDLER, KDATA));
+        assert_eq!(t.ctx.gpr[4], KSTACK - 24);
+        let frame: Vec<u32> = (0..6).map(|k| t.read_u32(KSTACK - 24 + 4 * k)).collect();
+        assert_eq!(frame, vec![EIP + 7, 0x1b, 0x11, 0x22, 0x7000, 0x23]);
+        // lret $8 releases the parameters on both stacks.
+        t.ctx.eip = HANDLER;
+        assert_eq!(t.run(&[0xca, 0x08, 0x00]), Outcome::Jump);
+        assert_eq!((t.cpu.cpl(), t.ctx.eip, t.ctx.gpr[4]), (3, EIP + 7, 0x7008));
+        // A jmp may not change privilege: #GP(the code segment).
+        assert!(matches!(t.run(&[0xea, 0, 0, 0, 0, 0x33, 0]), Outcome::Exception { vector: 13, error: Some(e), .. } if e == u32::from(KCODE)));
+        // A gate of DPL 0 is out of reach of ring 3: #GP(the gate).
+        t.set_gdt(6, gate(0));
+        assert!(matches!(t.run(&lcall), Outcome::Exception { vector: 13, error: Some(0x30), .. }));
+        assert_eq!(t.cpu.cpl(), 3);
+    }
+
+    #[test]
+    fn a_16_bit_gate_pushes_words_and_iretw_returns() {
+        let mut t = machine();
+        gate(&mut t, 0x21, 0x86); // 16-bit interrupt gate, DPL 0
+        t.ctx.vif = 1;
+        deliver_t(&mut t, 0x21, Some(0xabcd_0018), EventSource::Exception).unwrap();
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.ctx.vif), (HANDLER & 0xffff, STACK_TOP - 8, 0));
+        assert_eq!(t.read_u16(STACK_TOP - 8), 0x0018, "the error code's low word");
+        assert_eq!(t.read_u16(STACK_TOP - 6), 0x1234);
+        assert_eq!(t.read_u16(STACK_TOP - 4), KCODE);
+        assert_eq!(t.read_u16(STACK_TOP - 2) & (1 << 9), 1 << 9, "saved IF=1");
+        t.ctx.gpr[4] += 2; // the handler drops the error code
+        assert_eq!(t.run(&[0x66, 0xcf]), Outcome::Jump);
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.ctx.vif), (0x1234, STACK_TOP, 1));
+    }
+
+    #[test]
+    fn a_16_bit_far_return_to_ring3_pops_words() {
+        let mut t = machine();
+        t.set_gdt(3, desc(0, 0xfffff, 0xfb, 0xc));
+        t.set_gdt(4, desc(0, 0xfffff, 0xf3, 0xc));
+        let esp = STACK_TOP - 8;
+        for (k, v) in [0x4321u16, 0x1b, 0x7000, 0x23].into_iter().enumerate() {
+            t.write(esp + 2 * k as u32, &v.to_le_bytes());
+        }
+        t.ctx.gpr[4] = esp;
+        assert_eq!(t.run(&[0x66, 0xcb]), Outcome::Jump); // lretw
+        assert_eq!(t.cpu.cpl(), 3);
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.seg[sreg::SS].selector), (0x4321, 0x7000, 0x23));
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod stack;
 mod string;
 mod sysenter;
 mod tables;
+mod task;
 pub mod traced;
 #[cfg(test)]
 mod testutil;
@@ -152,6 +153,7 @@ pub(crate) mod vector {
     pub const OF: u8 = 4;
     pub const BR: u8 = 5;
     pub const UD: u8 = 6;
+    pub const TS: u8 = 10;
     pub const NP: u8 = 11;
     pub const SS: u8 = 12;
     pub const GP: u8 = 13;
@@ -259,7 +261,7 @@ pub(crate) fn jump_next(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
 
 /// Emulates the callout site's instruction.
 ///
-/// `RaiseUd` sites raise #UD, `FetchFault` sites #PF; `Unsupported` sites stop the run.
+/// `RaiseUd` sites raise #UD, `RaiseGp` #GP(0), `FetchFault` #PF; `Unsupported` sites stop the run.
 /// For `Emulate` sites, the instruction is emulated; if the translation mode
 /// (`Cpu::mode`: segment bases, CPL) changed, a `Continue` becomes a `Jump` to the
 /// next instruction, since the rest of the unit was translated for the old mode.
@@ -273,6 +275,9 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
                 trap: false,
             }
         }
+        CalloutKind::RaiseGp => {
+            return Outcome::Exception { vector: vector::GP, error: Some(0), trap: false }
+        }
         CalloutKind::TracedWrite => {
             return match traced::emulate(m, site) {
                 Ok(o) => o,
@@ -284,6 +289,12 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
         }
         CalloutKind::RaiseDe => return Outcome::Exception { vector: vector::DE, error: None, trap: false },
         CalloutKind::Boundary => return Outcome::Continue,
+        CalloutKind::SegmentCheck => {
+            return match addressing::check_accesses(m, &site.ins, m.cpu.mode().seg_checked) {
+                Ok(()) => Outcome::Continue,
+                Err(f) => f.into_outcome(site.eip),
+            }
+        }
         CalloutKind::FetchFault => {
             return match fetch_fault(m, site) {
                 Ok(o) => o,
@@ -345,6 +356,8 @@ fn dispatch(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         Mov => control::mov_cr_dr(m, site),
         Push | Pop if segments::touches_sreg(ins) => segments::push_pop(m, site),
         Lds | Les | Lfs | Lgs | Lss => segments::load_far_pointer(m, site),
+        Push | Pop | Pusha | Pushad | Popa | Popad | Enter | Leave | Ret => stack::emulate(m, site),
+        Call if !ins.is_call_far() && !ins.is_call_far_indirect() => stack::emulate(m, site),
         Jmp | Call => segments::far_jmp_call(m, site),
         Retf => segments::retf(m, site),
         Cpuid => cpuid::emulate(m, site),

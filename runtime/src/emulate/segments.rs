@@ -4,10 +4,11 @@
 //!
 //! Loading a selector validates its descriptor, sets the descriptor's accessed bit
 //! in memory (only if clear), and fills the cache: base, limit (granularity
-//! applied), attributes. CPL never changes here: far transfers that would change it
-//! (returns to an outer level, call gates, task switches) stop as unsupported.
+//! applied), attributes. Far calls through call gates may move to an inner ring
+//! (`through_call_gate`); returns to an outer ring are in `delivery.rs`; task
+//! switches in `task.rs`.
 
-use super::addressing::{dest, mem_operand, read_mem, read_op, sreg_index, write_dest, write_reg};
+use super::addressing::{dest, mem_operand, read_mem, read_op, sreg_index, write_dest, write_linear_as, write_reg};
 use super::descriptor::{fetch, is_null, set_type_bits, sys, Descriptor, Entry};
 use super::stack::{esp_plus, push_partial, read_at, write_at};
 use super::{next_eip, EmuResult, Fault, Machine, Outcome};
@@ -116,10 +117,8 @@ pub(crate) fn check_cs_transfer(
     let d: Descriptor = e.desc;
     if d.is_system() {
         return match d.typ() {
-            sys::CALL_GATE16 | sys::CALL_GATE32 | sys::TASK_GATE | sys::TSS16_AVAIL | sys::TSS32_AVAIL => {
-                Err(Fault::unsupported(
-                    "far jmp/call through a call gate, task gate or TSS comes with the protected-mode issue",
-                ))
+            sys::TASK_GATE | sys::TSS16_AVAIL | sys::TSS32_AVAIL => {
+                Err(Fault::unsupported("far jmp/call through a task gate or TSS (a task switch)"))
             }
             _ => Err(Fault::gp_sel(sel)),
         };
@@ -279,6 +278,19 @@ pub(crate) fn far_jmp_call(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult
             )))
         }
     };
+    if !is_null(sel) {
+        if let Some(e) = fetch(m, sel)? {
+            if e.desc.is_system() && matches!(e.desc.typ(), sys::CALL_GATE16 | sys::CALL_GATE32) {
+                return through_call_gate(m, site, sel, e.desc);
+            }
+            if e.desc.is_system() && matches!(e.desc.typ(), sys::TASK_GATE | sys::TSS16_AVAIL | sys::TSS32_AVAIL) {
+                let (tss, t) = super::task::transfer_target(m, sel, e)?;
+                let source = if ins.mnemonic() == Mnemonic::Call { super::task::Source::Call } else { super::task::Source::Jmp };
+                super::task::switch(m, tss, t, source, next_eip(site))?;
+                return Ok(Outcome::Jump);
+            }
+        }
+    }
     let cs = check_cs_transfer(m, sel, offset)?;
     let mut esp = m.ctx.gpr[4];
     if ins.mnemonic() == Mnemonic::Call {
@@ -291,6 +303,87 @@ pub(crate) fn far_jmp_call(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult
     }
     m.cpu.seg[sreg::CS] = cs;
     m.ctx.gpr[4] = esp;
+    m.ctx.eip = offset;
+    Ok(Outcome::Jump)
+}
+
+/// A far jmp or call through the call gate `gate_sel` (SDM, CALL and JMP,
+/// "CALL-GATE"): the gate's DPL must be at least CPL and the selector's RPL, its
+/// code segment a present code segment with DPL <= CPL. A call to a non-conforming
+/// segment of a lower DPL switches to that ring's stack from the TSS and copies
+/// the gate's parameter count of dwords (words for a 16-bit gate) from the old
+/// stack; a jmp may not change privilege. The gate's size sets the size of what is
+/// pushed. The return (retf, to an outer ring too) is `retf`.
+fn through_call_gate(m: &mut Machine<'_>, site: &CalloutSite, gate_sel: u16, gate: Descriptor) -> EmuResult {
+    let call = site.ins.mnemonic() == Mnemonic::Call;
+    let cpl = m.cpu.cpl();
+    if gate.dpl() < cpl || gate.dpl() < (gate_sel & 3) as u8 {
+        return Err(Fault::gp_sel(gate_sel));
+    }
+    if !gate.present() {
+        return Err(Fault::np_sel(gate_sel));
+    }
+    let size: u32 = if gate.typ() == sys::CALL_GATE32 { 4 } else { 2 };
+    let cs_sel = (gate.lo >> 16) as u16;
+    let offset = if size == 4 { (gate.lo & 0xffff) | (gate.hi & 0xffff_0000) } else { gate.lo & 0xffff };
+    let params = gate.hi & 0x1f;
+    if is_null(cs_sel) {
+        return Err(Fault::gp0());
+    }
+    let e = entry(m, cs_sel)?;
+    let d = e.desc;
+    if d.is_system() || !d.is_code() || d.dpl() > cpl {
+        return Err(Fault::gp_sel(cs_sel));
+    }
+    if !call && !d.conforming() && d.dpl() != cpl {
+        return Err(Fault::gp_sel(cs_sel));
+    }
+    if !d.present() {
+        return Err(Fault::np_sel(cs_sel));
+    }
+    let new_cpl = if d.conforming() { cpl } else { d.dpl() };
+    if new_cpl == cpl {
+        // Same privilege: an ordinary far transfer to the gate's target.
+        let cs = finish_cs(m, e, cs_sel, offset)?;
+        let mut esp = m.ctx.gpr[4];
+        if call {
+            let old_cs = u32::from(m.cpu.seg[sreg::CS].selector);
+            write_at(m, esp, size.wrapping_neg(), 2, old_cs)?;
+            write_at(m, esp, (2 * size).wrapping_neg(), size, next_eip(site))?;
+            esp = esp_plus(m.cpu, esp, (2 * size).wrapping_neg());
+        }
+        m.cpu.seg[sreg::CS] = cs;
+        m.ctx.gpr[4] = esp;
+        m.ctx.eip = offset;
+        return Ok(Outcome::Jump);
+    }
+    // More privilege: a call to a non-conforming segment of a lower DPL.
+    if offset > d.limit() {
+        return Err(Fault::gp0());
+    }
+    if !d.big() {
+        return Err(Fault::unsupported("16-bit code segments (bt86 translates 32-bit code only)"));
+    }
+    let (new_ss, new_esp) = super::delivery::inner_stack(m, new_cpl, 0)?;
+    let old_esp = m.ctx.gpr[4];
+    let mut copied = Vec::with_capacity(params as usize);
+    for k in 0..params {
+        copied.push(read_at(m, old_esp, k * size, size)?);
+    }
+    let mut frame = vec![u32::from(m.cpu.seg[sreg::SS].selector), old_esp];
+    frame.extend(copied.iter().rev());
+    frame.extend([u32::from(m.cpu.seg[sreg::CS].selector), next_eip(site)]);
+    let bytes = size * frame.len() as u32;
+    let top = new_esp.wrapping_sub(bytes);
+    for (k, v) in frame.iter().enumerate() {
+        let at = new_ss.base.wrapping_add(top.wrapping_add(bytes - size * (k as u32 + 1)));
+        write_linear_as(m, at, &v.to_le_bytes()[..size as usize], false)?;
+    }
+    // Commit.
+    let cs = load(m, e, (cs_sel & !3) | u16::from(new_cpl))?;
+    m.cpu.seg[sreg::CS] = cs;
+    m.cpu.seg[sreg::SS] = new_ss;
+    m.ctx.gpr[4] = top;
     m.ctx.eip = offset;
     Ok(Outcome::Jump)
 }
@@ -371,8 +464,8 @@ mod tests {
         // Back to the flat base: leaves the unit again; same base: stays in it.
         t.ctx.gpr[0] = 0x10;
         assert_eq!(t.run(MOV_DS_AX), Outcome::Jump);
-        t.ctx.gpr[0] = 0x40; // readable code into fs
-        assert_eq!(t.run(MOV_FS_AX), Outcome::Continue);
+        t.ctx.gpr[0] = 0x40; // readable code into fs: writes through it are checked now
+        assert_eq!(t.run(MOV_FS_AX), Outcome::Jump);
         assert_eq!(t.cpu.seg[sreg::FS].attrs, 0xc09b);
     }
 
@@ -392,9 +485,10 @@ mod tests {
             assert_eq!(t.run(MOV_DS_AX), want, "selector {sel:#x}");
             assert_eq!(t.cpu.seg, before);
         }
-        // Null selector: allowed for ds, unusable cache.
+        // Null selector: allowed for ds, unusable cache (a new translation mode:
+        // accesses through ds are #GP(0) now).
         t.ctx.gpr[0] = 3;
-        assert_eq!(t.run(MOV_DS_AX), Outcome::Continue);
+        assert_eq!(t.run(MOV_DS_AX), Outcome::Jump);
         assert_eq!(
             t.cpu.seg[sreg::DS],
             Segment {
@@ -402,12 +496,12 @@ mod tests {
                 ..Segment::default()
             }
         );
-        // Conforming code ignores the DPL check.
+        // Conforming code ignores the DPL check (ds usable again: a new mode).
         t.ctx.gpr[0] = 0x63;
-        assert_eq!(t.run(MOV_DS_AX), Outcome::Continue);
-        // DPL 3 data at CPL 0 with RPL 3.
+        assert_eq!(t.run(MOV_DS_AX), Outcome::Jump);
+        // DPL 3 data at CPL 0 with RPL 3 (flat data again: a new mode).
         t.ctx.gpr[0] = 0x4b;
-        assert_eq!(t.run(MOV_DS_AX), Outcome::Continue);
+        assert_eq!(t.run(MOV_DS_AX), Outcome::Jump);
         // At CPL 3, DPL 0 data is out of reach.
         t.set_cpl(3);
         t.ctx.gpr[0] = 0x10;

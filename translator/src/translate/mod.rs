@@ -13,6 +13,7 @@ mod branch;
 mod divide;
 mod fpu;
 mod ident;
+mod length;
 mod special;
 mod stack;
 mod string;
@@ -44,8 +45,10 @@ pub enum Fixup {
     SpilledLegacy(u8),
     /// A string instruction runs with esi/edi biased by the view base (host
     /// register numbers in the mask: bit 6 = rsi, bit 7 = rdi); progress so far is
-    /// architectural, as on hardware.
-    StringBias(u8),
+    /// architectural, as on hardware. The second field is the id of a site (never
+    /// called) that holds the instruction as translated, for the VMM to emulate it
+    /// from where it stopped even if it has overwritten its own bytes since.
+    StringBias(u8, u32),
 }
 
 /// One side-table row: the code of the guest instruction at `eip` starts at host
@@ -178,6 +181,15 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Records the current instruction as a site of `kind` without calling it
+    /// (for the VMM to find the instruction later); returns its id.
+    pub fn record_site(&mut self, kind: CalloutKind) -> u32 {
+        let id = self.first_site_id + u32::try_from(self.sites.len()).expect("sites");
+        let len = u8::try_from(self.ins.len()).expect("instruction length");
+        self.sites.push(CalloutSite { eip: self.eip(), len, ins: self.ins, kind });
+        id
+    }
+
     /// Continues at the guest eip in r9d through the inline lookup.
     pub fn jmp_lookup(&mut self) -> Result<(), EmitError> {
         crate::world::emit_lookup(&mut self.a, self.stubs.lookup_miss)
@@ -261,13 +273,18 @@ pub fn build_unit(
             b.jmp_slot(eip.wrapping_add(guest_len));
             break;
         }
-        let _ = at;
         b.ins = ins;
         let host_off = u32::try_from(b.a.pos()).expect("unit size");
         b.side.push(SideEntry { host_off: if count == 0 { 0 } else { host_off }, eip: ins.ip32(), fixup: Fixup::None });
         count += 1;
         guest_len += u32::try_from(ins.len()).expect("len");
-        let flow = if complete { translate_or_refuse(&mut b)? } else { special::fetch_fault(&mut b)? };
+        let flow = if !complete {
+            special::fetch_fault(&mut b)?
+        } else if ins.is_invalid() && length::too_long(&window[at..], isa.decoder_options()) {
+            special::raise_gp(&mut b)?
+        } else {
+            translate_or_refuse(&mut b)?
+        };
         if flow == Flow::End {
             break;
         }
@@ -404,11 +421,19 @@ fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     if let Some(flow) = special::translate(b)? {
         return Ok(flow);
     }
+    if special::uses_checked_segment(&b.ins, b.mode) {
+        // Limits and types are checked by the VMM; the instruction runs after.
+        b.callout(CalloutKind::SegmentCheck)?;
+    }
     let implicit_stack = matches!(m, Push | Pop | Pushad | Pusha | Popad | Popa | Enter | Leave | Call | Ret);
     if implicit_stack && b.mode.irregular_stack {
-        b.callout(CalloutKind::Unsupported)?;
-        b.jmp_slot(b.next_eip());
-        return Ok(Flow::End);
+        // Translated code addresses the stack flat and 32-bit: the VMM emulates
+        // these against SS (its base, limit and B bit).
+        if matches!(m, Call | Ret) {
+            return special::end(b, CalloutKind::Emulate);
+        }
+        b.callout(CalloutKind::Emulate)?;
+        return Ok(Flow::Next);
     }
     match m {
         Push | Pop | Pushad | Pusha | Popad | Popa | Enter | Leave => stack::translate(b),

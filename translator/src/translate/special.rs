@@ -23,6 +23,9 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
     if let Some(kind) = fpu_unavailable(&i, b.mode.fpu) {
         return end(b, kind).map(Some);
     }
+    if uses_unusable_segment(&i, b.mode) {
+        return raise_gp(b).map(Some);
+    }
     let flow = match i.mnemonic() {
         // cli at CPL 0 only writes the virtual IF. Elsewhere it needs an IOPL check,
         // and sti always exits: interrupts may be pending, and they arrive after
@@ -92,7 +95,7 @@ fn touches_cr_dr(i: &Instruction) -> bool {
 
 /// A callout after which the unit ends (the instruction may change eip or the
 /// translation mode); the fall-through continues at the next instruction.
-fn end(b: &mut Builder<'_>, kind: CalloutKind) -> Result<Flow, EmitError> {
+pub(super) fn end(b: &mut Builder<'_>, kind: CalloutKind) -> Result<Flow, EmitError> {
     b.callout(kind)?;
     b.jmp_slot(b.next_eip());
     Ok(Flow::End)
@@ -101,6 +104,50 @@ fn end(b: &mut Builder<'_>, kind: CalloutKind) -> Result<Flow, EmitError> {
 /// Raises #UD at the current instruction.
 pub(super) fn raise_ud(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     end(b, CalloutKind::RaiseUd)
+}
+
+/// Whether `i` accesses memory through a data segment that is unusable (loaded
+/// with a null selector): #GP(0) on the CPU. The few instructions with a memory
+/// operand they never access (lea, the hint nops, prefetches, invlpg) are exempt.
+/// A `rep` string instruction faults even with a zero count, where the CPU
+/// accesses nothing.
+pub(crate) fn uses_unusable_segment(i: &Instruction, mode: &crate::Mode) -> bool {
+    mode.seg_unusable != 0 && accesses_through(i, |r| mode.is_unusable(r))
+}
+
+/// Whether `i` accesses memory through a segment whose limit or type must be
+/// checked (`Mode::seg_checked`).
+pub(crate) fn uses_checked_segment(i: &Instruction, mode: &crate::Mode) -> bool {
+    mode.seg_checked != 0 && accesses_through(i, |r| mode.is_checked(r))
+}
+
+/// Whether `i` accesses memory through a segment register `pick` chooses.
+fn accesses_through(i: &Instruction, pick: impl Fn(Register) -> bool) -> bool {
+    use Mnemonic::*;
+    if matches!(
+            i.mnemonic(),
+            Lea | Nop | Reservednop | Prefetch | Prefetchw | Prefetchwt1 | Prefetchnta | Prefetcht0 | Prefetcht1 | Prefetcht2 | Invlpg
+        )
+    {
+        return false;
+    }
+    (0..i.op_count()).any(|n| match i.op_kind(n) {
+        OpKind::Memory
+        | OpKind::MemorySegSI
+        | OpKind::MemorySegESI
+        | OpKind::MemorySegRSI
+        | OpKind::MemorySegDI
+        | OpKind::MemorySegEDI
+        | OpKind::MemorySegRDI => pick(i.memory_segment()),
+        OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI => pick(Register::ES),
+        _ => false,
+    })
+}
+
+/// Raises #GP(0) at the current instruction (one longer than 15 bytes, or one
+/// that uses an unusable segment).
+pub(super) fn raise_gp(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    end(b, CalloutKind::RaiseGp)
 }
 
 /// The instruction runs onto a page it cannot be fetched from (#PF there).

@@ -49,7 +49,8 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     if host.has_rep_prefix() || host.has_repne_prefix() {
         b.a.mov_rr(Register::ECX, Register::ECX)?; // rep counts with rcx: clear its upper half
     }
-    b.fixup_from_here(Fixup::StringBias(mask));
+    let site = b.record_site(CalloutKind::Emulate);
+    b.fixup_from_here(Fixup::StringBias(mask, site));
     bias(b, uses_src, uses_dst, off::GS_BASE)?;
     b.a.ins(&host)?;
     bias(b, uses_src, uses_dst, off::NEG_GS_BASE)?;

@@ -116,6 +116,34 @@ fn segment_base_is_added_from_the_context() {
 }
 
 #[test]
+fn accesses_through_an_unusable_segment_raise_gp() {
+    let kinds = |code: &[u8], unusable: u8| -> Vec<(iced_x86::Mnemonic, CalloutKind)> {
+        build(code, Mode { seg_unusable: unusable, ..Mode::default() }).sites.iter().map(|s| (s.ins.mnemonic(), s.kind)).collect()
+    };
+    use iced_x86::Mnemonic::*;
+    let fs_load = [0x64, 0x8b, 0x03, 0xc3]; // mov %fs:(%ebx),%eax
+    assert_eq!(kinds(&fs_load, 1 << 4), vec![(Mov, CalloutKind::RaiseGp)]);
+    assert_eq!(kinds(&fs_load, 1 << 5), vec![], "gs unusable, fs fine");
+    // stosb writes through es; lea and a hint nop access nothing.
+    assert_eq!(kinds(&[0xaa, 0xc3], 1), vec![(Stosb, CalloutKind::RaiseGp)]);
+    assert_eq!(kinds(&[0x8d, 0x03, 0x0f, 0x1f, 0x00, 0xc3], 0b11_1001), vec![]);
+    // Through ds by default; not through ss.
+    assert_eq!(kinds(&[0x8b, 0x03, 0xc3], 1 << 3), vec![(Mov, CalloutKind::RaiseGp)]);
+    assert_eq!(kinds(&[0x8b, 0x45, 0x00, 0xc3], 1 << 3), vec![], "(%ebp) is ss");
+}
+
+#[test]
+fn accesses_through_a_checked_segment_get_a_check_first() {
+    let mode = Mode { seg_checked: 1 << 4, ..Mode::default() }; // fs has a limit
+    let u = build(&[0x64, 0x8b, 0x03, 0x8b, 0x03, 0xc3], mode); // mov %fs:(%ebx),%eax; mov (%ebx),%eax
+    let sites: Vec<_> = u.sites.iter().map(|s| (s.ins.mnemonic(), s.kind, s.eip)).collect();
+    assert_eq!(sites, vec![(iced_x86::Mnemonic::Mov, CalloutKind::SegmentCheck, 0x1000)]);
+    // The load itself is still translated, after the check.
+    let l: Vec<String> = host_listing(&u).iter().map(text).collect();
+    assert!(l.iter().any(|s| s.starts_with("mov %gs:(") && s.ends_with(",%eax")), "{l:#?}");
+}
+
+#[test]
 fn masked_stores_go_through_the_view() {
     // maskmovq %mm1,%mm0 writes to ds:(%edi) implicitly: it gets the %gs override.
     let mode = Mode { fpu: crate::fpu_mode::OSFXSR, ..Mode::default() };
@@ -215,12 +243,15 @@ fn lea_ignores_segment_bases() {
 }
 
 #[test]
-fn implicit_stack_use_with_an_irregular_stack_stops() {
+fn implicit_stack_use_with_an_irregular_stack_is_emulated() {
     let mode = Mode { irregular_stack: true, ..Mode::default() };
-    for code in [&[0x50, 0xc3][..], &[0xc3], &[0xe8, 0, 0, 0, 0]] {
+    for code in [&[0x50, 0xc3][..], &[0xc3], &[0xe8, 0, 0, 0, 0], &[0x60, 0xc9, 0xc3]] {
         let u = build(code, mode);
-        assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::Unsupported), "{code:02x?}");
+        assert_eq!(u.sites.first().map(|s| s.kind), Some(crate::CalloutKind::Emulate), "{code:02x?}");
     }
+    // A push is emulated in place: the unit goes on to the ret.
+    let u = build(&[0x50, 0xc3], mode);
+    assert_eq!(u.sites.iter().map(|s| s.ins.mnemonic()).collect::<Vec<_>>(), vec![iced_x86::Mnemonic::Push, iced_x86::Mnemonic::Ret]);
 }
 
 #[test]
