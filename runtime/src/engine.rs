@@ -32,7 +32,7 @@ enum FetchFailure {
 }
 
 /// Where to go after an exit.
-enum Next {
+pub(crate) enum Next {
     /// Run the unit for this guest eip (translating it if needed).
     Dispatch(u32),
     /// Continue at a host address inside the code cache.
@@ -76,6 +76,15 @@ impl Vm {
                     return Ok(RunOutcome::Unsupported { eip, what: "a code segment with a non-zero base".into() });
                 }
             }
+            if let Next::Dispatch(eip) = next {
+                self.note_translated_cpl();
+                if self.direct_wanted() {
+                    if let Some(n) = self.run_direct(eip)? {
+                        next = self.interrupt_boundary(n)?;
+                        continue;
+                    }
+                }
+            }
             let transient = matches!(next, Next::Transient(_));
             let host = match next {
                 Next::Dispatch(eip) | Next::Transient(eip) => {
@@ -98,6 +107,10 @@ impl Vm {
             ctx.code_map = code_map;
             if self.stop_flag.load(Ordering::SeqCst) {
                 return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
+            }
+            if self.fpu.is_some() {
+                // Direct execution left the guest's x87/SSE state in an image.
+                crate::checkpoint::load_guest_fpu(self);
             }
             self.tr.run(host)?;
             self.stats.guest_exits += 1;
@@ -231,7 +244,7 @@ impl Vm {
     /// Runs `f` on the emulation view of the machine; writes it makes to frames
     /// holding translated code invalidate those units. Returns `f`'s result and
     /// whether any translated code was invalidated.
-    fn with_machine<R>(&mut self, f: impl FnOnce(&mut Machine<'_>) -> R) -> Result<(R, bool), VmError> {
+    pub(crate) fn with_machine<R>(&mut self, f: impl FnOnce(&mut Machine<'_>) -> R) -> Result<(R, bool), VmError> {
         let paging = self.paging().then(|| self.paging_mode());
         let (tr, cpu, bus) = (&mut self.tr, &mut self.cpu, &mut self.bus);
         let mut mem = LinearMemory {
@@ -344,7 +357,7 @@ impl Vm {
     /// An instruction boundary after an exit: poll the devices, keep the alarm set
     /// for the next timer interrupt, and deliver a pending external interrupt if
     /// the guest's IF allows it (not in the shadow of an sti).
-    fn interrupt_boundary(&mut self, next: Next) -> Result<Next, VmError> {
+    pub(crate) fn interrupt_boundary(&mut self, next: Next) -> Result<Next, VmError> {
         let next = self.deliver_at_boundary(next)?;
         // Translated sti/popf leave for an interrupt only if the VMM knows of one.
         self.tr.ctx_mut().irq_pending = u8::from(self.bus.interrupt_pending());
@@ -420,7 +433,7 @@ impl Vm {
     /// contributory, or after #PF), and a fault while delivering #DF is a triple
     /// fault, which ends the run naming the faults. A guest that never loaded an IDT
     /// cannot handle anything: the run ends naming the exception.
-    fn raise(&mut self, vector: u8, error: Option<u32>, eip: u32, source: EventSource) -> Result<Next, VmError> {
+    pub(crate) fn raise(&mut self, vector: u8, error: Option<u32>, eip: u32, source: EventSource) -> Result<Next, VmError> {
         self.raise_at(vector, error, eip, source, eip)
     }
 
@@ -682,6 +695,12 @@ impl Vm {
             }
         }
     }
+}
+
+/// Reads guest code at `linear` into `buf` as an instruction fetch (user or
+/// supervisor); returns the bytes read.
+pub(crate) fn fetch_code(ram: &GuestRam, paging: Option<PagingMode>, user: bool, linear: u32, buf: &mut [u8]) -> usize {
+    CodeFetch { ram, paging, user }.fetch(linear, buf)
 }
 
 /// Guest code as the translator fetches it: through the guest's page tables when

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod cpu_model;
 pub mod devices;
+pub mod direct;
 pub mod emulate;
 mod engine;
 pub mod kvm;
@@ -18,4 +19,5 @@ pub mod vm;
 
 /// Switches the `--trace` events of translation units on (guest code, host code).
 pub use bt86_translator::trace::enable as enable_unit_trace;
+pub use direct::UserCode;
 pub use vm::{RunOutcome, StopHandle, Vm, VmConfig, VmError, DEFAULT_MEM_MIB};
