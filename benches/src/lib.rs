@@ -27,6 +27,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod linux;
 pub mod nano;
 
 /// The native static i386 Linux build of the workload (built by `build.rs`).
@@ -197,7 +198,7 @@ fn reader<R: Read + Send + 'static>(r: Option<R>, tx: mpsc::Sender<(bool, String
 
 /// SIGKILLs the process group `pgid` (one this module created with
 /// `process_group(0)`), so helpers the program forked (e.g. a VMM's runner child) go too.
-fn kill_group(pgid: u32) {
+pub(crate) fn kill_group(pgid: u32) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])
         .stdout(Stdio::null())

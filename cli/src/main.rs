@@ -15,6 +15,7 @@ use std::process::ExitCode;
 mod compare;
 mod console;
 mod display;
+mod gdb;
 mod logging;
 mod run;
 mod signals;
@@ -28,7 +29,7 @@ Exit status of run, demo and restore:
   N   the guest wrote N to the isa-debug-exit port (0xf4); with --exit-code-style qemu,
       (N << 1) | 1, as QEMU's isa-debug-exit (odd: never one of bt86's own statuses)
   0   the guest powered off (hlt with interrupts off), halted for good, asked for a
-      reset (reboot), or Ctrl-A x ended bt86
+      reset (reboot), Ctrl-A x ended bt86, or gdb killed the guest (gdb's kill)
   2   bad input (arguments, a missing or malformed kernel, an unwritable file)
   3   the guest stopped abnormally (unhandled exception, triple fault, unsupported
       instruction, memory that does not exist) or --timeout passed; 6 with
@@ -164,7 +165,7 @@ struct RestoreOpts {
 }
 
 /// The options of one run that `run`, `demo` and `restore` share: what it reports,
-/// its time limit, and KVM's permission.
+/// its time limit, KVM's permission and the gdb stub.
 #[derive(clap::Args)]
 struct SessionOpts {
     /// Print statistics when the run ends, however it ends: `--stats`, `--stats text`,
@@ -198,6 +199,19 @@ struct SessionOpts {
     /// (host code emitted), int (exceptions and interrupts delivered).
     #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "in_asm,int")]
     trace_events: Vec<logging::TraceEvent>,
+    /// Listen for gdb's remote protocol on HOST:PORT (in gdb: `target remote HOST:PORT`;
+    /// `tcp::PORT` or `:PORT` mean 127.0.0.1:PORT, port 0 picks a free one). The guest
+    /// runs until gdb connects, unless --gdb-wait. Breakpoints, watchpoints, single
+    /// steps, Ctrl-C; after gdb detaches the guest runs on. BT engine only.
+    #[arg(long, value_name = "HOST:PORT")]
+    gdb: Option<String>,
+    /// With --gdb (or -s): hold the guest before its first instruction until gdb
+    /// connects and continues it (QEMU's -S).
+    #[arg(short = 'S', long)]
+    gdb_wait: bool,
+    /// QEMU's -s: the same as --gdb 127.0.0.1:1234.
+    #[arg(short = 's', conflicts_with = "gdb")]
+    gdb_default_port: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 use bt86_runtime::checkpoint::{self, Checkpoint, CheckpointError};
 use bt86_runtime::devices::InputSource;
+use bt86_runtime::gdb::GdbEnd;
 use bt86_runtime::kvm::{self, KvmOptions, KvmUnavailable};
 use bt86_runtime::{RunOutcome, Vm, VmConfig, VmError};
 use std::io::{IsTerminal, Write};
@@ -52,7 +53,8 @@ enum Exit {
 #[derive(Debug)]
 struct Stop {
     /// guest-exit, halted, reset, guest-exception, triple-fault, unsupported, unbacked,
-    /// timeout, quit, signal, stopped, bad-input, kvm-unavailable, internal-error.
+    /// timeout, quit, signal, stopped, gdb-kill, bad-input, kvm-unavailable,
+    /// internal-error.
     reason: &'static str,
     exit: Exit,
     /// The line bt86 prints about it (without "bt86: "), if any.
@@ -130,6 +132,7 @@ struct Prepared {
     stats_file: Option<std::fs::File>,
     timeout: Option<Duration>,
     checkpoint_after: Option<Duration>,
+    gdb: Option<crate::gdb::GdbListen>,
 }
 
 fn prepare(opts: &RunOpts) -> anyhow::Result<Prepared> {
@@ -152,7 +155,8 @@ fn prepare(opts: &RunOpts) -> anyhow::Result<Prepared> {
     }
     let stats_file = opts.session.stats_file.as_deref().map(|p| create_output(p, "statistics to")).transpose()?;
     let trace = opts.session.trace.as_deref().map(|p| create_output(p, "the trace to")).transpose()?;
-    Ok(Prepared { trace, stats_file, timeout, checkpoint_after })
+    let gdb = crate::gdb::listen(opts)?;
+    Ok(Prepared { trace, stats_file, timeout, checkpoint_after, gdb })
 }
 
 /// `bt86 restore FILE`: the checkpoint read, and `bt86 run`'s options made of the
@@ -319,17 +323,23 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
     }
     // How the run ended when a checkpoint was saved (or failed to be).
     let mut saved: Option<Stop> = None;
+    let mut gdb_wait = opts.session.gdb_wait;
     let result = loop {
         let result = match opts.engine {
             Engine::Bt => {
                 console::started(Some(vm.stop_handle()));
-                vm.run().map(|o| (o, None)).map_err(internal)
+                match &prepared.gdb {
+                    // Only the first run waits for gdb (not one after a checkpoint).
+                    Some(gdb) => run_gdb(&mut vm, gdb, gdb_wait, &say),
+                    None => vm.run().map(|o| (o, None)).map_err(internal),
+                }
             }
             Engine::Kvm => {
                 console::started(None);
                 run_kvm(&mut vm, opts, kvm_limit)
             }
         };
+        gdb_wait = false;
         let and_continue = match (&result, console::cause(), opts.engine) {
             (Ok((RunOutcome::Stopped { .. }, _)), Some(StopCause::Checkpoint { and_continue }), Engine::Bt) => and_continue,
             (Ok((RunOutcome::Stopped { .. }, _)), None, Engine::Kvm) if kvm_checkpoints => false,
@@ -385,6 +395,15 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
 }
 
 type RunResult = Result<(RunOutcome, Option<bt86_runtime::kvm::KvmStats>), Stop>;
+
+/// The run under the gdb stub (`--gdb`); `wait`: for gdb before the first instruction.
+fn run_gdb(vm: &mut Vm, gdb: &crate::gdb::GdbListen, wait: bool, say: &console::Say) -> RunResult {
+    match crate::gdb::run(vm, gdb, wait, &|m: &str| say(&format!("bt86: {m}\r\n"))) {
+        Ok(GdbEnd::Ended(outcome)) => Ok((outcome, None)),
+        Ok(GdbEnd::Killed) => Err(Stop::new("gdb-kill", Exit::Status(0), Some("the guest was killed from gdb".into()))),
+        Err(e) => Err(internal(e)),
+    }
+}
 
 fn internal(e: impl std::fmt::Display) -> Stop {
     Stop::new("internal-error", Exit::Status(EXIT_INTERNAL), Some(format!("internal error: {e}")))

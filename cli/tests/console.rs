@@ -6,6 +6,7 @@
 //! (`apt-get install -y tmux`).
 
 use bt86_tests::guests;
+use bt86_tests::tmux::Tmux;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -167,75 +168,6 @@ fn version_names_the_commit() {
 }
 
 // ---- under tmux: a real terminal ----
-
-/// A tmux server of our own, killed when dropped.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    /// None (after saying why) where tmux is not installed.
-    fn start(name: &str, shell_command: &str) -> Option<Self> {
-        if Command::new("tmux").arg("-V").output().map(|o| !o.status.success()).unwrap_or(true) {
-            eprintln!("skipped: tmux is not installed (apt-get install -y tmux)");
-            return None;
-        }
-        let t = Self { socket: format!("bt86-test-{}-{name}", std::process::id()) };
-        let st = t.cmd(&["new-session", "-d", "-x", "100", "-y", "40", shell_command]).status().unwrap();
-        assert!(st.success(), "tmux new-session");
-        Some(t)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket, "-f", "/dev/null"]).args(args);
-        c
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "0"];
-        args.extend_from_slice(keys);
-        assert!(self.cmd(&args).status().unwrap().success());
-    }
-
-    fn screen(&self) -> String {
-        text(&self.cmd(&["capture-pane", "-p", "-J", "-t", "0"]).output().unwrap().stdout)
-    }
-
-    /// Waits until the pane shows `want`; the pane on failure.
-    fn wait_for(&self, want: &str) -> String {
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = self.screen();
-            if s.contains(want) {
-                return s;
-            }
-            assert!(Instant::now() < end, "timed out waiting for {want:?} in:\n{s}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The pid of the pane's first process's child (bt86 under the shell).
-    fn child_pid(&self) -> u32 {
-        let pane = text(&self.cmd(&["list-panes", "-t", "0", "-F", "#{pane_pid}"]).output().unwrap().stdout);
-        let pane: u32 = pane.trim().parse().unwrap();
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            let children = std::fs::read_to_string(format!("/proc/{pane}/task/{pane}/children")).unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next() {
-                return pid.parse().unwrap();
-            }
-            assert!(Instant::now() < end, "no child of the pane's shell");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]).status();
-    }
-}
 
 /// The pane's shell: bt86 with `args`, then its exit status and the terminal modes.
 fn shell(args: &str) -> String {

@@ -82,14 +82,20 @@ pub fn run_guest_detailed(g: &GuestCase) -> Result<GuestRun, String> {
     let host = HostRanges::now();
     let outcome = run_with_timeout(&mut vm, Duration::from_millis(u64::from(g.timeout_ms))).map_err(|e| e.to_string());
     let ram = read_ram(&vm);
-    let n = le32(&ram, h::RECORD + rec::EVENTS);
-    let events = (n.saturating_sub(rec::LOG_ENTRIES - 1).max(1)..=n.min(h::EVENT_LIMIT))
+    let events = events_in(&ram);
+    Ok(GuestRun { outcome, events, ram, host })
+}
+
+/// The events the harness's handler logged in guest RAM (the last 32 at most,
+/// oldest first).
+pub fn events_in(ram: &[u8]) -> Vec<Event> {
+    let n = le32(ram, h::RECORD + rec::EVENTS);
+    (n.saturating_sub(rec::LOG_ENTRIES - 1).max(1)..=n.min(h::EVENT_LIMIT))
         .map(|k| {
             let e = h::RECORD + rec::LOG + 16 * (k % rec::LOG_ENTRIES);
-            Event { vector: le32(&ram, e), eip: le32(&ram, e + 4), error: le32(&ram, e + 8), cs: le32(&ram, e + 12) }
+            Event { vector: le32(ram, e), eip: le32(ram, e + 4), error: le32(ram, e + 8), cs: le32(ram, e + 12) }
         })
-        .collect();
-    Ok(GuestRun { outcome, events, ram, host })
+        .collect()
 }
 
 fn run_guest(g: &GuestCase) -> Verdict {

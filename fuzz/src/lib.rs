@@ -14,6 +14,7 @@ pub mod case;
 pub mod exec;
 pub mod gen;
 pub mod harness;
+pub mod qemu;
 pub mod rng;
 pub mod supervise;
 

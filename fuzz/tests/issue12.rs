@@ -9,6 +9,7 @@
 use bt86_fuzz::case::{Bytes, Chunk, GuestCase};
 use bt86_fuzz::exec::{self, Event, GuestRun};
 use bt86_fuzz::harness::{self as h, sel, BodyItem, Harness};
+use bt86_fuzz::qemu;
 use bt86_runtime::RunOutcome;
 
 /// Runs `items` in `harness`, with `extra` chunks placed too.
@@ -17,6 +18,21 @@ fn go(harness: &Harness, items: Vec<BodyItem>, extra: Vec<Chunk>) -> (GuestCase,
     g.chunks.extend(extra);
     let run = exec::run_guest_detailed(&g).expect("the VM runs");
     (g, run)
+}
+
+/// The same guest under QEMU (skipped when it is not installed): it must log the
+/// same events and end the same way. Returns QEMU's run for more checks.
+fn qemu_agrees(g: &GuestCase, run: &GuestRun) -> Option<qemu::QemuRun> {
+    if !qemu::installed() {
+        eprintln!("qemu-system-i386 not installed: not compared");
+        return None;
+    }
+    let q = qemu::run(g, "max").expect("QEMU runs the guest");
+    assert_eq!(run.events, q.events, "bt86 (left) and QEMU (right) log different events");
+    if let Ok(RunOutcome::GuestExit(v)) = run.outcome {
+        assert_eq!(Some(v & 0x7f), q.exit, "bt86 and QEMU end differently");
+    }
+    Some(q)
 }
 
 fn raw(bytes: &[u8]) -> BodyItem {
@@ -135,32 +151,35 @@ fn item4_backward_stos_across_zero_faults_when_page_0_is_absent() {
         assert!(done(&run), "cpl {cpl}: {:?}", run.outcome);
         assert_eq!(vectors(&run), vec![14], "cpl {cpl}: #PF");
         assert_eq!(run.events[0].eip, g.items[0].addr + 13, "cpl {cpl}: at the rep stosb");
+        qemu_agrees(&g, &run);
     });
 }
 
 #[test]
-#[ignore = "issue 12 item 4: with paging on and page 0 mapped, `std; rep stosb` across linear 0 ends in an internal error (\"fault at host ... outside the views\": the guard below the view, on the paging path of Vm::page_fault) instead of wrapping to 0xffffffff"]
 fn item4_backward_stos_across_zero_wraps_onto_the_top_page() {
     at_both_levels(|cpl| {
         let mut harness = Harness::standard(cpl, true);
         harness.page0 = true;
-        let (_, run) = go(&harness, vec![stos_across(8, 0x20, true)], vec![]);
+        let (g, run) = go(&harness, vec![stos_across(8, 0x20, true)], vec![]);
         assert!(done(&run) && run.events.is_empty(), "cpl {cpl}: {:?} {:?}", run.outcome, run.events);
         assert!(run.ram[..9].iter().all(|&b| b == 0x5a), "cpl {cpl}: linear 0..8");
         // Linear 0xfffff000 maps frame RANDOM_FRAMES (the harness's top table).
         let top = (h::RANDOM_FRAMES + 0xfe9) as usize;
         assert!(run.ram[top..top + 0x17].iter().all(|&b| b == 0x5a), "cpl {cpl}: linear 0xffffffe9..0xffffffff");
+        if let Some(q) = qemu_agrees(&g, &run) {
+            assert_eq!(q.ram[top - 1..top + 0x17], run.ram[top - 1..top + 0x17], "cpl {cpl}: QEMU's top page");
+        }
     });
 }
 
 #[test]
-#[ignore = "issue 12 item 4: with paging off, `std; rep stosb` across linear 0 stops the VM as unsupported (\"a string instruction stepped below linear address 0\", Vm::page_fault) where the CPU wraps to 0xffffffff"]
 fn item4_backward_stos_across_zero_without_paging_wraps() {
     at_both_levels(|cpl| {
-        let (_, run) = go(&Harness::standard(cpl, false), vec![stos_across(8, 0x20, true)], vec![]);
-        // Linear 0xffffffe9.. is no RAM here: bt86 may end the run as unbacked.
-        assert!(done(&run) || matches!(run.outcome, Ok(RunOutcome::Unbacked { .. })), "cpl {cpl}: {:?}", run.outcome);
+        let (g, run) = go(&Harness::standard(cpl, false), vec![stos_across(8, 0x20, true)], vec![]);
+        // Linear 0xffffffe9.. is no RAM here (the firmware's ROM under QEMU).
+        assert!(done(&run), "cpl {cpl}: {:?}", run.outcome);
         assert!(run.ram[..9].iter().all(|&b| b == 0x5a), "cpl {cpl}: linear 0..8");
+        qemu_agrees(&g, &run);
     });
 }
 
@@ -168,33 +187,72 @@ fn item4_backward_stos_across_zero_without_paging_wraps() {
 fn item4_forward_stos_across_4gib_wraps_to_zero() {
     let mut harness = Harness::standard(0, true);
     harness.page0 = true;
-    let (_, run) = go(&harness, vec![stos_across(0xffff_fff8, 0x10, false)], vec![]);
+    let (g, run) = go(&harness, vec![stos_across(0xffff_fff8, 0x10, false)], vec![]);
     assert!(done(&run) && run.events.is_empty(), "{:?} {:?}", run.outcome, run.events);
     assert!(run.ram[..8].iter().all(|&b| b == 0x5a));
     let top = (h::RANDOM_FRAMES + 0xff8) as usize;
     assert!(run.ram[top..top + 8].iter().all(|&b| b == 0x5a));
+    qemu_agrees(&g, &run);
 }
 
 // ---------------------------------------------------------------------------------
 // item 9: user code must not stop the VM
 
 #[test]
-#[ignore = "issue 12 item 9: an instruction running from a user page onto a supervisor page stops the VM (\"instruction fetch runs past guest memory\") instead of #PF"]
 fn item9_fetch_onto_a_supervisor_page_is_a_page_fault() {
     let harness = Harness::standard(3, true);
     // mov $1,%eax at 0x120ffe: its last three bytes are on the next page (not user).
     let code = Chunk { addr: 0x12_0ffe, bytes: Bytes(vec![0xb8, 1, 0, 0, 0]) };
-    let (_, run) = go(&harness, vec![with_eax(0x12_0ffe, &[0xff, 0xe0])], vec![code]);
+    let (g, run) = go(&harness, vec![with_eax(0x12_0ffe, &[0xff, 0xe0])], vec![code]);
     assert!(matches!(run.outcome, Ok(RunOutcome::GuestExit(v)) if v == h::EXIT_BASE | h::EXIT_WILD), "{:?}", run.outcome);
     assert_eq!((run.events[0].vector, run.events[0].eip, run.events[0].error), (14, 0x12_0ffe, 0x5));
+    qemu_agrees(&g, &run);
+}
+
+#[test]
+fn item9_straddling_instruction_runs_once_its_second_page_is_mapped() {
+    use iced_x86::code_asm::*;
+    // CPL 0: the guest's own #PF handler maps the page and returns to the
+    // instruction, which must then run (not fault again from a stale translation).
+    const CODE: u32 = 0x15_0ffe;
+    const PTE: u32 = h::PT_LOW + (0x151 * 4);
+    const HANDLER: u32 = h::DATA + 0x800;
+    let asm = |f: &dyn Fn(&mut CodeAssembler) -> Result<(), iced_x86::IcedError>, at: u32| {
+        let mut a = CodeAssembler::new(32).expect("asm");
+        f(&mut a).expect("assembles");
+        a.assemble(u64::from(at)).expect("assembles")
+    };
+    let handler = asm(&|a| {
+        a.mov(dword_ptr(u64::from(PTE)), 0x15_1003u32)?;
+        a.invlpg(ptr(0x15_1000u64))?;
+        a.add(esp, 4)?;
+        a.iretd()
+    }, HANDLER);
+    let gate = [(HANDLER & 0xffff) | u32::from(sel::KCODE) << 16, (HANDLER & 0xffff_0000) | 0x8e00];
+    let install = BodyItem::new("install", move |a, _| {
+        a.mov(dword_ptr(u64::from(h::IDT + 14 * 8)), gate[0])?;
+        a.mov(dword_ptr(u64::from(h::IDT + 14 * 8 + 4)), gate[1])?;
+        a.mov(dword_ptr(u64::from(PTE)), 0u32)?;
+        a.invlpg(ptr(0x15_1000u64))
+    });
+    let call = BodyItem::new("call", |a, _| a.call(u64::from(CODE)));
+    let check = raw(&[0x83, 0xf8, 0x01, 0x74, 0x02, 0x0f, 0x0b]); // cmp $1,%eax; je +2; ud2
+    let chunks = vec![
+        Chunk { addr: CODE, bytes: Bytes(vec![0xb8, 1, 0, 0, 0, 0xc3]) }, // mov $1,%eax; ret
+        Chunk { addr: HANDLER, bytes: Bytes(handler) },
+    ];
+    let (g, run) = go(&Harness::standard(0, true), vec![install, raw(&[0x31, 0xc0]), call, check], chunks);
+    assert!(done(&run) && run.events.is_empty(), "{:?} {:?}", run.outcome, run.events);
+    qemu_agrees(&g, &run);
 }
 
 #[test]
 fn item9_jump_to_a_not_present_page_is_a_page_fault() {
     let harness = Harness::standard(3, true);
-    let (_, run) = go(&harness, vec![with_eax(0x80_0000, &[0xff, 0xe0])], vec![]);
+    let (g, run) = go(&harness, vec![with_eax(0x80_0000, &[0xff, 0xe0])], vec![]);
     assert!(matches!(run.outcome, Ok(RunOutcome::GuestExit(v)) if v == h::EXIT_BASE | h::EXIT_WILD), "{:?}", run.outcome);
     assert_eq!((run.events[0].vector, run.events[0].eip, run.events[0].error), (14, 0x80_0000, 0x4));
+    qemu_agrees(&g, &run);
 }
 
 #[test]

@@ -128,6 +128,17 @@ impl CpuModel {
     }
 
     /// Whether CPUID `leaf` reports `bit` of register `reg` (eax = 0 .. edx = 3).
+    /// The family CPUID leaf 1 reports (with the extended family added).
+    pub fn family(&self) -> u32 {
+        let eax = self.cpuid(1, 0)[0];
+        let base = (eax >> 8) & 0xf;
+        if base == 0xf {
+            base + ((eax >> 20) & 0xff)
+        } else {
+            base
+        }
+    }
+
     pub fn has_bit(&self, leaf: u32, reg: usize, bit: u32) -> bool {
         self.cpuid(leaf, 0)[reg] & (1 << bit) != 0
     }

@@ -20,7 +20,6 @@ use bt86_shadow_mmu::View;
 use bt86_translator::abi::ExitReason;
 use bt86_translator::translate::BuildError;
 use bt86_translator::{CalloutKind, Fixup, GuestCode, TranslatorError, UnitKey};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// Why no code could be fetched at an eip.
@@ -69,6 +68,9 @@ impl Vm {
     fn run_loop(&mut self) -> Result<RunOutcome, VmError> {
         let mut next = Next::Dispatch(self.tr.ctx().eip);
         loop {
+            if self.debug.is_some() {
+                next = self.debug_boundary(next)?;
+            }
             if let Next::Dispatch(eip) | Next::Transient(eip) = next {
                 if self.cpu.seg[crate::cpu::sreg::CS].base != 0 {
                     // Code is fetched and keyed by linear = eip; a code segment with a
@@ -105,7 +107,7 @@ impl Vm {
             ctx.gs_base = view;
             ctx.seg_base = bases;
             ctx.code_map = code_map;
-            if self.stop_flag.load(Ordering::SeqCst) {
+            if self.stop_requested() {
                 return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
             }
             if self.fpu.is_some() {
@@ -124,7 +126,9 @@ impl Vm {
                 }
             }
             next = self.handle_exit()?;
-            next = self.interrupt_boundary(next)?;
+            if !self.debug_stepping() {
+                next = self.interrupt_boundary(next)?;
+            }
         }
     }
 
@@ -210,6 +214,9 @@ impl Vm {
             Some(ExitReason::Branch) => {
                 self.stats.exits_branch += 1;
                 let (slot, target, epoch) = (ctx.exit_arg, ctx.eip, self.tr.epoch());
+                if self.debug_stops_at(target) {
+                    return Ok(Next::Dispatch(target));
+                }
                 let (id, host) = match self.unit_for(target, false)? {
                     Ok(found) => found,
                     Err(failure) => return self.fetch_failed(failure, target),
@@ -222,6 +229,9 @@ impl Vm {
             Some(ExitReason::Indirect) => {
                 self.stats.exits_indirect += 1;
                 let target = ctx.eip;
+                if self.debug_stops_at(target) {
+                    return Ok(Next::Dispatch(target));
+                }
                 let (id, host) = match self.unit_for(target, false)? {
                     Ok(found) => found,
                     Err(failure) => return self.fetch_failed(failure, target),
@@ -299,6 +309,11 @@ impl Vm {
             .ok_or_else(|| VmError::Internal(format!("unknown callout site {site_id}")))?;
         if site.kind == CalloutKind::Emulate {
             *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
+        }
+        if site.kind == CalloutKind::FetchFault {
+            // The unit bakes in a fetch that failed when it was built: whatever the
+            // page is now, build it again next time.
+            self.tr.invalidate_linear(site.eip, 1)?;
         }
         tracing::trace!(target: "bt86::callout", "callout {:?} {} at eip {:#010x}", site.kind, site.ins, site.eip);
         let table_hits_before = self.shadow.table_write_hits;
@@ -411,7 +426,7 @@ impl Vm {
                     break self.raise(vector, None, next_eip, EventSource::External)?;
                 }
             }
-            if self.stop_flag.load(Ordering::SeqCst) {
+            if self.stop_requested() {
                 // Still waiting: the next run (a checkpoint's restore) executes the hlt
                 // again, in its shadow so that no interrupt comes before it.
                 let ctx = self.tr.ctx_mut();
@@ -499,7 +514,7 @@ impl Vm {
         if sig == libc::SIGSEGV && f.addr & !0xfff == self.tr.poll_page() {
             self.tr.rearm_poll();
             self.poll_due = true;
-            if self.stop_flag.load(Ordering::SeqCst) {
+            if self.stop_requested() {
                 return Ok(Next::Done(RunOutcome::Stopped { eip }));
             }
             return Ok(Next::Dispatch(eip));
@@ -531,6 +546,10 @@ impl Vm {
     }
 
     fn page_fault(&mut self, eip: u32, addr: u64, write: bool) -> Result<Next, VmError> {
+        if self.guard_linear(addr).is_some() {
+            // A string instruction's pointer left the view: wrap it (`slow_path`).
+            return self.emulate_in_place(eip);
+        }
         if self.paging() {
             let (linear, user_view) = match (self.view.linear_of(addr), self.user_view.linear_of(addr)) {
                 (Some(l), _) => (l, false),
@@ -552,12 +571,6 @@ impl Vm {
             };
         }
         let Some(linear) = self.view.linear_of(addr) else {
-            if self.view.owns(addr) {
-                return Ok(Next::Done(RunOutcome::Unsupported {
-                    eip,
-                    what: "a string instruction stepped below linear address 0".into(),
-                }));
-            }
             return Err(VmError::Internal(format!("fault at host {addr:#x} outside the view (guest eip {eip:#010x})")));
         };
         let frame = linear >> 12;
@@ -705,10 +718,10 @@ pub(crate) fn fetch_code(ram: &GuestRam, paging: Option<PagingMode>, user: bool,
 
 /// Guest code as the translator fetches it: through the guest's page tables when
 /// paging is on (an instruction fetch), else linear = physical.
-struct CodeFetch<'a> {
-    ram: &'a GuestRam,
-    paging: Option<PagingMode>,
-    user: bool,
+pub(crate) struct CodeFetch<'a> {
+    pub ram: &'a GuestRam,
+    pub paging: Option<PagingMode>,
+    pub user: bool,
 }
 
 impl GuestCode for CodeFetch<'_> {

@@ -143,6 +143,12 @@ pub struct Vm {
     pub(crate) reprotect: Option<u32>,
     /// The alarm made translated code exit: poll the devices at the boundary.
     pub(crate) poll_due: bool,
+    /// Breakpoints, watchpoints and a single step in progress, while a debugger
+    /// has any (`debug`).
+    pub(crate) debug: Option<Box<crate::debug::DebugState>>,
+    /// Set by a debugger's interrupt (`DebugInterrupt`): stop like `stop_flag`, but
+    /// to pause, not to end.
+    pub(crate) debug_break: Arc<AtomicBool>,
     /// The guest's x87/SSE state while it is not in the vCPU thread's registers (a
     /// restored checkpoint, or the KVM engine's last run); `run` loads it first.
     pub(crate) fpu: Option<Box<crate::checkpoint::FxImage>>,
@@ -188,6 +194,8 @@ impl Vm {
             stop_flag: Arc::new(AtomicBool::new(false)),
             reprotect: None,
             poll_due: true,
+            debug: None,
+            debug_break: Arc::new(AtomicBool::new(false)),
             fpu: None,
             direct: crate::direct::Direct::default(),
         })

@@ -102,6 +102,17 @@ impl View {
         }
     }
 
+    /// For a host address in the guards around the view (an access that a
+    /// string instruction's 64-bit pointer carried below linear 0 or past the
+    /// wrap alias): the linear address it means, wrapped at 4 GiB.
+    pub fn wrapped_linear_of(&self, host: u64) -> Option<u32> {
+        if !self.owns(host) || self.linear_of(host).is_some() {
+            return None;
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        Some(host.wrapping_sub(self.base()) as u32)
+    }
+
     /// Whether a host address is anywhere in the reservation (guards included).
     pub fn owns(&self, host: u64) -> bool {
         let start = self.reservation as u64;

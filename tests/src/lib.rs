@@ -1,7 +1,10 @@
-//! End-to-end tests, the guest kit's guests, and the differential oracle.
+//! End-to-end tests, the guest kit's guests, the Linux guest (Debian's kernel and
+//! busybox), a tmux terminal for interactive tests, and the differential oracle.
 pub mod guests;
 pub mod images;
+pub mod linux;
 pub mod oracle;
+pub mod tmux;
 
 /// Whether QEMU's `qemu-system-i386` is on PATH; says on stderr that the caller's test
 /// is skipped when it is not.

@@ -132,6 +132,19 @@ pub struct Translator {
     /// The guest CPU's instruction set.
     isa: Isa,
     stats: TranslatorStats,
+    /// Where the VMM must get control before a guest instruction runs.
+    stops: Stops,
+}
+
+/// Guest eips where the VMM must get control before the instruction runs (a
+/// debugger's breakpoints), or every eip (while a debugger watches memory). Units
+/// end before a stop, and neither a chained jump nor the indirect lookup enters a
+/// unit that starts at one, so every arrival there leaves translated code and the
+/// VMM sees it. Code without stops keeps its full speed.
+#[derive(Default)]
+struct Stops {
+    at: std::collections::BTreeSet<u32>,
+    everywhere: bool,
 }
 
 impl Translator {
@@ -173,6 +186,7 @@ impl Translator {
             page_checks: false,
             isa,
             stats: TranslatorStats::default(),
+            stops: Stops::default(),
         })
     }
 
@@ -296,11 +310,12 @@ impl Translator {
             host_base: base,
             first_slot_id: first_slot,
             first_site_id: first_site,
-            max_insns: if transient { 1 } else { self.max_insns },
+            max_insns: if transient || self.stops.everywhere { 1 } else { self.max_insns },
             adaptive: &self.adaptive,
             isa: &self.isa,
             entry_frames: (self.page_checks && !transient)
                 .then(|| (key.phys >> 12, frame_of((key.eip & !0xfff).wrapping_add(0x1000)))),
+            stop_before: self.stops.at.range(key.eip.saturating_add(1)..).next().copied(),
         };
         let built = translate::build_unit(mem, key.eip, &key.mode, &place)?;
         if built.code.len() > MAX_UNIT_BYTES {
@@ -369,6 +384,9 @@ impl Translator {
     /// Records that `eip` (in the current mode) is at host address `host` in the
     /// indirect lookup table.
     pub fn remember_indirect(&mut self, eip: u32, unit: u32) {
+        if self.is_stop(eip) {
+            return;
+        }
         if let Some(entry) = self.entry_from_elsewhere(unit) {
             self.lookup.insert(eip, entry);
         }
@@ -399,7 +417,7 @@ impl Translator {
     pub fn chain(&mut self, slot: u32, target: u32) -> Result<(), TranslatorError> {
         let Some(s) = self.slots.get(slot as usize) else { return Ok(()) };
         let (from, to) = (&self.units[s.unit as usize], &self.units[target as usize]);
-        if s.chained || !from.live || from.transient || !to.live || to.transient {
+        if s.chained || !from.live || from.transient || !to.live || to.transient || self.is_stop(to.key.eip) {
             return Ok(());
         }
         let within = [to.pages.0, to.pages.1].iter().all(|p| *p == from.pages.0 || *p == from.pages.1);
@@ -579,6 +597,37 @@ impl Translator {
         self.epoch += 1;
         self.stats.cache_flushes += 1;
         frames
+    }
+
+    /// Makes `eip` a stop: the units holding it are dropped (with the chains into
+    /// them), and from now on none is entered there without the VMM.
+    pub fn add_stop(&mut self, eip: u32) -> Result<(), TranslatorError> {
+        self.stops.at.insert(eip);
+        self.invalidate_linear(eip, 1).map(|_| ())
+    }
+
+    /// `eip` is no longer a stop; the units around it are rebuilt to chain again.
+    pub fn remove_stop(&mut self, eip: u32) -> Result<(), TranslatorError> {
+        if self.stops.at.remove(&eip) {
+            self.invalidate_linear(eip, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every eip a stop (units of one instruction that always exit) or
+    /// none but those added. A change flushes the cache; returns the frames that
+    /// held code, as a flush for room does.
+    pub fn set_stop_everywhere(&mut self, on: bool) -> Vec<u32> {
+        if self.stops.everywhere == on {
+            return Vec::new();
+        }
+        self.stops.everywhere = on;
+        self.flush()
+    }
+
+    /// Whether the VMM must get control before the instruction at `eip` runs.
+    pub fn is_stop(&self, eip: u32) -> bool {
+        self.stops.everywhere || (!self.stops.at.is_empty() && self.stops.at.contains(&eip))
     }
 
     /// The callout site `id`.

@@ -7,7 +7,7 @@
 use super::stack::{pop, push};
 use super::{jump_next, EmuResult, Machine, Outcome};
 use crate::cpu::eflags;
-use bt86_translator::abi::{ARITH_FLAGS, FLAG_IF};
+use bt86_translator::abi::{VcpuCtx, ARITH_FLAGS, FLAG_IF};
 use bt86_translator::CalloutSite;
 use iced_x86::Mnemonic;
 
@@ -16,9 +16,14 @@ const SYS_FLAGS: u32 = eflags::TF | eflags::IOPL | eflags::NT | eflags::AC | efl
 
 /// The guest's EFLAGS as pushf shows it (VM and RF read as 0).
 pub(crate) fn read_eflags(m: &Machine<'_>) -> u32 {
-    let arith = (m.ctx.rflags as u32) & ARITH_FLAGS;
-    let vif = if m.ctx.vif != 0 { FLAG_IF } else { 0 };
-    arith | (m.ctx.sys_flags & SYS_FLAGS) | vif | eflags::FIXED
+    eflags_of(m.ctx)
+}
+
+/// The guest's EFLAGS in `ctx` (VM and RF read as 0).
+pub(crate) fn eflags_of(ctx: &VcpuCtx) -> u32 {
+    let arith = (ctx.rflags as u32) & ARITH_FLAGS;
+    let vif = if ctx.vif != 0 { FLAG_IF } else { 0 };
+    arith | (ctx.sys_flags & SYS_FLAGS) | vif | eflags::FIXED
 }
 
 /// The guest's IOPL.
@@ -30,14 +35,23 @@ pub(crate) fn iopl(m: &Machine<'_>) -> u8 {
 /// into the host rflags image, IF into the virtual IF, the rest into `sys_flags`.
 /// RF is cleared; VM is never set.
 pub(crate) fn write_eflags(m: &mut Machine<'_>, value: u32, mask: u32) {
+    set_eflags_of(m.ctx, value, mask);
+}
+
+/// `write_eflags` on `ctx`; `mask` = `EFLAGS_WRITABLE` writes every flag popf
+/// may write at CPL 0.
+pub(crate) fn set_eflags_of(ctx: &mut VcpuCtx, value: u32, mask: u32) {
     let arith = u64::from(ARITH_FLAGS & mask);
-    m.ctx.rflags = (m.ctx.rflags & !arith) | (u64::from(value) & arith) | u64::from(eflags::FIXED);
+    ctx.rflags = (ctx.rflags & !arith) | (u64::from(value) & arith) | u64::from(eflags::FIXED);
     if mask & FLAG_IF != 0 {
-        m.ctx.vif = u8::from(value & FLAG_IF != 0);
+        ctx.vif = u8::from(value & FLAG_IF != 0);
     }
     let sys = SYS_FLAGS & mask;
-    m.ctx.sys_flags = ((m.ctx.sys_flags & !sys) | (value & sys)) & !(eflags::RF | eflags::VM);
+    ctx.sys_flags = ((ctx.sys_flags & !sys) | (value & sys)) & !(eflags::RF | eflags::VM);
 }
+
+/// Every EFLAGS bit that popf may write at CPL 0.
+pub(crate) const EFLAGS_WRITABLE: u32 = ARITH_FLAGS | SYS_FLAGS | FLAG_IF;
 
 /// Sets or clears ZF in the host rflags image.
 pub(crate) fn set_zf(m: &mut Machine<'_>, zf: bool) {
@@ -71,7 +85,7 @@ pub(crate) fn popf(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         4
     };
     let v = pop(m, size)?;
-    let mut mask = ARITH_FLAGS | SYS_FLAGS | FLAG_IF;
+    let mut mask = EFLAGS_WRITABLE;
     let cpl = m.cpu.cpl();
     if cpl > 0 {
         mask &= !eflags::IOPL;

@@ -21,7 +21,7 @@ mod control;
 mod cpuid;
 mod delivery;
 mod descriptor;
-mod flags;
+pub(crate) mod flags;
 mod interrupts;
 mod io;
 mod legacy;
@@ -259,7 +259,7 @@ pub(crate) fn jump_next(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
 
 /// Emulates the callout site's instruction.
 ///
-/// `RaiseUd` sites raise #UD; `FetchFault` and `Unsupported` sites stop the run.
+/// `RaiseUd` sites raise #UD, `FetchFault` sites #PF; `Unsupported` sites stop the run.
 /// For `Emulate` sites, the instruction is emulated; if the translation mode
 /// (`Cpu::mode`: segment bases, CPL) changed, a `Continue` becomes a `Jump` to the
 /// next instruction, since the rest of the unit was translated for the old mode.
@@ -284,10 +284,10 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
         }
         CalloutKind::Boundary => return Outcome::Continue,
         CalloutKind::FetchFault => {
-            return Outcome::Stop(Stop::Unsupported {
-                eip: site.eip,
-                what: "instruction fetch runs past guest memory".into(),
-            })
+            return match fetch_fault(m, site) {
+                Ok(o) => o,
+                Err(f) => f.into_outcome(site.eip),
+            }
         }
         CalloutKind::Unsupported => {
             return Outcome::Stop(Stop::Unsupported {
@@ -328,6 +328,18 @@ pub(crate) fn sysenter_now(m: &mut Machine<'_>) -> Outcome {
         Ok(o) => o,
         Err(f) => f.into_outcome(m.ctx.eip),
     }
+}
+
+/// An instruction that runs onto a page its fetch may not use: the CPU raises #PF
+/// at the first byte of that page (CR2) with the error code of a read there (32-bit
+/// paging has no fetch bit). If the page has become fetchable since the unit was
+/// built, the instruction runs again (the engine has dropped the stale unit).
+fn fetch_fault(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
+    let linear = m.cpu.seg[crate::cpu::sreg::CS].base.wrapping_add(site.eip);
+    let next_page = (linear & !0xfff).wrapping_add(0x1000);
+    addressing::read_linear(m, next_page, &mut [0u8])?;
+    m.ctx.eip = site.eip;
+    Ok(Outcome::Jump)
 }
 
 fn dispatch(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
@@ -400,14 +412,10 @@ mod tests {
                 trap: false
             }
         );
+        // A fetch fault where the next page reads fine now: run it again.
         site.kind = CalloutKind::FetchFault;
-        assert_eq!(
-            t.run_site(&site),
-            Outcome::Stop(Stop::Unsupported {
-                eip: EIP,
-                what: "instruction fetch runs past guest memory".into()
-            })
-        );
+        assert_eq!(t.run_site(&site), Outcome::Jump);
+        assert_eq!(t.ctx.eip, EIP);
     }
 
     #[test]

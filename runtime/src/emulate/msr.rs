@@ -18,6 +18,12 @@ const APIC_BASE: u32 = 0x1b;
 const FEATURE_CONTROL: u32 = 0x3a;
 const PLATFORM_ID: u32 = 0x17;
 const MICROCODE_REV: u32 = 0x8b;
+/// IA32_MISC_ENABLE, on every Intel CPU since the Pentium 4 and Pentium M
+/// (Linux reads it unchecked on family 6 and 15).
+const MISC_ENABLE: u32 = 0x1a0;
+/// What it holds at reset, as QEMU's: fast strings on, BTS and PEBS
+/// unavailable.
+const MISC_ENABLE_DEFAULT: u64 = 1 | 1 << 11 | 1 << 12;
 pub(crate) const SYSENTER_CS: u32 = 0x174;
 pub(crate) const SYSENTER_ESP: u32 = 0x175;
 pub(crate) const SYSENTER_EIP: u32 = 0x176;
@@ -42,8 +48,8 @@ pub struct MsrFile {
 }
 
 impl MsrFile {
-    fn get(&self, msr: u32) -> u64 {
-        self.values.get(&msr).copied().unwrap_or(0)
+    fn get(&self, msr: u32, default: u64) -> u64 {
+        self.values.get(&msr).copied().unwrap_or(default)
     }
 
     fn set(&mut self, msr: u32, v: u64) {
@@ -59,8 +65,8 @@ enum Kind {
     SysenterEip,
     /// Reads a fixed value, ignores writes.
     Fixed(u64),
-    /// Holds what was written.
-    Stored,
+    /// Holds what was written (this until then).
+    Stored(u64),
 }
 
 fn kind(m: &Machine<'_>, msr: u32) -> Option<Kind> {
@@ -80,9 +86,10 @@ fn kind(m: &Machine<'_>, msr: u32) -> Option<Kind> {
         PLATFORM_ID if vendor == Vendor::Intel => Kind::Fixed(0),
         // Locked, VMX off.
         FEATURE_CONTROL if vendor == Vendor::Intel => Kind::Fixed(1),
-        _ if vendor == Vendor::Intel && (INTEL_PMC.contains(&msr) || INTEL_EVTSEL.contains(&msr)) => Kind::Stored,
-        _ if vendor == Vendor::Amd && (AMD_PERF_CTL..AMD_PERF_CTR + 4).contains(&msr) => Kind::Stored,
-        _ if vendor == Vendor::Amd && AMD_CONFIG.contains(&msr) => Kind::Stored,
+        MISC_ENABLE if vendor == Vendor::Intel && model.family() >= 6 => Kind::Stored(MISC_ENABLE_DEFAULT),
+        _ if vendor == Vendor::Intel && (INTEL_PMC.contains(&msr) || INTEL_EVTSEL.contains(&msr)) => Kind::Stored(0),
+        _ if vendor == Vendor::Amd && (AMD_PERF_CTL..AMD_PERF_CTR + 4).contains(&msr) => Kind::Stored(0),
+        _ if vendor == Vendor::Amd && AMD_CONFIG.contains(&msr) => Kind::Stored(0),
         _ => return None,
     })
 }
@@ -110,7 +117,7 @@ pub(crate) fn rdmsr(m: &mut Machine<'_>) -> EmuResult {
         Kind::SysenterEsp => u64::from(m.cpu.sysenter_esp),
         Kind::SysenterEip => u64::from(m.cpu.sysenter_eip),
         Kind::Fixed(v) => v,
-        Kind::Stored => m.cpu.msrs.get(msr),
+        Kind::Stored(default) => m.cpu.msrs.get(msr, default),
     };
     set_edx_eax(m, v);
     Ok(Outcome::Continue)
@@ -127,7 +134,7 @@ pub(crate) fn wrmsr(m: &mut Machine<'_>) -> EmuResult {
         Kind::SysenterEsp => m.cpu.sysenter_esp = v as u32,
         Kind::SysenterEip => m.cpu.sysenter_eip = v as u32,
         Kind::Fixed(_) => {}
-        Kind::Stored => m.cpu.msrs.set(msr, v),
+        Kind::Stored(_) => m.cpu.msrs.set(msr, v),
     }
     Ok(Outcome::Continue)
 }
@@ -145,7 +152,7 @@ pub(crate) fn rdpmc(m: &mut Machine<'_>) -> EmuResult {
         _ => return Err(Fault::gp0()),
     };
     // 40-bit (Intel) / 48-bit (AMD) counters.
-    let v = m.cpu.msrs.get(msr) & ((1 << 48) - 1);
+    let v = m.cpu.msrs.get(msr, 0) & ((1 << 48) - 1);
     set_edx_eax(m, v);
     Ok(Outcome::Continue)
 }
@@ -199,5 +206,21 @@ mod tests {
         assert_eq!(t.run(&RDPMC), gp(0), "no such counter");
         t.ctx.gpr[1] = ctr;
         assert_eq!(t.run(&RDMSR), gp(0), "rdmsr at CPL 3");
+    }
+
+    #[test]
+    fn misc_enable_exists_on_intel_only() {
+        let mut t = TestMachine::new();
+        match t.cpu.model.vendor() {
+            Vendor::Intel if t.cpu.model.family() >= 6 => {
+                assert_eq!(rd(&mut t, MISC_ENABLE), Outcome::Continue);
+                assert_eq!((t.ctx.gpr[0], t.ctx.gpr[2]), (0x1801, 0), "fast strings, no BTS or PEBS");
+                t.ctx.gpr[0] = 0x1800;
+                assert_eq!(t.run(&WRMSR), Outcome::Continue);
+                assert_eq!(rd(&mut t, MISC_ENABLE), Outcome::Continue);
+                assert_eq!(t.ctx.gpr[0], 0x1800);
+            }
+            _ => assert_eq!(rd(&mut t, MISC_ENABLE), gp(0)),
+        }
     }
 }

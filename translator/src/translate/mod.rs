@@ -201,6 +201,10 @@ pub struct UnitPlacement<'a> {
     /// there (the next page only if the first instruction runs onto it; None:
     /// no check).
     pub entry_frames: Option<(u32, Option<u32>)>,
+    /// A stop (a debugger's breakpoint) after the unit's first instruction: the
+    /// unit ends before the instruction at or past this eip, which then starts a
+    /// unit of its own.
+    pub stop_before: Option<u32>,
 }
 
 /// Builds one unit starting at `eip`.
@@ -210,7 +214,8 @@ pub fn build_unit(
     mode: &Mode,
     place: &UnitPlacement<'_>,
 ) -> Result<BuiltUnit, BuildError> {
-    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns, adaptive, isa, entry_frames } = *place;
+    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns, adaptive, isa, entry_frames, stop_before } =
+        *place;
     let window = fetch_window(mem, eip);
     if window.is_empty() {
         return Err(BuildError::Fetch(eip));
@@ -250,7 +255,8 @@ pub fn build_unit(
         // An instruction that runs onto the next page starts a unit of its own:
         // the other units then lie on one page, which their entry check covers.
         let straddles = ins.next_ip() > page_end;
-        if (!complete || straddles) && count > 0 {
+        let at_stop = stop_before.is_some_and(|s| ins.ip32() >= s);
+        if (!complete || straddles || at_stop) && count > 0 {
             b.jmp_slot(eip.wrapping_add(guest_len));
             break;
         }
@@ -260,7 +266,7 @@ pub fn build_unit(
         b.side.push(SideEntry { host_off: if count == 0 { 0 } else { host_off }, eip: ins.ip32(), fixup: Fixup::None });
         count += 1;
         guest_len += u32::try_from(ins.len()).expect("len");
-        let flow = if complete { translate_or_refuse(&mut b)? } else { special::raise_ud_fetch(&mut b)? };
+        let flow = if complete { translate_or_refuse(&mut b)? } else { special::fetch_fault(&mut b)? };
         if flow == Flow::End {
             break;
         }

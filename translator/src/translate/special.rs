@@ -103,8 +103,8 @@ pub(super) fn raise_ud(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     end(b, CalloutKind::RaiseUd)
 }
 
-/// The instruction runs off the end of fetchable guest memory.
-pub(super) fn raise_ud_fetch(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+/// The instruction runs onto a page it cannot be fetched from (#PF there).
+pub(super) fn fetch_fault(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     end(b, CalloutKind::FetchFault)
 }
 

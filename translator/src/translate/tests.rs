@@ -30,6 +30,10 @@ pub(super) fn build(code: &[u8], mode: Mode) -> BuiltUnit {
 }
 
 pub(super) fn build_with(code: &[u8], mode: Mode, max_insns: usize, isa: &crate::Isa) -> BuiltUnit {
+    build_placed(code, mode, max_insns, isa, None)
+}
+
+fn build_placed(code: &[u8], mode: Mode, max_insns: usize, isa: &crate::Isa, stop_before: Option<u32>) -> BuiltUnit {
     let s = stubs();
     let adaptive = hashbrown::HashSet::new();
     let place = UnitPlacement {
@@ -41,6 +45,7 @@ pub(super) fn build_with(code: &[u8], mode: Mode, max_insns: usize, isa: &crate:
         adaptive: &adaptive,
         isa,
         entry_frames: None,
+        stop_before,
     };
     build_unit(&mut Bytes(code.to_vec(), 0x1000), 0x1000, &mode, &place).expect("build")
 }
@@ -54,6 +59,14 @@ pub(super) fn text(i: &Instruction) -> String {
     let mut s = String::new();
     GasFormatter::new().format(i, &mut s);
     s
+}
+
+#[test]
+fn a_unit_ends_before_a_stop() {
+    // nop; nop; nop; ret at 0x1000, a debugger's breakpoint at 0x1002
+    let u = build_placed(&[0x90, 0x90, 0x90, 0xc3], Mode::default(), MAX_UNIT_INSNS, &crate::Isa::default(), Some(0x1002));
+    assert_eq!(u.guest_insns, 2);
+    assert_eq!(u.slots.iter().map(|s| s.target).collect::<Vec<_>>(), [0x1002], "falls through to the stop");
 }
 
 #[test]
