@@ -322,7 +322,7 @@ impl Vm {
                 Ok(Next::Dispatch(eip))
             }
             RunnerError::Compromised(why) => {
-                tracing::debug!("direct execution: escape: {why}");
+                tracing::debug!("direct execution: escape: {why}"); 
                 self.direct.exit("escape");
                 self.direct.stats.escapes += 1;
                 self.raise(13, Some(0), eip, EventSource::Exception)

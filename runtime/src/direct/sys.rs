@@ -830,6 +830,36 @@ fn child_failed(plan: &ChildPlan, comm_at: u64, step: u64) -> ! {
     unreachable!()
 }
 
+extern "C" {
+    /// glibc (2.35+): offset of the thread's `struct rseq` from the thread pointer.
+    static __rseq_offset: isize;
+    /// glibc (2.35+): size of the registered area (0: not registered).
+    static __rseq_size: u32;
+}
+
+/// Unregisters the calling thread's rseq area, if glibc registered one.
+fn unregister_rseq() {
+    const RSEQ_FLAG_UNREGISTER: u64 = 1;
+    const RSEQ_SIG: u64 = 0x5305_3053;
+    // SAFETY: reads two glibc constants and the thread pointer (fs:0 holds the TCB's
+    // own address in glibc on x86-64); the rseq call only unregisters (it fails
+    // harmlessly if the area or length differ).
+    unsafe {
+        let size = __rseq_size;
+        if size == 0 {
+            return;
+        }
+        let tp: u64;
+        std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags));
+        let area = tp.wrapping_add_signed(i64::try_from(__rseq_offset).unwrap_or(0));
+        for len in [32u64, u64::from(size)] {
+            if libc::syscall(libc::SYS_rseq, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) == 0 {
+                return;
+            }
+        }
+    }
+}
+
 /// The child, right after the fork: only raw system calls and memory copies.
 fn child_main(plan: &ChildPlan) -> ! {
     let comm_vmm = plan.comm_vmm;
@@ -841,6 +871,9 @@ fn child_main(plan: &ChildPlan) -> ! {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 || libc::getppid() != plan.parent {
             child_failed(plan, comm_vmm, 10);
         }
+        // glibc registered this thread's rseq area (in the VMM's TLS, which goes
+        // away below): unregister it, or the kernel's next rseq update kills us.
+        unregister_rseq();
         let core0 = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::setrlimit(libc::RLIMIT_CORE, &core0);
         // The guest-RAM memfd at a known number; every other fd closed.

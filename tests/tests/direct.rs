@@ -1,0 +1,58 @@
+//! Direct execution of guest user code: the `usertask` guest's user task (compute,
+//! system calls, demand paging, protection faults, exceptions, a TLS segment,
+//! x87/SSE state, self-modifying code, timer interrupts, a runaway loop) gives the
+//! same results run directly in the runner as translated.
+
+use bt86_runtime::{RunOutcome, UserCode};
+use bt86_tests::guests::{self, run_guest_user_code, GuestRun};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The console without the lines that may differ between runs (`~`).
+fn stable(r: &GuestRun) -> String {
+    r.console.lines().filter(|l| !l.starts_with('~')).collect::<Vec<_>>().join("\n")
+}
+
+fn direct_runs(r: &GuestRun) -> bool {
+    let d = r.stats.direct.as_ref().expect("direct stats");
+    d.disabled.is_none()
+}
+
+#[test]
+fn user_task_runs_directly_with_the_results_of_translation() {
+    let t = run_guest_user_code(guests::USERTASK, "", UserCode::Translate, LIMIT);
+    t.assert_passed();
+    assert_eq!(t.outcome, RunOutcome::GuestExit(0), "{}", t.quoted_console());
+    let d = run_guest_user_code(guests::USERTASK, "", UserCode::Direct, LIMIT);
+    if !direct_runs(&d) {
+        eprintln!("direct execution is not available on this host: {:?}", d.stats.direct);
+        return;
+    }
+    d.assert_passed();
+    assert_eq!(stable(&d), stable(&t), "direct and translated user code disagree");
+    let s = d.stats.direct.as_ref().expect("direct stats");
+    assert_eq!(s.escapes, 0, "{s:?}");
+    assert!(s.entries > 2000 && s.seconds > 0.0, "{s:?}");
+    let exits = |k: &str| s.exits.get(k).copied().unwrap_or(0);
+    // 2,000 + 50 system calls and a few reports; 64 demand faults and 2 protection
+    // faults reach the guest; the timer took the task back.
+    assert!(exits("syscall") >= 2050, "{s:?}");
+    assert!(exits("page_fault_guest") >= 66, "{s:?}");
+    assert!(exits("kick") >= 20, "{s:?}");
+    assert!(exits("exception") >= 1 && exits("int3") == 1 && exits("into") == 1, "{s:?}");
+    assert!(t.stats.direct.as_ref().is_some_and(|s| s.entries == 0));
+}
+
+#[test]
+fn a_runaway_user_loop_does_not_stop_the_machine() {
+    // The runaway task spins at CPL 3 with no system call or fault: only the
+    // host timer's kick brings the VMM back for the guest's timer interrupt,
+    // whose handler ends the task. Without it the run would time out.
+    let d = run_guest_user_code(guests::USERTASK, "compute=1000", UserCode::Direct, LIMIT);
+    if !direct_runs(&d) {
+        return;
+    }
+    d.assert_passed();
+    assert!(d.console.contains("runaway task ended by the timer with 0x77"), "{}", d.quoted_console());
+}
