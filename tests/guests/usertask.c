@@ -480,6 +480,37 @@ static uint32_t user_runaway(void)
     return 0;
 }
 
+/* An escape attempt: a far jump to selector 0x33 (in the guest's GDT an empty
+ * entry: #GP; on an x86-64 host the 64-bit code segment), into 64-bit code that
+ * makes host system calls (getpid; with `escape=2` it first clears the byte
+ * that turns Syscall User Dispatch off in bt86's runner) and, if they ever
+ * returned, would set escape_flag. The guest must get a #GP and go on. */
+volatile uint32_t escape_flag;
+static uint32_t escape_kind;
+
+static uint32_t user_escape(void)
+{
+    uint8_t *p = smc_page;
+    if (escape_kind == 2) {
+        /* movabs rax, 0x1000010000; mov byte [rax], 0 */
+        static const uint8_t flip[] = {0x48, 0xb8, 0x00, 0x00, 0x01, 0x00, 0x10, 0x00, 0x00, 0x00, 0xc6, 0x00, 0x00};
+        memcpy(p, flip, sizeof flip);
+        p += sizeof flip;
+    }
+    /* mov eax, 39; syscall; mov dword [escape_flag], 1; jmp . */
+    uint32_t flag = (uint32_t)&escape_flag;
+    uint8_t tail[] = {0xb8, 39, 0, 0, 0, 0x0f, 0x05, 0xc7, 0x04, 0x25, (uint8_t)flag, (uint8_t)(flag >> 8),
+                      (uint8_t)(flag >> 16), (uint8_t)(flag >> 24), 1, 0, 0, 0, 0xeb, 0xfe};
+    memcpy(p, tail, sizeof tail);
+    struct __attribute__((packed)) { uint32_t off; uint16_t sel; } far = {(uint32_t)smc_page, 0x33};
+    uint32_t c0 = last_count;
+    /* the 64-bit code clobbers eax (and a host would clobber rcx and r11) */
+    __asm__ volatile(ARM_FAULT "1:\tljmpl *%0\n2:" DISARM : : "m"(far) : "eax", "ecx", "edx", "memory", "cc");
+    report("escape_caught", last_count - c0 == 1 && last_vector == 13);
+    report("escape_flag", escape_flag);
+    return 0x99;
+}
+
 static uint32_t run_user(uint32_t (*fn)(void))
 {
     uint32_t *sp = (uint32_t *)(user_stack + sizeof user_stack - 12);
@@ -514,6 +545,14 @@ int kmain(uint32_t magic, uint32_t mbi_addr)
         uint32_t code = run_user(user_main);
         printf("usertask: exit 0x%x\n", code);
         return kit_finish();
+    }
+    escape_kind = parse_number(cmdline, "escape=", 0);
+    if (escape_kind) {
+        uint32_t code = run_user(user_escape);
+        printf("usertask: escape task exited with 0x%x\n", code);
+        CHECK_EQ(code, 0x99);
+        CHECK_EQ(escape_flag, 0);
+        CHECK_EQ(unexpected, 0);
     }
     uint32_t code = run_user(user_main);
     printf("usertask: user task exited with 0x%x\n", code);

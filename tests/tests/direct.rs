@@ -56,3 +56,30 @@ fn a_runaway_user_loop_does_not_stop_the_machine() {
     d.assert_passed();
     assert!(d.console.contains("runaway task ended by the timer with 0x77"), "{}", d.quoted_console());
 }
+
+#[test]
+fn a_far_jump_to_the_hosts_64_bit_segment_reaches_neither_host_nor_guest_kernel() {
+    // escape=1: ljmp to 0x33, then a 64-bit `syscall` (Syscall User Dispatch
+    // stops it); escape=2: the 64-bit code first clears the runner's dispatch
+    // selector byte, so the seccomp filter stops it. Either way the syscall never
+    // runs (the code after it would set a flag in guest memory), the runner is
+    // killed, and the guest kernel gets #GP and carries on, as on hardware where
+    // its GDT has no such segment.
+    for kind in [1, 2] {
+        let cmdline = format!("escape={kind} compute=1000");
+        let t = run_guest_user_code(guests::USERTASK, &cmdline, UserCode::Translate, LIMIT);
+        t.assert_passed();
+        let d = run_guest_user_code(guests::USERTASK, &cmdline, UserCode::Direct, LIMIT);
+        if !direct_runs(&d) {
+            return;
+        }
+        d.assert_passed();
+        for line in ["user: escape_caught = 0x00000001", "user: escape_flag = 0x00000000"] {
+            assert!(d.console.contains(line), "escape={kind}: {}", d.quoted_console());
+        }
+        assert_eq!(stable(&d), stable(&t), "escape={kind}");
+        let s = d.stats.direct.as_ref().expect("direct stats");
+        assert_eq!(s.escapes, 1, "escape={kind}: {s:?}");
+        assert!(s.runners_started >= 2, "a new runner after the escape: {s:?}");
+    }
+}

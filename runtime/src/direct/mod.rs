@@ -359,8 +359,19 @@ impl Vm {
             Reported::Load(_) => false,
         };
         if r.cs == HOST_CS64 || !cs_ok || (!rip_ok && !sysenter) {
+            // An escape (a far jump to the host's 64-bit code segment): the guest
+            // gets #GP where it was caught, with the registers it had there (only
+            // guest-controlled values: the low halves of what the runner saved).
             #[allow(clippy::cast_possible_truncation)]
             let at = if rip_ok { r.rip as u32 } else { eip };
+            #[allow(clippy::cast_possible_truncation)]
+            {
+                let ctx = self.tr.ctx_mut();
+                for (g, v) in ctx.gpr.iter_mut().zip(r.regs) {
+                    *g = v as u32;
+                }
+                ctx.rflags = u64::from(r.rflags as u32 & ARITH_FLAGS) | 2;
+            }
             return self.runner_failed(view_id, at, &RunnerError::Compromised(format!("cs {:#x} rip {:#x}", r.cs, r.rip)));
         }
         if let Reported::Now(seg) = cs {
