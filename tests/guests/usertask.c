@@ -11,8 +11,10 @@
  * at ~1 kHz with IF=1 at CPL 3.
  *
  * The user task (CPL 3, IF=1), reporting through system calls:
- *   compute   an xorshift loop (`compute=N` iterations, default 3,000,000)
- *   syscalls  2,000 system calls, their results summed
+ *   compute   an xorshift loop (`compute=N` iterations, default 3,000,000;
+ *             `only-compute`: stop after it)
+ *   syscalls  2,000 system calls (`syscalls=N`; `only-syscalls`: stop after
+ *             them), their results summed
  *   demand    64 pages touched: one #PF each, mapped by the kernel, retried
  *   protect   a read of a supervisor page: #PF 0x5, CR2, EIP = the load
  *   faults    #DE, #UD, int3 (#BP, EIP after), into (#OF), cli / hlt (#GP 0),
@@ -309,7 +311,7 @@ static void setup(void)
 /* ------------------------------------------------------- the user task */
 
 static uint32_t compute_n = 3000000;
-static uint32_t only_compute;
+static uint32_t only_compute, syscalls_n = 2000, only_syscalls;
 
 static inline uint32_t sys3(uint32_t n, uint32_t b, uint32_t c)
 {
@@ -352,9 +354,11 @@ static uint32_t user_main(void)
         return 0x55;
 
     v = 0;
-    for (uint32_t i = 0; i < 2000; i++)
+    for (uint32_t i = 0; i < syscalls_n; i++)
         v += sys3(2, i, 0);
     report("syscalls", v);
+    if (only_syscalls)
+        return 0x55;
 
     v = 0;
     for (uint32_t i = 0; i < DEMAND_PAGES; i++) {
@@ -538,9 +542,11 @@ int kmain(uint32_t magic, uint32_t mbi_addr)
     const char *cmdline = (magic == MULTIBOOT_BOOTLOADER_MAGIC && (mbi->flags & MBI_FLAG_CMDLINE)) ? (const char *)mbi->cmdline : "";
     compute_n = parse_number(cmdline, "compute=", 3000000);
     only_compute = kit_has_word(cmdline, "only-compute");
+    only_syscalls = kit_has_word(cmdline, "only-syscalls");
+    syscalls_n = parse_number(cmdline, "syscalls=", 2000);
     setup();
     printf("usertask: paging on, timer at ~1 kHz\n");
-    if (only_compute) {
+    if (only_compute || only_syscalls) {
         /* for timing: the compute loop alone */
         uint32_t code = run_user(user_main);
         printf("usertask: exit 0x%x\n", code);
