@@ -60,6 +60,9 @@ const MAX_RUNNERS: usize = crate::mmu::MAX_SPACES * 2 + 1;
 const SLICE: Duration = Duration::from_millis(5);
 /// Host GDT selector of the 64-bit user code segment on x86-64 Linux.
 const HOST_CS64: u16 = 0x33;
+/// Host GDT selectors of the 32-bit user code segment and the user data segment.
+const HOST_CS32: u16 = 0x23;
+const HOST_DS: u16 = 0x2b;
 /// si_code of a SIGSYS from Syscall User Dispatch.
 const SYS_USER_DISPATCH: u32 = 2;
 
@@ -352,8 +355,15 @@ impl Vm {
         // Where the guest is: CS must be its own code segment, in compat mode.
         let cs = self.direct.slots[slot].ldt.reported(&self.cpu.seg[sreg::CS], r.cs);
         let rip_ok = r.rip <= u64::from(u32::MAX);
-        let sysenter = r.signo == libc::SIGSYS as u32 && r.code == SYS_USER_DISPATCH && !rip_ok;
-        let cs_ok = match cs {
+        // A `sysenter` stopped by Syscall User Dispatch: the host kernel's compat
+        // sysenter path replaced CS and SS with its own (0x23, 0x2b) and EIP with
+        // its vDSO landing pad (not mapped here, above 4 GiB); the guest's stay.
+        let sysenter = r.signo == libc::SIGSYS as u32
+            && r.code == SYS_USER_DISPATCH
+            && !rip_ok
+            && r.cs == HOST_CS32
+            && r.ss == HOST_DS;
+        let cs_ok = sysenter || match cs {
             Reported::Same => true,
             Reported::Now(seg) => seg.attrs & 0x18 == 0x18 && seg.attrs & 0x4000 != 0 && seg.base == 0,
             Reported::Load(_) => false,
@@ -397,6 +407,9 @@ impl Vm {
         let reported = [(sreg::SS, r.ss), (sreg::DS, r.dsegs[0]), (sreg::ES, r.dsegs[1]), (sreg::FS, r.dsegs[2]), (sreg::GS, r.dsegs[3])];
         let mut repaired = false;
         for (i, host) in reported {
+            if sysenter && i == sreg::SS {
+                continue;
+            }
             match self.direct.slots[slot].ldt.reported(&self.cpu.seg[i], host) {
                 Reported::Same => {}
                 Reported::Now(seg) => self.cpu.seg[i] = seg,
