@@ -19,6 +19,7 @@
  *   protect   a read of a supervisor page: #PF 0x5, CR2, EIP = the load
  *   faults    #DE, #UD, int3 (#BP, EIP after), into (#OF), cli / hlt (#GP 0),
  *             int $0x81 (#GP 0x40a), each skipped by the kernel
+ *   cpuid     leaves 0 and 1 as the kernel sees them
  *   segments  %gs loaded with 0x3b (base = a TLS block) and read through
  *   sse       xmm0-7 and the x87 stack kept across system calls, faults and
  *             timer interrupts; the kernel reads the user's xmm3
@@ -325,6 +326,14 @@ static void report(const char *name, uint32_t v)
     sys3(5, (uint32_t)name, v);
 }
 
+static uint32_t kernel_cpuid[8];
+
+static void cpuid8(uint32_t *out)
+{
+    cpuid(0, 0, &out[0], &out[1], &out[2], &out[3]);
+    cpuid(1, 0, &out[4], &out[5], &out[6], &out[7]);
+}
+
 static uint32_t compute(uint32_t n)
 {
     uint32_t h = 0x12345678, s = 0;
@@ -405,6 +414,14 @@ static uint32_t user_main(void)
     c0 = last_count;
     __asm__ volatile(ARM_FAULT "1:\tinb $0x21, %%al\n2:" DISARM : : : "eax", "memory");
     report("in", last_fault(c0));
+
+    /* cpuid at CPL 3 sees what the kernel sees (the guest's CPU model) */
+    uint32_t ucpu[8];
+    cpuid8(ucpu);
+    v = 0;
+    for (uint32_t i = 0; i < 8; i++)
+        v += ucpu[i] == kernel_cpuid[i];
+    report("cpuid_same", v);
 
     /* a segment with a base, loaded by the user task itself */
     uint32_t a, b;
@@ -545,6 +562,7 @@ int kmain(uint32_t magic, uint32_t mbi_addr)
     only_syscalls = kit_has_word(cmdline, "only-syscalls");
     syscalls_n = parse_number(cmdline, "syscalls=", 2000);
     setup();
+    cpuid8(kernel_cpuid);
     printf("usertask: paging on, timer at ~1 kHz\n");
     if (only_compute || only_syscalls) {
         /* for timing: the compute loop alone */

@@ -95,6 +95,7 @@ pub struct DirectStats {
     pub escapes: u64,
     pub checked_maps: u64,
     pub segment_repairs: u64,
+    pub cpuid_faulting: Option<bool>,
 }
 
 /// `direct` in `--stats`.
@@ -118,6 +119,10 @@ pub struct DirectReport {
     pub segment_repairs: u64,
     /// Why direct execution is off, if it is.
     pub disabled: Option<String>,
+    /// Whether the guest's `cpuid` faults in the runner (CPUID faulting), so that
+    /// user code sees the guest's CPU model; without it, the host's (None: no
+    /// runner started).
+    pub cpuid_faulting: Option<bool>,
 }
 
 impl Direct {
@@ -138,6 +143,7 @@ impl Direct {
             checked_maps: checked,
             segment_repairs: self.stats.segment_repairs,
             disabled: self.disabled.clone(),
+            cpuid_faulting: self.stats.cpuid_faulting,
         }
     }
 
@@ -199,6 +205,9 @@ impl Vm {
             && ctx.vif == 1
             && sys & (eflags::TF | eflags::IOPL | eflags::VM | eflags::AC | eflags::RF) == 0
             && cpu.cr0 & (cr0::TS | cr0::EM) == 0
+            // rdtsc runs natively in the runner: only where the guest's TSC is the
+            // host's (no offset, no CR4.TSD, no calibration in progress).
+            && cpu.mode().native_tsc
             && cs.base == 0
             && cs.attrs & 0x4000 != 0
             && !self.interrupt_shadow
@@ -222,6 +231,7 @@ impl Vm {
                 match Runner::spawn(fd, view_id) {
                     Ok(runner) => {
                         self.direct.stats.runners_started += 1;
+                        self.direct.stats.cpuid_faulting = Some(runner.cpuid_faulting());
                         if self.direct.slots.len() >= MAX_RUNNERS {
                             let gone = self.direct.slots.remove(0);
                             self.direct.stats.checked_maps += gone.runner.checked_maps;
@@ -301,7 +311,9 @@ impl Vm {
                 Some(at) if at.elapsed() > WATCHDOG => {
                     return Err(RunnerError::Compromised("no report after a kick".into()));
                 }
-                Some(_) => {}
+                // A kick that reached the runner in its own code (before it entered
+                // the guest) is not a report: kick again until one comes.
+                Some(_) => self.direct.slots[slot].runner.kick(),
                 None => {
                     let now = self.bus.now();
                     self.bus.poll(now);

@@ -81,6 +81,11 @@ impl Runner {
         self.min_page
     }
 
+    /// Whether the guest's `cpuid` faults in this runner (and so runs translated).
+    pub fn cpuid_faulting(&self) -> bool {
+        self.proc.cpuid_faulting
+    }
+
     /// The runner's process id (for tests).
     pub fn pid(&self) -> u32 {
         self.proc.pid()

@@ -63,6 +63,7 @@ const UC_GREGS: usize = 40;
 const UC_FPREGS: usize = 224;
 const SA_RESTORER: u64 = 0x0400_0000;
 const PR_SET_SYSCALL_USER_DISPATCH: u64 = 59;
+const ARCH_SET_CPUID: u64 = 0x1012;
 const FPX_MAGIC1: u32 = 0x4650_5853;
 
 // The runner's code. Register use in the command loop: rbx = the shared block,
@@ -90,6 +91,14 @@ std::arch::global_asm!(
     "    mov r15d, 2",
     "    test rax, rax",
     "    jnz .Lbt86_setup_failed",
+    // CPUID faulting (where the CPU has it): the guest's cpuid raises #GP and
+    // runs translated, so it sees the guest's CPU model, not the host's. The
+    // result goes to the READY report (aux[1]).
+    "    mov edi, {arch_set_cpuid}",
+    "    xor esi, esi",
+    "    mov eax, {nr_arch_prctl}",
+    "    syscall",
+    "    mov [rbx + {o_aux} + 8], rax",
     // Syscall User Dispatch: calls from outside the runner's code raise SIGSYS.
     "    mov edi, {pr_sud}",
     "    mov esi, 1",
@@ -375,6 +384,8 @@ std::arch::global_asm!(
     priv_fprog = const comm::PRIV_FPROG,
     priv_last = const comm::PRIV_LAST_SEQ,
     nr_munmap = const libc::SYS_munmap,
+    nr_arch_prctl = const libc::SYS_arch_prctl,
+    arch_set_cpuid = const ARCH_SET_CPUID,
     nr_prctl = const libc::SYS_prctl,
     nr_seccomp = const libc::SYS_seccomp,
     nr_futex = const libc::SYS_futex,
@@ -462,6 +473,8 @@ pub struct Process {
     listener: OwnedFd,
     /// The runner's number for the listener (to close it there).
     pub runner_listener_fd: u64,
+    /// The guest's `cpuid` faults in the runner (CPUID faulting is on).
+    pub cpuid_faulting: bool,
     /// The VMM's mapping of the shared block.
     comm: *mut Comm,
     reaped: bool,
@@ -548,7 +561,7 @@ impl Process {
         // SAFETY: a new fd we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         // SAFETY: a placeholder fd (dup of the pidfd) replaced below before use.
-        let mut proc = Process { pid, pidfd, listener: placeholder_fd()?, runner_listener_fd: 0, comm: comm_ptr, reaped: false };
+        let mut proc = Process { pid, pidfd, listener: placeholder_fd()?, runner_listener_fd: 0, cpuid_faulting: false, comm: comm_ptr, reaped: false };
         match proc.wait_report(0, Some(start_timeout))? {
             Waited::Report => {}
             Waited::TimedOut => return Err(SysError::StartTimeout(start_timeout)),
@@ -568,6 +581,7 @@ impl Process {
         // SAFETY: a new fd we own.
         proc.listener = unsafe { OwnedFd::from_raw_fd(fd) };
         proc.runner_listener_fd = r.aux[0];
+        proc.cpuid_faulting = r.aux[1] == 0;
         Ok(proc)
     }
 
