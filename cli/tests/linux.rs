@@ -136,8 +136,12 @@ fn busybox_checks_pass_with_user_code_run_directly() {
     assert_eq!(out.status.code(), Some(0), "{context}");
     let direct = direct.expect("statistics written");
     eprintln!("direct: {direct}");
-    if direct["disabled"].is_null() {
-        assert!(direct["entries"].as_u64().unwrap_or(0) > 100, "user code ran directly: {direct}");
-        assert_eq!(direct["escapes"].as_u64(), Some(0), "{direct}");
+    // Off only where the host kernel refused a step of the runner's set-up.
+    if let Some(why) = direct["disabled"].as_str() {
+        assert!(why.contains("set-up failed"), "direct execution failed: {why}");
+        eprintln!("skipped: direct execution is not available on this host: {why}");
+        return;
     }
+    assert!(direct["entries"].as_u64().unwrap_or(0) > 100, "user code ran directly: {direct}");
+    assert_eq!(direct["escapes"].as_u64(), Some(0), "{direct}");
 }

@@ -40,6 +40,9 @@ pub const PRIV_SELECTOR: u64 = 0;
 pub const PRIV_LAST_SEQ: u64 = 8;
 pub const PRIV_FPROG: u64 = 16;
 pub const PRIV_FILTER: u64 = 64;
+/// An all-zero XSAVE area (standard form, XSTATE_BV = 0): restoring it puts every
+/// extended register in its initial state.
+pub const PRIV_XINIT: u64 = 0x1000;
 
 /// Operations one command carries at most.
 pub const MAX_OPS: usize = 512;
@@ -177,4 +180,5 @@ pub struct Report {
 }
 
 const _: () = assert!(COMM_SIZE <= 0x10_0000);
-const _: () = assert!(PRIV_FILTER + 8 * 64 <= PRIV_SIZE);
+const _: () = assert!(PRIV_FILTER + 8 * 64 <= PRIV_XINIT);
+const _: () = assert!(PRIV_XINIT + 0x2000 <= PRIV_SIZE);

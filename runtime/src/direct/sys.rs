@@ -64,6 +64,8 @@ const UC_FPREGS: usize = 224;
 const SA_RESTORER: u64 = 0x0400_0000;
 const PR_SET_SYSCALL_USER_DISPATCH: u64 = 59;
 const ARCH_SET_CPUID: u64 = 0x1012;
+const ARCH_SET_GS: u64 = 0x1001;
+const ARCH_SET_FS: u64 = 0x1002;
 const FPX_MAGIC1: u32 = 0x4650_5853;
 
 // The runner's code. Register use in the command loop: rbx = the shared block,
@@ -77,6 +79,28 @@ std::arch::global_asm!(
     "    movabs rsp, {stack_top}",
     "    movabs rbx, {comm}",
     "    movabs r12, {privp}",
+    // Nothing of the VMM's state stays in registers the guest could read after an
+    // escape to 64-bit mode: FS/GS bases zero (the VMM's thread pointer was
+    // there), every XSAVE component in its initial state (AVX upper halves, ...;
+    // AMX tiles excluded: the kernel arms XFD for them).
+    "    mov edi, {arch_set_fs}",
+    "    xor esi, esi",
+    "    mov eax, {nr_arch_prctl}",
+    "    syscall",
+    "    mov edi, {arch_set_gs}",
+    "    xor esi, esi",
+    "    mov eax, {nr_arch_prctl}",
+    "    syscall",
+    "    mov eax, 1",
+    "    xor ecx, ecx",
+    "    cpuid",
+    "    bt ecx, 27",
+    "    jnc 2f",
+    "    mov eax, 0xfff9ffff",
+    "    mov edx, 0xffffffff",
+    "    xrstor64 [r12 + {priv_xinit}]",
+    "2:",
+    "    movabs rbx, {comm}",
     "    xor edi, edi",
     "    movabs rsi, {base}",
     "    mov eax, {nr_munmap}",
@@ -386,6 +410,9 @@ std::arch::global_asm!(
     nr_munmap = const libc::SYS_munmap,
     nr_arch_prctl = const libc::SYS_arch_prctl,
     arch_set_cpuid = const ARCH_SET_CPUID,
+    arch_set_fs = const ARCH_SET_FS,
+    arch_set_gs = const ARCH_SET_GS,
+    priv_xinit = const comm::PRIV_XINIT,
     nr_prctl = const libc::SYS_prctl,
     nr_seccomp = const libc::SYS_seccomp,
     nr_futex = const libc::SYS_futex,
@@ -573,7 +600,7 @@ impl Process {
             return Err(SysError::Setup { step: r.aux[1], source: std::io::Error::from_raw_os_error(e) });
         }
         if r.kind != comm::KIND_READY {
-            return Err(SysError::Host { what: "runner start", source: std::io::Error::other(format!("report kind {}", r.kind)) });
+            return Err(SysError::Host { what: "runner start", source: std::io::Error::other(format!("report kind {} signal {} trap {} at {:#x}", r.kind, r.signo, r.trapno, r.rip.wrapping_sub(comm::CODE))) });
         }
         // SAFETY: pidfd_getfd on our child's listener fd (the number it reported).
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, proc.pidfd.as_raw_fd(), r.aux[0], 0) };
