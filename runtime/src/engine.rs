@@ -81,6 +81,10 @@ impl Vm {
             if let Next::Dispatch(eip) = next {
                 self.note_translated_cpl();
                 if self.direct_wanted() {
+                    if self.stop_requested() {
+                        self.tr.ctx_mut().eip = eip;
+                        return Ok(RunOutcome::Stopped { eip });
+                    }
                     if let Some(n) = self.run_direct(eip)? {
                         next = self.interrupt_boundary(n)?;
                         continue;
@@ -454,7 +458,7 @@ impl Vm {
 
     /// `raise`, where an exception during delivery saves `fault_eip` instead of
     /// `eip` (for `int n`, a #GP from the gate check is a fault on the int itself).
-    fn raise_at(
+    pub(crate) fn raise_at(
         &mut self,
         vector: u8,
         error: Option<u32>,

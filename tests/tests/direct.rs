@@ -92,3 +92,17 @@ fn a_far_jump_to_the_hosts_64_bit_segment_reaches_neither_host_nor_guest_kernel(
         assert!(s.runners_started >= 2, "a new runner after the escape: {s:?}");
     }
 }
+
+#[test]
+fn a_user_loop_run_directly_stops_at_the_time_limit() {
+    // `compute=4000000000` keeps the user task in its loop for far longer than the
+    // limit: the run must stop (the kick), not hang in the runner.
+    let started = std::time::Instant::now();
+    let d = run_guest_user_code(guests::USERTASK, "only-compute compute=4000000000", UserCode::Direct, Duration::from_secs(2));
+    if !direct_runs(&d) {
+        return;
+    }
+    assert!(matches!(d.outcome, RunOutcome::Stopped { .. }), "{:?}", d.outcome);
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(d.stats.direct.as_ref().is_some_and(|s| s.seconds > 1.0), "{:?}", d.stats.direct);
+}

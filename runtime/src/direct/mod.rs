@@ -208,6 +208,9 @@ impl Vm {
             // rdtsc runs natively in the runner: only where the guest's TSC is the
             // host's (no offset, no CR4.TSD, no calibration in progress).
             && cpu.mode().native_tsc
+            // Breakpoints, watchpoints and steps are the translator's: with a
+            // debugger's state, everything runs translated.
+            && self.debug.is_none()
             && cs.base == 0
             && cs.attrs & 0x4000 != 0
             && !self.interrupt_shadow
@@ -318,7 +321,7 @@ impl Vm {
                     let now = self.bus.now();
                     self.bus.poll(now);
                     let due = self.bus.next_event().is_some_and(|at| at <= now);
-                    if due || self.bus.interrupt_pending() || self.stop_flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    if due || self.bus.interrupt_pending() || self.stop_requested() {
                         self.direct.slots[slot].runner.kick();
                         kicked = Some(Instant::now());
                     }
@@ -490,7 +493,16 @@ impl Vm {
                         _ => Ok(Next::Dispatch(self.tr.ctx().eip)),
                     };
                 }
-                self.direct_transient("syscall", at.wrapping_sub(2))
+                // `int $0x80` (the only system call compatibility mode has besides
+                // sysenter; `syscall` is #UD there on Intel): delivered through the
+                // guest's IDT at once, as the instruction would (a gate whose DPL
+                // is below 3 gives #GP at the instruction).
+                let site = at.wrapping_sub(2);
+                if self.peek_user(site) == Some([0xcd, 0x80]) {
+                    self.direct.exit("syscall");
+                    return self.raise_at(0x80, None, at, EventSource::Software, site);
+                }
+                self.direct_transient("syscall_emulated", site)
             }
             _ => self.runner_failed(view_id, at, &RunnerError::Compromised(format!("signal {} code {}", r.signo, r.code))),
         }
