@@ -504,15 +504,34 @@ static uint32_t user_runaway(void)
 /* An escape attempt: a far jump to selector 0x33 (in the guest's GDT an empty
  * entry: #GP; on an x86-64 host the 64-bit code segment), into 64-bit code that
  * makes host system calls (getpid; with `escape=2` it first clears the byte
- * that turns Syscall User Dispatch off in bt86's runner) and, if they ever
- * returned, would set escape_flag. The guest must get a #GP and go on. */
+ * that turns Syscall User Dispatch off in bt86's runner; `escape=3` then also
+ * maps guest physical page 0 from bt86's guest-RAM fd and reads it) and, if they
+ * ever returned, would set escape_flag. The guest must get a #GP and go on. */
 volatile uint32_t escape_flag;
 static uint32_t escape_kind;
 
 static uint32_t user_escape(void)
 {
     uint8_t *p = smc_page;
-    if (escape_kind == 2) {
+    if (escape_kind == 3) {
+        /* dispatch off, then mmap(0x50000000, 4096, PROT_READ, MAP_SHARED|MAP_FIXED,
+         * 100 (bt86's guest-RAM memfd in the runner), 0): guest physical page 0,
+         * which no user page maps; then read it */
+        static const uint8_t map[] = {
+            0x48, 0xb8, 0x00, 0x00, 0x01, 0x00, 0x10, 0x00, 0x00, 0x00, 0xc6, 0x00, 0x00,
+            0xb8, 0x09, 0x00, 0x00, 0x00,             /* mov eax, 9 (mmap) */
+            0xbf, 0x00, 0x00, 0x00, 0x50,             /* mov edi, 0x50000000 */
+            0xbe, 0x00, 0x10, 0x00, 0x00,             /* mov esi, 4096 */
+            0xba, 0x01, 0x00, 0x00, 0x00,             /* mov edx, PROT_READ */
+            0x41, 0xba, 0x11, 0x00, 0x00, 0x00,       /* mov r10d, MAP_SHARED|MAP_FIXED */
+            0x41, 0xb8, 0x64, 0x00, 0x00, 0x00,       /* mov r8d, 100 */
+            0x45, 0x31, 0xc9,                         /* xor r9d, r9d */
+            0x0f, 0x05,                               /* syscall */
+            0x8b, 0x04, 0x25, 0x00, 0x00, 0x00, 0x50, /* mov eax, [0x50000000] */
+        };
+        memcpy(p, map, sizeof map);
+        p += sizeof map;
+    } else if (escape_kind == 2) {
         /* movabs rax, 0x1000010000; mov byte [rax], 0 */
         static const uint8_t flip[] = {0x48, 0xb8, 0x00, 0x00, 0x01, 0x00, 0x10, 0x00, 0x00, 0x00, 0xc6, 0x00, 0x00};
         memcpy(p, flip, sizeof flip);

@@ -310,6 +310,10 @@ impl Vm {
             if let Some(r) = self.direct.slots[slot].runner.wait(slice)? {
                 return Ok(r);
             }
+            if kicked.is_none() && self.direct.slots[slot].runner.breached.is_some() {
+                // The runner was kicked for its report: the watchdog applies.
+                kicked = Some(Instant::now());
+            }
             match kicked {
                 Some(at) if at.elapsed() > WATCHDOG => {
                     return Err(RunnerError::Compromised("no report after a kick".into()));
@@ -383,7 +387,8 @@ impl Vm {
             Reported::Now(seg) => seg.attrs & 0x18 == 0x18 && seg.attrs & 0x4000 != 0 && seg.base == 0,
             Reported::Load(_) => false,
         };
-        if r.cs == HOST_CS64 || !cs_ok || (!rip_ok && !sysenter) {
+        let breach = self.direct.slots[slot].runner.breached.take();
+        if r.cs == HOST_CS64 || !cs_ok || (!rip_ok && !sysenter) || breach.is_some() {
             // An escape (a far jump to the host's 64-bit code segment): the guest
             // gets #GP where it was caught, with the registers it had there (only
             // guest-controlled values: the low halves of what the runner saved).
@@ -397,7 +402,8 @@ impl Vm {
                 }
                 ctx.rflags = u64::from(r.rflags as u32 & ARITH_FLAGS) | 2;
             }
-            return self.runner_failed(view_id, at, &RunnerError::Compromised(format!("cs {:#x} rip {:#x}", r.cs, r.rip)));
+            let why = breach.unwrap_or_else(|| format!("cs {:#x} rip {:#x}", r.cs, r.rip));
+            return self.runner_failed(view_id, at, &RunnerError::Compromised(why));
         }
         if let Reported::Now(seg) = cs {
             self.cpu.seg[sreg::CS] = seg;
