@@ -231,6 +231,7 @@ impl Vm {
             }
             None => {
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&self.ram.fd());
+                sys::tighten_timer_slack();
                 match Runner::spawn(fd, view_id) {
                     Ok(runner) => {
                         self.direct.stats.runners_started += 1;
