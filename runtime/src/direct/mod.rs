@@ -58,6 +58,8 @@ use std::time::{Duration, Instant};
 const MAX_RUNNERS: usize = crate::mmu::MAX_SPACES * 2 + 1;
 /// Longest wait before the VMM looks at the devices and the stop flag.
 const SLICE: Duration = Duration::from_millis(5);
+/// How long user code runs translated after an entry the host refused.
+const ENTRY_FAILED_PAUSE: Duration = Duration::from_millis(50);
 /// Host GDT selector of the 64-bit user code segment on x86-64 Linux.
 const HOST_CS64: u16 = 0x33;
 /// Host GDT selectors of the 32-bit user code segment and the user data segment.
@@ -82,6 +84,9 @@ pub(crate) struct Direct {
     pub disabled: Option<String>,
     /// CPL and time when the guest last entered CPL 3 under translation.
     user_since: Option<Instant>,
+    /// No direct execution before this (an entry the host refused: a new runner
+    /// per instruction would crawl).
+    paused_until: Option<Instant>,
     pub stats: DirectStats,
 }
 
@@ -216,6 +221,7 @@ impl Vm {
             && !self.interrupt_shadow
             && self.shadow.pending_trace.is_none()
             && (self.direct.mode == UserCode::Direct || self.direct.policy.direct(self.context_key()))
+            && self.direct.paused_until.is_none_or(|t| Instant::now() >= t)
     }
 
     /// Runs guest user code directly from `eip` until the next trap; None: run
@@ -368,6 +374,7 @@ impl Vm {
                 tracing::debug!("direct execution: entry failed: {r:x?}");
                 self.direct.exit("entry_failed");
                 self.direct.drop_runner(view_id);
+                self.direct.paused_until = Some(Instant::now() + ENTRY_FAILED_PAUSE);
                 return Ok(Next::Transient(eip));
             }
             _ => return self.runner_failed(view_id, eip, &RunnerError::Compromised(format!("report kind {}", r.kind))),
