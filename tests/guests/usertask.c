@@ -20,6 +20,7 @@
  *   faults    #DE, #UD, int3 (#BP, EIP after), into (#OF), cli / hlt (#GP 0),
  *             int $0x81 (#GP 0x40a), each skipped by the kernel
  *   cpuid     leaves 0 and 1 as the kernel sees them
+ *   rdtsc     user and kernel TSC reads in order (one clock)
  *   segments  %gs loaded with 0x3b (base = a TLS block) and read through
  *   sse       xmm0-7 and the x87 stack kept across system calls, faults and
  *             timer interrupts; the kernel reads the user's xmm3
@@ -30,7 +31,8 @@
  *
  * System calls (int $0x80, eax = number):
  *   1 write ecx bytes at ebx   2 ebx * 7 + 0x1234   3 exit with ebx
- *   5 report: prints "user: <name at ebx> = 0x<ecx>"   6 the user's xmm3 (low dword) */
+ *   5 report: prints "user: <name at ebx> = 0x<ecx>"   6 the user's xmm3 (low dword)
+ *   7 kernel_tsc = the kernel's rdtsc */
 #include "kit.h"
 
 #define KCODE   0x08
@@ -122,6 +124,7 @@ volatile uint32_t trap_armed, skip_len, fault_site, fault_next;
 volatile uint32_t last_vector, last_err, last_eip_ok, last_cr2, last_count;
 volatile uint32_t ticks, user_ticks, demand_faults, unexpected;
 volatile uint32_t kill_at;              /* non-zero: end the user task at this tick */
+volatile uint64_t kernel_tsc;           /* system call 7 */
 
 static void fail_stop(const char *why, struct frame *f)
 {
@@ -179,6 +182,9 @@ static uint32_t do_syscall(struct frame *f)
         return 1;
     case 5:
         printf("user: %s = 0x%08x\n", (const char *)f->ebx, f->ecx);
+        break;
+    case 7:
+        kernel_tsc = rdtsc();
         break;
     case 6: {
         uint32_t v;
@@ -422,6 +428,12 @@ static uint32_t user_main(void)
     for (uint32_t i = 0; i < 8; i++)
         v += ucpu[i] == kernel_cpuid[i];
     report("cpuid_same", v);
+
+    /* rdtsc at CPL 3 and in the kernel give one clock */
+    uint64_t u1 = rdtsc();
+    sys3(7, 0, 0);
+    uint64_t u2 = rdtsc();
+    report("rdtsc_one_clock", u1 < kernel_tsc && kernel_tsc < u2);
 
     /* a segment with a base, loaded by the user task itself */
     uint32_t a, b;

@@ -107,3 +107,49 @@ fn a_user_loop_run_directly_stops_at_the_time_limit() {
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
     assert!(d.stats.direct.as_ref().is_some_and(|s| s.seconds > 1.0), "{:?}", d.stats.direct);
 }
+
+#[test]
+fn a_user_task_run_directly_survives_a_checkpoint() {
+    use bt86_runtime::checkpoint::{Checkpoint, Engine};
+    use bt86_runtime::devices::SharedBuffer;
+    use bt86_runtime::vm::run_with_timeout;
+    use bt86_runtime::{Vm, VmConfig};
+    // Stopped in its compute loop, saved, restored in a new VM on a new thread, and
+    // run directly to its end: the restored guest's TSC has an offset, so rdtsc
+    // traps in the runner and runs translated (user and kernel TSC stay one clock).
+    let cmdline = "compute=200000000";
+    let t = run_guest_user_code(guests::USERTASK, cmdline, UserCode::Translate, LIMIT);
+    t.assert_passed();
+    let out = SharedBuffer::new();
+    let out1 = out.clone();
+    let bytes = std::thread::spawn(move || {
+        let image = std::fs::read(guests::USERTASK).expect("guest");
+        let mut vm = Vm::new(VmConfig::new(32, Box::new(out1))).expect("create VM");
+        vm.load_multiboot(&image, cmdline).expect("load guest");
+        vm.set_user_code(UserCode::Direct);
+        let stopped = run_with_timeout(&mut vm, Duration::from_millis(150)).expect("run");
+        assert!(matches!(stopped, RunOutcome::Stopped { .. }), "{stopped:?}");
+        Checkpoint::capture(&mut vm, Engine::Bt, Vec::new()).expect("capture").to_bytes().expect("bytes")
+    })
+    .join()
+    .expect("first piece");
+    let out2 = out.clone();
+    let (outcome, stats) = std::thread::spawn(move || {
+        let mut vm = Checkpoint::from_bytes(&bytes).expect("read back").restore(Box::new(out2), false).expect("restore");
+        vm.set_user_code(UserCode::Direct);
+        let outcome = run_with_timeout(&mut vm, LIMIT).expect("run");
+        vm.flush_devices();
+        (outcome, vm.stats())
+    })
+    .join()
+    .expect("second piece");
+    let console = out.to_string_lossy();
+    assert_eq!(outcome, RunOutcome::GuestExit(0), "{console}");
+    let stable = |c: &str| c.lines().filter(|l| !l.starts_with('~')).collect::<Vec<_>>().join("\n");
+    assert_eq!(stable(&console), stable(&t.console));
+    let s = stats.direct.expect("direct stats");
+    if s.disabled.as_deref().is_some_and(|w| w.contains("set-up failed")) {
+        return;
+    }
+    assert!(s.disabled.is_none() && s.entries > 2000 && s.escapes == 0, "{s:?}");
+}

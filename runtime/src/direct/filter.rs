@@ -2,6 +2,7 @@
 //!
 //! What the runner may do once guest code can run in it (an escaped guest can do
 //! the same, so this is the whole of what an escape gains):
+//! - `prctl(PR_SET_TSC)` (rdtsc native or trapping, as the guest's TSC needs);
 //! - `futex` (its half of the protocol with the VMM), `exit`, `exit_group`,
 //!   `close`, `modify_ldt` (it can only create DPL-3 code and data segments,
 //!   which the host GDT's 64-bit selector 0x33 already exceeds);
@@ -52,7 +53,9 @@ fn nr(n: libc::c_long) -> u32 {
 pub fn program() -> Vec<Insn> {
     const ARCH: u32 = 4;
     const NR: u32 = 0;
+    const ARG0_LO: u32 = 16;
     const ARG0_HI: u32 = 16 + 4;
+    const PR_SET_TSC: u32 = 26;
     const ARG1_HI: u32 = 24 + 4;
     let allowed = [libc::SYS_futex, libc::SYS_exit, libc::SYS_exit_group, libc::SYS_close, libc::SYS_modify_ldt];
     let mut p = vec![stmt(BPF_LD_W_ABS, ARCH), jeq(AUDIT_ARCH_X86_64, 1, 0), stmt(BPF_RET_K, RET_TRAP), stmt(BPF_LD_W_ABS, NR)];
@@ -62,6 +65,12 @@ pub fn program() -> Vec<Insn> {
     }
     p.push(jeq(nr(libc::SYS_mmap), 0, 1));
     p.push(stmt(BPF_RET_K, RET_USER_NOTIF));
+    // prctl(PR_SET_TSC, ...) only.
+    p.push(jeq(nr(libc::SYS_prctl), 0, 4));
+    p.push(stmt(BPF_LD_W_ABS, ARG0_LO));
+    p.push(jeq(PR_SET_TSC, 0, 1));
+    p.push(stmt(BPF_RET_K, RET_ALLOW));
+    p.push(stmt(BPF_RET_K, RET_TRAP));
     // munmap: address and length below 4 GiB.
     p.push(jeq(nr(libc::SYS_munmap), 0, 5));
     p.push(stmt(BPF_LD_W_ABS, ARG0_HI));
@@ -109,6 +118,9 @@ mod tests {
         assert_eq!(decide(&p, x64, n(libc::SYS_futex), [0; 6]), RET_ALLOW);
         assert_eq!(decide(&p, x64, n(libc::SYS_modify_ldt), [0; 6]), RET_ALLOW);
         assert_eq!(decide(&p, x64, n(libc::SYS_mmap), [0; 6]), RET_USER_NOTIF);
+        assert_eq!(decide(&p, x64, n(libc::SYS_prctl), [26, 2, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(decide(&p, x64, n(libc::SYS_prctl), [59, 0, 0, 0, 0, 0]), RET_TRAP);
+        assert_eq!(decide(&p, x64, n(libc::SYS_prctl), [1 << 32 | 26, 0, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(decide(&p, x64, n(libc::SYS_munmap), [0x1000, 0x1000, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(decide(&p, x64, n(libc::SYS_munmap), [0x10_0000_0000, 0x1000, 0, 0, 0, 0]), RET_TRAP);
         assert_eq!(decide(&p, x64, n(libc::SYS_munmap), [0, 0x1_0000_0000_0000, 0, 0, 0, 0]), RET_TRAP);

@@ -210,9 +210,6 @@ impl Vm {
             && ctx.vif == 1
             && sys & (eflags::TF | eflags::IOPL | eflags::VM | eflags::AC | eflags::RF) == 0
             && cpu.cr0 & (cr0::TS | cr0::EM) == 0
-            // rdtsc runs natively in the runner: only where the guest's TSC is the
-            // host's (no offset, no CR4.TSD, no calibration in progress).
-            && cpu.mode().native_tsc
             // Breakpoints, watchpoints and steps are the translator's: with a
             // debugger's state, everything runs translated.
             && self.debug.is_none()
@@ -281,7 +278,10 @@ impl Vm {
         let fpu = crate::checkpoint::guest_fpu(self);
         self.direct.stats.entries += 1;
         let started = Instant::now();
-        let early = match self.direct.slots[slot].runner.enter(&maps, &ldt, &entry, &fpu.0) {
+        // rdtsc runs natively only where the guest's TSC is the host's (no offset,
+        // no CR4.TSD, no calibration in progress); else it traps and runs translated.
+        let trap_tsc = !self.cpu.mode().native_tsc;
+        let early = match self.direct.slots[slot].runner.enter(&maps, &ldt, trap_tsc, &entry, &fpu.0) {
             Ok(r) => r,
             Err(e) => return self.runner_failed(view_id, eip, &e).map(Some),
         };

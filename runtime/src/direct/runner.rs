@@ -56,6 +56,8 @@ pub struct Runner {
     /// The runner did something it was not asked to while the guest ran (its next
     /// report is an escape).
     pub breached: Option<String>,
+    /// rdtsc raises SIGSEGV in the runner (`PR_SET_TSC`).
+    traps_tsc: bool,
 }
 
 /// The lowest page a process may map.
@@ -76,7 +78,7 @@ impl Runner {
         let proc = Process::spawn(memfd, &filter::program(), START_TIMEOUT)?;
         let seen = proc.report_seq();
         let close_listener = Some(proc.runner_listener_fd);
-        Ok(Self { proc, view_id, fresh: true, close_listener, min_page: min_page(), seen, reports: 0, checked_maps: 0, breached: None })
+        Ok(Self { proc, view_id, fresh: true, close_listener, min_page: min_page(), seen, reports: 0, checked_maps: 0, breached: None, traps_tsc: false })
     }
 
     /// The lowest page the runner can map.
@@ -96,10 +98,17 @@ impl Runner {
 
     /// The system calls for mirror operations and LDT entries, and the data they
     /// point to.
-    fn ops(&mut self, maps: &[MirrorOp], ldt: &[UserDesc]) -> (Vec<Op>, Vec<u8>) {
+    fn ops(&mut self, maps: &[MirrorOp], ldt: &[UserDesc], trap_tsc: bool) -> (Vec<Op>, Vec<u8>) {
         let mut ops = Vec::new();
         if let Some(fd) = self.close_listener.take() {
             ops.push(Op { nr: libc::SYS_close as u64, args: [fd, 0, 0, 0, 0, 0] });
+        }
+        if trap_tsc != self.traps_tsc {
+            // rdtsc/rdtscp raise SIGSEGV (and run translated, with the guest's TSC)
+            // or run natively.
+            let mode = if trap_tsc { libc::PR_TSC_SIGSEGV } else { libc::PR_TSC_ENABLE };
+            ops.push(Op { nr: libc::SYS_prctl as u64, args: [libc::PR_SET_TSC as u64, mode as u64, 0, 0, 0, 0] });
+            self.traps_tsc = trap_tsc;
         }
         for m in maps {
             let (first, pages) = match *m {
@@ -138,8 +147,9 @@ impl Runner {
     /// Brings the runner's memory and LDT up to date and enters the guest with
     /// `entry` (eax..edi, eip, eflags, cs ss ds es fs gs) and x87/SSE state `fpu`.
     /// Returns a report if the runner stopped before entering (an op failed).
-    pub fn enter(&mut self, maps: &[MirrorOp], ldt: &[UserDesc], entry: &[u32; 16], fpu: &[u8; 512]) -> Result<Option<Report>, RunnerError> {
-        let (ops, data) = self.ops(maps, ldt);
+    /// With `trap_tsc`, the guest's rdtsc traps (its TSC is not the host's).
+    pub fn enter(&mut self, maps: &[MirrorOp], ldt: &[UserDesc], trap_tsc: bool, entry: &[u32; 16], fpu: &[u8; 512]) -> Result<Option<Report>, RunnerError> {
+        let (ops, data) = self.ops(maps, ldt, trap_tsc);
         if data.len() > comm::DATA_BYTES {
             return Err(RunnerError::Compromised("too many LDT entries at once".into()));
         }
