@@ -129,7 +129,10 @@ impl Vm {
                     self.protected.insert(frame);
                 }
             }
-            next = self.handle_exit()?;
+            next = match self.light_exit()? {
+                crate::light::Light::Done(next) => next,
+                crate::light::Light::No => self.handle_exit()?,
+            };
             if !self.debug_stepping() {
                 next = self.interrupt_boundary(next)?;
             }
@@ -788,16 +791,18 @@ impl LinearMemory<'_> {
     }
 
     /// Splits [linear, linear+len) at page boundaries: (linear, offset, len).
-    fn pieces(linear: u32, len: usize) -> Vec<(u32, usize, usize)> {
-        let mut out = Vec::new();
+    /// An iterator, not a list: every emulated access goes through here.
+    fn pieces(linear: u32, len: usize) -> impl Iterator<Item = (u32, usize, usize)> {
         let mut done = 0;
-        while done < len {
-            let at = linear.wrapping_add(u32::try_from(done).unwrap_or(0));
-            let n = (len - done).min((0x1000 - (at & 0xfff)) as usize);
-            out.push((at, done, n));
-            done += n;
-        }
-        out
+        core::iter::from_fn(move || {
+            (done < len).then(|| {
+                let at = linear.wrapping_add(u32::try_from(done).unwrap_or(0));
+                let n = (len - done).min((0x1000 - (at & 0xfff)) as usize);
+                let piece = (at, done, n);
+                done += n;
+                piece
+            })
+        })
     }
 }
 
@@ -811,13 +816,13 @@ impl GuestMemory for LinearMemory<'_> {
     }
 
     fn write(&mut self, linear: u32, data: &[u8], user: bool) -> Result<(), MemFault> {
-        // Translate every piece first: a fault leaves memory untouched.
-        let mut targets = Vec::new();
+        // Translate every piece first: a fault leaves memory untouched. (The
+        // second walk finds the same frames: the first only set A and D bits.)
+        for (at, _, _) in Self::pieces(linear, data.len()) {
+            self.phys(at, true, user)?;
+        }
         for (at, off, n) in Self::pieces(linear, data.len()) {
             let phys = self.phys(at, true, user)?;
-            targets.push((phys, off, n));
-        }
-        for (phys, off, n) in targets {
             if !self.ram.contains(phys, n) {
                 // No memory there: the write goes nowhere.
                 continue;

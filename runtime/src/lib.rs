@@ -11,6 +11,7 @@ pub mod emulate;
 mod engine;
 pub mod gdb;
 pub mod kvm;
+mod light;
 pub mod loader;
 pub mod memory;
 mod mmu;

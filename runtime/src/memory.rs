@@ -137,7 +137,9 @@ impl GuestRam {
         if in_ram > 0 && self.read(phys, &mut buf[..in_ram]).is_err() {
             buf[..in_ram].fill(0xff);
         }
-        buf[in_ram..].fill(0xff);
+        if in_ram < buf.len() {
+            buf[in_ram..].fill(0xff);
+        }
     }
 
     /// Writes `data` at `phys`; what falls outside RAM goes nowhere.
@@ -253,7 +255,16 @@ impl GuestRam {
         // slice of exactly `len` bytes, and it cannot lie inside the alias because this
         // type never hands out references into it, so the ranges do not overlap. Guest
         // writes through other mappings happen only while no Rust code runs on this VM.
-        unsafe { ptr::copy_nonoverlapping(src, dst, len) };
+        // Constant lengths for the sizes page walks and emulated accesses use: a
+        // move instead of a call to memmove.
+        unsafe {
+            match len {
+                4 => ptr::copy_nonoverlapping(src, dst, 4),
+                2 => ptr::copy_nonoverlapping(src, dst, 2),
+                1 => ptr::copy_nonoverlapping(src, dst, 1),
+                _ => ptr::copy_nonoverlapping(src, dst, len),
+            }
+        };
         Ok(())
     }
 }

@@ -14,6 +14,8 @@ pub struct Stats {
     pub exits_indirect: u64,
     pub exits_callout: u64,
     pub exits_fault: u64,
+    /// Callouts answered on the light path (`light.rs`), also in `exits_callout`.
+    pub light_exits: u64,
     pub callouts: HashMap<Mnemonic, u64>,
     pub smc_faults: u64,
     pub smc_data_writes: u64,
@@ -30,6 +32,8 @@ pub struct ExitCounts {
     pub branch: u64,
     pub indirect: u64,
     pub callout: u64,
+    /// Callouts of `callout` taken on the light path (cpuid, port I/O).
+    pub light_callout: u64,
     pub fault: u64,
 }
 
@@ -62,6 +66,8 @@ pub struct PagingReport {
     pub prefetched_pages: u64,
     /// 4 MiB guest pages mapped whole by one hidden fault.
     pub large_pages_mapped: u64,
+    /// CR3 switches where the new space took the kernel view of the one before.
+    pub kernel_view_handovers: u64,
     /// Host calls that changed the views: mappings made, removed, reprotected.
     pub host_maps: u64,
     pub host_unmaps: u64,
@@ -136,6 +142,7 @@ impl Stats {
                 branch: self.exits_branch,
                 indirect: self.exits_indirect,
                 callout: self.exits_callout,
+                light_callout: self.light_exits,
                 fault: self.exits_fault,
             },
             smc_faults: self.smc_faults,

@@ -323,6 +323,7 @@ impl Vm {
             spaces_cached: self.shadow.spaces_cached() as u64,
             prefetched_pages: self.shadow.prefetched,
             large_pages_mapped: self.shadow.large_maps,
+            kernel_view_handovers: self.shadow.kernel_handovers,
             host_maps: calls.maps + self.view.calls.maps + self.user_view.calls.maps,
             host_unmaps: calls.unmaps + self.view.calls.unmaps + self.user_view.calls.unmaps,
             host_protects: calls.protects + self.view.calls.protects + self.user_view.calls.protects,

@@ -398,6 +398,18 @@ static void phase2(void)
     KCHECK_TRAP("div by zero", 0, NOERR, fault_site);
     CHECK_EQ(a, 1234);          /* registers as before the instruction */
 
+    /* ... and the flags: a division by a zero register faults before anything
+     * changes (bt86 tests the divisor inline: the test must not touch them). */
+    a = 1234;
+    d = 0;
+    __asm__ volatile("movl $1, %%ecx\n\t"
+                     "cmpl $2, %%ecx\n\t"  /* 1 - 2: CF set, ZF clear */
+                     "movl $0, %%ecx\n\t"  /* mov: the flags stay */
+                     ARM_FAULT "1:\tdivl %%ecx\n2:" DISARM
+                     : "+a"(a), "+d"(d) : : "ecx", "memory", "cc");
+    KCHECK_TRAP("div by zero (ecx)", 0, NOERR, fault_site);
+    CHECK_EQ(last.eflags & 0x41, 0x01); /* CF set, ZF clear, as before the div */
+
     /* ud2: #UD, a fault */
     __asm__ volatile(ARM_FAULT "1:\tud2\n2:" DISARM : : : "memory");
     KCHECK_TRAP("ud2", 6, NOERR, fault_site);

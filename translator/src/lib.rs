@@ -45,6 +45,8 @@ pub enum CalloutKind {
     Emulate,
     /// Raise #UD at the instruction.
     RaiseUd,
+    /// Raise #DE at the instruction (a division by a zero register).
+    RaiseDe,
     /// A store to guest page tables, performed by the VMM (adaptive translation of
     /// an instruction that kept faulting on traced pages).
     TracedWrite,

@@ -160,6 +160,15 @@ enum Dev {
     Bus,
 }
 
+impl Dev {
+    /// Whether an access can change what the VMM polls for: a pending interrupt,
+    /// the next timer event, console input moving. The POST port, port A, VGA and
+    /// the PCI host bridge have no interrupts or time of their own.
+    fn has_events(self) -> bool {
+        !matches!(self, Dev::Post | Dev::PortA | Dev::Vga | Dev::Pci)
+    }
+}
+
 fn route(port: u16) -> Dev {
     match port {
         0x20 | 0x21 | 0xa0 | 0xa1 | 0x4d0 | 0x4d1 => Dev::Pic,
@@ -329,12 +338,18 @@ impl Platform {
         core::mem::take(&mut self.touched)
     }
 
+    /// `take_touched` without clearing the flag.
+    pub fn touched(&self) -> bool {
+        self.touched
+    }
+
     /// Guest `in` of `size` bytes (1, 2, 4) from `port`.
     pub fn read(&mut self, port: u16, size: u8) -> u32 {
         self.accesses += 1;
-        self.touched = true;
+        let dev = route(port);
+        self.touched |= dev.has_events();
         let size = access_size(size);
-        let v = match route(port) {
+        let v = match dev {
             Dev::Uart => {
                 self.drain_input();
                 let v = self.uart.read(port, size);
@@ -363,11 +378,12 @@ impl Platform {
     /// Guest `out` of `size` bytes (1, 2, 4) of `value` to `port`.
     pub fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect {
         self.accesses += 1;
-        self.touched = true;
+        let dev = route(port);
+        self.touched |= dev.has_events();
         let size = access_size(size);
         let value = value & size_mask(size);
         tracing::trace!(target: "bt86::io", "out {port:#06x} <- {value:#x}");
-        let effect = match route(port) {
+        let effect = match dev {
             Dev::Uart => {
                 let e = self.uart.write(port, size, value);
                 self.drain_input();

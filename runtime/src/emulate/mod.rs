@@ -282,6 +282,7 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
         CalloutKind::RaiseNm => {
             return Outcome::Exception { vector: 7, error: None, trap: false }
         }
+        CalloutKind::RaiseDe => return Outcome::Exception { vector: vector::DE, error: None, trap: false },
         CalloutKind::Boundary => return Outcome::Continue,
         CalloutKind::FetchFault => {
             return match fetch_fault(m, site) {

@@ -10,6 +10,7 @@
 //! undo the difference).
 
 mod branch;
+mod divide;
 mod fpu;
 mod ident;
 mod special;
@@ -419,6 +420,7 @@ fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
         {
             string::translate(b)
         }
+        Div | Idiv => divide::translate(b),
         _ => ident::translate(b),
     }
 }

@@ -79,7 +79,7 @@ fn check(bytes: &[u8], mode: Mode, isa: &Isa) -> Option<Finding> {
     if let Some((0x1000, kind)) = first_site {
         return match kind {
             CalloutKind::Unsupported | CalloutKind::FetchFault => finding(format!("{kind:?}")),
-            CalloutKind::RaiseUd => None,
+            CalloutKind::RaiseUd | CalloutKind::RaiseDe => None,
             _ if guest.is_invalid() || !isa.allows(&guest) => finding(format!("{kind:?} for an instruction the CPU lacks")),
             _ => None,
         };

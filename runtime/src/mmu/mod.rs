@@ -28,6 +28,8 @@
 //! mappings as precisely as the current one's. Changes of CR0.PG/WP or
 //! CR4.PSE/PGE still drop everything.
 
+mod handover;
+
 use crate::cpu::{cr0, sreg};
 use crate::memory::GuestRam;
 use crate::vm::{Vm, VmError};
@@ -315,6 +317,8 @@ pub(crate) struct Shadow {
     pub prefetched: u64,
     /// 4 MiB guest pages mapped whole.
     pub large_maps: u64,
+    /// Switches where a space took the kernel view of the one before (`handover`).
+    pub kernel_handovers: u64,
     /// Writes to each traced frame since a walk last went through it.
     trace_burst: HashMap<u32, u32>,
     /// Frames no longer traced because of a burst of writes.
@@ -529,6 +533,7 @@ impl Vm {
     /// (dropping the least recently used space if the cache is full).
     fn switch_space(&mut self, old: SpaceKey, new: SpaceKey) -> Result<(), VmError> {
         self.shadow.cr3_switches += 1;
+        let mut handed = None;
         let incoming = match self.shadow.idle.iter().position(|s| s.key == new) {
             Some(i) => {
                 self.shadow.space_hits += 1;
@@ -542,7 +547,9 @@ impl Vm {
                     Some(pair) => pair,
                     None => (View::reserve()?, View::reserve()?),
                 };
-                IdleSpace { key: new, view, user_view, maps: SpaceMaps::default() }
+                let mut space = IdleSpace { key: new, view, user_view, maps: SpaceMaps::default() };
+                handed = self.hand_over_kernel_view(old, &mut space)?;
+                space
             }
         };
         let outgoing = IdleSpace {
@@ -552,6 +559,10 @@ impl Vm {
             maps: core::mem::replace(&mut self.shadow.maps, incoming.maps),
         };
         self.shadow.idle.push(outgoing);
+        // A frame no space traced before may be mapped writable somewhere.
+        for frame in handed.into_iter().flatten() {
+            self.protect_frame(frame, false)?;
+        }
         while self.shadow.mappings_live() > MAX_CACHED_MAPPINGS && !self.shadow.idle.is_empty() {
             self.evict_idle_space()?;
         }
@@ -770,11 +781,20 @@ impl Vm {
             Ok(())
         };
         if guest_writable {
+            // Alternate writable runs and read-only runs; consecutive read-only
+            // frames (kernel text is thousands of them) share one host mapping.
             let mut at = frame0;
-            for &f in &fixed {
-                run(at, f - at, true)?;
-                run(f, 1, false)?;
-                at = f + 1;
+            let mut i = 0;
+            while i < fixed.len() {
+                let first = fixed[i];
+                let mut n = 1;
+                while i + (n as usize) < fixed.len() && fixed[i + n as usize] == first + n {
+                    n += 1;
+                }
+                run(at, first - at, true)?;
+                run(first, n, false)?;
+                at = first + n;
+                i += n as usize;
             }
             run(at, frame0 + count - at, true)?;
         } else {
