@@ -516,9 +516,10 @@ static uint32_t user_runaway(void)
 /* An escape attempt: a far jump to selector 0x33 (in the guest's GDT an empty
  * entry: #GP; on an x86-64 host the 64-bit code segment), into 64-bit code that
  * makes host system calls (getpid; with `escape=2` it first clears the byte
- * that turns Syscall User Dispatch off in bt86's runner; `escape=3` then also
- * maps guest physical page 0 from bt86's guest-RAM fd and reads it) and, if they
- * ever returned, would set escape_flag. The guest must get a #GP and go on. */
+ * that turns Syscall User Dispatch off in bt86's runner; `escape=3` maps guest
+ * physical page 0 from bt86's guest-RAM fd through a `syscall; ret` of the
+ * runner's own code, and reads it) and, if they ever returned, would set
+ * escape_flag. The guest must get a #GP and go on. */
 volatile uint32_t escape_flag;
 static uint32_t escape_kind;
 
@@ -526,20 +527,30 @@ static uint32_t user_escape(void)
 {
     uint8_t *p = smc_page;
     if (escape_kind == 3) {
-        /* dispatch off, then mmap(0x50000000, 4096, PROT_READ, MAP_SHARED|MAP_FIXED,
-         * 100 (bt86's guest-RAM memfd in the runner), 0): guest physical page 0,
-         * which no user page maps; then read it */
-        static const uint8_t map[] = {
-            0x48, 0xb8, 0x00, 0x00, 0x01, 0x00, 0x10, 0x00, 0x00, 0x00, 0xc6, 0x00, 0x00,
-            0xb8, 0x09, 0x00, 0x00, 0x00,             /* mov eax, 9 (mmap) */
+        /* with dispatch on, borrow a `syscall; ret` of bt86's runner code (at
+         * 0x1000000000) for mmap(0x50000000, 4096, PROT_READ, MAP_SHARED|MAP_FIXED,
+         * 100 (the runner's guest-RAM fd), 0): guest physical page 0, which no user
+         * page maps; read it, and set the flag if that worked */
+        uint32_t flag = (uint32_t)&escape_flag;
+        const uint8_t map[] = {
+            0x48, 0xbb, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, /* movabs rbx, 0x1000000000 */
+            0x66, 0x81, 0x3b, 0x0f, 0x05,             /* 1: cmp word [rbx], 0x050f */
+            0x75, 0x06,                               /* jne 2f */
+            0x80, 0x7b, 0x02, 0xc3,                   /* cmp byte [rbx+2], 0xc3 */
+            0x74, 0x05,                               /* je 3f */
+            0x48, 0xff, 0xc3,                         /* 2: inc rbx */
+            0xeb, 0xee,                               /* jmp 1b */
+            0xb8, 0x09, 0x00, 0x00, 0x00,             /* 3: mov eax, 9 (mmap) */
             0xbf, 0x00, 0x00, 0x00, 0x50,             /* mov edi, 0x50000000 */
             0xbe, 0x00, 0x10, 0x00, 0x00,             /* mov esi, 4096 */
             0xba, 0x01, 0x00, 0x00, 0x00,             /* mov edx, PROT_READ */
             0x41, 0xba, 0x11, 0x00, 0x00, 0x00,       /* mov r10d, MAP_SHARED|MAP_FIXED */
             0x41, 0xb8, 0x64, 0x00, 0x00, 0x00,       /* mov r8d, 100 */
             0x45, 0x31, 0xc9,                         /* xor r9d, r9d */
-            0x0f, 0x05,                               /* syscall */
+            0xff, 0xd3,                               /* call rbx */
             0x8b, 0x04, 0x25, 0x00, 0x00, 0x00, 0x50, /* mov eax, [0x50000000] */
+            0xc7, 0x04, 0x25, (uint8_t)flag, (uint8_t)(flag >> 8), (uint8_t)(flag >> 16),
+            (uint8_t)(flag >> 24), 1, 0, 0, 0,        /* mov dword [escape_flag], 1 */
         };
         memcpy(p, map, sizeof map);
         p += sizeof map;
@@ -556,8 +567,8 @@ static uint32_t user_escape(void)
     memcpy(p, tail, sizeof tail);
     struct __attribute__((packed)) { uint32_t off; uint16_t sel; } far = {(uint32_t)smc_page, 0x33};
     uint32_t c0 = last_count;
-    /* the 64-bit code clobbers eax (and a host would clobber rcx and r11) */
-    __asm__ volatile(ARM_FAULT "1:\tljmpl *%0\n2:" DISARM : : "m"(far) : "eax", "ecx", "edx", "memory", "cc");
+    /* the 64-bit code clobbers eax, ebx, esi, edi (and a host would clobber rcx and r11) */
+    __asm__ volatile(ARM_FAULT "1:\tljmpl *%0\n2:" DISARM : : "m"(far) : "eax", "ebx", "ecx", "edx", "esi", "edi", "memory", "cc");
     report("escape_caught", last_count - c0 == 1 && last_vector == 13);
     report("escape_flag", escape_flag);
     return 0x99;

@@ -69,9 +69,10 @@ fn a_runaway_user_loop_does_not_stop_the_machine() {
 #[test]
 fn a_far_jump_to_the_hosts_64_bit_segment_reaches_neither_host_nor_guest_kernel() {
     // escape=1: ljmp to 0x33, then a 64-bit `syscall` (Syscall User Dispatch
-    // stops it); escape=2: the 64-bit code first clears the runner's dispatch
-    // selector byte, so the seccomp filter stops it; escape=3: with dispatch off, an
-    // mmap of guest RAM no user page maps (the VMM refuses it). Either way the syscall never
+    // stops it); escape=2: the 64-bit code first tries to clear the runner's dispatch
+    // selector byte (read-only: a fault; were it writable, the seccomp filter would
+    // stop the call); escape=3: an mmap of guest RAM no user page maps, through a
+    // `syscall; ret` of the runner's own code (the VMM refuses it). The syscall never
     // runs (the code after it would set a flag in guest memory), the runner is
     // killed, and the guest kernel gets #GP and carries on, as on hardware where
     // its GDT has no such segment.

@@ -16,7 +16,8 @@ pub const BASE: u64 = 0x10_0000_0000;
 pub const CODE: u64 = BASE;
 /// Largest runner code.
 pub const CODE_MAX: u64 = 0x1_0000;
-/// The private page: SUD selector byte, the last command seen, the filter.
+/// The private region: the SUD selector byte, the filter, the XSAVE init area (all
+/// read-only once set up), the last command seen.
 pub const PRIV: u64 = BASE + 0x1_0000;
 pub const PRIV_SIZE: u64 = 0x1_0000;
 /// The main stack (grows down from `STACK_TOP`).
@@ -37,12 +38,17 @@ pub const MEMFD: u64 = 100;
 
 /// Offsets inside the private page.
 pub const PRIV_SELECTOR: u64 = 0;
-pub const PRIV_LAST_SEQ: u64 = 8;
 pub const PRIV_FPROG: u64 = 16;
 pub const PRIV_FILTER: u64 = 64;
 /// An all-zero XSAVE area (standard form, XSTATE_BV = 0): restoring it puts every
 /// extended register in its initial state.
 pub const PRIV_XINIT: u64 = 0x1000;
+/// The first bytes of the private region (the dispatch selector, the filter, the
+/// XSAVE init area) are read-only once the runner is set up: an escaped guest
+/// cannot turn Syscall User Dispatch off.
+pub const PRIV_READONLY: u64 = 0x3000;
+/// The last command seen (written by the runner; after the read-only part).
+pub const PRIV_LAST_SEQ: u64 = 0x8000;
 
 /// Operations one command carries at most.
 pub const MAX_OPS: usize = 512;
@@ -181,4 +187,5 @@ pub struct Report {
 
 const _: () = assert!(COMM_SIZE <= 0x10_0000);
 const _: () = assert!(PRIV_FILTER + 8 * 64 <= PRIV_XINIT);
-const _: () = assert!(PRIV_XINIT + 0x2000 <= PRIV_SIZE);
+const _: () = assert!(PRIV_XINIT + 0x2000 <= PRIV_READONLY);
+const _: () = assert!(PRIV_READONLY <= PRIV_LAST_SEQ && PRIV_LAST_SEQ + 8 <= PRIV_SIZE);
