@@ -43,6 +43,10 @@ pub fn bt86_command(bt86: &Path, kernel: &Path, initrd: &Path) -> Command {
     let mut cmd = Command::new(bt86);
     cmd.arg("run").arg("--kernel").arg(kernel).arg("--initrd").arg(initrd);
     cmd.args(["--append", APPEND, "--mem", &MEM_MIB.to_string()]);
+    // How guest user code runs (`--user-code`: translate, direct or auto).
+    if let Some(mode) = std::env::var("BT86_BENCH_USER_CODE").ok().filter(|m| !m.is_empty()) {
+        cmd.args(["--user-code", &mode]);
+    }
     cmd
 }
 

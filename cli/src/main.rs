@@ -183,6 +183,12 @@ struct SessionOpts {
     /// Stop the guest after this many seconds (exit status 3).
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+    /// How guest user code (CPL 3) runs with --engine bt: `translate` (the
+    /// default), `direct` (natively in a sandboxed runner process whenever the
+    /// CPU state allows; experimental), or `auto` (direct while it computes,
+    /// translated while it traps often).
+    #[arg(long, value_name = "MODE", default_value = "translate", value_parser = |s: &str| s.parse::<bt86_runtime::UserCode>())]
+    user_code: bt86_runtime::UserCode,
     /// Write the final 80x25 VGA text screen to FILE as plain text when the run ends.
     #[arg(long, value_name = "FILE")]
     screen: Option<PathBuf>,

@@ -288,6 +288,7 @@ pub(crate) fn main(inputs: Inputs, opts: &RunOpts, console_input: bool) -> ExitC
         }
         vm
     };
+    vm.set_user_code(opts.session.user_code);
     // The screen: shown live, or watched for the hint.
     let screen_ram = vm.ram().reader();
     let vga = vm.platform().vga_state();

@@ -113,3 +113,35 @@ fn a_person_uses_the_busybox_shell_on_the_console() {
     let s = t.wait_for("EXIT=");
     assert!(s.contains("EXIT=0"), "Ctrl-A x ends bt86 with status 0:\n{s}");
 }
+
+/// The same checks with guest user code run directly (`--user-code direct`): busybox's
+/// processes run in bt86's runner; the statistics show it.
+#[test]
+fn busybox_checks_pass_with_user_code_run_directly() {
+    let Some(guest) = LinuxGuest::for_test() else { return };
+    let initrd = initrd(&guest, "checks-direct.gz", CHECKS_INIT);
+    let stats = Scratch::new("direct-stats.json");
+    let mut args = run_args(&guest, &initrd);
+    args.extend(["--user-code", "direct", "--stats", "json", "--stats-file"].map(str::to_owned));
+    args.push(stats.0.display().to_string());
+    let out = Command::new(env!("CARGO_BIN_EXE_bt86")).args(&args).stdin(Stdio::null()).output().expect("run bt86");
+    let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let direct = std::fs::read(&stats.0).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).map(|j| j["direct"].clone());
+    let context = format!("{}bt86 said: {err}\ndirect execution: {direct:?}", console_tail(&console));
+    for check in CHECKS {
+        assert!(console.contains(&format!("bt86-check: {check} ok\n")), "check {check} did not pass:\n{context}");
+    }
+    assert!(console.contains("bt86-check: PASS\n"), "{context}");
+    assert_eq!(out.status.code(), Some(0), "{context}");
+    let direct = direct.expect("statistics written");
+    eprintln!("direct: {direct}");
+    // Off only where the host kernel refused a step of the runner's set-up.
+    if let Some(why) = direct["disabled"].as_str() {
+        assert!(why.contains("set-up failed"), "direct execution failed: {why}");
+        eprintln!("skipped: direct execution is not available on this host: {why}");
+        return;
+    }
+    assert!(direct["entries"].as_u64().unwrap_or(0) > 100, "user code ran directly: {direct}");
+    assert_eq!(direct["escapes"].as_u64(), Some(0), "{direct}");
+}

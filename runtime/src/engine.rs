@@ -109,6 +109,19 @@ impl Vm {
                     self.guest_step = None;
                 }
             }
+            if let Next::Dispatch(eip) = next {
+                self.note_translated_cpl();
+                if self.direct_wanted() {
+                    if self.stop_requested() {
+                        self.tr.ctx_mut().eip = eip;
+                        return Ok(RunOutcome::Stopped { eip });
+                    }
+                    if let Some(n) = self.run_direct(eip)? {
+                        next = self.interrupt_boundary(n)?;
+                        continue;
+                    }
+                }
+            }
             let transient = matches!(next, Next::Transient(_));
             let host = match next {
                 Next::Dispatch(eip) | Next::Transient(eip) => {
@@ -131,6 +144,10 @@ impl Vm {
             ctx.code_map = code_map;
             if self.stop_requested() {
                 return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
+            }
+            if self.fpu.is_some() {
+                // Direct execution left the guest's x87/SSE state in an image.
+                crate::checkpoint::load_guest_fpu(self);
             }
             self.tr.run(host)?;
             self.stats.guest_exits += 1;
@@ -428,7 +445,7 @@ impl Vm {
     /// An instruction boundary after an exit: poll the devices, keep the alarm set
     /// for the next timer interrupt, and deliver a pending external interrupt if
     /// the guest's IF allows it (not in the shadow of an sti).
-    fn interrupt_boundary(&mut self, next: Next) -> Result<Next, VmError> {
+    pub(crate) fn interrupt_boundary(&mut self, next: Next) -> Result<Next, VmError> {
         let next = self.deliver_at_boundary(next)?;
         // Translated sti/popf leave for an interrupt only if the VMM knows of one.
         self.tr.ctx_mut().irq_pending = u8::from(self.bus.interrupt_pending());
@@ -510,7 +527,7 @@ impl Vm {
 
     /// `raise`, where an exception during delivery saves `fault_eip` instead of
     /// `eip` (for `int n`, a #GP from the gate check is a fault on the int itself).
-    fn raise_at(
+    pub(crate) fn raise_at(
         &mut self,
         vector: u8,
         error: Option<u32>,
@@ -776,6 +793,12 @@ impl Vm {
             }
         }
     }
+}
+
+/// Reads guest code at `linear` into `buf` as an instruction fetch (user or
+/// supervisor); returns the bytes read.
+pub(crate) fn fetch_code(ram: &GuestRam, paging: Option<PagingMode>, user: bool, linear: u32, buf: &mut [u8]) -> usize {
+    CodeFetch { ram, paging, user }.fetch(linear, buf)
 }
 
 /// Guest code as the translator fetches it: through the guest's page tables when

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod cpu_model;
 pub mod debug;
 pub mod devices;
+pub mod direct;
 pub mod emulate;
 mod engine;
 pub mod gdb;
@@ -22,4 +23,5 @@ pub mod vm;
 
 /// Switches the `--trace` events of translation units on (guest code, host code).
 pub use bt86_translator::trace::enable as enable_unit_trace;
+pub use direct::UserCode;
 pub use vm::{RunOutcome, StopHandle, Vm, VmConfig, VmError, DEFAULT_MEM_MIB};

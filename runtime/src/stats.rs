@@ -109,6 +109,8 @@ pub struct StatsReport {
     pub hlt_seconds: f64,
     pub devices: Option<crate::devices::PlatformStats>,
     pub paging: PagingReport,
+    /// Direct execution of guest user code.
+    pub direct: Option<crate::direct::DirectReport>,
     pub translate_seconds: f64,
     pub run_seconds: f64,
 }
@@ -153,6 +155,7 @@ impl Stats {
             hlt_seconds: self.hlt_nanos as f64 / 1e9,
             devices: None,
             paging: PagingReport::default(),
+            direct: None,
             translate_seconds: t.translate_nanos as f64 / 1e9,
             run_seconds: self.run_nanos as f64 / 1e9,
         }

@@ -157,6 +157,8 @@ pub struct Vm {
     /// The guest's x87/SSE state while it is not in the vCPU thread's registers (a
     /// restored checkpoint, or the KVM engine's last run); `run` loads it first.
     pub(crate) fpu: Option<Box<crate::checkpoint::FxImage>>,
+    /// Direct execution of guest user code (runners, policy, counters).
+    pub(crate) direct: crate::direct::Direct,
 }
 
 impl Vm {
@@ -202,6 +204,7 @@ impl Vm {
             debug: None,
             debug_break: Arc::new(AtomicBool::new(false)),
             fpu: None,
+            direct: crate::direct::Direct::default(),
         })
     }
 
@@ -313,6 +316,7 @@ impl Vm {
     pub fn stats(&self) -> crate::stats::StatsReport {
         let mut r = self.stats.report(&self.tr);
         r.devices = Some(self.bus.stats());
+        r.direct = Some(self.direct.report());
         let calls = self.shadow.idle_view_calls();
         r.paging = crate::stats::PagingReport {
             hidden_faults: self.shadow.hidden_faults,

@@ -6,9 +6,11 @@
 //! arrive with the shadow-MMU issue and fill views on demand through the same type.
 
 pub mod code_map;
+pub mod mirror;
 pub mod view;
 pub mod walk;
 
 pub use code_map::CodeMap;
+pub use mirror::{Backing, Mirror, MirrorOp};
 pub use view::{View, ViewError, GUARD_BYTES};
 pub use walk::{error_code, walk, Access, PagingMode, PhysMem, Translation, WalkError};

@@ -14,6 +14,7 @@
 //! All `unsafe` code of the crate is in this module: mapping and protecting pages
 //! of a reservation that this type owns exclusively.
 
+use crate::mirror::{pages_of, Backing, Mirror};
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 use std::os::fd::BorrowedFd;
 use thiserror::Error;
@@ -43,6 +44,8 @@ pub struct View {
     ram: u64,
     /// Host calls made: maps, unmaps, protection changes.
     pub calls: ViewCalls,
+    /// What the low 4 GiB hold, for a copy in another process (direct execution).
+    mirror: Mirror,
 }
 
 /// Host calls a view made (each one a system call, and a TLB flush for unmaps
@@ -68,7 +71,17 @@ impl View {
             mm::mmap_anonymous(core::ptr::null_mut(), len, ProtFlags::empty(), MapFlags::PRIVATE | MapFlags::NORESERVE)
         }
         .map_err(ViewError::Reserve)?;
-        Ok(Self { reservation: p.cast(), len, ram: 0, calls: ViewCalls::default() })
+        Ok(Self { reservation: p.cast(), len, ram: 0, calls: ViewCalls::default(), mirror: Mirror::default() })
+    }
+
+    /// What the view's low 4 GiB hold and what changed there (see `mirror`).
+    pub fn mirror_mut(&mut self) -> &mut Mirror {
+        &mut self.mirror
+    }
+
+    /// An identity for this view's reservation (its address), stable while it lives.
+    pub fn id(&self) -> u64 {
+        self.reservation as u64
     }
 
     /// Host address of guest linear address 0 (the GS base for translated code).
@@ -137,6 +150,9 @@ impl View {
             )
         }
         .map_err(|source| ViewError::Map { linear, source })?;
+        if let Some((first, pages)) = pages_of(linear, len) {
+            self.mirror.map(first, pages, Backing { offset, writable, private: false });
+        }
         Ok(())
     }
 
@@ -184,6 +200,9 @@ impl View {
             }
             .map_err(|source| ViewError::Map { linear: l, source })?;
         }
+        if let Some((first, pages)) = pages_of(linear, PAGE) {
+            self.mirror.map(first, pages, Backing { offset: u64::from(offset), writable, private: true });
+        }
         Ok(())
     }
 
@@ -203,6 +222,7 @@ impl View {
     /// Drops every mapping: the view is empty again.
     pub fn unmap_all(&mut self) -> Result<(), ViewError> {
         self.reserve_range(0, FOUR_GIB + GUARD_BYTES)?;
+        self.mirror.reset();
         self.ram = 0;
         Ok(())
     }
@@ -221,6 +241,9 @@ impl View {
             // SAFETY: the page lies inside our reservation; the caller maps it first.
             unsafe { mm::mprotect((self.base() + l) as *mut _, PAGE as usize, prot) }
                 .map_err(|source| ViewError::Protect { linear: l, source })?;
+        }
+        if let Some((first, pages)) = pages_of(linear, PAGE) {
+            self.mirror.protect(first, pages, writable);
         }
         Ok(())
     }
@@ -242,6 +265,9 @@ impl View {
             )
         }
         .map_err(|source| ViewError::Map { linear, source })?;
+        if let Some((first, pages)) = pages_of(linear, len) {
+            self.mirror.unmap(first, pages);
+        }
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use bt86_runtime::devices::SharedBuffer;
 use bt86_runtime::vm::run_with_timeout;
-use bt86_runtime::{RunOutcome, Vm, VmConfig};
+use bt86_runtime::{RunOutcome, UserCode, Vm, VmConfig};
 use std::time::Duration;
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
@@ -23,9 +23,19 @@ pub fn run_guest(path: &str, cmdline: &str, limit: Duration) -> GuestRun {
 
 /// `run_guest` with `input` fed to the guest's serial port (then end of input).
 pub fn run_guest_with_input(path: &str, cmdline: &str, input: Option<&[u8]>, limit: Duration) -> GuestRun {
+    run_guest_full(path, cmdline, input, UserCode::default(), limit)
+}
+
+/// `run_guest` with guest user code run as `user_code` says.
+pub fn run_guest_user_code(path: &str, cmdline: &str, user_code: UserCode, limit: Duration) -> GuestRun {
+    run_guest_full(path, cmdline, None, user_code, limit)
+}
+
+fn run_guest_full(path: &str, cmdline: &str, input: Option<&[u8]>, user_code: UserCode, limit: Duration) -> GuestRun {
     let image = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read guest {path}: {e}"));
     let console = SharedBuffer::new();
     let mut vm = Vm::new(VmConfig::new(32, Box::new(console.clone()))).expect("create VM");
+    vm.set_user_code(user_code);
     vm.load_multiboot(&image, cmdline).expect("load guest");
     if let Some(bytes) = input {
         vm.attach_console_input(std::io::Cursor::new(bytes.to_vec())).expect("attach input");

@@ -320,6 +320,28 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
     outcome
 }
 
+/// Loads segment register `idx` (not CS) with `sel` as a `mov` to it would, for
+/// a load direct execution saw happen with the host's meaning of the selector.
+pub(crate) fn load_segment(m: &mut Machine<'_>, idx: usize, sel: u16) -> Outcome {
+    let checked = if idx == crate::cpu::sreg::SS { segments::check_ss(m, sel) } else { segments::check_data(m, sel) };
+    match checked {
+        Ok(seg) => {
+            m.cpu.seg[idx] = seg;
+            Outcome::Continue
+        }
+        Err(f) => f.into_outcome(m.ctx.eip),
+    }
+}
+
+/// A guest `sysenter` whose address is not known (direct execution: the host's
+/// kernel does not keep it, and neither does the instruction).
+pub(crate) fn sysenter_now(m: &mut Machine<'_>) -> Outcome {
+    match sysenter::sysenter(m) {
+        Ok(o) => o,
+        Err(f) => f.into_outcome(m.ctx.eip),
+    }
+}
+
 /// An instruction that runs onto a page its fetch may not use: the CPU raises #PF
 /// at the first byte of that page (CR2) with the error code of a read there (32-bit
 /// paging has no fetch bit). If the page has become fetchable since the unit was

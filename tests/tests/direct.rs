@@ -1,0 +1,156 @@
+//! Direct execution of guest user code: the `usertask` guest's user task (compute,
+//! system calls, demand paging, protection faults, exceptions, a TLS segment,
+//! x87/SSE state, self-modifying code, timer interrupts, a runaway loop) gives the
+//! same results run directly in the runner as translated.
+
+use bt86_runtime::{RunOutcome, UserCode};
+use bt86_tests::guests::{self, run_guest_user_code, GuestRun};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The console without the lines that may differ between runs (`~`).
+fn stable(r: &GuestRun) -> String {
+    r.console.lines().filter(|l| !l.starts_with('~')).collect::<Vec<_>>().join("\n")
+}
+
+/// Whether direct execution ran; false only where the host kernel refused a step of
+/// the runner's set-up (no Syscall User Dispatch, seccomp or pidfd): any other
+/// reason for it to be off is a failure.
+fn direct_runs(r: &GuestRun) -> bool {
+    let d = r.stats.direct.as_ref().expect("direct stats");
+    match &d.disabled {
+        None => true,
+        Some(why) if why.contains("set-up failed") => {
+            eprintln!("skipped: direct execution is not available on this host: {why}");
+            false
+        }
+        Some(why) => panic!("direct execution failed: {why}"),
+    }
+}
+
+#[test]
+fn user_task_runs_directly_with_the_results_of_translation() {
+    let t = run_guest_user_code(guests::USERTASK, "", UserCode::Translate, LIMIT);
+    t.assert_passed();
+    assert_eq!(t.outcome, RunOutcome::GuestExit(0), "{}", t.quoted_console());
+    let d = run_guest_user_code(guests::USERTASK, "", UserCode::Direct, LIMIT);
+    if !direct_runs(&d) {
+        return;
+    }
+    d.assert_passed();
+    assert_eq!(stable(&d), stable(&t), "direct and translated user code disagree");
+    let s = d.stats.direct.as_ref().expect("direct stats");
+    assert_eq!(s.escapes, 0, "{s:?}");
+    assert!(s.entries > 2000 && s.seconds > 0.0, "{s:?}");
+    let exits = |k: &str| s.exits.get(k).copied().unwrap_or(0);
+    // 2,000 + 50 system calls and a few reports; 64 demand faults and 2 protection
+    // faults reach the guest; the timer took the task back.
+    assert!(exits("syscall") >= 2050, "{s:?}");
+    assert!(exits("page_fault_guest") >= 66, "{s:?}");
+    assert!(exits("kick") >= 5, "{s:?}");
+    assert!(exits("exception") >= 1 && exits("int3") == 1 && exits("into") == 1, "{s:?}");
+    assert!(t.stats.direct.as_ref().is_some_and(|s| s.entries == 0));
+}
+
+#[test]
+fn a_runaway_user_loop_does_not_stop_the_machine() {
+    // The runaway task spins at CPL 3 with no system call or fault: only the
+    // host timer's kick brings the VMM back for the guest's timer interrupt,
+    // whose handler ends the task. Without it the run would time out.
+    let d = run_guest_user_code(guests::USERTASK, "compute=1000", UserCode::Direct, LIMIT);
+    if !direct_runs(&d) {
+        return;
+    }
+    d.assert_passed();
+    assert!(d.console.contains("runaway task ended by the timer with 0x77"), "{}", d.quoted_console());
+}
+
+#[test]
+fn a_far_jump_to_the_hosts_64_bit_segment_reaches_neither_host_nor_guest_kernel() {
+    // escape=1: ljmp to 0x33, then a 64-bit `syscall` (Syscall User Dispatch
+    // stops it); escape=2: the 64-bit code first tries to clear the runner's dispatch
+    // selector byte (read-only: a fault; were it writable, the seccomp filter would
+    // stop the call); escape=3: an mmap of guest RAM no user page maps, through a
+    // `syscall; ret` of the runner's own code (the VMM refuses it). The syscall never
+    // runs (the code after it would set a flag in guest memory), the runner is
+    // killed, and the guest kernel gets #GP and carries on, as on hardware where
+    // its GDT has no such segment.
+    for kind in [1, 2, 3] {
+        let cmdline = format!("escape={kind} compute=1000");
+        let t = run_guest_user_code(guests::USERTASK, &cmdline, UserCode::Translate, LIMIT);
+        t.assert_passed();
+        let d = run_guest_user_code(guests::USERTASK, &cmdline, UserCode::Direct, LIMIT);
+        if !direct_runs(&d) {
+            return;
+        }
+        d.assert_passed();
+        for line in ["user: escape_caught = 0x00000001", "user: escape_flag = 0x00000000"] {
+            assert!(d.console.contains(line), "escape={kind}: {}", d.quoted_console());
+        }
+        assert_eq!(stable(&d), stable(&t), "escape={kind}");
+        let s = d.stats.direct.as_ref().expect("direct stats");
+        assert_eq!(s.escapes, 1, "escape={kind}: {s:?}");
+        assert!(s.runners_started >= 2, "a new runner after the escape: {s:?}");
+    }
+}
+
+#[test]
+fn a_user_loop_run_directly_stops_at_the_time_limit() {
+    // `compute=4000000000` keeps the user task in its loop for far longer than the
+    // limit: the run must stop (the kick), not hang in the runner.
+    let started = std::time::Instant::now();
+    let d = run_guest_user_code(guests::USERTASK, "only-compute compute=4000000000", UserCode::Direct, Duration::from_secs(2));
+    if !direct_runs(&d) {
+        return;
+    }
+    assert!(matches!(d.outcome, RunOutcome::Stopped { .. }), "{:?}", d.outcome);
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(d.stats.direct.as_ref().is_some_and(|s| s.seconds > 1.0), "{:?}", d.stats.direct);
+}
+
+#[test]
+fn a_user_task_run_directly_survives_a_checkpoint() {
+    use bt86_runtime::checkpoint::{Checkpoint, Engine};
+    use bt86_runtime::devices::SharedBuffer;
+    use bt86_runtime::vm::run_with_timeout;
+    use bt86_runtime::{Vm, VmConfig};
+    // Stopped in its compute loop, saved, restored in a new VM on a new thread, and
+    // run directly to its end: the restored guest's TSC has an offset, so rdtsc
+    // traps in the runner and runs translated (user and kernel TSC stay one clock).
+    let cmdline = "compute=200000000";
+    let t = run_guest_user_code(guests::USERTASK, cmdline, UserCode::Translate, LIMIT);
+    t.assert_passed();
+    let out = SharedBuffer::new();
+    let out1 = out.clone();
+    let bytes = std::thread::spawn(move || {
+        let image = std::fs::read(guests::USERTASK).expect("guest");
+        let mut vm = Vm::new(VmConfig::new(32, Box::new(out1))).expect("create VM");
+        vm.load_multiboot(&image, cmdline).expect("load guest");
+        vm.set_user_code(UserCode::Direct);
+        let stopped = run_with_timeout(&mut vm, Duration::from_millis(150)).expect("run");
+        assert!(matches!(stopped, RunOutcome::Stopped { .. }), "{stopped:?}");
+        Checkpoint::capture(&mut vm, Engine::Bt, Vec::new()).expect("capture").to_bytes().expect("bytes")
+    })
+    .join()
+    .expect("first piece");
+    let out2 = out.clone();
+    let (outcome, stats) = std::thread::spawn(move || {
+        let mut vm = Checkpoint::from_bytes(&bytes).expect("read back").restore(Box::new(out2), false).expect("restore");
+        vm.set_user_code(UserCode::Direct);
+        let outcome = run_with_timeout(&mut vm, LIMIT).expect("run");
+        vm.flush_devices();
+        (outcome, vm.stats())
+    })
+    .join()
+    .expect("second piece");
+    let console = out.to_string_lossy();
+    assert_eq!(outcome, RunOutcome::GuestExit(0), "{console}");
+    let stable = |c: &str| c.lines().filter(|l| !l.starts_with('~')).collect::<Vec<_>>().join("\n");
+    assert_eq!(stable(&console), stable(&t.console));
+    let s = stats.direct.expect("direct stats");
+    if s.disabled.as_deref().is_some_and(|w| w.contains("set-up failed")) {
+        return;
+    }
+    assert!(s.disabled.is_none() && s.entries > 2000 && s.escapes == 0, "{s:?}");
+}
