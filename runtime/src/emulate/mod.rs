@@ -25,6 +25,7 @@ pub(crate) mod flags;
 mod interrupts;
 mod io;
 mod legacy;
+mod native_alu;
 pub(crate) mod msr;
 mod segments;
 mod stack;

@@ -370,14 +370,33 @@ fn finish(mut b: Builder<'_>, eip: u32, guest_len: u32, guest_insns: usize, firs
 }
 
 /// The stores adaptive translation may turn into `TracedWrite` callouts: `mov`
-/// and `xchg` to memory, the forms kernels use to write page-table entries.
+/// and `xchg` to memory, and the read-modify-write forms kernels use on
+/// page-table entries (`and`/`or`/... with a register or an immediate, `inc`,
+/// `dec`, `not`, `neg`, `bts`/`btr`/`btc` with an immediate, `cmpxchg`).
 pub fn is_adaptive_store(ins: &Instruction) -> bool {
     use iced_x86::Code::*;
-    matches!(
+    use iced_x86::OpKind::*;
+    if ins.op0_kind() != Memory {
+        return false;
+    }
+    let plain = matches!(
         ins.code(),
         Mov_rm32_r32 | Mov_rm16_r16 | Mov_rm8_r8 | Mov_rm32_imm32 | Mov_rm16_imm16 | Mov_rm8_imm8
             | Mov_moffs32_EAX | Mov_moffs16_AX | Mov_moffs8_AL | Xchg_rm32_r32 | Xchg_rm16_r16 | Xchg_rm8_r8
-    ) && ins.op0_kind() == iced_x86::OpKind::Memory
+    );
+    let size = ins.memory_size().size();
+    let source = if ins.op_count() == 1 { None } else { Some(ins.op1_kind()) };
+    let imm = matches!(source, Some(Immediate8 | Immediate16 | Immediate32 | Immediate8to16 | Immediate8to32));
+    let rmw = match ins.mnemonic() {
+        Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Add | Mnemonic::Sub | Mnemonic::Adc | Mnemonic::Sbb => {
+            imm || source == Some(Register)
+        }
+        Mnemonic::Inc | Mnemonic::Dec | Mnemonic::Not | Mnemonic::Neg => source.is_none(),
+        Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => source == Some(Immediate8),
+        Mnemonic::Cmpxchg => source == Some(Register),
+        _ => false,
+    };
+    (plain || rmw) && matches!(size, 1 | 2 | 4)
 }
 
 /// Translates one instruction; a form the host encoder rejects becomes an

@@ -264,12 +264,24 @@ fn hidden_privileged_features_raise_ud() {
 }
 
 #[test]
-fn adaptive_stores_include_the_moffs_forms() {
+fn adaptive_stores_include_the_moffs_and_read_modify_write_forms() {
     let decode = |bytes: &[u8]| iced_x86::Decoder::with_ip(32, bytes, 0x1000, iced_x86::DecoderOptions::NONE).decode();
-    for bytes in [&[0xa3, 0x00, 0xb0, 0x10, 0x00][..], &[0xa2, 0, 0, 0, 0], &[0x89, 0x08], &[0xc7, 0x00, 1, 0, 0, 0], &[0x87, 0x08]] {
+    let stores: [&[u8]; 10] = [
+        &[0xa3, 0x00, 0xb0, 0x10, 0x00],
+        &[0xa2, 0, 0, 0, 0],
+        &[0x89, 0x08],
+        &[0xc7, 0x00, 1, 0, 0, 0],
+        &[0x87, 0x08],
+        &[0x01, 0x08],             // add %ecx,(%eax)
+        &[0x80, 0x26, 0xfd],       // andb $0xfd,(%esi): Linux's ptep_set_wrprotect
+        &[0x0f, 0xba, 0x30, 0x01], // btr $1,(%eax)
+        &[0x0f, 0xb1, 0x08],       // cmpxchg %ecx,(%eax)
+        &[0xff, 0x00],             // incl (%eax)
+    ];
+    for bytes in stores {
         assert!(is_adaptive_store(&decode(bytes)), "{bytes:02x?}");
     }
-    for bytes in [&[0xa1, 0, 0, 0, 0][..], &[0x01, 0x08], &[0x8b, 0x08], &[0x89, 0xc8]] {
+    for bytes in [&[0xa1, 0, 0, 0, 0][..], &[0x03, 0x08], &[0x8b, 0x08], &[0x89, 0xc8], &[0x0f, 0xab, 0x08], &[0x0f, 0xa3, 0x08]] {
         assert!(!is_adaptive_store(&decode(bytes)), "{bytes:02x?}");
     }
 }
