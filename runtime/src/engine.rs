@@ -749,8 +749,13 @@ impl Vm {
     /// An adaptive store at `eip` wrote a page table (`hit`) or not. One that keeps
     /// missing (a copy loop that once touched a page table, a table no longer
     /// traced) becomes a plain store again: a callout costs an exit every time.
+    /// But only once: a store that became adaptive again after that misses in
+    /// bursts (Linux's `unmap_page_range` clearing a table untraced by a burst of
+    /// writes, then hitting traced tables at the next exit), and each return would
+    /// cost three tracing faults and two retranslations.
     fn adaptive_outcome(&mut self, eip: u32, hit: bool) -> Result<(), VmError> {
         const PLAIN_AFTER: u32 = 32;
+        const MAX_MADE_PLAIN: usize = 4096;
         if hit {
             self.shadow.adaptive_misses.remove(&eip);
             return Ok(());
@@ -759,6 +764,13 @@ impl Vm {
         *misses += 1;
         if *misses >= PLAIN_AFTER {
             self.shadow.adaptive_misses.remove(&eip);
+            if self.shadow.made_plain.contains(&eip) {
+                return Ok(());
+            }
+            if self.shadow.made_plain.len() >= MAX_MADE_PLAIN {
+                self.shadow.made_plain.clear();
+            }
+            self.shadow.made_plain.insert(eip);
             self.shadow.trace_counts.remove(&eip);
             self.tr.make_plain(eip)?;
         }

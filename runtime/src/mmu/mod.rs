@@ -327,6 +327,8 @@ pub(crate) struct Shadow {
     pub table_write_hits: u64,
     /// Consecutive writes per adaptive store that missed every traced frame.
     pub adaptive_misses: HashMap<u32, u32>,
+    /// Adaptive stores made plain again once (bounded: cleared when large).
+    pub made_plain: HashSet<u32>,
     /// Void pages mapped into the identity view (paging off), oldest first.
     void_pages: std::collections::VecDeque<u32>,
     /// Frame → how many cached spaces trace it (the union of their `traced`
