@@ -250,13 +250,13 @@ impl GuestRam {
             Transfer::Out(buf) => (guest.cast_const(), buf.as_mut_ptr()),
             Transfer::In(data) => (data.as_ptr(), guest),
         };
+        // Constant lengths for the sizes page walks and emulated accesses use: a
+        // move instead of a call to memmove.
         // SAFETY: `[phys, phys+len)` is inside the alias mapping (checked above), which
         // stays mapped read-write for the lifetime of `self`. The host buffer is a Rust
         // slice of exactly `len` bytes, and it cannot lie inside the alias because this
         // type never hands out references into it, so the ranges do not overlap. Guest
         // writes through other mappings happen only while no Rust code runs on this VM.
-        // Constant lengths for the sizes page walks and emulated accesses use: a
-        // move instead of a call to memmove.
         unsafe {
             match len {
                 4 => ptr::copy_nonoverlapping(src, dst, 4),
