@@ -118,6 +118,12 @@ impl CpuModel {
         self.leaves.iter().find(|(k, _)| *k == (leaf, sub)).map_or([0; 4], |(_, v)| *v)
     }
 
+    /// The table translated `cpuid` answers from (leaves 4 and 7 have subleaves:
+    /// the VMM answers those).
+    pub fn cpuid_table(&self) -> bt86_translator::abi::CpuidTable {
+        bt86_translator::abi::CpuidTable::build(|leaf| self.cpuid(leaf, 0), &[4, 7])
+    }
+
     /// The vendor of the leaf-0 string.
     pub fn vendor(&self) -> Vendor {
         match self.cpuid(0, 0) {

@@ -173,6 +173,7 @@ impl Vm {
         view.map_identity(ram.fd(), ram.size())?;
         let mut tr = Translator::new(cfg.code_cache_bytes, crate::cpu_model::CpuModel::host().isa())?;
         tr.ctx_mut().gs_base = view.base();
+        tr.ctx_mut().cpuid = crate::cpu_model::CpuModel::host().cpuid_table();
         let mut platform_cfg = PlatformConfig::new(cfg.console, mem_bytes);
         platform_cfg.stdin_input = cfg.stdin_input;
         if let Some(clock) = cfg.clock {

@@ -124,6 +124,36 @@ pub struct VcpuCtx {
     /// Where translated `fxsave`/`fnsave`/`fnstenv` store the host's image before
     /// a scrubbed copy goes to the guest (`translate::fpu`).
     pub fpu_image: FpuImage,
+    /// The guest's CPUID answers that translated `cpuid` reads inline
+    /// (`translate::cpuid`): one row per leaf 0–15 and 0x8000_0000–0x8000_000f.
+    pub cpuid: CpuidTable,
+}
+
+/// Rows of `VcpuCtx::cpuid`: leaf `l` (basic or extended, low nibble `n`) is row
+/// `2n + (l >> 31)`, 32 bytes each: eax, ebx, ecx, edx, then a word that is
+/// non-zero when the row answers the leaf whatever ecx holds (0: the VMM answers,
+/// for leaves with subleaves).
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuidTable(pub [[u32; 8]; 32]);
+
+impl CpuidTable {
+    /// The row holding `leaf`, if the table has one.
+    pub fn row(leaf: u32) -> Option<usize> {
+        (leaf & 0x7fff_fff0 == 0).then(|| (leaf & 0xf) as usize * 2 + (leaf >> 31) as usize)
+    }
+
+    /// A table answering from `cpuid(leaf)` (subleaf 0), leaving the leaves in
+    /// `by_subleaf` to the VMM.
+    pub fn build(cpuid: impl Fn(u32) -> [u32; 4], by_subleaf: &[u32]) -> Self {
+        let mut t = Self::default();
+        for leaf in (0..16).chain(0x8000_0000..0x8000_0010) {
+            let row = Self::row(leaf).expect("in the table");
+            let [a, b, c, d] = cpuid(leaf);
+            t.0[row] = [a, b, c, d, u32::from(!by_subleaf.contains(&leaf)), 0, 0, 0];
+        }
+        t
+    }
 }
 
 /// A 512-byte, 16-byte-aligned buffer for an `fxsave` image.
@@ -158,6 +188,7 @@ impl Default for VcpuCtx {
             code_map: 0,
             seg_base: [0; 6],
             fpu_image: FpuImage([0; 512]),
+            cpuid: CpuidTable::default(),
         }
     }
 }
@@ -191,6 +222,7 @@ pub mod off {
     pub const FPU_IMAGE: i32 = o(offset_of!(VcpuCtx, fpu_image));
     pub const SEG_BASE: i32 = o(offset_of!(VcpuCtx, seg_base));
     pub const CODE_MAP: i32 = o(offset_of!(VcpuCtx, code_map));
+    pub const CPUID: i32 = o(offset_of!(VcpuCtx, cpuid));
 }
 
 /// Guest arithmetic flags kept in host rflags: CF PF AF ZF SF DF OF.

@@ -94,7 +94,8 @@ impl Asm {
     /// Rewrites the rel8 field at offset `at` to reach the current position.
     pub fn patch_rel8_here(&mut self, at: usize) {
         let rel = self.buf.len() - (at + 1);
-        self.buf[at] = u8::try_from(rel).expect("short branch out of range");
+        let rel = i8::try_from(rel).expect("short branch out of range");
+        self.buf[at] = rel.to_le_bytes()[0];
     }
 
     /// The finished bytes.

@@ -349,6 +349,7 @@ impl Checkpoint {
             msrs: c.msrs,
         };
         let ctx = vm.tr.ctx_mut();
+        ctx.cpuid = model.cpuid_table();
         ctx.gpr = c.gpr;
         ctx.eip = c.eip;
         ctx.rflags = u64::from(c.eflags & ARITH_FLAGS | eflags::FIXED);

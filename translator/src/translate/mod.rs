@@ -10,6 +10,7 @@
 //! undo the difference).
 
 mod branch;
+mod cpuid;
 mod divide;
 mod fpu;
 mod ident;

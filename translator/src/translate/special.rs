@@ -48,6 +48,7 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
             Flow::Next
         }
         Into => into(b)?,
+        Cpuid if super::cpuid::inline_possible() => super::cpuid::translate(b)?,
         // Extensions the guest CPU lacks never get here (`Isa::allows`).
         Ud0 | Ud1 | Ud2 | Syscall | Sysret => raise_ud(b)?,
         Sysenter | Sysexit => end(b, CalloutKind::Emulate)?,
