@@ -177,14 +177,14 @@ mod tests {
     /// four registers, and the debug-exit port ending the run.
     #[test]
     fn loop_of_light_exits_runs_to_the_guest_exit() {
-        // mov $0x11223344,%eax; in $0x80,%al (0xff: no POST read-back yet)
+        // mov $0x11223344,%eax; in $0xed,%al (an unclaimed port: 0xff)
         // mov $0x3f8,%dx; mov $'L',%al; out %al,(%dx)
-        // mov $3,%ecx; 1: in $0x80,%ax; loop 1b            (stays light)
+        // mov $3,%ecx; 1: in $0xed,%ax; loop 1b            (stays light)
         // mov %eax,%esi; xor %eax,%eax; cpuid; mov %ebx,%edi (vendor word)
         // mov $0xf4,%dx; mov $5,%eax; out %eax,(%dx)
         let code = [
-            0xb8, 0x44, 0x33, 0x22, 0x11, 0xe4, 0x80, 0x66, 0xba, 0xf8, 0x03, 0xb0, b'L', 0xee, 0xb9, 3, 0, 0, 0, 0x66,
-            0xe5, 0x80, 0xe2, 0xfb, 0x89, 0xc6, 0x31, 0xc0, 0x0f, 0xa2, 0x89, 0xdf, 0x66, 0xba, 0xf4, 0x00, 0xb8, 5, 0,
+            0xb8, 0x44, 0x33, 0x22, 0x11, 0xe4, 0xed, 0x66, 0xba, 0xf8, 0x03, 0xb0, b'L', 0xee, 0xb9, 3, 0, 0, 0, 0x66,
+            0xe5, 0xed, 0xe2, 0xfb, 0x89, 0xc6, 0x31, 0xc0, 0x0f, 0xa2, 0x89, 0xdf, 0x66, 0xba, 0xf4, 0x00, 0xb8, 5, 0,
             0, 0, 0xef,
         ];
         let out = crate::devices::SharedBuffer::new();
@@ -194,11 +194,37 @@ mod tests {
         assert_eq!(vm.run().unwrap(), crate::vm::RunOutcome::GuestExit(5));
         assert_eq!(out.to_string_lossy(), "L");
         let regs = vm.registers().0;
-        let post = u32::from(vm.bus.read(0x80, 1) as u8);
+        let post = u32::from(vm.bus.read(0xed, 1) as u8);
         assert_eq!(regs[6] >> 16, 0x1122, "in %ax keeps the upper half");
-        assert_eq!(regs[6] & 0xffff, post | post << 8, "two POST bytes in ax");
+        assert_eq!(regs[6] & 0xffff, post | post << 8, "two port bytes in ax");
         assert_eq!(regs[7], vm.cpu.model.cpuid(0, 0)[1], "cpuid's ebx");
         assert!(vm.stats.light_exits >= 6, "light exits: {}", vm.stats.light_exits);
+    }
+
+    /// The POST port at CPL 0 is translated inline: reads float high in al, ax
+    /// and eax as the device's do, writes vanish, and only the debug-exit port
+    /// leaves translated code.
+    #[test]
+    fn post_port_at_cpl0_never_exits() {
+        // mov $0x11223344,%eax; in $0x80,%al; mov %eax,%ebx
+        // mov $0x11223344,%eax; in $0x80,%ax; mov %eax,%ecx
+        // in $0x80,%eax; mov %eax,%esi; out %al,$0x80; out %eax,$0x80
+        // mov $0xf4,%dx; mov $5,%eax; out %eax,(%dx)
+        let code = [
+            0xb8, 0x44, 0x33, 0x22, 0x11, 0xe4, 0x80, 0x89, 0xc3, 0xb8, 0x44, 0x33, 0x22, 0x11, 0x66, 0xe5, 0x80, 0x89,
+            0xc1, 0xe5, 0x80, 0x89, 0xc6, 0xe6, 0x80, 0xe7, 0x80, 0x66, 0xba, 0xf4, 0x00, 0xb8, 0x05, 0x00, 0x00, 0x00,
+            0xef,
+        ];
+        let mut vm = Vm::new(crate::vm::VmConfig::new(2, Box::new(std::io::sink()))).unwrap();
+        vm.ram.write(0x1000, &code).unwrap();
+        vm.set_flat_state(0x1000, [0, 0, 0, 0, 0x8000, 0, 0, 0], 0);
+        assert_eq!(vm.run().unwrap(), crate::vm::RunOutcome::GuestExit(5));
+        let regs = vm.registers().0;
+        let mut device = |size| vm.bus.read(0x80, size);
+        assert_eq!(regs[3], 0x1122_3300 | device(1), "in %al");
+        assert_eq!(regs[1], 0x1122_0000 | device(2), "in %ax");
+        assert_eq!(regs[6], device(4), "in %eax");
+        assert_eq!(vm.stats.light_exits, 1, "only the exit port leaves");
     }
 
     #[test]

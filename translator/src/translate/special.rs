@@ -49,6 +49,7 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         }
         Into => into(b)?,
         Cpuid if super::cpuid::inline_possible() => super::cpuid::translate(b)?,
+        In | Out if b.mode.cpl == 0 && is_post_port(&i) => post_port(b)?,
         // Extensions the guest CPU lacks never get here (`Isa::allows`).
         Ud0 | Ud1 | Ud2 | Syscall | Sysret => raise_ud(b)?,
         Sysenter | Sysexit => end(b, CalloutKind::Emulate)?,
@@ -71,6 +72,30 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         _ => return Ok(None),
     };
     Ok(Some(flow))
+}
+
+/// The platform's POST-code port (0x80), which Linux writes as an I/O delay
+/// (`outb_p`), has no state a guest can see: reads float high and writes are
+/// dropped (`bt86_runtime::devices::misc::PostCode`; the POST code it logs is a
+/// diagnostic, not kept for these). At CPL 0 no I/O permission check applies, so
+/// an immediate-port access there is inline.
+const POST_PORT: u8 = 0x80;
+
+fn is_post_port(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|op| i.op_kind(op) == OpKind::Immediate8 && i.immediate8() == POST_PORT)
+}
+
+/// `in $0x80` loads all ones into al/ax/eax; `out $0x80` does nothing.
+fn post_port(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
+    if b.ins.mnemonic() == Mnemonic::In {
+        let ins = match b.ins.op0_register() {
+            Register::AL => Instruction::with2(Code::Mov_r8_imm8, Register::AL, 0xffu32),
+            Register::AX => Instruction::with2(Code::Mov_r16_imm16, Register::AX, 0xffffu32),
+            _ => Instruction::with2(Code::Mov_r32_imm32, Register::EAX, u32::MAX),
+        };
+        b.a.ins(&ins.map_err(ice)?)?;
+    }
+    Ok(Flow::Next)
 }
 
 fn is_far(i: &Instruction) -> bool {
