@@ -141,6 +141,8 @@ impl Vm {
             let ctx = self.tr.ctx_mut();
             ctx.gs_base = view;
             ctx.seg_base = bases;
+            ctx.seg_sel = self.cpu.seg.map(|s| s.selector);
+            crate::emulate::segments::prepare_inline_loads(&self.cpu, &mut ctx.seg_reload);
             ctx.code_map = code_map;
             if self.stop_requested() {
                 return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
@@ -149,7 +151,7 @@ impl Vm {
                 // Direct execution left the guest's x87/SSE state in an image.
                 crate::checkpoint::load_guest_fpu(self);
             }
-            self.tr.run(host)?;
+            self.run_translated(host)?;
             self.stats.guest_exits += 1;
             if self.shadow.pending_trace.is_some() {
                 self.finish_trace()?;
@@ -171,6 +173,16 @@ impl Vm {
                 next = self.interrupt_boundary(next)?;
             }
         }
+    }
+
+    /// Runs translated code from `host` until it exits, then takes back the
+    /// state it may have changed outside the context (segment registers it
+    /// loaded inline).
+    pub(crate) fn run_translated(&mut self, host: u64) -> Result<(), VmError> {
+        self.tr.run(host)?;
+        let ctx = self.tr.ctx();
+        crate::emulate::segments::finish_inline_loads(&mut self.cpu, &ctx.seg_sel, &ctx.seg_reload);
+        Ok(())
     }
 
     /// After an exit while an instruction runs alone for the guest's debugging

@@ -95,7 +95,7 @@ impl Vm {
                 // Device state may have changed: the boundary polls and delivers.
                 return Ok(Light::Done(Next::Resume(resume)));
             }
-            self.tr.run(resume)?;
+            self.run_translated(resume)?;
             self.stats.guest_exits += 1;
         }
     }

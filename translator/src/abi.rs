@@ -121,6 +121,11 @@ pub struct VcpuCtx {
     pub code_map: u64,
     /// Segment bases es, cs, ss, ds, fs, gs (copied from the vCPU before entry).
     pub seg_base: [u32; 6],
+    /// Their selectors (copied before entry): translated `push`/`mov` from a
+    /// segment register read them.
+    pub seg_sel: [u16; 6],
+    /// When loading a segment register needs no VMM (`translate::segreg`).
+    pub seg_reload: SegReload,
     /// Where translated `fxsave`/`fnsave`/`fnstenv` store the host's image before
     /// a scrubbed copy goes to the guest (`translate::fpu`).
     pub fpu_image: FpuImage,
@@ -156,6 +161,71 @@ impl CpuidTable {
     }
 }
 
+/// What a translated `mov`/`pop` to DS, ES, FS or GS at CPL 0 checks to load a
+/// selector without the VMM (`translate::segreg`): the register holds a flat
+/// data segment now, and the new selector is one the VMM has loaded before as a
+/// flat data segment a CPL-0 load accepts, whose GDT descriptor still reads as
+/// it did then (accessed bit set). The translation mode then stays the same;
+/// the new selector goes into `seg_sel`, and the VMM rebuilds the register's
+/// cache from the same descriptor after the exit. Negated values keep the
+/// comparisons flag-free (`lea`, `jrcxz`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SegReload {
+    /// Per segment register: 0 when it holds a flat data segment (base 0, limit
+    /// 4 GiB, writable, expand-up, present), else 1.
+    pub not_flat: [u64; 6],
+    /// Known flat selectors, by the selector's low byte.
+    pub known: [KnownSelector; 256],
+    /// The GDTR (base << 16 | limit) they were read through: the VMM forgets
+    /// them when it changes.
+    pub gdtr: u64,
+}
+
+/// A flat data selector and the descriptor it was loaded from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KnownSelector {
+    /// `-selector`, or `SegReload::NONE`.
+    pub neg_sel: u64,
+    /// `-descriptor` (its 8 bytes as a little-endian u64, accessed bit set).
+    pub neg_desc: u64,
+    /// Linear address of the descriptor in the GDT.
+    pub desc_addr: u32,
+    _pad: u32,
+}
+
+// Translated code scales the selector's low byte by 24 (`translate::segreg`).
+const _: () = assert!(core::mem::size_of::<KnownSelector>() == 24);
+
+impl KnownSelector {
+    pub fn new(selector: u16, desc: u64, desc_addr: u32) -> Self {
+        Self { neg_sel: u64::from(selector).wrapping_neg(), neg_desc: desc.wrapping_neg(), desc_addr, _pad: 0 }
+    }
+
+    /// The descriptor, if this entry is `selector`'s.
+    pub fn descriptor_of(&self, selector: u16) -> Option<u64> {
+        (self.neg_sel == u64::from(selector).wrapping_neg()).then(|| self.neg_desc.wrapping_neg())
+    }
+}
+
+impl SegReload {
+    /// A `neg_sel` no 16-bit selector cancels.
+    pub const NONE: u64 = 1 << 40;
+
+    /// Forgets every known selector (the GDT moved).
+    pub fn forget(&mut self) {
+        self.known = Self::default().known;
+    }
+}
+
+impl Default for SegReload {
+    fn default() -> Self {
+        let none = KnownSelector { neg_sel: Self::NONE, neg_desc: 0, desc_addr: 0, _pad: 0 };
+        Self { not_flat: [1; 6], known: [none; 256], gdtr: 0 }
+    }
+}
+
 /// A 512-byte, 16-byte-aligned buffer for an `fxsave` image.
 #[repr(C, align(16))]
 #[derive(Clone, Copy, Debug)]
@@ -187,6 +257,8 @@ impl Default for VcpuCtx {
             fault: FaultRecord::default(),
             code_map: 0,
             seg_base: [0; 6],
+            seg_sel: [0; 6],
+            seg_reload: SegReload::default(),
             fpu_image: FpuImage([0; 512]),
             cpuid: CpuidTable::default(),
         }
@@ -221,6 +293,12 @@ pub mod off {
     pub const XMM: i32 = o(offset_of!(VcpuCtx, xmm));
     pub const FPU_IMAGE: i32 = o(offset_of!(VcpuCtx, fpu_image));
     pub const SEG_BASE: i32 = o(offset_of!(VcpuCtx, seg_base));
+    pub const SEG_SEL: i32 = o(offset_of!(VcpuCtx, seg_sel));
+    pub const SEG_NOT_FLAT: i32 = o(offset_of!(VcpuCtx, seg_reload) + offset_of!(SegReload, not_flat));
+    const KNOWN: usize = offset_of!(VcpuCtx, seg_reload) + offset_of!(SegReload, known);
+    pub const KNOWN_NEG_SEL: i32 = o(KNOWN + offset_of!(KnownSelector, neg_sel));
+    pub const KNOWN_NEG_DESC: i32 = o(KNOWN + offset_of!(KnownSelector, neg_desc));
+    pub const KNOWN_DESC_ADDR: i32 = o(KNOWN + offset_of!(KnownSelector, desc_addr));
     pub const CODE_MAP: i32 = o(offset_of!(VcpuCtx, code_map));
     pub const CPUID: i32 = o(offset_of!(VcpuCtx, cpuid));
 }

@@ -27,7 +27,7 @@ mod io;
 mod legacy;
 mod native_alu;
 pub(crate) mod msr;
-mod segments;
+pub(crate) mod segments;
 mod stack;
 mod string;
 mod sysenter;

@@ -25,6 +25,53 @@ pub(crate) fn touches_sreg(ins: &Instruction) -> bool {
 /// Accessed bit of the type field.
 const ACCESSED: u8 = 1;
 
+/// A flat data segment: base 0, limit 4 GiB, writable, expand-up, present.
+/// Loading one flat segment over another leaves the translation mode as it is,
+/// which is what lets translated code do it (`bt86_translator::abi::SegReload`).
+fn is_flat(seg: &Segment) -> bool {
+    !is_null(seg.selector) && seg.base == 0 && seg.limit == u32::MAX && seg.attrs & 0x9e == 0x92
+}
+
+/// Prepares the context's `SegReload` for translated code: which data segment
+/// registers hold a flat segment now, and (if the GDTR moved) no known selectors.
+pub(crate) fn prepare_inline_loads(cpu: &crate::cpu::Cpu, r: &mut bt86_translator::abi::SegReload) {
+    let flat = cpu.cr0 & crate::cpu::cr0::PE != 0;
+    for (i, seg) in cpu.seg.iter().enumerate() {
+        r.not_flat[i] = u64::from(!(flat && is_flat(seg)));
+    }
+    let gdtr = u64::from(cpu.gdtr.base) << 16 | u64::from(cpu.gdtr.limit);
+    if r.gdtr != gdtr {
+        r.forget();
+        r.gdtr = gdtr;
+    }
+}
+
+/// After translated code ran: the caches of the data segment registers it
+/// loaded inline (it wrote only their selectors), from the known descriptors.
+pub(crate) fn finish_inline_loads(cpu: &mut crate::cpu::Cpu, sel: &[u16; 6], r: &bt86_translator::abi::SegReload) {
+    for idx in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
+        if sel[idx] == cpu.seg[idx].selector {
+            continue;
+        }
+        let known = r.known[usize::from(sel[idx] & 0xff)];
+        if let Some(raw) = known.descriptor_of(sel[idx]) {
+            #[allow(clippy::cast_possible_truncation)]
+            let desc = Descriptor { lo: raw as u32, hi: (raw >> 32) as u32 };
+            cpu.seg[idx] = desc.to_segment(sel[idx]);
+        }
+    }
+}
+
+/// Records a flat data segment just loaded from the GDT for translated code to
+/// load again inline at CPL 0 (where DPL >= RPL is all a load checks).
+fn remember_flat(m: &mut Machine<'_>, e: &Entry, d: Descriptor, seg: &Segment) {
+    let sel = seg.selector;
+    if sel & 4 == 0 && is_flat(seg) && d.dpl() >= (sel & 3) as u8 && e.addr <= u32::MAX - 7 {
+        let raw = u64::from(d.hi) << 32 | u64::from(d.lo);
+        m.ctx.seg_reload.known[usize::from(sel & 0xff)] = bt86_translator::abi::KnownSelector::new(sel, raw, e.addr);
+    }
+}
+
 /// Looks `sel` up, #GP(sel) if it lies beyond its table.
 fn entry(m: &mut Machine<'_>, sel: u16) -> Result<Entry, Fault> {
     fetch(m, sel)?.ok_or_else(|| Fault::gp_sel(sel))
@@ -57,7 +104,10 @@ pub(crate) fn check_data(m: &mut Machine<'_>, sel: u16) -> Result<Segment, Fault
     if !d.present() {
         return Err(Fault::np_sel(sel));
     }
-    load(m, e, sel)
+    let d = set_type_bits(m, e, ACCESSED)?;
+    let seg = d.to_segment(sel);
+    remember_flat(m, &e, d, &seg);
+    Ok(seg)
 }
 
 /// The cache for `sel` loaded into SS.
@@ -746,5 +796,41 @@ mod tests {
         t.write_u32(STACK_TOP + 4, 0x08);
         assert_eq!(t.run(&retf), gp(0x08));
         assert_eq!(t.esp(), STACK_TOP);
+    }
+
+    /// Translated code loads known flat selectors into DS and ES without the
+    /// VMM (mov, push/pop swaps), the VMM takes the caches back after the run,
+    /// and a load whose GDT descriptor has changed since goes to the VMM again.
+    #[test]
+    fn known_flat_selectors_load_inline() {
+        // lgdt 0x3000; mov $0x18,%ax; mov %ax,%ds; mov $0x20,%ax; mov %ax,%es
+        // mov $0x20,%ax; mov %ax,%ds; mov $0x18,%ax; mov %ax,%es        (inline)
+        // mov $100,%ecx; 1: push %ds; push %es; pop %ds; pop %es; loop 1b
+        // mov %ds,%ebx; movl $0x1000ffff,0x3028 (entry 4 gets base 0x1000)
+        // mov $0x20,%ax; mov %ax,%ds (to the VMM); mov 0,%esi (ds:0 = 0x1000)
+        // mov $0xf4,%dx; mov $5,%eax; out %eax,(%dx)
+        let code = [
+            0x0f, 0x01, 0x15, 0x00, 0x30, 0x00, 0x00, 0x66, 0xb8, 0x18, 0x00, 0x8e, 0xd8, 0x66, 0xb8, 0x20, 0x00, 0x8e,
+            0xc0, 0x66, 0xb8, 0x20, 0x00, 0x8e, 0xd8, 0x66, 0xb8, 0x18, 0x00, 0x8e, 0xc0, 0xb9, 0x64, 0x00, 0x00, 0x00,
+            0x1e, 0x06, 0x1f, 0x07, 0xe2, 0xfa, 0x8c, 0xdb, 0xc7, 0x05, 0x28, 0x30, 0x00, 0x00, 0xff, 0xff, 0x00, 0x10,
+            0x66, 0xb8, 0x20, 0x00, 0x8e, 0xd8, 0x8b, 0x35, 0x00, 0x00, 0x00, 0x00, 0x66, 0xba, 0xf4, 0x00, 0xb8, 0x05,
+            0x00, 0x00, 0x00, 0xef,
+        ];
+        let flat = |typ: u32| [0x0000_ffffu32, 0x00cf_0000 | typ << 8];
+        let gdt: Vec<u32> = [[0, 0], [0, 0], flat(0x9b), flat(0x93), flat(0x93)].concat();
+        let mut vm = crate::vm::Vm::new(crate::vm::VmConfig::new(2, Box::new(std::io::sink()))).unwrap();
+        vm.ram.write(0x1000, &code).unwrap();
+        vm.ram.write(0x3000, &[0x27, 0x00, 0x08, 0x30, 0x00, 0x00]).unwrap();
+        vm.ram.write(0x3008, &gdt.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        vm.set_flat_state(0x1000, [0, 0, 0, 0, 0x8000, 0, 0, 0], 0);
+        assert_eq!(vm.run().unwrap(), crate::vm::RunOutcome::GuestExit(5));
+        let regs = vm.registers().0;
+        assert_eq!(regs[3], 0x20, "mov %ds,%ebx after an even number of swaps");
+        assert_eq!(regs[6], u32::from_le_bytes(code[..4].try_into().unwrap()), "ds:0 reads at the new base");
+        assert_eq!(vm.cpu.seg[sreg::ES], Segment { selector: 0x18, base: 0, limit: u32::MAX, attrs: 0xc093 });
+        assert_eq!(vm.cpu.seg[sreg::DS].base, 0x1000, "the changed descriptor was loaded");
+        let calls = |m| vm.stats.callouts.get(&m).copied().unwrap_or(0);
+        assert_eq!(calls(Mnemonic::Mov), 3, "two first loads and the changed descriptor");
+        assert_eq!(calls(Mnemonic::Push) + calls(Mnemonic::Pop), 0);
     }
 }

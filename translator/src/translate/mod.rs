@@ -15,6 +15,7 @@ mod divide;
 mod fpu;
 mod ident;
 mod length;
+mod segreg;
 mod special;
 mod stack;
 mod string;

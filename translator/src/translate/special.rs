@@ -58,9 +58,11 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         Fxsave | Fnsave | Fsave | Fnstenv | Fstenv => super::fpu::save(b)?,
         Hlt | Iretd | Iret | Int | Int1 | Int3 | Retf | Popfd | Popf | Rsm => end(b, CalloutKind::Emulate)?,
         Jmp | Call if is_far(&i) => end(b, CalloutKind::Emulate)?,
-        Mov if touches_sreg(&i) => end(b, CalloutKind::Emulate)?,
+        Mov | Push | Pop if touches_sreg(&i) => match super::segreg::translate(b)? {
+            Some(flow) => flow,
+            None => end(b, CalloutKind::Emulate)?,
+        },
         Mov if touches_cr_dr(&i) => end(b, CalloutKind::Emulate)?,
-        Push | Pop if touches_sreg(&i) => end(b, CalloutKind::Emulate)?,
         Lds | Les | Lfs | Lgs | Lss => end(b, CalloutKind::Emulate)?,
         Pushfd | Pushf | In | Out | Insb | Insw | Insd | Outsb | Outsw | Outsd | Lgdt | Sgdt | Lidt
         | Sidt | Lldt | Sldt | Ltr | Str | Smsw | Lmsw | Lar | Lsl | Verr | Verw | Cpuid | Rdtsc
