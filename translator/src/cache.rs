@@ -315,6 +315,13 @@ impl Translator {
         self.units[id as usize].guest_end
     }
 
+    /// Where an indirect branch to `eip` would go in the current mode (a unit's
+    /// page check, or its body with paging off), if the lookup table has it: the
+    /// VMM can enter there too, as the branch would.
+    pub fn lookup_entry(&self, eip: u32) -> Option<u64> {
+        self.lookup.get(eip)
+    }
+
     /// Host address where the VMM enters unit `id` (past its page check).
     pub fn entry(&self, id: u32) -> u64 {
         self.units[id as usize].body

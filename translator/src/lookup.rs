@@ -90,7 +90,7 @@ impl LookupTables {
         self.table = new_table();
     }
 
-    /// The entry for `eip` in the current table, if it is set (for tests).
+    /// The entry for `eip` in the current table, if it is set.
     pub fn get(&self, eip: u32) -> Option<u64> {
         let [e, host] = self.table[index(eip)];
         (e == u64::from(eip) + 1).then_some(host)
