@@ -257,7 +257,7 @@ impl Vm {
     /// (its entries are the units' page checks, which verify the current space
     /// still maps the unit's frame). Mode changes (int, iret, sysenter, ...)
     /// return to the same few eips, so most of their dispatches hit.
-    fn dispatch_hit(&mut self, eip: u32, transient: bool) -> Option<u64> {
+    pub(crate) fn dispatch_hit(&mut self, eip: u32, transient: bool) -> Option<u64> {
         if transient || self.debug.is_some() {
             return None;
         }
@@ -982,7 +982,7 @@ impl Vm {
     /// bursts (Linux's `unmap_page_range` clearing a table untraced by a burst of
     /// writes, then hitting traced tables at the next exit), and each return would
     /// cost three tracing faults and two retranslations.
-    fn adaptive_outcome(&mut self, eip: u32, hit: bool) -> Result<(), VmError> {
+    pub(crate) fn adaptive_outcome(&mut self, eip: u32, hit: bool) -> Result<(), VmError> {
         const PLAIN_AFTER: u32 = 32;
         const MAX_MADE_PLAIN: usize = 4096;
         if hit {

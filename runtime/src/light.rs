@@ -9,7 +9,7 @@
 //! general path then runs the instruction boundary as usual.
 
 use crate::devices::IoEffect;
-use crate::emulate::Stop;
+use crate::emulate::{EventSource, Outcome, Stop};
 use crate::engine::Next;
 use crate::vm::{Vm, VmError};
 use bt86_translator::abi::ExitReason;
@@ -73,6 +73,21 @@ impl Vm {
             return Ok(Light::No);
         }
         loop {
+            if let Some(next) = self.light_traced_write()? {
+                let host = match next {
+                    Next::Resume(host) => Some(host),
+                    Next::Dispatch(eip) => self.dispatch_hit(eip, false),
+                    _ => None,
+                };
+                match host {
+                    Some(host) if !self.bus.touched() && !self.stop_requested() => {
+                        self.run_translated(host)?;
+                        self.stats.guest_exits += 1;
+                        continue;
+                    }
+                    _ => return Ok(Light::Done(next)),
+                }
+            }
             let Some((op, next_eip)) = self.light_site() else {
                 return Ok(Light::No);
             };
@@ -100,6 +115,50 @@ impl Vm {
             self.run_translated(resume)?;
             self.stats.guest_exits += 1;
         }
+    }
+
+    /// An adaptive store's callout (`CalloutKind::TracedWrite`: a store that
+    /// writes guest page tables, emulated so the shadow MMU sees it), taken
+    /// without the general exit path: a store changes neither the mode nor the
+    /// address space nor any device, so none of that is looked at. Where to go
+    /// next, or None if the exit is not one.
+    fn light_traced_write(&mut self) -> Result<Option<Next>, VmError> {
+        let ctx = self.tr.ctx();
+        if ExitReason::from_raw(ctx.exit_reason) != Some(ExitReason::Callout) {
+            return Ok(None);
+        }
+        let Some(site) = self.tr.site(ctx.exit_arg).filter(|s| s.kind == CalloutKind::TracedWrite).cloned() else {
+            return Ok(None);
+        };
+        self.stats.exits_callout += 1;
+        self.stats.light_exits += 1;
+        let (resume, drops, hits) = (ctx.resume, self.tr.drops(), self.shadow.table_write_hits);
+        self.tr.ctx_mut().eip = site.eip;
+        let (outcome, wrote) = self.with_machine(|m| crate::emulate::emulate(m, &site))?;
+        self.shadow.adaptive_writes += 1;
+        self.adaptive_outcome(site.eip, self.shadow.table_write_hits != hits)?;
+        let next_eip = site.eip.wrapping_add(u32::from(site.len));
+        let next = match outcome {
+            Outcome::Continue => {
+                self.tr.ctx_mut().eip = next_eip;
+                // Tables written: the rest of the unit may be mapped otherwise now.
+                if wrote || self.tr.drops() != drops {
+                    Next::Dispatch(next_eip)
+                } else {
+                    Next::Resume(resume)
+                }
+            }
+            Outcome::Jump => Next::Dispatch(self.tr.ctx().eip),
+            Outcome::Exception { vector, error, trap } => {
+                let eip = if trap { next_eip } else { site.eip };
+                self.raise(vector, error, eip, EventSource::Exception)?
+            }
+            Outcome::SoftwareInterrupt { .. } | Outcome::Stop(Stop::Halted { .. }) => {
+                return Err(VmError::Internal(format!("an adaptive store at {:#010x} ended in {outcome:?}", site.eip)))
+            }
+            Outcome::Stop(s) => Next::Done(s.into()),
+        };
+        Ok(Some(next))
     }
 
     /// The light operation of the exit just taken and the eip after it, counted
