@@ -144,6 +144,12 @@ pub struct GuestClock {
 pub const CLIP_NS: Nanos = 2_000;
 /// Clipped time one calibration may last (Linux's longest attempt is 50 ms).
 pub const CLIP_LIMIT_NS: Nanos = 250_000_000;
+/// Real time one calibration may last. Clipped time moves only when the guest
+/// reads it, at most [`CLIP_NS`] a read, so after a calibration that leaves the
+/// gate on (Linux does) a guest that keeps computing without idling would see
+/// its clock crawl: at Linux's boot, time ran at a fraction of real time for
+/// the whole run, and every `rdtsc` stayed emulated.
+pub const CLIP_REAL_LIMIT_NS: Nanos = 500_000_000;
 
 #[derive(Default)]
 struct Clip {
@@ -153,6 +159,8 @@ struct Clip {
     virt: Nanos,
     /// The clipped time calibration started.
     since: Nanos,
+    /// The real time calibration (re)started.
+    since_real: Nanos,
 }
 
 impl GuestClock {
@@ -173,10 +181,12 @@ impl GuestClock {
                 real: now,
                 virt: now,
                 since: now,
+                since_real: now,
             };
             self.clipping.store(true, Ordering::SeqCst);
         } else {
             clip.since = clip.virt;
+            clip.since_real = now;
         }
     }
 
@@ -216,7 +226,7 @@ impl Clock for GuestClock {
         }
         clip.virt += real.saturating_sub(clip.real).min(CLIP_NS);
         clip.real = real;
-        if clip.virt - clip.since > CLIP_LIMIT_NS {
+        if clip.virt - clip.since > CLIP_LIMIT_NS || real - clip.since_real > CLIP_REAL_LIMIT_NS {
             self.clipping.store(false, Ordering::SeqCst);
             return real;
         }
@@ -337,6 +347,21 @@ mod tests {
             last = now;
         }
         assert!(last >= CLIP_LIMIT_NS);
+    }
+
+    /// A guest that leaves the gate on and reads the clock seldom: clipped time
+    /// crawls, but calibration ends after half a second of real time.
+    #[test]
+    fn calibration_ends_after_half_a_real_second() {
+        let fake = FakeClock::new(0);
+        let c = GuestClock::new(Arc::new(fake.clone()));
+        c.start_calibration();
+        for _ in 0..10 {
+            fake.advance_ns(CLIP_REAL_LIMIT_NS / 8);
+            let _ = c.now_ns();
+        }
+        assert!(!c.calibrating(), "still calibrating after {} ns", fake.now_ns());
+        assert_eq!(c.now_ns(), fake.now_ns(), "real time again");
     }
 
     #[test]
