@@ -33,12 +33,7 @@ pub struct Segment {
 impl Segment {
     /// A flat 4 GiB segment with the given selector and type (0x9b code, 0x93 data).
     pub fn flat(selector: u16, type_byte: u8) -> Self {
-        Self {
-            selector,
-            base: 0,
-            limit: 0xffff_ffff,
-            attrs: u16::from(type_byte) | 0xc000,
-        }
+        Self { selector, base: 0, limit: 0xffff_ffff, attrs: u16::from(type_byte) | 0xc000 }
     }
 }
 
@@ -140,10 +135,7 @@ impl Cpu {
     pub fn flat(code_selector: u16, data_selector: u16) -> Self {
         let mut seg = [Segment::flat(data_selector, 0x93); 6];
         seg[sreg::CS] = Segment::flat(code_selector, 0x9b);
-        Self {
-            seg,
-            ..Self::default()
-        }
+        Self { seg, ..Self::default() }
     }
 
     /// Current privilege level: the RPL of CS in protected mode.
@@ -190,8 +182,7 @@ impl Cpu {
             seg_checked |= 1 << sreg::CS;
         }
         let ss = self.seg[sreg::SS];
-        let irregular_stack =
-            ss.base != 0 || ss.attrs & (1 << 14) == 0 || seg_checked & (1 << sreg::SS) != 0;
+        let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0 || seg_checked & (1 << sreg::SS) != 0;
         let tsd = self.cr4 & CR4_TSD != 0 && self.cpl() > 0;
         let native_tsc = self.tsc_offset == 0 && !tsd && !self.tsc_calibrating;
         let mut seg_unusable = 0;
@@ -200,14 +191,6 @@ impl Cpu {
                 seg_unusable |= 1 << r;
             }
         }
-        Mode {
-            seg_based,
-            cpl: self.cpl(),
-            fpu,
-            irregular_stack,
-            native_tsc,
-            seg_unusable,
-            seg_checked,
-        }
+        Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack, native_tsc, seg_unusable, seg_checked }
     }
 }

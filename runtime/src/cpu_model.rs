@@ -115,10 +115,7 @@ impl CpuModel {
     pub fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         // Leaves 4 and 7 have subleaves (7.1 and up are zero); the rest ignore ecx.
         let sub = if leaf == 4 || leaf == 7 { subleaf } else { 0 };
-        self.leaves
-            .iter()
-            .find(|(k, _)| *k == (leaf, sub))
-            .map_or([0; 4], |(_, v)| *v)
+        self.leaves.iter().find(|(k, _)| *k == (leaf, sub)).map_or([0; 4], |(_, v)| *v)
     }
 
     /// The table translated `cpuid` answers from (leaves 4 and 7 have subleaves:
@@ -158,10 +155,7 @@ impl CpuModel {
         FEATURE_BITS
             .iter()
             .filter(|&&(leaf, reg, bit, _)| self.has_bit(leaf, reg, bit))
-            .fold(
-                Isa::base().with(CpuidFeature::RDPMC),
-                |isa, &(_, _, _, f)| isa.with(f),
-            )
+            .fold(Isa::base().with(CpuidFeature::RDPMC), |isa, &(_, _, _, f)| isa.with(f))
     }
 }
 
@@ -171,9 +165,7 @@ impl CpuModel {
     pub fn features_missing_on(&self, other: &CpuModel) -> Vec<String> {
         FEATURE_BITS
             .iter()
-            .filter(|&&(leaf, reg, bit, _)| {
-                self.has_bit(leaf, reg, bit) && !other.has_bit(leaf, reg, bit)
-            })
+            .filter(|&&(leaf, reg, bit, _)| self.has_bit(leaf, reg, bit) && !other.has_bit(leaf, reg, bit))
             .map(|&(_, _, _, f)| format!("{f:?}"))
             .collect()
     }
@@ -246,11 +238,7 @@ mod tests {
         assert_eq!(ecx, LEAF1_ECX);
         assert_eq!(ecx & (1 << 5), 0, "VMX");
         assert_eq!(ecx & (1 << 31), 0, "hypervisor");
-        assert_eq!(
-            ecx & ((1 << 26) | (1 << 27) | (1 << 28)),
-            0,
-            "XSAVE OSXSAVE AVX"
-        );
+        assert_eq!(ecx & ((1 << 26) | (1 << 27) | (1 << 28)), 0, "XSAVE OSXSAVE AVX");
         assert_eq!(edx, 0x0788_a93d);
         assert_eq!(edx & ((1 << 6) | (1 << 9)), 0, "PAE APIC");
         assert_eq!(m.cpuid(7, 0), [0, (1 << 9) | (1 << 19), 0, 0]);
@@ -286,32 +274,18 @@ mod tests {
     fn isa_follows_the_cpuid_bits() {
         let m = CpuModel::from_host(generous);
         let isa = m.isa();
-        for f in [
-            CpuidFeature::CMOV,
-            CpuidFeature::SSE2,
-            CpuidFeature::SSE4_2,
-            CpuidFeature::LZCNT,
-            CpuidFeature::ADX,
-        ] {
+        for f in [CpuidFeature::CMOV, CpuidFeature::SSE2, CpuidFeature::SSE4_2, CpuidFeature::LZCNT, CpuidFeature::ADX] {
             assert!(isa.has(f), "{f:?}");
         }
         assert!(isa.has(CpuidFeature::SEP));
-        for f in [
-            CpuidFeature::AVX,
-            CpuidFeature::XSAVE,
-            CpuidFeature::CLZERO,
-            CpuidFeature::BMI1,
-        ] {
+        for f in [CpuidFeature::AVX, CpuidFeature::XSAVE, CpuidFeature::CLZERO, CpuidFeature::BMI1] {
             assert!(!isa.has(f), "{f:?}");
         }
         let bare = CpuModel::from_host(|leaf, _| if leaf == 0 { [1, 0, 0, 0] } else { [0; 4] });
         assert_eq!(bare.isa(), Isa::base().with(CpuidFeature::RDPMC));
         assert!(bare.features_missing_on(&m).is_empty());
         let missing = m.features_missing_on(&bare);
-        assert!(
-            missing.contains(&"SSE2".to_string()) && missing.contains(&"ADX".to_string()),
-            "{missing:?}"
-        );
+        assert!(missing.contains(&"SSE2".to_string()) && missing.contains(&"ADX".to_string()), "{missing:?}");
     }
 
     #[test]

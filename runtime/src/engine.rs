@@ -10,14 +10,12 @@
 //! guest's behalf (emulated instructions) go through `LinearMemory`, which does the
 //! same invalidation without a fault.
 
-use crate::cpu::eflags;
-use crate::emulate::{
-    self, DeliveryFailure, EventSource, GuestMemory, Machine, MemFault, Outcome, Stop,
-};
+use crate::emulate::{self, DeliveryFailure, EventSource, GuestMemory, Machine, MemFault, Outcome, Stop};
 use crate::memory::GuestRam;
-use crate::mmu::{address_space_key, FaultAction, RamPhys};
 use crate::signals;
+use crate::cpu::eflags;
 use crate::vm::{RunOutcome, Vm, VmError};
+use crate::mmu::{address_space_key, FaultAction, RamPhys};
 use bt86_shadow_mmu::walk::{self, Access, PagingMode, WalkError};
 use bt86_shadow_mmu::View;
 use bt86_translator::abi::ExitReason;
@@ -76,10 +74,7 @@ impl Vm {
         let result = self.run_loop();
         signals::deactivate();
         if let Ok(outcome) = &result {
-            if !matches!(
-                outcome,
-                RunOutcome::GuestExit(_) | RunOutcome::Halted { .. } | RunOutcome::Reset
-            ) {
+            if !matches!(outcome, RunOutcome::GuestExit(_) | RunOutcome::Halted { .. } | RunOutcome::Reset) {
                 tracing::debug!("guest stopped: {outcome:?}\n{}", self.describe_state());
             }
         }
@@ -98,31 +93,18 @@ impl Vm {
                 if self.cpu.seg[crate::cpu::sreg::CS].base != 0 {
                     // Code is fetched and keyed by linear = eip; a code segment with a
                     // base would need both shifted. Stop clearly instead.
-                    return Ok(RunOutcome::Unsupported {
-                        eip,
-                        what: "a code segment with a non-zero base".into(),
-                    });
+                    return Ok(RunOutcome::Unsupported { eip, what: "a code segment with a non-zero base".into() });
                 }
             }
             // The guest's own debugging: with TF set or data breakpoints in DR7,
             // each instruction runs alone, and a #DB trap may follow it.
             if let Next::Dispatch(eip) | Next::Transient(eip) = next {
                 let tf = self.tr.ctx().sys_flags & eflags::TF != 0;
-                let watching = self.cpu.dr[7] & 0xff != 0
-                    && !crate::debug::guest_breakpoints(&self.cpu.dr).is_empty();
+                let watching = self.cpu.dr[7] & 0xff != 0 && !crate::debug::guest_breakpoints(&self.cpu.dr).is_empty();
                 if tf || watching {
                     next = Next::Transient(eip);
-                    let accesses = if watching {
-                        self.accesses_at(eip)
-                    } else {
-                        Vec::new()
-                    };
-                    self.guest_step = Some(GuestStep {
-                        eip,
-                        raised: self.events_raised,
-                        tf,
-                        accesses,
-                    });
+                    let accesses = if watching { self.accesses_at(eip) } else { Vec::new() };
+                    self.guest_step = Some(GuestStep { eip, raised: self.events_raised, tf, accesses });
                 } else {
                     self.guest_step = None;
                 }
@@ -142,35 +124,26 @@ impl Vm {
             }
             let transient = matches!(next, Next::Transient(_));
             let host = match next {
-                Next::Dispatch(eip) | Next::Transient(eip) => {
-                    if let Some(host) = self.dispatch_hit(eip, transient) {
-                        host
-                    } else {
-                        match self.unit_for(eip, transient)? {
-                            Ok((id, host)) => {
-                                if !transient {
-                                    self.tr.remember_indirect(eip, id);
-                                }
-                                host
+                Next::Dispatch(eip) | Next::Transient(eip) => match self.dispatch_hit(eip, transient) {
+                    Some(host) => host,
+                    None => match self.unit_for(eip, transient)? {
+                        Ok((id, host)) => {
+                            if !transient {
+                                self.tr.remember_indirect(eip, id);
                             }
-                            Err(FetchFailure::NoRam) => {
-                                return Ok(RunOutcome::Unbacked { eip, linear: eip })
-                            }
-                            Err(FetchFailure::PageFault(code)) => {
-                                next = self.raise(14, Some(code), eip, EventSource::Exception)?;
-                                continue;
-                            }
+                            host
                         }
-                    }
-                }
+                        Err(FetchFailure::NoRam) => return Ok(RunOutcome::Unbacked { eip, linear: eip }),
+                        Err(FetchFailure::PageFault(code)) => {
+                            next = self.raise(14, Some(code), eip, EventSource::Exception)?;
+                            continue;
+                        }
+                    },
+                },
                 Next::Resume(h) => h,
                 Next::Done(outcome) => return Ok(outcome),
             };
-            let (bases, view, code_map) = (
-                self.cpu.seg_bases(),
-                self.current_view_base(),
-                self.code_map_address(),
-            );
+            let (bases, view, code_map) = (self.cpu.seg_bases(), self.current_view_base(), self.code_map_address());
             let ctx = self.tr.ctx_mut();
             ctx.gs_base = view;
             ctx.seg_base = bases;
@@ -178,9 +151,7 @@ impl Vm {
             crate::emulate::segments::prepare_inline_loads(&self.cpu, &mut ctx.seg_reload);
             ctx.code_map = code_map;
             if self.stop_requested() {
-                return Ok(RunOutcome::Stopped {
-                    eip: self.tr.ctx().eip,
-                });
+                return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
             }
             if self.fpu.is_some() {
                 // Direct execution left the guest's x87/SSE state in an image.
@@ -232,18 +203,12 @@ impl Vm {
             }
             return Ok(next);
         };
-        let Some(step) = self.guest_step.take() else {
-            return Ok(next);
-        };
-        let again = target == step.eip
-            && ExitReason::from_raw(self.tr.ctx().exit_reason) == Some(ExitReason::Fault);
+        let Some(step) = self.guest_step.take() else { return Ok(next) };
+        let again = target == step.eip && ExitReason::from_raw(self.tr.ctx().exit_reason) == Some(ExitReason::Fault);
         if again || step.raised != self.events_raised {
             return Ok(next);
         }
-        let hits = crate::debug::guest_hits(
-            &crate::debug::guest_breakpoints(&self.cpu.dr),
-            &step.accesses,
-        );
+        let hits = crate::debug::guest_hits(&crate::debug::guest_breakpoints(&self.cpu.dr), &step.accesses);
         let bits = hits | if step.tf { DR6_BS } else { 0 };
         if bits == 0 {
             return Ok(next);
@@ -270,11 +235,7 @@ impl Vm {
 
     /// The unit for `eip` in the current mode: (unit id, host entry), or why no
     /// code can be fetched at `eip`.
-    fn unit_for(
-        &mut self,
-        eip: u32,
-        transient: bool,
-    ) -> Result<Result<(u32, u64), FetchFailure>, VmError> {
+    fn unit_for(&mut self, eip: u32, transient: bool) -> Result<Result<(u32, u64), FetchFailure>, VmError> {
         let mode = self.cpu.mode();
         self.tr.set_mode(mode);
         let user = self.cpu.cpl() == 3;
@@ -292,27 +253,16 @@ impl Vm {
         let ram = &self.ram;
         let mut frame_of = |page: u32| match paging {
             None => (page < ram_size).then_some(page >> 12),
-            Some(mode) => walk::walk(
-                &mut RamPhys(ram),
-                &mode,
-                page,
-                Access {
-                    write: false,
-                    user,
-                    fetch: true,
-                },
-            )
-            .ok()
-            .map(|t| t.phys_page >> 12),
+            Some(mode) => walk::walk(&mut RamPhys(ram), &mode, page, Access { write: false, user, fetch: true })
+                .ok()
+                .map(|t| t.phys_page >> 12),
         };
         if !transient {
             if let Some(id) = self.tr.find(&key) {
                 match self.tr.unit_tail(id) {
                     // Translated in another address space whose second page maps
                     // another frame than this one's.
-                    Some((page, frame)) if frame_of(page) != Some(frame) => {
-                        self.tr.invalidate(id)?
-                    }
+                    Some((page, frame)) if frame_of(page) != Some(frame) => self.tr.invalidate(id)?,
                     tail => {
                         if let Some((page, _)) = tail {
                             let _ = self.code_walk(page, user)?;
@@ -322,16 +272,10 @@ impl Vm {
                 }
             }
         }
-        let mut fetch = CodeFetch {
-            ram: &self.ram,
-            paging,
-            user,
-        };
+        let mut fetch = CodeFetch { ram: &self.ram, paging, user };
         let t = match self.tr.translate(key, &mut fetch, &mut frame_of, transient) {
             Ok(t) => t,
-            Err(TranslatorError::Build(BuildError::Fetch(_))) => {
-                return Ok(Err(FetchFailure::NoRam))
-            }
+            Err(TranslatorError::Build(BuildError::Fetch(_))) => return Ok(Err(FetchFailure::NoRam)),
             Err(e) => return Err(e.into()),
         };
         if let Some((page, _)) = self.tr.unit_tail(t.unit) {
@@ -355,11 +299,7 @@ impl Vm {
         if !self.paging() {
             return Ok(Ok(linear));
         }
-        let access = Access {
-            write: false,
-            user,
-            fetch: true,
-        };
+        let access = Access { write: false, user, fetch: true };
         match walk::walk(&mut RamPhys(&self.ram), &self.paging_mode(), linear, access) {
             Ok(t) => {
                 self.note_code_page(linear & !0xfff, &t)?;
@@ -408,20 +348,14 @@ impl Vm {
                 self.stats.exits_fault += 1;
                 self.handle_fault()
             }
-            None => Err(VmError::Internal(format!(
-                "unknown exit reason {}",
-                ctx.exit_reason
-            ))),
+            None => Err(VmError::Internal(format!("unknown exit reason {}", ctx.exit_reason))),
         }
     }
 
     /// Runs `f` on the emulation view of the machine; writes it makes to frames
     /// holding translated code invalidate those units. Returns `f`'s result and
     /// whether any translated code was invalidated.
-    pub(crate) fn with_machine<R>(
-        &mut self,
-        f: impl FnOnce(&mut Machine<'_>) -> R,
-    ) -> Result<(R, bool), VmError> {
+    pub(crate) fn with_machine<R>(&mut self, f: impl FnOnce(&mut Machine<'_>) -> R) -> Result<(R, bool), VmError> {
         let paging = self.paging().then(|| self.paging_mode());
         let (tr, cpu, bus) = (&mut self.tr, &mut self.cpu, &mut self.bus);
         let mut mem = LinearMemory {
@@ -437,17 +371,11 @@ impl Vm {
             recent: RecentWalks::default(),
         };
         let result = {
-            let mut m = Machine {
-                cpu,
-                ctx: tr.ctx_mut(),
-                mem: &mut mem,
-                io: bus,
-            };
+            let mut m = Machine { cpu, ctx: tr.ctx_mut(), mem: &mut mem, io: bus };
             f(&mut m)
         };
         let wrote_code = !mem.invalidate.is_empty();
-        let (cr2, traced_writes, traced_hits, code_frames) =
-            (mem.cr2, mem.traced_writes, mem.traced_hits, mem.invalidate);
+        let (cr2, traced_writes, traced_hits, code_frames) = (mem.cr2, mem.traced_writes, mem.traced_hits, mem.invalidate);
         for &frame in &code_frames {
             tr.invalidate_frame(frame)?;
         }
@@ -515,10 +443,7 @@ impl Vm {
         if self.cpu.cpl() != mode_before.cpl {
             self.stats.ring_transitions += 1;
         }
-        if site.ins.mnemonic() == iced_x86::Mnemonic::Sti
-            && vif_before == 0
-            && self.tr.ctx().vif == 1
-        {
+        if site.ins.mnemonic() == iced_x86::Mnemonic::Sti && vif_before == 0 && self.tr.ctx().vif == 1 {
             self.interrupt_shadow = true;
         }
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
@@ -539,11 +464,7 @@ impl Vm {
                 }
             }
             Outcome::Jump => Ok(Next::Dispatch(self.tr.ctx().eip)),
-            Outcome::Exception {
-                vector,
-                error,
-                trap,
-            } => {
+            Outcome::Exception { vector, error, trap } => {
                 let eip = if trap { next_eip } else { site.eip };
                 self.raise(vector, error, eip, EventSource::Exception)
             }
@@ -589,9 +510,7 @@ impl Vm {
         if self.tr.ctx().vif == 0 || !self.bus.interrupt_pending() {
             return Ok(next);
         }
-        let Some(vector) = self.bus.acknowledge_interrupt() else {
-            return Ok(next);
-        };
+        let Some(vector) = self.bus.acknowledge_interrupt() else { return Ok(next) };
         *self.stats.interrupts.entry(vector).or_default() += 1;
         self.raise(vector, None, eip, EventSource::External)
     }
@@ -604,9 +523,7 @@ impl Vm {
         let started = std::time::Instant::now();
         let result = loop {
             if self.tr.ctx().vif == 0 {
-                break Next::Done(RunOutcome::Halted {
-                    eip: next_eip.wrapping_sub(1),
-                });
+                break Next::Done(RunOutcome::Halted { eip: next_eip.wrapping_sub(1) });
             }
             let now = self.bus.now();
             self.bus.poll(now);
@@ -621,15 +538,11 @@ impl Vm {
                 // again, in its shadow so that no interrupt comes before it.
                 let ctx = self.tr.ctx_mut();
                 (ctx.eip, ctx.shadow_eip) = (next_eip.wrapping_sub(1), next_eip.wrapping_sub(1));
-                break Next::Done(RunOutcome::Stopped {
-                    eip: next_eip.wrapping_sub(1),
-                });
+                break Next::Done(RunOutcome::Stopped { eip: next_eip.wrapping_sub(1) });
             }
             let deadline = self.bus.next_event();
             if deadline.is_none() && !self.bus.input_possible() {
-                break Next::Done(RunOutcome::Halted {
-                    eip: next_eip.wrapping_sub(1),
-                });
+                break Next::Done(RunOutcome::Halted { eip: next_eip.wrapping_sub(1) });
             }
             self.bus.wait_for_event(deadline);
         };
@@ -642,13 +555,7 @@ impl Vm {
     /// contributory, or after #PF), and a fault while delivering #DF is a triple
     /// fault, which ends the run naming the faults. A guest that never loaded an IDT
     /// cannot handle anything: the run ends naming the exception.
-    pub(crate) fn raise(
-        &mut self,
-        vector: u8,
-        error: Option<u32>,
-        eip: u32,
-        source: EventSource,
-    ) -> Result<Next, VmError> {
+    pub(crate) fn raise(&mut self, vector: u8, error: Option<u32>, eip: u32, source: EventSource) -> Result<Next, VmError> {
         self.raise_at(vector, error, eip, source, eip)
     }
 
@@ -667,11 +574,7 @@ impl Vm {
         tracing::trace!(target: "bt86::trace::int", "INT: vector 0x{vector:02x} ({source:?}) error {error:x?} at eip 0x{eip:08x} cpl {}", self.cpu.cpl());
         self.tr.ctx_mut().eip = eip;
         if self.cpu.idtr.limit == 0 {
-            return Ok(Next::Done(RunOutcome::GuestException {
-                vector,
-                error,
-                eip,
-            }));
+            return Ok(Next::Done(RunOutcome::GuestException { vector, error, eip }));
         }
         let mut event = (vector, error, source);
         let mut faults = vec![vector];
@@ -679,8 +582,7 @@ impl Vm {
         loop {
             let cpl_before = self.cpu.cpl();
             let space_before = address_space_key(&self.cpu);
-            let (result, _) =
-                self.with_machine(|m| emulate::deliver_event(m, event.0, event.1, event.2, eip))?;
+            let (result, _) = self.with_machine(|m| emulate::deliver_event(m, event.0, event.1, event.2, eip))?;
             // A task gate switches tasks, and with them perhaps CR3.
             let space_after = address_space_key(&self.cpu);
             if space_after != space_before {
@@ -694,10 +596,7 @@ impl Vm {
                     return Ok(Next::Dispatch(self.tr.ctx().eip));
                 }
                 Err(DeliveryFailure::Stop(s)) => return Ok(Next::Done(s.into())),
-                Err(DeliveryFailure::Exception {
-                    vector: second,
-                    error,
-                }) => {
+                Err(DeliveryFailure::Exception { vector: second, error }) => {
                     faults.push(second);
                     if event.0 == 8 || faults.len() > 8 {
                         return Ok(Next::Done(RunOutcome::TripleFault { faults, eip }));
@@ -740,9 +639,7 @@ impl Vm {
             return Ok(Next::Dispatch(eip));
         }
         match sig {
-            libc::SIGSEGV if f.trapno == 14 => {
-                self.page_fault(eip, f.addr, f.err & 2 != 0, string_site)
-            }
+            libc::SIGSEGV if f.trapno == 14 => self.page_fault(eip, f.addr, f.err & 2 != 0, string_site),
             libc::SIGSEGV => self.raise(13, Some(0), eip, EventSource::Exception),
             libc::SIGFPE => {
                 let vector = match f.trapno {
@@ -756,18 +653,8 @@ impl Vm {
             libc::SIGBUS if f.trapno == 17 => self.raise(17, Some(0), eip, EventSource::Exception),
             // A mapping past the end of guest RAM (never made on purpose): the guest
             // touched memory that does not exist.
-            libc::SIGBUS
-                if self
-                    .view
-                    .linear_of(f.addr)
-                    .or(self.user_view.linear_of(f.addr))
-                    .is_some() =>
-            {
-                let linear = self
-                    .view
-                    .linear_of(f.addr)
-                    .or(self.user_view.linear_of(f.addr))
-                    .unwrap_or(0);
+            libc::SIGBUS if self.view.linear_of(f.addr).or(self.user_view.linear_of(f.addr)).is_some() => {
+                let linear = self.view.linear_of(f.addr).or(self.user_view.linear_of(f.addr)).unwrap_or(0);
                 Ok(Next::Done(RunOutcome::Unbacked { eip, linear }))
             }
             _ => Err(VmError::Internal(format!(
@@ -777,28 +664,19 @@ impl Vm {
         }
     }
 
-    fn page_fault(
-        &mut self,
-        eip: u32,
-        addr: u64,
-        write: bool,
-        string_site: Option<CalloutSite>,
-    ) -> Result<Next, VmError> {
+    fn page_fault(&mut self, eip: u32, addr: u64, write: bool, string_site: Option<CalloutSite>) -> Result<Next, VmError> {
         if self.guard_linear(addr).is_some() {
             // A string instruction's pointer left the view: wrap it (`slow_path`).
             return self.emulate_in_place(eip, string_site);
         }
         if self.paging() {
-            let (linear, user_view) =
-                match (self.view.linear_of(addr), self.user_view.linear_of(addr)) {
-                    (Some(l), _) => (l, false),
-                    (None, Some(l)) => (l, true),
-                    (None, None) => {
-                        return Err(VmError::Internal(format!(
-                            "fault at host {addr:#x} outside the views (eip {eip:#010x})"
-                        )))
-                    }
-                };
+            let (linear, user_view) = match (self.view.linear_of(addr), self.user_view.linear_of(addr)) {
+                (Some(l), _) => (l, false),
+                (None, Some(l)) => (l, true),
+                (None, None) => {
+                    return Err(VmError::Internal(format!("fault at host {addr:#x} outside the views (eip {eip:#010x})")))
+                }
+            };
             return match self.paging_fault(linear, write, user_view)? {
                 FaultAction::Retry => Ok(Next::Dispatch(eip)),
                 FaultAction::WriteThrough { traced } => {
@@ -807,16 +685,12 @@ impl Vm {
                     }
                     Ok(Next::Transient(eip))
                 }
-                FaultAction::PageFault(code) => {
-                    self.raise(14, Some(code), eip, EventSource::Exception)
-                }
+                FaultAction::PageFault(code) => self.raise(14, Some(code), eip, EventSource::Exception),
                 FaultAction::NoRam => Ok(Next::Done(RunOutcome::Unbacked { eip, linear })),
             };
         }
         let Some(linear) = self.view.linear_of(addr) else {
-            return Err(VmError::Internal(format!(
-                "fault at host {addr:#x} outside the view (guest eip {eip:#010x})"
-            )));
+            return Err(VmError::Internal(format!("fault at host {addr:#x} outside the view (guest eip {eip:#010x})")));
         };
         let frame = linear >> 12;
         if write && self.protected.contains(&frame) {
@@ -838,9 +712,7 @@ impl Vm {
             self.map_void_identity(linear)?;
             return Ok(Next::Dispatch(eip));
         }
-        Err(VmError::Internal(format!(
-            "unexpected fault at guest linear {linear:#010x} (eip {eip:#010x})"
-        )))
+        Err(VmError::Internal(format!("unexpected fault at guest linear {linear:#010x} (eip {eip:#010x})")))
     }
 
     /// The vCPU state and the instruction at eip, for diagnostics.
@@ -850,50 +722,20 @@ impl Vm {
         let c = &self.cpu;
         let mut bytes = [0u8; 16];
         let paging = self.paging().then(|| self.paging_mode());
-        let n = CodeFetch {
-            ram: &self.ram,
-            paging,
-            user: c.cpl() == 3,
-        }
-        .fetch(ctx.eip, &mut bytes);
-        let ins = iced_x86::Decoder::with_ip(
-            32,
-            &bytes[..n],
-            u64::from(ctx.eip),
-            self.tr.isa().decoder_options(),
-        )
-        .decode();
+        let n = CodeFetch { ram: &self.ram, paging, user: c.cpl() == 3 }.fetch(ctx.eip, &mut bytes);
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(ctx.eip), self.tr.isa().decoder_options()).decode();
         let mut text = String::new();
         iced_x86::Formatter::format(&mut iced_x86::GasFormatter::new(), &ins, &mut text);
-        let mut s = format!(
-            "eip {:#010x}: {text} ({:02x?})\n",
-            ctx.eip,
-            &bytes[..ins.len().min(n)]
-        );
+        let mut s = format!("eip {:#010x}: {text} ({:02x?})\n", ctx.eip, &bytes[..ins.len().min(n)]);
         let names = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
         for (name, v) in names.iter().zip(ctx.gpr) {
             let _ = write!(s, "{name} {v:08x}  ");
         }
-        let _ = writeln!(
-            s,
-            "\nrflags {:08x} vif {} sys_flags {:08x} cpl {}",
-            ctx.rflags,
-            ctx.vif,
-            ctx.sys_flags,
-            c.cpl()
-        );
+        let _ = writeln!(s, "\nrflags {:08x} vif {} sys_flags {:08x} cpl {}", ctx.rflags, ctx.vif, ctx.sys_flags, c.cpl());
         for (name, seg) in ["es", "cs", "ss", "ds", "fs", "gs"].iter().zip(c.seg) {
-            let _ = writeln!(
-                s,
-                "{name} {:04x} base {:08x} limit {:08x} attrs {:04x}",
-                seg.selector, seg.base, seg.limit, seg.attrs
-            );
+            let _ = writeln!(s, "{name} {:04x} base {:08x} limit {:08x} attrs {:04x}", seg.selector, seg.base, seg.limit, seg.attrs);
         }
-        let _ = write!(
-            s,
-            "cr0 {:08x} cr2 {:08x} cr3 {:08x} cr4 {:08x} gdt {:08x}/{:x} idt {:08x}/{:x}",
-            c.cr0, c.cr2, c.cr3, c.cr4, c.gdtr.base, c.gdtr.limit, c.idtr.base, c.idtr.limit
-        );
+        let _ = write!(s, "cr0 {:08x} cr2 {:08x} cr3 {:08x} cr4 {:08x} gdt {:08x}/{:x} idt {:08x}/{:x}", c.cr0, c.cr2, c.cr3, c.cr4, c.gdtr.base, c.gdtr.limit, c.idtr.base, c.idtr.limit);
         s
     }
 
@@ -903,38 +745,12 @@ impl Vm {
     fn write_misses_code(&self, eip: u32, linear: u32, frame: u32) -> bool {
         use iced_x86::Mnemonic::*;
         let mut bytes = [0u8; 16];
-        let n = CodeFetch {
-            ram: &self.ram,
-            paging: None,
-            user: false,
-        }
-        .fetch(eip, &mut bytes);
-        let ins = iced_x86::Decoder::with_ip(
-            32,
-            &bytes[..n],
-            u64::from(eip),
-            self.tr.isa().decoder_options(),
-        )
-        .decode();
+        let n = CodeFetch { ram: &self.ram, paging: None, user: false }.fetch(eip, &mut bytes);
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), self.tr.isa().decoder_options()).decode();
         let bulky = matches!(
             ins.mnemonic(),
-            Movsb
-                | Movsw
-                | Movsd
-                | Stosb
-                | Stosw
-                | Stosd
-                | Insb
-                | Insw
-                | Insd
-                | Pushad
-                | Pusha
-                | Enter
-                | Fxsave
-                | Fnsave
-                | Fnstenv
-                | Xsave
-                | Cmpxchg8b
+            Movsb | Movsw | Movsd | Stosb | Stosw | Stosd | Insb | Insw | Insd | Pushad | Pusha | Enter
+                | Fxsave | Fnsave | Fnstenv | Xsave | Cmpxchg8b
         );
         if ins.is_invalid() || bulky || ins.memory_size().size() > 16 {
             return false;
@@ -956,19 +772,8 @@ impl Vm {
         let mut bytes = [0u8; 16];
         let paging = self.paging().then(|| self.paging_mode());
         let user = self.cpu.cpl() == 3;
-        let n = CodeFetch {
-            ram: &self.ram,
-            paging,
-            user,
-        }
-        .fetch(eip, &mut bytes);
-        let ins = iced_x86::Decoder::with_ip(
-            32,
-            &bytes[..n],
-            u64::from(eip),
-            self.tr.isa().decoder_options(),
-        )
-        .decode();
+        let n = CodeFetch { ram: &self.ram, paging, user }.fetch(eip, &mut bytes);
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), self.tr.isa().decoder_options()).decode();
         if bt86_translator::translate::is_adaptive_store(&ins) {
             self.tr.make_adaptive(eip)?;
         }
@@ -1010,9 +815,7 @@ impl Vm {
     fn fetch_failed(&mut self, failure: FetchFailure, eip: u32) -> Result<Next, VmError> {
         match failure {
             FetchFailure::NoRam => Ok(Next::Done(RunOutcome::Unbacked { eip, linear: eip })),
-            FetchFailure::PageFault(code) => {
-                self.raise(14, Some(code), eip, EventSource::Exception)
-            }
+            FetchFailure::PageFault(code) => self.raise(14, Some(code), eip, EventSource::Exception),
         }
     }
 
@@ -1040,13 +843,7 @@ impl Vm {
 
 /// Reads guest code at `linear` into `buf` as an instruction fetch (user or
 /// supervisor); returns the bytes read.
-pub(crate) fn fetch_code(
-    ram: &GuestRam,
-    paging: Option<PagingMode>,
-    user: bool,
-    linear: u32,
-    buf: &mut [u8],
-) -> usize {
+pub(crate) fn fetch_code(ram: &GuestRam, paging: Option<PagingMode>, user: bool, linear: u32, buf: &mut [u8]) -> usize {
     CodeFetch { ram, paging, user }.fetch(linear, buf)
 }
 
@@ -1066,11 +863,7 @@ impl GuestCode for CodeFetch<'_> {
             let phys = match self.paging {
                 None => at,
                 Some(mode) => {
-                    let access = Access {
-                        write: false,
-                        user: self.user,
-                        fetch: true,
-                    };
+                    let access = Access { write: false, user: self.user, fetch: true };
                     match walk::walk(&mut RamPhys(self.ram), &mode, at, access) {
                         Ok(t) => t.phys_page | (at & 0xfff),
                         Err(_) => break,
@@ -1120,11 +913,7 @@ struct RecentWalks {
 
 impl RecentWalks {
     fn get(&self, page: u32, write: bool, user: bool) -> Option<u32> {
-        self.entries
-            .iter()
-            .flatten()
-            .find(|e| (e.0, e.1, e.2) == (page, write, user))
-            .map(|e| e.3)
+        self.entries.iter().flatten().find(|e| (e.0, e.1, e.2) == (page, write, user)).map(|e| e.3)
     }
 
     fn put(&mut self, page: u32, write: bool, user: bool, phys_page: u32) {
@@ -1140,18 +929,12 @@ impl RecentWalks {
 impl LinearMemory<'_> {
     /// Physical address of `linear`, or the fault.
     fn phys(&mut self, linear: u32, write: bool, user: bool) -> Result<u32, MemFault> {
-        let Some(mode) = self.paging else {
-            return Ok(linear);
-        };
+        let Some(mode) = self.paging else { return Ok(linear) };
         let page = linear & !0xfff;
         if let Some(phys_page) = self.recent.get(page, write, user) {
             return Ok(phys_page | (linear & 0xfff));
         }
-        let access = Access {
-            write,
-            user,
-            fetch: false,
-        };
+        let access = Access { write, user, fetch: false };
         match walk::walk(&mut RamPhys(self.ram), &mode, linear, access) {
             Ok(t) => {
                 self.recent.put(page, write, user, t.phys_page);
@@ -1212,8 +995,7 @@ impl GuestMemory for LinearMemory<'_> {
             let traced = self.paging.is_some() && self.shadow.is_traced(frame);
             let mut old = [0u8; 16];
             let old = &mut old[..n.min(16)];
-            if traced && (n > 16 || self.ram.read(phys, old).is_err() || old != &data[off..off + n])
-            {
+            if traced && (n > 16 || self.ram.read(phys, old).is_err() || old != &data[off..off + n]) {
                 self.traced_writes.push((phys, n));
             }
             if traced {
@@ -1221,9 +1003,7 @@ impl GuestMemory for LinearMemory<'_> {
                 // The write may change a translation just used.
                 self.recent.forget();
             }
-            self.ram
-                .write(phys, &data[off..off + n])
-                .map_err(|_| MemFault::Unbacked { linear: phys })?;
+            self.ram.write(phys, &data[off..off + n]).map_err(|_| MemFault::Unbacked { linear: phys })?;
         }
         Ok(())
     }
@@ -1241,6 +1021,5 @@ impl From<Stop> for Next {
 /// delivering #PF, is a double fault; other pairs are handled one after the other.
 fn is_double_fault(first: u8, second: u8) -> bool {
     let contributory = |v: u8| matches!(v, 0 | 10 | 11 | 12 | 13);
-    (contributory(first) && contributory(second))
-        || (first == 14 && (contributory(second) || second == 14))
+    (contributory(first) && contributory(second)) || (first == 14 && (contributory(second) || second == 14))
 }

@@ -53,10 +53,7 @@ impl RamReader {
     pub fn read(&self, phys: u32, buf: &mut [u8]) -> std::io::Result<()> {
         let end = u64::from(phys) + buf.len() as u64;
         if end > u64::from(self.size) {
-            return Err(std::io::Error::other(format!(
-                "{} bytes at {phys:#x} lie outside guest RAM",
-                buf.len()
-            )));
+            return Err(std::io::Error::other(format!("{} bytes at {phys:#x} lie outside guest RAM", buf.len())));
         }
         let mut done = 0;
         while done < buf.len() {
@@ -111,11 +108,9 @@ impl GuestRam {
         let fd = memfd_create("bt86-ram", MemfdFlags::CLOEXEC)
             .map_err(|e| MemoryError::Create(e.into()))?;
         // The memfd is sparse: pages cost host memory only once touched.
-        ftruncate(&fd, u64::from(size_bytes) + u64::from(PAGE_SIZE))
-            .map_err(|e| MemoryError::Create(e.into()))?;
+        ftruncate(&fd, u64::from(size_bytes) + u64::from(PAGE_SIZE)).map_err(|e| MemoryError::Create(e.into()))?;
         let ones = [0xffu8; PAGE_SIZE as usize];
-        rustix::io::pwrite(&fd, &ones, u64::from(size_bytes))
-            .map_err(|e| MemoryError::Create(e.into()))?;
+        rustix::io::pwrite(&fd, &ones, u64::from(size_bytes)).map_err(|e| MemoryError::Create(e.into()))?;
         let alias = map_alias(&fd, size_bytes)?;
         tracing::debug!(size = size_bytes, ?alias, "guest RAM created");
         Ok(Self {
@@ -138,9 +133,7 @@ impl GuestRam {
     /// Copies guest physical memory at `phys` into `buf`, with all ones where
     /// there is no RAM (as a PC's empty bus reads).
     pub fn read_or_ones(&self, phys: u32, buf: &mut [u8]) {
-        let in_ram = u64::from(self.size)
-            .saturating_sub(u64::from(phys))
-            .min(buf.len() as u64) as usize;
+        let in_ram = u64::from(self.size).saturating_sub(u64::from(phys)).min(buf.len() as u64) as usize;
         if in_ram > 0 && self.read(phys, &mut buf[..in_ram]).is_err() {
             buf[..in_ram].fill(0xff);
         }
@@ -151,9 +144,7 @@ impl GuestRam {
 
     /// Writes `data` at `phys`; what falls outside RAM goes nowhere.
     pub fn write_or_drop(&self, phys: u32, data: &[u8]) {
-        let in_ram = u64::from(self.size)
-            .saturating_sub(u64::from(phys))
-            .min(data.len() as u64) as usize;
+        let in_ram = u64::from(self.size).saturating_sub(u64::from(phys)).min(data.len() as u64) as usize;
         if in_ram > 0 {
             let _ = self.write(phys, &data[..in_ram]);
         }
@@ -169,10 +160,7 @@ impl GuestRam {
     /// this `GuestRam` and needs no lock.
     pub fn reader(&self) -> Result<RamReader, MemoryError> {
         let fd = self.fd.try_clone().map_err(MemoryError::Create)?;
-        Ok(RamReader {
-            fd,
-            size: self.size,
-        })
+        Ok(RamReader { fd, size: self.size })
     }
 
     /// Base of the host alias. Callers that dereference it must not create references
@@ -328,10 +316,7 @@ mod tests {
             r.read(MIB - 2, &mut b).map(|()| b)
         });
         assert_eq!(t.join().unwrap().unwrap(), [0, 0]);
-        assert!(
-            ram.reader().unwrap().read(MIB - 1, &mut b).is_err(),
-            "past the end"
-        );
+        assert!(ram.reader().unwrap().read(MIB - 1, &mut b).is_err(), "past the end");
     }
     use super::*;
 

@@ -14,13 +14,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
-const SIGNALS: [libc::c_int; 5] = [
-    libc::SIGSEGV,
-    libc::SIGBUS,
-    libc::SIGFPE,
-    libc::SIGILL,
-    libc::SIGTRAP,
-];
+const SIGNALS: [libc::c_int; 5] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGTRAP];
 
 /// What the handler needs to know about the translated code running on this thread.
 #[derive(Clone, Copy)]
@@ -32,12 +26,7 @@ pub struct Active {
 }
 
 impl Active {
-    const NONE: Self = Self {
-        code_start: 0,
-        code_end: 0,
-        exit_fault: 0,
-        ctx: core::ptr::null_mut(),
-    };
+    const NONE: Self = Self { code_start: 0, code_end: 0, exit_fault: 0, ctx: core::ptr::null_mut() };
 }
 
 thread_local! {
@@ -114,9 +103,7 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
 }
 
 fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::ucontext_t) {
-    let prev = PREVIOUS
-        .get(sig as usize)
-        .map_or(0, |p| p.load(Ordering::Acquire));
+    let prev = PREVIOUS.get(sig as usize).map_or(0, |p| p.load(Ordering::Acquire));
     // SAFETY: `prev` is either 0 or a leaked, never-freed sigaction from install().
     let prev = unsafe { (prev as *const libc::sigaction).as_ref() };
     match prev {
@@ -129,8 +116,7 @@ fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::ucontext
                 f(sig, info, uc.cast());
             } else {
                 // SAFETY: a plain handler takes the signal number only.
-                let f: extern "C" fn(libc::c_int) =
-                    unsafe { core::mem::transmute(sa.sa_sigaction) };
+                let f: extern "C" fn(libc::c_int) = unsafe { core::mem::transmute(sa.sa_sigaction) };
                 f(sig);
             }
         }

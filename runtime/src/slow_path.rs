@@ -19,43 +19,25 @@ impl Vm {
     /// The linear address a host fault address in a guard around a view means
     /// (wrapped at 4 GiB), if it lies in one.
     pub(crate) fn guard_linear(&self, addr: u64) -> Option<u32> {
-        self.view
-            .wrapped_linear_of(addr)
-            .or_else(|| self.user_view.wrapped_linear_of(addr))
+        self.view.wrapped_linear_of(addr).or_else(|| self.user_view.wrapped_linear_of(addr))
     }
 
     /// Emulates the instruction at `eip` once, in place of its translation: `site`
     /// as it was translated (a string instruction may have overwritten its own
     /// bytes by now), or else as its bytes decode now.
-    pub(crate) fn emulate_in_place(
-        &mut self,
-        eip: u32,
-        site: Option<CalloutSite>,
-    ) -> Result<Next, VmError> {
+    pub(crate) fn emulate_in_place(&mut self, eip: u32, site: Option<CalloutSite>) -> Result<Next, VmError> {
         let Some(site) = site.filter(|s| s.eip == eip).or_else(|| self.site_at(eip)) else {
-            return Ok(Next::Done(crate::vm::RunOutcome::Unbacked {
-                eip,
-                linear: eip,
-            }));
+            return Ok(Next::Done(crate::vm::RunOutcome::Unbacked { eip, linear: eip }));
         };
         let (outcome, _) = self.with_machine(|m| emulate::emulate(m, &site))?;
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
         match outcome {
             Outcome::Continue => Ok(Next::Dispatch(next_eip)),
             Outcome::Jump => Ok(Next::Dispatch(self.tr.ctx().eip)),
-            Outcome::Exception {
-                vector,
-                error,
-                trap,
-            } => self.raise(
-                vector,
-                error,
-                if trap { next_eip } else { eip },
-                EventSource::Exception,
-            ),
-            Outcome::SoftwareInterrupt { vector } => {
-                self.raise(vector, None, next_eip, EventSource::Software)
+            Outcome::Exception { vector, error, trap } => {
+                self.raise(vector, error, if trap { next_eip } else { eip }, EventSource::Exception)
             }
+            Outcome::SoftwareInterrupt { vector } => self.raise(vector, None, next_eip, EventSource::Software),
             Outcome::Stop(s) => Ok(Next::Done(s.into())),
         }
     }
@@ -66,25 +48,9 @@ impl Vm {
         let mut bytes = [0u8; 16];
         let paging = self.paging().then(|| self.paging_mode());
         let linear = self.cpu.seg[crate::cpu::sreg::CS].base.wrapping_add(eip);
-        let n = CodeFetch {
-            ram: &self.ram,
-            paging,
-            user: self.cpu.cpl() == 3,
-        }
-        .fetch(linear, &mut bytes);
-        let ins = iced_x86::Decoder::with_ip(
-            32,
-            &bytes[..n],
-            u64::from(eip),
-            self.tr.isa().decoder_options(),
-        )
-        .decode();
+        let n = CodeFetch { ram: &self.ram, paging, user: self.cpu.cpl() == 3 }.fetch(linear, &mut bytes);
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), self.tr.isa().decoder_options()).decode();
         let len = u8::try_from(ins.len()).ok().filter(|&l| l > 0)?;
-        Some(CalloutSite {
-            eip,
-            len,
-            ins,
-            kind: CalloutKind::Emulate,
-        })
+        Some(CalloutSite { eip, len, ins, kind: CalloutKind::Emulate })
     }
 }

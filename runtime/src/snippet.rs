@@ -49,42 +49,29 @@ pub fn run_snippet(snippet: &Snippet) -> Result<SnippetResult, String> {
 }
 
 /// Like `run_snippet`, with units limited to `max_unit_insns` guest instructions.
-pub fn run_snippet_with(
-    snippet: &Snippet,
-    max_unit_insns: Option<usize>,
-) -> Result<SnippetResult, String> {
+pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Result<SnippetResult, String> {
     use crate::vm::{RunOutcome, Vm, VmConfig};
-    if snippet.code.len() + 1 > (DATA_ADDR - CODE_ADDR) as usize
-        || snippet.data.len() > (STACK_TOP - DATA_ADDR) as usize
-    {
+    if snippet.code.len() + 1 > (DATA_ADDR - CODE_ADDR) as usize || snippet.data.len() > (STACK_TOP - DATA_ADDR) as usize {
         return Err("snippet too large".into());
     }
     // RAM ends where the snippet region ends, so an access past it stops like the
     // native run's #PF does (there is no paging yet to make a hole elsewhere).
-    let cfg = VmConfig {
-        mem_bytes: u64::from(CODE_ADDR + REGION_SIZE),
-        ..VmConfig::new(1, Box::new(std::io::sink()))
-    };
+    let cfg = VmConfig { mem_bytes: u64::from(CODE_ADDR + REGION_SIZE), ..VmConfig::new(1, Box::new(std::io::sink())) };
     let mut vm = Vm::new(cfg).map_err(|e| e.to_string())?;
     if let Some(n) = max_unit_insns {
         vm.set_max_unit_insns(n);
     }
     let mut code = snippet.code.clone();
     code.push(0xf4);
-    vm.ram()
-        .write(CODE_ADDR, &code)
-        .map_err(|e| e.to_string())?;
-    vm.ram()
-        .write(DATA_ADDR, &snippet.data)
-        .map_err(|e| e.to_string())?;
+    vm.ram().write(CODE_ADDR, &code).map_err(|e| e.to_string())?;
+    vm.ram().write(DATA_ADDR, &snippet.data).map_err(|e| e.to_string())?;
     let mut regs = snippet.regs;
     if regs[4] == 0 {
         regs[4] = STACK_TOP;
     }
     vm.set_flat_state(CODE_ADDR, regs, snippet.eflags);
     map_only_the_region(&mut vm).map_err(|e| e.to_string())?;
-    let outcome = crate::vm::run_with_timeout(&mut vm, std::time::Duration::from_secs(2))
-        .map_err(|e| e.to_string())?;
+    let outcome = crate::vm::run_with_timeout(&mut vm, std::time::Duration::from_secs(2)).map_err(|e| e.to_string())?;
     let end = CODE_ADDR + u32::try_from(snippet.code.len()).map_err(|e| e.to_string())?;
     let fault = match outcome {
         RunOutcome::Halted { eip } if eip == end => None,
@@ -94,15 +81,8 @@ pub fn run_snippet_with(
     };
     let (regs, eflags) = vm.registers();
     let mut data = vec![0u8; snippet.data.len()];
-    vm.ram()
-        .read(DATA_ADDR, &mut data)
-        .map_err(|e| e.to_string())?;
-    Ok(SnippetResult {
-        regs,
-        eflags,
-        data,
-        fault,
-    })
+    vm.ram().read(DATA_ADDR, &mut data).map_err(|e| e.to_string())?;
+    Ok(SnippetResult { regs, eflags, data, fault })
 }
 
 /// Page tables (below the region) that map the snippet region one to one and

@@ -129,16 +129,8 @@ impl Stats {
         } else {
             t.host_insns_emitted as f64 / t.guest_insns_translated as f64
         };
-        let callouts = self
-            .callouts
-            .iter()
-            .map(|(m, n)| (format!("{m:?}").to_lowercase(), *n))
-            .collect();
-        let exceptions = self
-            .exceptions
-            .iter()
-            .map(|(v, n)| (v.to_string(), *n))
-            .collect();
+        let callouts = self.callouts.iter().map(|(m, n)| (format!("{m:?}").to_lowercase(), *n)).collect();
+        let exceptions = self.exceptions.iter().map(|(v, n)| (v.to_string(), *n)).collect();
         #[allow(clippy::cast_precision_loss)]
         StatsReport {
             units_translated: t.units_translated,
@@ -164,11 +156,7 @@ impl Stats {
             exceptions,
             ring_transitions: self.ring_transitions,
             dispatch_hits: self.dispatch_hits,
-            interrupts: self
-                .interrupts
-                .iter()
-                .map(|(v, n)| (v.to_string(), *n))
-                .collect(),
+            interrupts: self.interrupts.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
             hlt_seconds: self.hlt_nanos as f64 / 1e9,
             devices: None,
             paging: PagingReport::default(),
@@ -182,9 +170,7 @@ impl Stats {
 impl StatsReport {
     /// Human-readable lines: the same groups and names as the JSON ([`text_from_json`]).
     pub fn to_text(&self) -> String {
-        serde_json::to_value(self)
-            .map(|v| text_from_json(&v))
-            .unwrap_or_default()
+        serde_json::to_value(self).map(|v| text_from_json(&v)).unwrap_or_default()
     }
 }
 
@@ -206,18 +192,12 @@ fn text_lines(v: &serde_json::Value, depth: usize, out: &mut String) {
     for (k, v) in map {
         let indent = "  ".repeat(depth);
         match v {
-            Value::Object(m) if m.is_empty() => {
-                out.push_str(&format!("{indent}{k:<width$} -\n", width = 44 - 2 * depth))
-            }
+            Value::Object(m) if m.is_empty() => out.push_str(&format!("{indent}{k:<width$} -\n", width = 44 - 2 * depth)),
             Value::Object(_) => {
                 out.push_str(&format!("{indent}{k}\n"));
                 text_lines(v, depth + 1, out);
             }
-            _ => out.push_str(&format!(
-                "{indent}{k:<width$} {}\n",
-                scalar(v),
-                width = 44 - 2 * depth
-            )),
+            _ => out.push_str(&format!("{indent}{k:<width$} {}\n", scalar(v), width = 44 - 2 * depth)),
         }
     }
 }
@@ -259,24 +239,12 @@ mod tests {
             "hlt_seconds": 0.5,
         });
         let t = text_from_json(&v);
-        for want in [
-            "  stop\n",
-            "    reason",
-            "guest-exit",
-            "  units_translated",
-            "  callouts",
-            "  devices\n",
-            "1:5 3:2",
-            "0.5",
-        ] {
+        for want in ["  stop\n", "    reason", "guest-exit", "  units_translated", "  callouts", "  devices\n", "1:5 3:2", "0.5"] {
             assert!(t.contains(want), "{want:?} missing in\n{t}");
         }
         // Every top-level JSON key is a line of the text.
         for k in v.as_object().unwrap().keys() {
-            assert!(
-                t.lines().any(|l| l.trim_start().starts_with(k.as_str())),
-                "{k}"
-            );
+            assert!(t.lines().any(|l| l.trim_start().starts_with(k.as_str())), "{k}");
         }
     }
 }

@@ -1,8 +1,8 @@
 //! A virtual machine: guest RAM, the kernel view, the vCPU, the port devices and
 //! the binary-translation engine, plus what it counts.
 
-use crate::alarm::Alarm;
 use crate::cpu::{Cpu, TableReg};
+use crate::alarm::Alarm;
 use crate::devices::{Platform, PlatformConfig, PlatformWaker};
 use crate::emulate::Stop;
 use crate::loader::{self, LoadError};
@@ -57,11 +57,7 @@ pub enum RunOutcome {
     /// hlt with nothing that could wake the guest.
     Halted { eip: u32 },
     /// A guest exception the guest cannot handle (no IDT yet).
-    GuestException {
-        vector: u8,
-        error: Option<u32>,
-        eip: u32,
-    },
+    GuestException { vector: u8, error: Option<u32>, eip: u32 },
     /// Something bt86 does not support yet.
     Unsupported { eip: u32, what: String },
     /// Guest access to memory that does not exist.
@@ -120,13 +116,7 @@ pub struct VmConfig {
 impl VmConfig {
     /// `mem_mib` MiB of RAM, the default code cache, output to `console`.
     pub fn new(mem_mib: u32, console: Box<dyn Write + Send>) -> Self {
-        Self {
-            mem_bytes: u64::from(mem_mib) << 20,
-            console,
-            code_cache_bytes: CODE_CACHE_BYTES,
-            stdin_input: false,
-            clock: None,
-        }
+        Self { mem_bytes: u64::from(mem_mib) << 20, console, code_cache_bytes: CODE_CACHE_BYTES, stdin_input: false, clock: None }
     }
 }
 
@@ -175,21 +165,13 @@ impl Vm {
     /// Creates a VM with empty RAM.
     pub fn new(cfg: VmConfig) -> Result<Self, VmError> {
         let mem_bytes = match u32::try_from(cfg.mem_bytes) {
-            Ok(b)
-                if (crate::memory::MIN_RAM..=crate::memory::MAX_RAM).contains(&b)
-                    && b.is_multiple_of(4096) =>
-            {
-                b
-            }
+            Ok(b) if (crate::memory::MIN_RAM..=crate::memory::MAX_RAM).contains(&b) && b.is_multiple_of(4096) => b,
             _ => return Err(VmError::MemSize(cfg.mem_bytes)),
         };
         let ram = GuestRam::new(mem_bytes)?;
         let mut view = View::reserve()?;
         view.map_identity(ram.fd(), ram.size())?;
-        let mut tr = Translator::new(
-            cfg.code_cache_bytes,
-            crate::cpu_model::CpuModel::host().isa(),
-        )?;
+        let mut tr = Translator::new(cfg.code_cache_bytes, crate::cpu_model::CpuModel::host().isa())?;
         tr.ctx_mut().gs_base = view.base();
         tr.ctx_mut().cpuid = crate::cpu_model::CpuModel::host().cpuid_table();
         let mut platform_cfg = PlatformConfig::new(cfg.console, mem_bytes);
@@ -228,11 +210,7 @@ impl Vm {
     }
 
     /// Loads a multiboot kernel (without an initrd); see [`Vm::load_kernel`].
-    pub fn load_multiboot(
-        &mut self,
-        image: &[u8],
-        cmdline: &str,
-    ) -> Result<loader::Kernel, VmError> {
+    pub fn load_multiboot(&mut self, image: &[u8], cmdline: &str) -> Result<loader::Kernel, VmError> {
         self.load_kernel(image, cmdline, None)
     }
 
@@ -241,49 +219,26 @@ impl Vm {
     /// boot protocol leaves it: flat 32-bit protected mode, paging and interrupts
     /// off; multiboot: EAX = 0x2BADB002, EBX = the information; Linux: ESI = the
     /// zero page.
-    pub fn load_kernel(
-        &mut self,
-        image: &[u8],
-        cmdline: &str,
-        initrd: Option<&[u8]>,
-    ) -> Result<loader::Kernel, VmError> {
+    pub fn load_kernel(&mut self, image: &[u8], cmdline: &str, initrd: Option<&[u8]>) -> Result<loader::Kernel, VmError> {
         let kernel = loader::load(&self.ram, image, cmdline, initrd)?;
         let (entry, gdt, (code, data), esp, mut regs) = match kernel {
             loader::Kernel::Multiboot(b) => {
                 let mut regs = [0; 8];
                 regs[0] = loader::MULTIBOOT_BOOTLOADER_MAGIC;
                 regs[3] = b.mbi_addr;
-                (
-                    b.entry,
-                    (b.gdt_base, b.gdt_limit),
-                    (b.code_selector, b.data_selector),
-                    b.initial_esp,
-                    regs,
-                )
+                (b.entry, (b.gdt_base, b.gdt_limit), (b.code_selector, b.data_selector), b.initial_esp, regs)
             }
             loader::Kernel::Linux(b) => {
                 let mut regs = [0; 8];
                 regs[6] = b.boot_params;
-                (
-                    b.entry,
-                    (b.gdt_base, b.gdt_limit),
-                    (b.code_selector, b.data_selector),
-                    b.initial_esp,
-                    regs,
-                )
+                (b.entry, (b.gdt_base, b.gdt_limit), (b.code_selector, b.data_selector), b.initial_esp, regs)
             }
         };
         regs[4] = esp;
         self.cpu = Cpu::flat(code, data);
-        self.cpu.gdtr = TableReg {
-            base: gdt.0,
-            limit: gdt.1,
-        };
+        self.cpu.gdtr = TableReg { base: gdt.0, limit: gdt.1 };
         // The real-mode vector table's IDTR, as QEMU's loaders leave it.
-        self.cpu.idtr = TableReg {
-            base: 0,
-            limit: BOOT_IDTR_LIMIT,
-        };
+        self.cpu.idtr = TableReg { base: 0, limit: BOOT_IDTR_LIMIT };
         // The text screen as a BIOS leaves it: blank, grey on black.
         crate::devices::vga::clear_text_buffer(&self.ram)?;
         let ctx = self.tr.ctx_mut();
@@ -344,11 +299,7 @@ impl Vm {
 
     /// A handle to stop this VM from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle {
-            flag: self.stop_flag.clone(),
-            poll: self.tr.poll_handle(),
-            waker: self.bus.waker(),
-        }
+        StopHandle { flag: self.stop_flag.clone(), poll: self.tr.poll_handle(), waker: self.bus.waker() }
     }
 
     /// Withdraws a stop request that has been served (the run returned `Stopped`), so
@@ -383,9 +334,7 @@ impl Vm {
             kernel_view_handovers: self.shadow.kernel_handovers,
             host_maps: calls.maps + self.view.calls.maps + self.user_view.calls.maps,
             host_unmaps: calls.unmaps + self.view.calls.unmaps + self.user_view.calls.unmaps,
-            host_protects: calls.protects
-                + self.view.calls.protects
-                + self.user_view.calls.protects,
+            host_protects: calls.protects + self.view.calls.protects + self.user_view.calls.protects,
             untraced_frames: self.shadow.untraced_frames,
             plain_retranslations: self.tr.stats().plain_retranslations,
             view_flushes: self.shadow.view_flushes,
@@ -397,13 +346,8 @@ impl Vm {
     }
 
     /// Feeds the guest's serial port from `reader` (read to its end on a thread).
-    pub fn attach_console_input<R: std::io::Read + Send + 'static>(
-        &mut self,
-        reader: R,
-    ) -> Result<(), VmError> {
-        self.bus
-            .attach_input(reader)
-            .map_err(|e| VmError::Internal(format!("console input: {e}")))
+    pub fn attach_console_input<R: std::io::Read + Send + 'static>(&mut self, reader: R) -> Result<(), VmError> {
+        self.bus.attach_input(reader).map_err(|e| VmError::Internal(format!("console input: {e}")))
     }
 
     /// Flushes device output (the console).
@@ -437,19 +381,10 @@ mod tests {
     #[test]
     fn memory_size_errors_name_the_size_given() {
         for (mib, want) in [(4096, "4096 MiB"), (70_000, "70000 MiB"), (0, "0 MiB")] {
-            let e = Vm::new(VmConfig::new(mib, Box::new(std::io::sink())))
-                .err()
-                .expect("refused");
+            let e = Vm::new(VmConfig::new(mib, Box::new(std::io::sink()))).err().expect("refused");
             assert!(e.to_string().contains(want), "{e}");
         }
-        let cfg = VmConfig {
-            mem_bytes: (2 << 20) + 1,
-            ..VmConfig::new(2, Box::new(std::io::sink()))
-        };
-        assert!(Vm::new(cfg)
-            .err()
-            .expect("refused")
-            .to_string()
-            .contains("2097153 bytes"));
+        let cfg = VmConfig { mem_bytes: (2 << 20) + 1, ..VmConfig::new(2, Box::new(std::io::sink())) };
+        assert!(Vm::new(cfg).err().expect("refused").to_string().contains("2097153 bytes"));
     }
 }

@@ -58,14 +58,10 @@ fn code_segment_with_a_base_stops_clearly() {
         0xea, 0x00, 0x00, 0x10, 0x00, 0x08, 0x00, // ljmp $0x08,$0x100000
     ];
     vm.ram().write(CODE, &code).expect("code");
-    vm.ram()
-        .write(0x10_0800, &[0x0f, 0x00, 0x10, 0x08, 0x10, 0x00])
-        .expect("gdtr");
+    vm.ram().write(0x10_0800, &[0x0f, 0x00, 0x10, 0x08, 0x10, 0x00]).expect("gdtr");
     // null descriptor, then base 0x1000, limit 4 GiB, type 0x9b, G+D.
     vm.ram().write(0x10_0810, &[0; 8]).expect("gdt");
-    vm.ram()
-        .write(0x10_0818, &[0xff, 0xff, 0x00, 0x10, 0x00, 0x9b, 0xcf, 0x00])
-        .expect("gdt");
+    vm.ram().write(0x10_0818, &[0xff, 0xff, 0x00, 0x10, 0x00, 0x9b, 0xcf, 0x00]).expect("gdt");
     vm.set_flat_state(CODE, [0, 0, 0, 0, 0x20_0000, 0, 0, 0], 0);
     let outcome = run_with_timeout(&mut vm, Duration::from_secs(5)).expect("run");
     assert!(
@@ -83,26 +79,16 @@ fn run_paged(code: &[u8], tables: &[u32], cr3: u32, regs: [u32; 8]) {
     // the rest of the directory and a second table are random.
     let pd = 0x20_0000;
     for i in 0..1024u32 {
-        vm.ram()
-            .write_u32(0x20_1000 + 4 * i, (i << 12) | 0x7)
-            .expect("pte");
+        vm.ram().write_u32(0x20_1000 + 4 * i, (i << 12) | 0x7).expect("pte");
     }
     // Random PTEs for linear 4–8 MiB: frames inside RAM, any flags (P, R/W, U/S, A,
     // D, PS/PAT bit 7, G, ...); some point at the page tables themselves.
     for (i, e) in tables.iter().enumerate() {
-        let entry = if e & 0x100 != 0 {
-            0x20_1000 | (e & 0xfff)
-        } else {
-            e & 0x003f_ffff
-        };
-        vm.ram()
-            .write_u32(0x20_2000 + 4 * i as u32, entry)
-            .expect("random entries");
+        let entry = if e & 0x100 != 0 { 0x20_1000 | (e & 0xfff) } else { e & 0x003f_ffff };
+        vm.ram().write_u32(0x20_2000 + 4 * i as u32, entry).expect("random entries");
     }
     vm.ram().write_u32(pd, 0x20_1000 | 0x7).expect("pde0");
-    vm.ram()
-        .write_u32(pd + 4, 0x20_2000 | (cr3 & 0x7) | 1)
-        .expect("pde1");
+    vm.ram().write_u32(pd + 4, 0x20_2000 | (cr3 & 0x7) | 1).expect("pde1");
     let prologue = [
         0xb8, 0x00, 0x00, 0x20, 0x00, // mov $0x200000,%eax
         0x0f, 0x22, 0xd8, // mov %eax,%cr3

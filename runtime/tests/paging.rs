@@ -11,8 +11,7 @@ fn vm_with_page_tables() -> Vm {
     // Page directory at 2 MiB: PDE 0 → identity page table, PDE 1 → a table that
     // maps linear 0x400000 to physical 0x300000 (0x401000 not present).
     for i in 0..1024u32 {
-        ram.write_u32(0x20_1000 + 4 * i, (i << 12) | 0x3)
-            .expect("pte");
+        ram.write_u32(0x20_1000 + 4 * i, (i << 12) | 0x3).expect("pte");
     }
     ram.write_u32(0x20_0000, 0x20_1000 | 0x3).expect("pde0");
     ram.write_u32(0x20_0004, 0x20_2000 | 0x3).expect("pde1");
@@ -37,19 +36,8 @@ fn mapped_write_lands_in_the_right_frame_and_not_present_faults() {
     vm.ram().write(0x10_0000, &code).expect("code");
     vm.set_flat_state(0x10_0000, [0, 0, 0, 0, 0x10_f000, 0, 0, 0], 0);
     let outcome = run_with_timeout(&mut vm, Duration::from_secs(10)).expect("run");
-    assert_eq!(
-        outcome,
-        RunOutcome::GuestException {
-            vector: 14,
-            error: Some(0),
-            eip: 0x10_0023
-        }
-    );
-    assert_eq!(
-        vm.registers().0[3],
-        0x1234,
-        "the write through 0x400000 reached frame 0x300"
-    );
+    assert_eq!(outcome, RunOutcome::GuestException { vector: 14, error: Some(0), eip: 0x10_0023 });
+    assert_eq!(vm.registers().0[3], 0x1234, "the write through 0x400000 reached frame 0x300");
     // A and D were set in the PTE for 0x400000.
     let pte = vm.ram().read_u32(0x20_2000).expect("pte");
     assert_eq!(pte & 0x60, 0x60, "A and D set: {pte:#x}");

@@ -37,15 +37,9 @@ fn write_over_translated_code_still_invalidates() {
     vm.ram().write(0x10_0000, &code).expect("write code");
     // Translate and run once so the page holds code, then patch and run again.
     vm.set_flat_state(0x10_0007, [0, 0, 0, 0, 0x10_f000, 0, 0, 0], 0);
-    assert_eq!(
-        run_with_timeout(&mut vm, Duration::from_secs(20)).expect("run"),
-        RunOutcome::Halted { eip: 0x10_000e }
-    );
+    assert_eq!(run_with_timeout(&mut vm, Duration::from_secs(20)).expect("run"), RunOutcome::Halted { eip: 0x10_000e });
     vm.set_flat_state(0x10_0000, [0, 0, 0, 0, 0x10_f000, 0, 0, 0], 0);
-    assert_eq!(
-        run_with_timeout(&mut vm, Duration::from_secs(20)).expect("run"),
-        RunOutcome::Halted { eip: 0x10_000e }
-    );
+    assert_eq!(run_with_timeout(&mut vm, Duration::from_secs(20)).expect("run"), RunOutcome::Halted { eip: 0x10_000e });
     assert_eq!(vm.registers().0[0], 1, "the patched instruction ran");
     assert!(vm.stats().units_invalidated > 0);
 }

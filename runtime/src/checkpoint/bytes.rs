@@ -29,20 +29,14 @@ impl<'de> Visitor<'de> for BytesVisitor {
 pub(crate) mod array {
     use super::*;
 
-    pub(crate) fn serialize<S: Serializer, const N: usize>(
-        v: &[u8; N],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
-        d: D,
-    ) -> Result<[u8; N], D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
         let v = d.deserialize_byte_buf(BytesVisitor)?;
         let len = v.len();
-        v.try_into()
-            .map_err(|_| D::Error::invalid_length(len, &"the array's length"))
+        v.try_into().map_err(|_| D::Error::invalid_length(len, &"the array's length"))
     }
 }
 
@@ -50,21 +44,14 @@ pub(crate) mod array {
 pub(crate) mod boxed_array {
     use super::*;
 
-    pub(crate) fn serialize<S: Serializer, const N: usize>(
-        v: &[u8; N],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer, const N: usize>(v: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
-        d: D,
-    ) -> Result<Box<[u8; N]>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<Box<[u8; N]>, D::Error> {
         let v = d.deserialize_byte_buf(BytesVisitor)?;
         let len = v.len();
-        v.into_boxed_slice()
-            .try_into()
-            .map_err(|_| D::Error::invalid_length(len, &"the array's length"))
+        v.into_boxed_slice().try_into().map_err(|_| D::Error::invalid_length(len, &"the array's length"))
     }
 }
 

@@ -59,8 +59,7 @@ fn crc(bytes: &[u8]) -> u32 {
 
 /// The file's bytes for `body` taken under `engine`.
 pub(crate) fn encode(engine: Engine, body: &Body) -> Result<Vec<u8>, CheckpointError> {
-    let payload = postcard::to_stdvec(body)
-        .map_err(|e| CheckpointError::Internal(format!("encoding the checkpoint: {e}")))?;
+    let payload = postcard::to_stdvec(body).map_err(|e| CheckpointError::Internal(format!("encoding the checkpoint: {e}")))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -83,25 +82,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Engine, Body), CheckpointError> {
         return Err(CheckpointError::NotACheckpoint);
     }
     if bytes.len() < HEADER_LEN {
-        return Err(CheckpointError::Truncated {
-            expected: HEADER_LEN as u64,
-            found: bytes.len() as u64,
-        });
+        return Err(CheckpointError::Truncated { expected: HEADER_LEN as u64, found: bytes.len() as u64 });
     }
     if crc(&bytes[..28]) != u32_at(bytes, 28) {
-        return Err(CheckpointError::Corrupt(
-            "the header's checksum does not match".into(),
-        ));
+        return Err(CheckpointError::Corrupt("the header's checksum does not match".into()));
     }
     let version = u32_at(bytes, 8);
     if version != FORMAT_VERSION {
-        return Err(CheckpointError::Version {
-            found: version,
-            supported: FORMAT_VERSION,
-        });
+        return Err(CheckpointError::Version { found: version, supported: FORMAT_VERSION });
     }
-    let engine =
-        Engine::from_code(u32_at(bytes, 12)).ok_or(CheckpointError::Engine(u32_at(bytes, 12)))?;
+    let engine = Engine::from_code(u32_at(bytes, 12)).ok_or(CheckpointError::Engine(u32_at(bytes, 12)))?;
     let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap_or([0xff; 8]));
     let expected = len.saturating_add(HEADER_LEN as u64);
     let found = bytes.len() as u64;
@@ -109,18 +99,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Engine, Body), CheckpointError> {
         return Err(CheckpointError::Truncated { expected, found });
     }
     if found > expected {
-        return Err(CheckpointError::Corrupt(format!(
-            "{} bytes follow the checkpoint's end",
-            found - expected
-        )));
+        return Err(CheckpointError::Corrupt(format!("{} bytes follow the checkpoint's end", found - expected)));
     }
     let payload = &bytes[HEADER_LEN..];
     if crc(payload) != u32_at(bytes, 24) {
-        return Err(CheckpointError::Corrupt(
-            "the checksum of its contents does not match".into(),
-        ));
+        return Err(CheckpointError::Corrupt("the checksum of its contents does not match".into()));
     }
-    let body: Body = postcard::from_bytes(payload)
-        .map_err(|e| CheckpointError::Corrupt(format!("its contents do not decode ({e})")))?;
+    let body: Body = postcard::from_bytes(payload).map_err(|e| CheckpointError::Corrupt(format!("its contents do not decode ({e})")))?;
     Ok((engine, body))
 }

@@ -34,10 +34,7 @@ pub struct FxImage(#[serde(with = "crate::checkpoint::bytes::array")] pub [u8; 5
 
 impl std::fmt::Debug for FxImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FxImage")
-            .field("fcw", &self.fcw())
-            .field("mxcsr", &self.mxcsr())
-            .finish_non_exhaustive()
+        f.debug_struct("FxImage").field("fcw", &self.fcw()).field("mxcsr", &self.mxcsr()).finish_non_exhaustive()
     }
 }
 
@@ -73,8 +70,7 @@ impl FxImage {
     /// xmm register `i` (0..8) as two little-endian quadwords, as `VcpuCtx::xmm`.
     pub fn xmm(&self, i: usize) -> [u64; 2] {
         let at = XMM0 + 16 * i;
-        let q =
-            |o: usize| u64::from_le_bytes(self.0[at + o..at + o + 8].try_into().unwrap_or([0; 8]));
+        let q = |o: usize| u64::from_le_bytes(self.0[at + o..at + o + 8].try_into().unwrap_or([0; 8]));
         [q(0), q(8)]
     }
 
@@ -124,11 +120,7 @@ impl FxImage {
         img.set_u32(MXCSR, fxsave().mxcsr());
         img.scrub();
         fxrstor(&img);
-        ctx.guest_mxcsr = if self.mxcsr_valid() {
-            self.mxcsr()
-        } else {
-            FxImage::default().mxcsr()
-        };
+        ctx.guest_mxcsr = if self.mxcsr_valid() { self.mxcsr() } else { FxImage::default().mxcsr() };
         for (i, x) in ctx.xmm.iter_mut().enumerate() {
             *x = self.xmm(i);
         }
@@ -155,9 +147,7 @@ fn fxrstor(img: &FxImage) {
     // cannot fault. It changes the x87, MMX and xmm registers: `clobber_abi("C")`
     // tells the compiler none of them holds a value across this (Rust code keeps no
     // x87 state, and the ABI's MXCSR control bits are the ones the VMM had).
-    unsafe {
-        core::arch::asm!("fxrstor [{0}]", in(reg) p, clobber_abi("C"), options(nostack, readonly, preserves_flags))
-    };
+    unsafe { core::arch::asm!("fxrstor [{0}]", in(reg) p, clobber_abi("C"), options(nostack, readonly, preserves_flags)) };
 }
 
 #[cfg(test)]
@@ -183,10 +173,7 @@ mod tests {
         .expect("thread");
         assert_eq!(captured.fcw(), 0x027f);
         assert_eq!(captured.mxcsr(), 0x3f80);
-        assert_eq!(
-            captured.xmm(3),
-            [0x1122_3344_5566_7788, 0x99aa_bbcc_ddee_ff00]
-        );
+        assert_eq!(captured.xmm(3), [0x1122_3344_5566_7788, 0x99aa_bbcc_ddee_ff00]);
         assert!(captured.mxcsr_valid());
         let (loaded, ctx) = std::thread::spawn(move || {
             let mut ctx = VcpuCtx::default();
@@ -199,10 +186,7 @@ mod tests {
         .join()
         .expect("thread");
         assert_eq!(loaded.fcw(), 0x027f);
-        assert_eq!(
-            ctx,
-            (0x3f80, [0x1122_3344_5566_7788, 0x99aa_bbcc_ddee_ff00], 2.0)
-        );
+        assert_eq!(ctx, (0x3f80, [0x1122_3344_5566_7788, 0x99aa_bbcc_ddee_ff00], 2.0));
     }
 
     #[test]

@@ -128,8 +128,7 @@ impl CheckpointError {
 }
 
 /// EFLAGS bits other than IF and the arithmetic ones that the vCPU keeps.
-const SYS_FLAGS: u32 =
-    eflags::TF | eflags::IOPL | eflags::NT | eflags::RF | eflags::AC | eflags::ID;
+const SYS_FLAGS: u32 = eflags::TF | eflags::IOPL | eflags::NT | eflags::RF | eflags::AC | eflags::ID;
 
 /// The vCPU in a checkpoint (engine-neutral: what the guest sees).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,11 +185,7 @@ impl Checkpoint {
     /// Takes a checkpoint of `vm`, stopped at an instruction boundary (after `run`
     /// or `run_kvm` returned), on the thread that ran it (the guest's x87 registers
     /// are that thread's). `options` are kept for the restore, opaque here.
-    pub fn capture(
-        vm: &mut Vm,
-        engine: Engine,
-        options: Vec<(String, String)>,
-    ) -> Result<Self, CheckpointError> {
+    pub fn capture(vm: &mut Vm, engine: Engine, options: Vec<(String, String)>) -> Result<Self, CheckpointError> {
         let (virtual_ns, host) = (vm.bus.now(), host_tsc());
         #[allow(clippy::cast_sign_loss)]
         let guest_tsc = host.wrapping_add(vm.cpu.tsc_offset as u64);
@@ -228,17 +223,12 @@ impl Checkpoint {
         };
         let devices = vm.bus.save();
         let ram = ram::capture(&vm.ram)?;
-        let saved_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let saved_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let body = format::Body {
             writer: format!("bt86 {}", env!("CARGO_PKG_VERSION")),
             saved_at,
             options,
-            time: format::TimeState {
-                virtual_ns,
-                guest_tsc,
-            },
+            time: format::TimeState { virtual_ns, guest_tsc },
             cpu,
             devices,
             ram,
@@ -262,10 +252,7 @@ impl Checkpoint {
     /// renamed over it): an interrupted write never leaves half a checkpoint.
     pub fn write_to(&self, path: &Path) -> Result<Written, CheckpointError> {
         let bytes = self.to_bytes()?;
-        let err = |source| CheckpointError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
+        let err = |source| CheckpointError::Write { path: path.to_path_buf(), source };
         let tmp = temp_path(path);
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
@@ -277,18 +264,12 @@ impl Checkpoint {
             let _ = std::fs::remove_file(&tmp);
             return Err(err(e));
         }
-        Ok(Written {
-            bytes: bytes.len() as u64,
-            pages: self.body.ram.pages(),
-        })
+        Ok(Written { bytes: bytes.len() as u64, pages: self.body.ram.pages() })
     }
 
     /// Reads and checks the checkpoint at `path`.
     pub fn read_from(path: &Path) -> Result<Self, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })?;
         Self::from_bytes(&bytes)
     }
 
@@ -304,11 +285,7 @@ impl Checkpoint {
 
     /// The value of run option `name`, if kept.
     pub fn option(&self, name: &str) -> Option<&str> {
-        self.body
-            .options
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.body.options.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// Guest RAM in bytes.
@@ -334,23 +311,10 @@ impl Checkpoint {
     /// A new VM in the checkpoint's state, COM1 writing to `console` (and reading
     /// the host's standard input if `stdin_input`), ready to `run` (or `run_kvm`)
     /// from where the checkpoint was taken. Call on the thread that will run it.
-    pub fn restore(
-        self,
-        console: Box<dyn Write + Send>,
-        stdin_input: bool,
-    ) -> Result<Vm, CheckpointError> {
-        let format::Body {
-            cpu: c,
-            devices,
-            ram: image,
-            time,
-            ..
-        } = self.body;
+    pub fn restore(self, console: Box<dyn Write + Send>, stdin_input: bool) -> Result<Vm, CheckpointError> {
+        let format::Body { cpu: c, devices, ram: image, time, .. } = self.body;
         if !c.fpu.mxcsr_valid() {
-            return Err(CheckpointError::Corrupt(format!(
-                "its MXCSR {:#x} has reserved bits set",
-                c.fpu.mxcsr()
-            )));
+            return Err(CheckpointError::Corrupt(format!("its MXCSR {:#x} has reserved bits set", c.fpu.mxcsr())));
         }
         let model = guest_model(c.cpuid)?;
         let at_tsc = host_tsc();
@@ -407,20 +371,14 @@ impl Checkpoint {
 /// a new file), without touching `path` itself.
 pub fn check_writable(path: &Path) -> Result<(), CheckpointError> {
     let tmp = temp_path(path);
-    std::fs::File::create(&tmp).map_err(|source| CheckpointError::Write {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    std::fs::File::create(&tmp).map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })?;
     let _ = std::fs::remove_file(&tmp);
     Ok(())
 }
 
 /// A file next to `path` for writing it whole before a rename.
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 

@@ -96,11 +96,7 @@ impl Runs {
         }
         let pages = u32::try_from(self.pending.len() / PAGE).unwrap_or(u32::MAX);
         let lz4 = lz4_flex::block::compress(&self.pending);
-        self.runs.push(PageRun {
-            first_frame: self.first_frame,
-            pages,
-            lz4,
-        });
+        self.runs.push(PageRun { first_frame: self.first_frame, pages, lz4 });
         self.pending.clear();
     }
 }
@@ -112,10 +108,8 @@ pub(crate) fn capture(ram: &GuestRam) -> Result<RamImage, CheckpointError> {
     for (start, end) in data_ranges(ram) {
         let mut at = start;
         while at < end {
-            let phys = u32::try_from(at)
-                .map_err(|_| CheckpointError::Internal(format!("RAM offset {at:#x}")))?;
-            ram.read(phys, &mut page)
-                .map_err(|e| CheckpointError::Internal(format!("reading guest RAM: {e}")))?;
+            let phys = u32::try_from(at).map_err(|_| CheckpointError::Internal(format!("RAM offset {at:#x}")))?;
+            ram.read(phys, &mut page).map_err(|e| CheckpointError::Internal(format!("reading guest RAM: {e}")))?;
             if page[..] != ZERO_PAGE[..] {
                 runs.push(phys / PAGE_SIZE, &page);
             }
@@ -123,10 +117,7 @@ pub(crate) fn capture(ram: &GuestRam) -> Result<RamImage, CheckpointError> {
         }
     }
     runs.flush();
-    Ok(RamImage {
-        size: ram.size(),
-        runs: runs.runs,
-    })
+    Ok(RamImage { size: ram.size(), runs: runs.runs })
 }
 
 /// Writes the image's pages into `ram` (fresh, all zeros, of the image's size).
@@ -134,12 +125,7 @@ pub(crate) fn restore(ram: &GuestRam, image: &RamImage) -> Result<(), Checkpoint
     let frames = image.size / PAGE_SIZE;
     let mut buf = Vec::new();
     for run in &image.runs {
-        let fits = run.pages > 0
-            && run.pages <= MAX_RUN_PAGES
-            && run
-                .first_frame
-                .checked_add(run.pages)
-                .is_some_and(|end| end <= frames);
+        let fits = run.pages > 0 && run.pages <= MAX_RUN_PAGES && run.first_frame.checked_add(run.pages).is_some_and(|end| end <= frames);
         if !fits {
             return Err(CheckpointError::Corrupt(format!(
                 "a run of {} RAM pages at frame {:#x} lies outside the guest's {} pages",
@@ -151,10 +137,7 @@ pub(crate) fn restore(ram: &GuestRam, image: &RamImage) -> Result<(), Checkpoint
         match lz4_flex::block::decompress_into(&run.lz4, &mut buf) {
             Ok(n) if n == len => {}
             _ => {
-                return Err(CheckpointError::Corrupt(format!(
-                    "the RAM pages at frame {:#x} do not decompress",
-                    run.first_frame
-                )));
+                return Err(CheckpointError::Corrupt(format!("the RAM pages at frame {:#x} do not decompress", run.first_frame)));
             }
         }
         ram.write(run.first_frame * PAGE_SIZE, &buf)
@@ -198,29 +181,9 @@ mod tests {
     #[test]
     fn runs_outside_ram_or_garbled_are_corrupt() {
         let ram = GuestRam::new(1 << 20).unwrap();
-        let outside = RamImage {
-            size: 1 << 20,
-            runs: vec![PageRun {
-                first_frame: 255,
-                pages: 2,
-                lz4: vec![0],
-            }],
-        };
-        assert!(matches!(
-            restore(&ram, &outside),
-            Err(CheckpointError::Corrupt(_))
-        ));
-        let garbled = RamImage {
-            size: 1 << 20,
-            runs: vec![PageRun {
-                first_frame: 1,
-                pages: 1,
-                lz4: vec![0xff; 20],
-            }],
-        };
-        assert!(matches!(
-            restore(&ram, &garbled),
-            Err(CheckpointError::Corrupt(_))
-        ));
+        let outside = RamImage { size: 1 << 20, runs: vec![PageRun { first_frame: 255, pages: 2, lz4: vec![0] }] };
+        assert!(matches!(restore(&ram, &outside), Err(CheckpointError::Corrupt(_))));
+        let garbled = RamImage { size: 1 << 20, runs: vec![PageRun { first_frame: 1, pages: 1, lz4: vec![0xff; 20] }] };
+        assert!(matches!(restore(&ram, &garbled), Err(CheckpointError::Corrupt(_))));
     }
 }

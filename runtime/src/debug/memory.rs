@@ -47,13 +47,7 @@ impl Vm {
     /// page with RAM behind it is there.
     fn debug_phys(&self, linear: u32) -> Option<u32> {
         let phys = if self.paging() {
-            let t = walk::walk(
-                &mut Untouched(&self.ram),
-                &self.paging_mode(),
-                linear,
-                Access::KERNEL_READ,
-            )
-            .ok()?;
+            let t = walk::walk(&mut Untouched(&self.ram), &self.paging_mode(), linear, Access::KERNEL_READ).ok()?;
             t.phys_page | (linear & 0xfff)
         } else {
             linear
@@ -78,16 +72,10 @@ impl Vm {
     /// of it is mapped.
     pub fn debug_write(&mut self, linear: u32, data: &[u8]) -> Result<(), DebugError> {
         let targets = pieces(linear, data.len())
-            .map(|(at, off, n)| {
-                self.debug_phys(at)
-                    .map(|phys| (phys, off, n))
-                    .ok_or(DebugError::Unmapped(at))
-            })
+            .map(|(at, off, n)| self.debug_phys(at).map(|phys| (phys, off, n)).ok_or(DebugError::Unmapped(at)))
             .collect::<Result<Vec<_>, _>>()?;
         for (phys, off, n) in targets {
-            self.ram
-                .write(phys, &data[off..off + n])
-                .map_err(VmError::from)?;
+            self.ram.write(phys, &data[off..off + n]).map_err(VmError::from)?;
             self.debugger_wrote(phys, n)?;
         }
         Ok(())

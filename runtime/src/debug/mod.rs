@@ -75,20 +75,11 @@ pub enum Resume {
 /// Why the guest paused; `eip` is the next instruction it will run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DebugEvent {
-    Breakpoint {
-        eip: u32,
-    },
-    Step {
-        eip: u32,
-    },
+    Breakpoint { eip: u32 },
+    Step { eip: u32 },
     /// The instruction before `eip` accessed `hit.addr`, which `hit.kind` watches.
-    Watch {
-        eip: u32,
-        hit: WatchHit,
-    },
-    Interrupted {
-        eip: u32,
-    },
+    Watch { eip: u32, hit: WatchHit },
+    Interrupted { eip: u32 },
 }
 
 /// How a debugged run stopped.
@@ -167,21 +158,14 @@ enum Boundary {
 impl Vm {
     /// A handle that pauses this VM for the debugger from another thread.
     pub fn debug_interrupt_handle(&self) -> DebugInterrupt {
-        DebugInterrupt {
-            flag: self.debug_break.clone(),
-            poll: self.tr.poll_handle(),
-            waker: self.bus.waker(),
-        }
+        DebugInterrupt { flag: self.debug_break.clone(), poll: self.tr.poll_handle(), waker: self.bus.waker() }
     }
 
     /// Runs the guest for the debugger until it pauses or the run ends. Must
     /// be called on the thread that runs the VM (the x87 registers live there).
     pub fn debug_run(&mut self, how: Resume) -> Result<DebugStop, VmError> {
         let eip = self.tr.ctx().eip;
-        let on_breakpoint = self
-            .debug
-            .as_ref()
-            .is_some_and(|d| d.breakpoints.contains_key(&eip));
+        let on_breakpoint = self.debug.as_ref().is_some_and(|d| d.breakpoints.contains_key(&eip));
         if how == Resume::Step || on_breakpoint {
             let stop = self.run_for_debugger(true)?;
             if how == Resume::Step || !matches!(stop, DebugStop::Paused(DebugEvent::Step { .. })) {
@@ -213,8 +197,7 @@ impl Vm {
         }
         match outcome {
             RunOutcome::Stopped { eip }
-                if !self.stop_flag.load(Ordering::SeqCst)
-                    && self.debug_break.swap(false, Ordering::SeqCst) =>
+                if !self.stop_flag.load(Ordering::SeqCst) && self.debug_break.swap(false, Ordering::SeqCst) =>
             {
                 Ok(DebugStop::Paused(DebugEvent::Interrupted { eip }))
             }
@@ -225,23 +208,14 @@ impl Vm {
     /// Sets a breakpoint at linear address `eip`.
     pub fn add_breakpoint(&mut self, eip: u32) -> Result<(), VmError> {
         self.tr.add_stop(eip)?;
-        *self
-            .debug
-            .get_or_insert_with(Box::default)
-            .breakpoints
-            .entry(eip)
-            .or_default() += 1;
+        *self.debug.get_or_insert_with(Box::default).breakpoints.entry(eip).or_default() += 1;
         Ok(())
     }
 
     /// Removes one breakpoint at `eip`; false if there was none.
     pub fn remove_breakpoint(&mut self, eip: u32) -> Result<bool, VmError> {
-        let Some(d) = self.debug.as_deref_mut() else {
-            return Ok(false);
-        };
-        let Some(count) = d.breakpoints.get_mut(&eip) else {
-            return Ok(false);
-        };
+        let Some(d) = self.debug.as_deref_mut() else { return Ok(false) };
+        let Some(count) = d.breakpoints.get_mut(&eip) else { return Ok(false) };
         *count -= 1;
         if *count == 0 {
             d.breakpoints.remove(&eip);
@@ -252,21 +226,14 @@ impl Vm {
 
     /// Watches `w`: the guest pauses after an instruction that accesses it.
     pub fn add_watchpoint(&mut self, w: Watchpoint) -> Result<(), VmError> {
-        self.debug
-            .get_or_insert_with(Box::default)
-            .watchpoints
-            .push(w);
+        self.debug.get_or_insert_with(Box::default).watchpoints.push(w);
         self.stop_everywhere(true)
     }
 
     /// Removes a watchpoint equal to `w`; false if there was none.
     pub fn remove_watchpoint(&mut self, w: Watchpoint) -> Result<bool, VmError> {
-        let Some(d) = self.debug.as_deref_mut() else {
-            return Ok(false);
-        };
-        let Some(i) = d.watchpoints.iter().position(|x| *x == w) else {
-            return Ok(false);
-        };
+        let Some(d) = self.debug.as_deref_mut() else { return Ok(false) };
+        let Some(i) = d.watchpoints.iter().position(|x| *x == w) else { return Ok(false) };
         d.watchpoints.remove(i);
         let watching = !d.watchpoints.is_empty();
         self.stop_everywhere(watching)?;
@@ -302,9 +269,7 @@ impl Vm {
     /// Whether a branch to `eip` must go through the dispatch loop (and so
     /// through `debug_boundary`) rather than straight into a unit.
     pub(crate) fn debug_stops_at(&self, eip: u32) -> bool {
-        self.debug
-            .as_deref()
-            .is_some_and(|d| d.step != Step::Idle || self.tr.is_stop(eip))
+        self.debug.as_deref().is_some_and(|d| d.step != Step::Idle || self.tr.is_stop(eip))
     }
 
     /// Whether a single step is under way (interrupts wait).
@@ -316,9 +281,7 @@ impl Vm {
     /// watchpoint the last instruction hit, the end of a step or a breakpoint,
     /// or lets the next instruction run alone (a step).
     pub(crate) fn debug_boundary(&mut self, next: Next) -> Result<Next, VmError> {
-        let (Next::Dispatch(eip) | Next::Transient(eip)) = next else {
-            return Ok(next);
-        };
+        let (Next::Dispatch(eip) | Next::Transient(eip)) = next else { return Ok(next) };
         match self.boundary(eip) {
             Boundary::Go => Ok(next),
             Boundary::RunOne => Ok(Next::Transient(eip)),
@@ -336,17 +299,11 @@ impl Vm {
         // An instruction that faulted and is run again by the VMM (a hidden page
         // fault, the poll page, a write to a traced page) has not run yet.
         let again = ExitReason::from_raw(self.tr.ctx().exit_reason) == Some(ExitReason::Fault);
-        let Some(d) = self.debug.as_deref_mut() else {
-            return Boundary::Go;
-        };
+        let Some(d) = self.debug.as_deref_mut() else { return Boundary::Go };
         if let Some(r) = d.released.take() {
             if again && r.eip == eip {
                 d.released = Some(r);
-                return if d.step == Step::Running {
-                    Boundary::RunOne
-                } else {
-                    Boundary::Go
-                };
+                return if d.step == Step::Running { Boundary::RunOne } else { Boundary::Go };
             }
             if let Some(hit) = watch::hit(&d.watchpoints, &r.accesses) {
                 return Boundary::Pause(DebugEvent::Watch { eip, hit });
@@ -372,15 +329,8 @@ impl Vm {
     /// Notes that the instruction at `eip` runs next, with the memory it will
     /// access if watchpoints are set.
     fn release(&mut self, eip: u32) {
-        let watching = self
-            .debug
-            .as_deref()
-            .is_some_and(|d| !d.watchpoints.is_empty());
-        let accesses = if watching {
-            self.accesses_at(eip)
-        } else {
-            Vec::new()
-        };
+        let watching = self.debug.as_deref().is_some_and(|d| !d.watchpoints.is_empty());
+        let accesses = if watching { self.accesses_at(eip) } else { Vec::new() };
         if let Some(d) = self.debug.as_deref_mut() {
             d.released = Some(Released { eip, accesses });
         }
@@ -390,13 +340,7 @@ impl Vm {
     pub(crate) fn accesses_at(&self, eip: u32) -> Vec<MemAccess> {
         let mut bytes = [0u8; 15];
         let n = self.debug_read(eip, &mut bytes);
-        let ins = iced_x86::Decoder::with_ip(
-            32,
-            &bytes[..n],
-            u64::from(eip),
-            self.tr.isa().decoder_options(),
-        )
-        .decode();
+        let ins = iced_x86::Decoder::with_ip(32, &bytes[..n], u64::from(eip), self.tr.isa().decoder_options()).decode();
         let ctx = self.tr.ctx();
         let down = ctx.rflags & u64::from(crate::cpu::eflags::DF) != 0;
         watch::accesses(&ins, down, |r| register_value(r, &ctx.gpr, &self.cpu, eip))

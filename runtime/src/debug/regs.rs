@@ -67,10 +67,7 @@ impl Vm {
     pub fn set_debug_registers(&mut self, regs: &GuestRegisters) -> Result<(), DebugError> {
         for (i, (now, new)) in self.cpu.seg.iter().zip(regs.selectors).enumerate() {
             if now.selector != new {
-                return Err(DebugError::SegmentWrite {
-                    name: SEGMENT_NAMES[i],
-                    selector: new,
-                });
+                return Err(DebugError::SegmentWrite { name: SEGMENT_NAMES[i], selector: new });
             }
         }
         let mut image = checkpoint::guest_fpu(self);
@@ -152,11 +149,7 @@ fn x87_into_image(x: &X87Registers, image: &mut FxImage) {
 fn full_tag(abridged: u8, fstat: u16, st: &[[u8; 10]; 8]) -> u16 {
     let top = usize::from((fstat >> 11) & 7);
     (0..8).fold(0, |tag, physical| {
-        let bits = if abridged & (1 << physical) == 0 {
-            3
-        } else {
-            classify(&st[(physical + 8 - top) & 7])
-        };
+        let bits = if abridged & (1 << physical) == 0 { 3 } else { classify(&st[(physical + 8 - top) & 7]) };
         tag | (bits << (2 * physical))
     })
 }
@@ -176,13 +169,7 @@ fn classify(value: &[u8; 10]) -> u16 {
 
 /// fxsave's abridged tag: a register is in use unless its two bits are 11.
 fn abridged_tag(full: u16) -> u8 {
-    (0..8).fold(0, |tag, physical| {
-        if (full >> (2 * physical)) & 3 == 3 {
-            tag
-        } else {
-            tag | (1 << physical)
-        }
-    })
+    (0..8).fold(0, |tag, physical| if (full >> (2 * physical)) & 3 == 3 { tag } else { tag | (1 << physical) })
 }
 
 #[cfg(test)]
@@ -197,10 +184,7 @@ mod tests {
         // TOP = 7: ST(0) is physical register 7; ST(1) (zero) is physical 0.
         let fstat = 7 << 11;
         let full = full_tag(0b1000_0001, fstat, &st);
-        assert_eq!(
-            full, 0b00_11_11_11_11_11_11_01,
-            "R7 valid, R0 zero, the rest empty"
-        );
+        assert_eq!(full, 0b00_11_11_11_11_11_11_01, "R7 valid, R0 zero, the rest empty");
         assert_eq!(abridged_tag(full), 0b1000_0001);
     }
 

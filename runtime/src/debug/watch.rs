@@ -41,11 +41,7 @@ pub struct WatchHit {
 
 /// The accesses `ins` makes with the register values `reg` gives (for a segment
 /// register: its base). `down`: EFLAGS.DF is set (string instructions go down).
-pub(crate) fn accesses(
-    ins: &Instruction,
-    down: bool,
-    reg: impl Fn(Register) -> u64,
-) -> Vec<MemAccess> {
+pub(crate) fn accesses(ins: &Instruction, down: bool, reg: impl Fn(Register) -> u64) -> Vec<MemAccess> {
     let mut factory = InstructionInfoFactory::new();
     let info = factory.info(ins);
     let repeats = repeat_count(ins, &reg);
@@ -75,12 +71,7 @@ pub(crate) fn accesses(
             };
             #[allow(clippy::cast_possible_truncation)]
             let addr = start as u32;
-            Some(MemAccess {
-                addr,
-                len,
-                read,
-                write,
-            })
+            Some(MemAccess { addr, len, read, write })
         })
         .collect()
 }
@@ -92,21 +83,12 @@ fn repeat_count(ins: &Instruction, reg: &impl Fn(Register) -> u64) -> Option<u64
         return None;
     }
     let count = reg(Register::ECX);
-    Some(if addresses_16_bit(ins) {
-        count & 0xffff
-    } else {
-        count & 0xffff_ffff
-    })
+    Some(if addresses_16_bit(ins) { count & 0xffff } else { count & 0xffff_ffff })
 }
 
 /// A string instruction with the address-size prefix: si/di and cx.
 fn addresses_16_bit(ins: &Instruction) -> bool {
-    (0..ins.op_count()).any(|i| {
-        matches!(
-            ins.op_kind(i),
-            OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI
-        )
-    })
+    (0..ins.op_count()).any(|i| matches!(ins.op_kind(i), OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI))
 }
 
 /// The first watchpoint in `watchpoints` that one of `accesses` triggers.
@@ -121,10 +103,7 @@ pub(crate) fn hit(watchpoints: &[Watchpoint], accesses: &[MemAccess]) -> Option<
             let start = u64::from(a.addr).max(u64::from(w.addr));
             let end = (u64::from(a.addr) + a.len).min(u64::from(w.addr) + u64::from(w.len));
             #[allow(clippy::cast_possible_truncation)]
-            (reacts && start < end).then_some(WatchHit {
-                addr: start as u32,
-                kind: w.kind,
-            })
+            (reacts && start < end).then_some(WatchHit { addr: start as u32, kind: w.kind })
         })
     })
 }
@@ -154,65 +133,25 @@ mod tests {
     fn a_store_writes_its_operand() {
         // mov %ecx, 0x10(%eax)
         let a = accesses(&decode(&[0x89, 0x48, 0x10]), false, regs);
-        assert_eq!(
-            a,
-            vec![MemAccess {
-                addr: 0x110,
-                len: 4,
-                read: false,
-                write: true
-            }]
-        );
+        assert_eq!(a, vec![MemAccess { addr: 0x110, len: 4, read: false, write: true }]);
     }
 
     #[test]
     fn push_writes_below_the_stack_pointer() {
         // push %eax
         let a = accesses(&decode(&[0x50]), false, regs);
-        assert_eq!(
-            a,
-            vec![MemAccess {
-                addr: 0x7ffc,
-                len: 4,
-                read: false,
-                write: true
-            }]
-        );
+        assert_eq!(a, vec![MemAccess { addr: 0x7ffc, len: 4, read: false, write: true }]);
     }
 
     #[test]
     fn repeated_strings_cover_every_iteration() {
         // rep movsl: 3 dwords from esi to edi
         let a = accesses(&decode(&[0xf3, 0xa5]), false, regs);
-        assert!(
-            a.contains(&MemAccess {
-                addr: 0x2000,
-                len: 12,
-                read: true,
-                write: false
-            }),
-            "{a:?}"
-        );
-        assert!(
-            a.contains(&MemAccess {
-                addr: 0x3000,
-                len: 12,
-                read: false,
-                write: true
-            }),
-            "{a:?}"
-        );
+        assert!(a.contains(&MemAccess { addr: 0x2000, len: 12, read: true, write: false }), "{a:?}");
+        assert!(a.contains(&MemAccess { addr: 0x3000, len: 12, read: false, write: true }), "{a:?}");
         // the same with DF set: down from edi
         let a = accesses(&decode(&[0xf3, 0xa5]), true, regs);
-        assert!(
-            a.contains(&MemAccess {
-                addr: 0x2ff8,
-                len: 12,
-                read: false,
-                write: true
-            }),
-            "{a:?}"
-        );
+        assert!(a.contains(&MemAccess { addr: 0x2ff8, len: 12, read: false, write: true }), "{a:?}");
     }
 
     #[test]
@@ -223,47 +162,14 @@ mod tests {
 
     #[test]
     fn hits_need_an_overlap_and_a_matching_kind() {
-        let w = [Watchpoint {
-            addr: 0x112,
-            len: 4,
-            kind: WatchKind::Write,
-        }];
-        let store = MemAccess {
-            addr: 0x110,
-            len: 4,
-            read: false,
-            write: true,
-        };
-        assert_eq!(
-            hit(&w, &[store]),
-            Some(WatchHit {
-                addr: 0x112,
-                kind: WatchKind::Write
-            })
-        );
-        let load = MemAccess {
-            write: false,
-            read: true,
-            ..store
-        };
-        assert_eq!(
-            hit(&w, &[load]),
-            None,
-            "a read does not trigger a write watchpoint"
-        );
-        let beside = MemAccess {
-            addr: 0x10e,
-            ..store
-        };
-        assert_eq!(
-            hit(&w, &[beside]),
-            None,
-            "0x10e..0x112 ends where the watch starts"
-        );
-        let r = [Watchpoint {
-            kind: WatchKind::Access,
-            ..w[0]
-        }];
+        let w = [Watchpoint { addr: 0x112, len: 4, kind: WatchKind::Write }];
+        let store = MemAccess { addr: 0x110, len: 4, read: false, write: true };
+        assert_eq!(hit(&w, &[store]), Some(WatchHit { addr: 0x112, kind: WatchKind::Write }));
+        let load = MemAccess { write: false, read: true, ..store };
+        assert_eq!(hit(&w, &[load]), None, "a read does not trigger a write watchpoint");
+        let beside = MemAccess { addr: 0x10e, ..store };
+        assert_eq!(hit(&w, &[beside]), None, "0x10e..0x112 ends where the watch starts");
+        let r = [Watchpoint { kind: WatchKind::Access, ..w[0] }];
         assert_eq!(hit(&r, &[load]).map(|h| h.kind), Some(WatchKind::Access));
     }
 }
@@ -288,24 +194,14 @@ pub(crate) fn guest_breakpoints(dr: &[u32; 8]) -> Vec<(u32, Watchpoint)> {
                 2 => 8,
                 _ => 4,
             };
-            Some((
-                n,
-                Watchpoint {
-                    addr: dr[n as usize] & !(len - 1),
-                    len,
-                    kind,
-                },
-            ))
+            Some((n, Watchpoint { addr: dr[n as usize] & !(len - 1), len, kind }))
         })
         .collect()
 }
 
 /// The DR6 bits (B0-B3) of the guest breakpoints `accesses` hit.
 pub(crate) fn guest_hits(breakpoints: &[(u32, Watchpoint)], accesses: &[MemAccess]) -> u32 {
-    breakpoints
-        .iter()
-        .filter(|(_, w)| hit(std::slice::from_ref(w), accesses).is_some())
-        .fold(0, |bits, (n, _)| bits | 1 << n)
+    breakpoints.iter().filter(|(_, w)| hit(std::slice::from_ref(w), accesses).is_some()).fold(0, |bits, (n, _)| bits | 1 << n)
 }
 
 #[cfg(test)]
@@ -319,45 +215,11 @@ mod guest_tests {
         // (left out); DR3: disabled.
         dr[7] = 0b01 | 0b1000 | 0b1_0000 | (0b1101 << 16) | (0b0011 << 20) | (0b1101 << 28); // DR2's R/W, LEN: 00
         let bps = guest_breakpoints(&dr);
-        assert_eq!(
-            bps,
-            vec![
-                (
-                    0,
-                    Watchpoint {
-                        addr: 0x1000,
-                        len: 4,
-                        kind: WatchKind::Write
-                    }
-                ),
-                (
-                    1,
-                    Watchpoint {
-                        addr: 0x2000,
-                        len: 1,
-                        kind: WatchKind::Access
-                    }
-                )
-            ]
-        );
-        let store = MemAccess {
-            addr: 0x1002,
-            len: 4,
-            read: false,
-            write: true,
-        };
-        let load = MemAccess {
-            addr: 0x1ffe,
-            len: 4,
-            read: true,
-            write: false,
-        };
+        assert_eq!(bps, vec![(0, Watchpoint { addr: 0x1000, len: 4, kind: WatchKind::Write }), (1, Watchpoint { addr: 0x2000, len: 1, kind: WatchKind::Access })]);
+        let store = MemAccess { addr: 0x1002, len: 4, read: false, write: true };
+        let load = MemAccess { addr: 0x1ffe, len: 4, read: true, write: false };
         assert_eq!(guest_hits(&bps, &[store]), 0b01);
-        assert_eq!(
-            guest_hits(&bps, &[load]),
-            0b10,
-            "a read does not hit a write breakpoint"
-        );
+        assert_eq!(guest_hits(&bps, &[load]), 0b10, "a read does not hit a write breakpoint");
         assert_eq!(guest_hits(&bps, &[store, load]), 0b11);
     }
 }

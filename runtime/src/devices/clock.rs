@@ -48,9 +48,7 @@ pub fn tsc_hz() -> u64 {
         std::thread::sleep(Duration::from_millis(20));
         let (c1, t1) = (host_tsc(), Instant::now());
         let ns = t1.duration_since(t0).as_nanos().max(1);
-        u64::try_from(u128::from(c1.wrapping_sub(c0)) * 1_000_000_000 / ns)
-            .unwrap_or(1)
-            .max(1)
+        u64::try_from(u128::from(c1.wrapping_sub(c0)) * 1_000_000_000 / ns).unwrap_or(1).max(1)
     })
 }
 
@@ -88,9 +86,7 @@ impl HostClock {
         Self {
             origin_tsc: at_tsc,
             start_ns: at_ns,
-            wall_origin_ns: fresh
-                .wall_origin_ns
-                .saturating_sub(at_ns.saturating_add(since)),
+            wall_origin_ns: fresh.wall_origin_ns.saturating_sub(at_ns.saturating_add(since)),
             ..fresh
         }
     }
@@ -118,8 +114,7 @@ impl Clock for HostClock {
 
     fn tsc_at(&self, ns: Nanos) -> u64 {
         let ticks = u128::from(ns) * u128::from(tsc_hz()) / 1_000_000_000;
-        self.origin_tsc
-            .saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
+        self.origin_tsc.saturating_add(u64::try_from(ticks).unwrap_or(u64::MAX))
     }
 }
 
@@ -165,11 +160,7 @@ struct Clip {
 
 impl GuestClock {
     pub fn new(inner: Arc<dyn Clock>) -> Self {
-        Self {
-            inner,
-            clipping: false.into(),
-            clip: Default::default(),
-        }
+        Self { inner, clipping: false.into(), clip: Default::default() }
     }
 
     /// The guest started (or restarted) a calibration: clip stalls from now on.
@@ -177,12 +168,7 @@ impl GuestClock {
         let mut clip = self.lock();
         let now = self.inner.now_ns();
         if !self.clipping.load(Ordering::SeqCst) {
-            *clip = Clip {
-                real: now,
-                virt: now,
-                since: now,
-                since_real: now,
-            };
+            *clip = Clip { real: now, virt: now, since: now, since_real: now };
             self.clipping.store(true, Ordering::SeqCst);
         } else {
             clip.since = clip.virt;
@@ -208,9 +194,7 @@ impl GuestClock {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Clip> {
-        self.clip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.clip.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -324,11 +308,7 @@ mod tests {
         assert_eq!(c.now_ns(), 1_500, "short steps pass");
         fake.advance_ns(80_000);
         assert_eq!(c.now_ns(), 1_500 + CLIP_NS, "a stall is clipped");
-        assert_eq!(
-            c.calibration_tsc(),
-            Some(1_500 + CLIP_NS),
-            "the TSC follows clipped time"
-        );
+        assert_eq!(c.calibration_tsc(), Some(1_500 + CLIP_NS), "the TSC follows clipped time");
         c.end_calibration();
         assert_eq!(c.now_ns(), 81_500, "real time again");
         assert_eq!(c.calibration_tsc(), None);
@@ -381,14 +361,8 @@ mod tests {
         let c = HostClock::resuming(ten_s, host_tsc());
         let t = c.now_ns();
         assert!((ten_s..ten_s + 1_000_000_000).contains(&t), "{t}");
-        let wall_now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
+        let wall_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
         let wall = c.wall_origin_ns() + c.now_ns();
-        assert!(
-            wall.abs_diff(wall_now) < 1_000_000_000,
-            "wall time is the host's: {wall} vs {wall_now}"
-        );
+        assert!(wall.abs_diff(wall_now) < 1_000_000_000, "wall time is the host's: {wall} vs {wall_now}");
     }
 }

@@ -260,9 +260,7 @@ impl InputQueue {
     pub fn push_front(&self, bytes: &[u8]) -> usize {
         let n = {
             let mut st = self.lock();
-            let n = bytes
-                .len()
-                .min(INPUT_QUEUE_CAPACITY.saturating_sub(st.bytes.len()));
+            let n = bytes.len().min(INPUT_QUEUE_CAPACITY.saturating_sub(st.bytes.len()));
             for &b in bytes[..n].iter().rev() {
                 st.bytes.push_front(b);
             }
@@ -504,11 +502,7 @@ impl ConsoleInput {
             return;
         }
         let mut hub = lock_hub();
-        if let Some(s) = hub
-            .sink
-            .as_mut()
-            .filter(|s| Arc::ptr_eq(&s.stop, &self.stop))
-        {
+        if let Some(s) = hub.sink.as_mut().filter(|s| Arc::ptr_eq(&s.stop, &self.stop)) {
             s.escapes = Some(f);
         }
     }
@@ -596,12 +590,7 @@ fn stdin_reader() {
                 hub.reader_running = false;
                 return;
             };
-            (
-                s.queue.clone(),
-                s.stop.clone(),
-                s.lossless,
-                s.escapes.clone(),
-            )
+            (s.queue.clone(), s.stop.clone(), s.lossless, s.escapes.clone())
         };
         let bytes = &buf[..n];
         if lossless {
@@ -782,18 +771,11 @@ mod tests {
         thread::sleep(Duration::from_millis(20));
         q.mark_ended();
         let got = rx.recv_timeout(Duration::from_secs(5));
-        assert_eq!(
-            got,
-            Ok(WaitOutcome::Ended),
-            "the wait missed the end of input"
-        );
+        assert_eq!(got, Ok(WaitOutcome::Ended), "the wait missed the end of input");
         waiter.join().unwrap();
         // Already ended: returns at once; with a timeout, the timeout governs.
         assert_eq!(q.wait(None, true), WaitOutcome::Ended);
-        assert_eq!(
-            q.wait(Some(Duration::from_millis(5)), true),
-            WaitOutcome::Deadline
-        );
+        assert_eq!(q.wait(Some(Duration::from_millis(5)), true), WaitOutcome::Deadline);
         // Queued bytes still come first.
         q.push(b"z");
         assert_eq!(q.wait(None, true), WaitOutcome::Input);

@@ -100,13 +100,8 @@ impl I8042 {
     /// does not fit).
     pub fn push_keys(&mut self, events: &[KeyEvent]) -> usize {
         let translated = self.command_byte & CMD_TRANSLATE != 0;
-        let Some(k) = self.keyboard.as_mut() else {
-            return 0;
-        };
-        let n = events
-            .iter()
-            .take_while(|e| k.press(**e, translated))
-            .count();
+        let Some(k) = self.keyboard.as_mut() else { return 0 };
+        let n = events.iter().take_while(|e| k.press(**e, translated)).count();
         self.refill();
         n
     }

@@ -32,19 +32,11 @@ pub struct Key {
 }
 
 const fn key(set1: u8, set2: u8) -> Key {
-    Key {
-        set1,
-        set2,
-        extended: false,
-    }
+    Key { set1, set2, extended: false }
 }
 
 const fn ext(set1: u8, set2: u8) -> Key {
-    Key {
-        set1,
-        set2,
-        extended: true,
-    }
+    Key { set1, set2, extended: true }
 }
 
 pub const ESCAPE: Key = key(0x01, 0x76);
@@ -64,12 +56,7 @@ pub const PAGE_UP: Key = ext(0x49, 0x7d);
 pub const PAGE_DOWN: Key = ext(0x51, 0x7a);
 pub const INSERT: Key = ext(0x52, 0x70);
 pub const DELETE: Key = ext(0x53, 0x71);
-pub const F1_TO_F4: [Key; 4] = [
-    key(0x3b, 0x05),
-    key(0x3c, 0x06),
-    key(0x3d, 0x04),
-    key(0x3e, 0x0c),
-];
+pub const F1_TO_F4: [Key; 4] = [key(0x3b, 0x05), key(0x3c, 0x06), key(0x3d, 0x04), key(0x3e, 0x0c)];
 
 /// The US layout: (unshifted, shifted, key) for every printable key but space.
 const LAYOUT: [(u8, u8, Key); 47] = [
@@ -134,15 +121,9 @@ fn tap(out: &mut Vec<KeyEvent>, modifier: Option<Key>, k: Key) {
         out.push(KeyEvent { key: m, down: true });
     }
     out.push(KeyEvent { key: k, down: true });
-    out.push(KeyEvent {
-        key: k,
-        down: false,
-    });
+    out.push(KeyEvent { key: k, down: false });
     if let Some(m) = modifier {
-        out.push(KeyEvent {
-            key: m,
-            down: false,
-        });
+        out.push(KeyEvent { key: m, down: false });
     }
 }
 
@@ -165,10 +146,9 @@ pub fn keys_from_terminal(bytes: &[u8]) -> Vec<KeyEvent> {
                 [b'[', b'H', ..] | [b'O', b'H', ..] => (Some(HOME), 2),
                 [b'[', b'F', ..] | [b'O', b'F', ..] => (Some(END), 2),
                 [b'O', c @ b'P'..=b'S', ..] => (Some(F1_TO_F4[usize::from(c - b'P')]), 2),
-                [b'[', c @ b'1'..=b'6', b'~', ..] => (
-                    Some([HOME, INSERT, DELETE, END, PAGE_UP, PAGE_DOWN][usize::from(c - b'1')]),
-                    3,
-                ),
+                [b'[', c @ b'1'..=b'6', b'~', ..] => {
+                    (Some([HOME, INSERT, DELETE, END, PAGE_UP, PAGE_DOWN][usize::from(c - b'1')]), 3)
+                }
                 _ => (Some(ESCAPE), 0),
             };
             i += used;
@@ -224,12 +204,7 @@ impl Default for Keyboard {
 
 impl Keyboard {
     pub fn new() -> Self {
-        Self {
-            queue: VecDeque::with_capacity(KEYBOARD_QUEUE),
-            scanning: true,
-            pending: None,
-            dropped: 0,
-        }
+        Self { queue: VecDeque::with_capacity(KEYBOARD_QUEUE), scanning: true, pending: None, dropped: 0 }
     }
 
     /// Room left in the output queue, in bytes.
@@ -369,34 +344,16 @@ mod tests {
         k.command(0x00, true);
         assert_eq!(drain(&mut k), [0xfa, 0xfa, 0x41]);
         k.command(0xf5, true);
-        assert!(
-            !k.press(
-                KeyEvent {
-                    key: ENTER,
-                    down: true
-                },
-                true
-            ),
-            "scanning off"
-        );
+        assert!(!k.press(KeyEvent { key: ENTER, down: true }, true), "scanning off");
         k.command(0xf4, true);
         assert_eq!(drain(&mut k), [0xfa, 0xfa]);
-        assert!(k.press(
-            KeyEvent {
-                key: ENTER,
-                down: true
-            },
-            true
-        ));
+        assert!(k.press(KeyEvent { key: ENTER, down: true }, true));
     }
 
     #[test]
     fn a_full_queue_refuses_whole_codes() {
         let mut k = Keyboard::new();
-        let up = KeyEvent {
-            key: UP,
-            down: true,
-        };
+        let up = KeyEvent { key: UP, down: true };
         for _ in 0..KEYBOARD_QUEUE / 2 {
             assert!(k.press(up, true));
         }

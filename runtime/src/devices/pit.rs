@@ -785,17 +785,8 @@ mod tests {
         assert!(r.poll());
         r.at(PIT_HZ);
         let late = std::iter::from_fn(|| r.poll().then_some(())).count();
-        assert_eq!(
-            late, 17,
-            "every edge of the rest of the second, one per poll"
-        );
-        assert_eq!(
-            r.pit.stats(),
-            PitStats {
-                irq0_fired: 18,
-                irq0_coalesced: 0
-            }
-        );
+        assert_eq!(late, 17, "every edge of the rest of the second, one per poll");
+        assert_eq!(r.pit.stats(), PitStats { irq0_fired: 18, irq0_coalesced: 0 });
     }
 
     #[test]
@@ -857,11 +848,7 @@ mod tests {
         assert!(r.poll());
         r.at(start + 3500);
         assert!(r.poll(), "two periods late: one edge now...");
-        assert_eq!(
-            r.pit.next_irq0_deadline(),
-            Some(ns_at_tick(start + 3500)),
-            "...and one waiting"
-        );
+        assert_eq!(r.pit.next_irq0_deadline(), Some(ns_at_tick(start + 3500)), "...and one waiting");
         assert!(r.poll());
         assert!(!r.poll());
         assert_eq!(r.pit.stats().irq0_coalesced, 0);
@@ -892,10 +879,7 @@ mod tests {
         let mut r = Rig::new();
         r.at(0).program(0, 2, 100);
         r.at(100 * (MAX_BACKLOG + 10) + 1);
-        assert_eq!(
-            std::iter::from_fn(|| r.poll().then_some(())).count() as u64,
-            MAX_BACKLOG
-        );
+        assert_eq!(std::iter::from_fn(|| r.poll().then_some(())).count() as u64, MAX_BACKLOG);
         assert_eq!(r.pit.stats().irq0_coalesced, 10);
     }
 

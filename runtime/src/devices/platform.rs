@@ -553,11 +553,7 @@ impl Platform {
         // An idle guest is not timing anything; its wake-up is in real time.
         self.time.end_calibration();
         let timeout = deadline.map(|d| clock::until(self.clock.now_ns(), d));
-        let want_input = if self.input_to_keyboard {
-            self.kbc.key_room() >= 8
-        } else {
-            self.uart.rx_room() > 0
-        };
+        let want_input = if self.input_to_keyboard { self.kbc.key_room() >= 8 } else { self.uart.rx_room() > 0 };
         self.input.wait(timeout, want_input)
     }
 
@@ -574,10 +570,7 @@ impl Platform {
 
     /// Reads console input from `reader` (a file, a pipe, test data) instead of
     /// whatever source the platform started with.
-    pub fn attach_input<R: std::io::Read + Send + 'static>(
-        &mut self,
-        reader: R,
-    ) -> Result<(), super::ConsoleInputError> {
+    pub fn attach_input<R: std::io::Read + Send + 'static>(&mut self, reader: R) -> Result<(), super::ConsoleInputError> {
         self.console_input = ConsoleInput::from_reader(reader, self.input.clone())?;
         Ok(())
     }
@@ -610,8 +603,7 @@ impl Platform {
     /// Whether console input may still arrive (a source that has not ended, or
     /// bytes queued): a halted guest with no timer can still be woken by it.
     pub fn input_possible(&self) -> bool {
-        let live = self.console_input.source() != super::console_input::InputSource::None
-            && !self.input.source_ended();
+        let live = self.console_input.source() != super::console_input::InputSource::None && !self.input.source_ended();
         live || !self.input.is_empty()
     }
 
@@ -694,11 +686,7 @@ impl Platform {
             while self.kbc.key_room() >= 8 && !self.input.is_empty() {
                 let bytes = self.input.take(1);
                 // An escape sequence arrives whole: take the rest of it with its ESC.
-                let bytes = if bytes == [0x1b] {
-                    [bytes, self.input.take(3)].concat()
-                } else {
-                    bytes
-                };
+                let bytes = if bytes == [0x1b] { [bytes, self.input.take(3)].concat() } else { bytes };
                 self.console_bytes_in += bytes.len() as u64;
                 let keys = super::keyboard::keys_from_terminal(&bytes);
                 self.kbc.push_keys(&keys);

@@ -122,13 +122,7 @@ pub struct Uart16550 {
 impl Uart16550 {
     /// A UART at `base` in its reset state, transmitting to `console`.
     pub fn new(base: u16, console: Box<dyn Write + Send>) -> Self {
-        Self {
-            base,
-            console,
-            out: Vec::new(),
-            console_failed: false,
-            r: UartState::default(),
-        }
+        Self { base, console, out: Vec::new(), console_failed: false, r: UartState::default() }
     }
 
     /// Bytes received from the line (terminal input), as if they arrived one after the
@@ -161,10 +155,7 @@ impl Uart16550 {
     pub fn reset(&mut self) {
         self.flush_output();
         let stats = self.r.stats;
-        self.r = UartState {
-            stats,
-            ..UartState::default()
-        };
+        self.r = UartState { stats, ..UartState::default() };
     }
 
     /// The registers and the receive FIFO, for a checkpoint (buffered output is

@@ -43,14 +43,14 @@ pub const BLANK_CELL: u16 = 0x0720;
 /// CRTC registers after a BIOS set mode 3 (80x25 colour text), as QEMU's VGA BIOS
 /// leaves them.
 const CRTC_MODE3: [u8; 25] = [
-    0x5f, 0x4f, 0x50, 0x82, 0x55, 0x81, 0xbf, 0x1f, 0x00, 0x4f, 0x0d, 0x0e, 0x00, 0x00, 0x00, 0x00,
-    0x9c, 0x8e, 0x8f, 0x28, 0x1f, 0x96, 0xb9, 0xa3, 0xff,
+    0x5f, 0x4f, 0x50, 0x82, 0x55, 0x81, 0xbf, 0x1f, 0x00, 0x4f, 0x0d, 0x0e, 0x00, 0x00, 0x00,
+    0x00, 0x9c, 0x8e, 0x8f, 0x28, 0x1f, 0x96, 0xb9, 0xa3, 0xff,
 ];
 const SEQ_MODE3: [u8; 5] = [0x03, 0x00, 0x03, 0x00, 0x02];
 const GC_MODE3: [u8; 9] = [0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x0e, 0x00, 0xff];
 const ATTR_MODE3: [u8; 21] = [
-    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e, 0x3f,
-    0x0c, 0x00, 0x0f, 0x08, 0x00,
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3a, 0x3b, 0x3c, 0x3d, 0x3e,
+    0x3f, 0x0c, 0x00, 0x0f, 0x08, 0x00,
 ];
 
 /// The CRT controller state a display needs, shared with it (lock-free).
@@ -182,10 +182,8 @@ impl Vga {
         let s = &self.shared;
         s.cursor_start.store(crtc[0x0a], Ordering::Relaxed);
         s.cursor_end.store(crtc[0x0b], Ordering::Relaxed);
-        s.start
-            .store(pair(crtc[0x0c], crtc[0x0d]), Ordering::Relaxed);
-        s.cursor
-            .store(pair(crtc[0x0e], crtc[0x0f]), Ordering::Relaxed);
+        s.start.store(pair(crtc[0x0c], crtc[0x0d]), Ordering::Relaxed);
+        s.cursor.store(pair(crtc[0x0e], crtc[0x0f]), Ordering::Relaxed);
         s.touched.store(touched, Ordering::Relaxed);
     }
 
@@ -197,27 +195,12 @@ impl Vga {
     fn read_byte(&mut self, port: u16) -> u8 {
         match port {
             0x3b4 | 0x3d4 => self.r.crtc_index,
-            0x3b5 | 0x3d5 => self
-                .r
-                .crtc
-                .get(usize::from(self.r.crtc_index))
-                .copied()
-                .unwrap_or(0xff),
+            0x3b5 | 0x3d5 => self.r.crtc.get(usize::from(self.r.crtc_index)).copied().unwrap_or(0xff),
             0x3c0 => self.r.attr_index,
-            0x3c1 => self
-                .r
-                .attr
-                .get(usize::from(self.r.attr_index & 0x1f))
-                .copied()
-                .unwrap_or(0),
+            0x3c1 => self.r.attr.get(usize::from(self.r.attr_index & 0x1f)).copied().unwrap_or(0),
             0x3c2 => 0x10, // input status 0: switch sense
             0x3c4 => self.r.seq_index,
-            0x3c5 => self
-                .r
-                .seq
-                .get(usize::from(self.r.seq_index))
-                .copied()
-                .unwrap_or(0xff),
+            0x3c5 => self.r.seq.get(usize::from(self.r.seq_index)).copied().unwrap_or(0xff),
             0x3c6 => self.r.dac_mask,
             0x3c7 => 0x03, // DAC state: in read mode after a read-index write, say so
             0x3c8 => self.r.dac_write_index,
@@ -230,12 +213,7 @@ impl Vga {
             0x3ca => self.r.feature,
             0x3cc => self.r.misc,
             0x3ce => self.r.gc_index,
-            0x3cf => self
-                .r
-                .gc
-                .get(usize::from(self.r.gc_index))
-                .copied()
-                .unwrap_or(0xff),
+            0x3cf => self.r.gc.get(usize::from(self.r.gc_index)).copied().unwrap_or(0xff),
             0x3ba | 0x3da => {
                 // Input status 1: resets the attribute flip-flop; display-enable and
                 // vertical-retrace bits alternate from read to read.
@@ -319,23 +297,15 @@ impl Vga {
             }
             return;
         }
-        let Some(r) = self.r.crtc.get_mut(i) else {
-            return;
-        };
+        let Some(r) = self.r.crtc.get_mut(i) else { return };
         *r = v;
         let pair = |hi: u8, lo: u8| u16::from_be_bytes([hi, lo]);
         let s = &self.shared;
         match i {
             0x0a => s.cursor_start.store(v, Ordering::Relaxed),
             0x0b => s.cursor_end.store(v, Ordering::Relaxed),
-            0x0c | 0x0d => s.start.store(
-                pair(self.r.crtc[0x0c], self.r.crtc[0x0d]),
-                Ordering::Relaxed,
-            ),
-            0x0e | 0x0f => s.cursor.store(
-                pair(self.r.crtc[0x0e], self.r.crtc[0x0f]),
-                Ordering::Relaxed,
-            ),
+            0x0c | 0x0d => s.start.store(pair(self.r.crtc[0x0c], self.r.crtc[0x0d]), Ordering::Relaxed),
+            0x0e | 0x0f => s.cursor.store(pair(self.r.crtc[0x0e], self.r.crtc[0x0f]), Ordering::Relaxed),
             _ => {}
         }
     }
@@ -357,12 +327,7 @@ impl PortDevice for Vga {
     /// `outw` idiom kernels use for the CRTC).
     fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect {
         self.shared.touched.store(true, Ordering::Relaxed);
-        for (i, b) in value
-            .to_le_bytes()
-            .iter()
-            .enumerate()
-            .take(usize::from(size.min(4)))
-        {
+        for (i, b) in value.to_le_bytes().iter().enumerate().take(usize::from(size.min(4))) {
             if let Some(p) = port.checked_add(u16::try_from(i).unwrap_or(0)) {
                 self.write_byte(p, *b);
             }
@@ -396,16 +361,10 @@ impl TextScreen {
         let cells = (0..COLUMNS * ROWS)
             .map(|i| {
                 let at = (start + i * 2) % raw.len();
-                Cell {
-                    ch: raw[at],
-                    attr: raw[at + 1],
-                }
+                Cell { ch: raw[at], attr: raw[at + 1] }
             })
             .collect();
-        Ok(Self {
-            cells,
-            cursor: state.cursor(),
-        })
+        Ok(Self { cells, cursor: state.cursor() })
     }
 
     /// The cells of `row`.
@@ -442,18 +401,18 @@ impl TextScreen {
 /// space).
 pub fn cp437(b: u8) -> char {
     const LOW: [char; 32] = [
-        ' ', '☺', '☻', '♥', '♦', '♣', '♠', '•', '◘', '○', '◙', '♂', '♀', '♪', '♫', '☼', '►', '◄',
-        '↕', '‼', '¶', '§', '▬', '↨', '↑', '↓', '→', '←', '∟', '↔', '▲', '▼',
+        ' ', '☺', '☻', '♥', '♦', '♣', '♠', '•', '◘', '○', '◙', '♂', '♀', '♪', '♫', '☼', '►',
+        '◄', '↕', '‼', '¶', '§', '▬', '↨', '↑', '↓', '→', '←', '∟', '↔', '▲', '▼',
     ];
     const HIGH: [char; 128] = [
-        'Ç', 'ü', 'é', 'â', 'ä', 'à', 'å', 'ç', 'ê', 'ë', 'è', 'ï', 'î', 'ì', 'Ä', 'Å', 'É', 'æ',
-        'Æ', 'ô', 'ö', 'ò', 'û', 'ù', 'ÿ', 'Ö', 'Ü', '¢', '£', '¥', '₧', 'ƒ', 'á', 'í', 'ó', 'ú',
-        'ñ', 'Ñ', 'ª', 'º', '¿', '⌐', '¬', '½', '¼', '¡', '«', '»', '░', '▒', '▓', '│', '┤', '╡',
-        '╢', '╖', '╕', '╣', '║', '╗', '╝', '╜', '╛', '┐', '└', '┴', '┬', '├', '─', '┼', '╞', '╟',
-        '╚', '╔', '╩', '╦', '╠', '═', '╬', '╧', '╨', '╤', '╥', '╙', '╘', '╒', '╓', '╫', '╪', '┘',
-        '┌', '█', '▄', '▌', '▐', '▀', 'α', 'ß', 'Γ', 'π', 'Σ', 'σ', 'µ', 'τ', 'Φ', 'Θ', 'Ω', 'δ',
-        '∞', 'φ', 'ε', '∩', '≡', '±', '≥', '≤', '⌠', '⌡', '÷', '≈', '°', '∙', '·', '√', 'ⁿ', '²',
-        '■', ' ',
+        'Ç', 'ü', 'é', 'â', 'ä', 'à', 'å', 'ç', 'ê', 'ë', 'è', 'ï', 'î', 'ì', 'Ä', 'Å', 'É',
+        'æ', 'Æ', 'ô', 'ö', 'ò', 'û', 'ù', 'ÿ', 'Ö', 'Ü', '¢', '£', '¥', '₧', 'ƒ', 'á', 'í',
+        'ó', 'ú', 'ñ', 'Ñ', 'ª', 'º', '¿', '⌐', '¬', '½', '¼', '¡', '«', '»', '░', '▒', '▓',
+        '│', '┤', '╡', '╢', '╖', '╕', '╣', '║', '╗', '╝', '╜', '╛', '┐', '└', '┴', '┬', '├',
+        '─', '┼', '╞', '╟', '╚', '╔', '╩', '╦', '╠', '═', '╬', '╧', '╨', '╤', '╥', '╙', '╘',
+        '╒', '╓', '╫', '╪', '┘', '┌', '█', '▄', '▌', '▐', '▀', 'α', 'ß', 'Γ', 'π', 'Σ', 'σ',
+        'µ', 'τ', 'Φ', 'Θ', 'Ω', 'δ', '∞', 'φ', 'ε', '∩', '≡', '±', '≥', '≤', '⌠', '⌡', '÷',
+        '≈', '°', '∙', '·', '√', 'ⁿ', '²', '■', ' ',
     ];
     match b {
         0..=0x1f => LOW[usize::from(b)],
@@ -468,9 +427,7 @@ pub fn clear_text_buffer(ram: &crate::memory::GuestRam) -> Result<(), crate::mem
     if !ram.contains(TEXT_BUFFER, TEXT_WINDOW as usize) {
         return Ok(());
     }
-    let blank: Vec<u8> = std::iter::repeat_n(BLANK_CELL.to_le_bytes(), TEXT_WINDOW as usize / 2)
-        .flatten()
-        .collect();
+    let blank: Vec<u8> = std::iter::repeat_n(BLANK_CELL.to_le_bytes(), TEXT_WINDOW as usize / 2).flatten().collect();
     ram.write(TEXT_BUFFER, &blank)
 }
 
@@ -500,11 +457,7 @@ mod tests {
         out(&mut v, 0x3d4, 0x0f);
         assert_eq!(v.read(0x3d5, 1), u32::from(pos as u8));
         v.write(0x3d4, 2, 0x0e | (1 << 8));
-        assert_eq!(
-            s.cursor(),
-            Some((503 / 80, 503 % 80)),
-            "high byte 1, low byte 247"
-        );
+        assert_eq!(s.cursor(), Some((503 / 80, 503 % 80)), "high byte 1, low byte 247");
         // Cursor off (bit 5 of the cursor start register).
         v.write(0x3d4, 2, 0x0a | (0x20 << 8));
         assert_eq!(s.cursor(), None);
@@ -576,16 +529,10 @@ mod tests {
             cells[i] = Cell { ch: *b, attr: 0x1f };
         }
         cells[COLUMNS * 2] = Cell { ch: 0xc4, attr: 7 };
-        let s = TextScreen {
-            cells,
-            cursor: None,
-        };
+        let s = TextScreen { cells, cursor: None };
         assert_eq!(s.to_text(), "hi\n\n─\n");
         assert!(!s.is_blank());
-        let blank = TextScreen {
-            cells: vec![Cell { ch: 0, attr: 0 }; COLUMNS * ROWS],
-            cursor: None,
-        };
+        let blank = TextScreen { cells: vec![Cell { ch: 0, attr: 0 }; COLUMNS * ROWS], cursor: None };
         assert!(blank.is_blank());
         assert_eq!(blank.to_text(), "");
     }

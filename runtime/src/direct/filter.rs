@@ -38,21 +38,11 @@ pub struct Insn {
 }
 
 fn stmt(code: u16, k: u32) -> Insn {
-    Insn {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    Insn { code, jt: 0, jf: 0, k }
 }
 
 fn jeq(k: u32, jt: u8, jf: u8) -> Insn {
-    Insn {
-        code: BPF_JMP_JEQ_K,
-        jt,
-        jf,
-        k,
-    }
+    Insn { code: BPF_JMP_JEQ_K, jt, jf, k }
 }
 
 fn nr(n: libc::c_long) -> u32 {
@@ -67,19 +57,8 @@ pub fn program() -> Vec<Insn> {
     const ARG0_HI: u32 = 16 + 4;
     const PR_SET_TSC: u32 = 26;
     const ARG1_HI: u32 = 24 + 4;
-    let allowed = [
-        libc::SYS_futex,
-        libc::SYS_exit,
-        libc::SYS_exit_group,
-        libc::SYS_close,
-        libc::SYS_modify_ldt,
-    ];
-    let mut p = vec![
-        stmt(BPF_LD_W_ABS, ARCH),
-        jeq(AUDIT_ARCH_X86_64, 1, 0),
-        stmt(BPF_RET_K, RET_TRAP),
-        stmt(BPF_LD_W_ABS, NR),
-    ];
+    let allowed = [libc::SYS_futex, libc::SYS_exit, libc::SYS_exit_group, libc::SYS_close, libc::SYS_modify_ldt];
+    let mut p = vec![stmt(BPF_LD_W_ABS, ARCH), jeq(AUDIT_ARCH_X86_64, 1, 0), stmt(BPF_RET_K, RET_TRAP), stmt(BPF_LD_W_ABS, NR)];
     for n in allowed {
         p.push(jeq(nr(n), 0, 1));
         p.push(stmt(BPF_RET_K, RET_ALLOW));
@@ -139,51 +118,13 @@ mod tests {
         assert_eq!(decide(&p, x64, n(libc::SYS_futex), [0; 6]), RET_ALLOW);
         assert_eq!(decide(&p, x64, n(libc::SYS_modify_ldt), [0; 6]), RET_ALLOW);
         assert_eq!(decide(&p, x64, n(libc::SYS_mmap), [0; 6]), RET_USER_NOTIF);
-        assert_eq!(
-            decide(&p, x64, n(libc::SYS_prctl), [26, 2, 0, 0, 0, 0]),
-            RET_ALLOW
-        );
-        assert_eq!(
-            decide(&p, x64, n(libc::SYS_prctl), [59, 0, 0, 0, 0, 0]),
-            RET_TRAP
-        );
-        assert_eq!(
-            decide(&p, x64, n(libc::SYS_prctl), [1 << 32 | 26, 0, 0, 0, 0, 0]),
-            RET_ALLOW
-        );
-        assert_eq!(
-            decide(&p, x64, n(libc::SYS_munmap), [0x1000, 0x1000, 0, 0, 0, 0]),
-            RET_ALLOW
-        );
-        assert_eq!(
-            decide(
-                &p,
-                x64,
-                n(libc::SYS_munmap),
-                [0x10_0000_0000, 0x1000, 0, 0, 0, 0]
-            ),
-            RET_TRAP
-        );
-        assert_eq!(
-            decide(
-                &p,
-                x64,
-                n(libc::SYS_munmap),
-                [0, 0x1_0000_0000_0000, 0, 0, 0, 0]
-            ),
-            RET_TRAP
-        );
-        for c in [
-            libc::SYS_mprotect,
-            libc::SYS_mremap,
-            libc::SYS_rt_sigreturn,
-            libc::SYS_rt_sigprocmask,
-            libc::SYS_write,
-            libc::SYS_openat,
-            libc::SYS_clone,
-            libc::SYS_execve,
-            libc::SYS_getpid,
-        ] {
+        assert_eq!(decide(&p, x64, n(libc::SYS_prctl), [26, 2, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(decide(&p, x64, n(libc::SYS_prctl), [59, 0, 0, 0, 0, 0]), RET_TRAP);
+        assert_eq!(decide(&p, x64, n(libc::SYS_prctl), [1 << 32 | 26, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(decide(&p, x64, n(libc::SYS_munmap), [0x1000, 0x1000, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(decide(&p, x64, n(libc::SYS_munmap), [0x10_0000_0000, 0x1000, 0, 0, 0, 0]), RET_TRAP);
+        assert_eq!(decide(&p, x64, n(libc::SYS_munmap), [0, 0x1_0000_0000_0000, 0, 0, 0, 0]), RET_TRAP);
+        for c in [libc::SYS_mprotect, libc::SYS_mremap, libc::SYS_rt_sigreturn, libc::SYS_rt_sigprocmask, libc::SYS_write, libc::SYS_openat, libc::SYS_clone, libc::SYS_execve, libc::SYS_getpid] {
             assert_eq!(decide(&p, x64, n(c), [0; 6]), RET_TRAP, "{c}");
         }
         // 32-bit calls (an escaped guest with the dispatch selector flipped).

@@ -141,12 +141,7 @@ impl Direct {
             mode: format!("{:?}", self.mode).to_lowercase(),
             seconds: self.stats.nanos as f64 / 1e9,
             entries: self.stats.entries,
-            exits: self
-                .stats
-                .exits
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), *v))
-                .collect(),
+            exits: self.stats.exits.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
             mode_switches: self.policy.switches,
             runners_started: self.stats.runners_started,
             escapes: self.stats.escapes,
@@ -230,17 +225,8 @@ impl Vm {
     /// it translated instead (the state cannot be mirrored, or no runner).
     pub(crate) fn run_direct(&mut self, eip: u32) -> Result<Option<Next>, VmError> {
         let paging = self.paging();
-        let view_id = if paging {
-            self.user_view.id()
-        } else {
-            self.view.id()
-        };
-        let slot = match self
-            .direct
-            .slots
-            .iter()
-            .position(|s| s.runner.view_id == view_id)
-        {
+        let view_id = if paging { self.user_view.id() } else { self.view.id() };
+        let slot = match self.direct.slots.iter().position(|s| s.runner.view_id == view_id) {
             Some(i) => {
                 let s = self.direct.slots.remove(i);
                 self.direct.slots.push(s);
@@ -257,10 +243,7 @@ impl Vm {
                             let gone = self.direct.slots.remove(0);
                             self.direct.stats.checked_maps += gone.runner.checked_maps;
                         }
-                        self.direct.slots.push(Slot {
-                            runner,
-                            ldt: LdtMirror::default(),
-                        });
+                        self.direct.slots.push(Slot { runner, ldt: LdtMirror::default() });
                         self.direct.slots.len() - 1
                     }
                     Err(e) => {
@@ -281,29 +264,15 @@ impl Vm {
             return Ok(None);
         };
         let fresh = s.runner.fresh;
-        let maps = if paging {
-            self.user_view.mirror_mut().take_ops(fresh)
-        } else {
-            self.view.mirror_mut().take_ops(fresh)
-        };
+        let maps = if paging { self.user_view.mirror_mut().take_ops(fresh) } else { self.view.mirror_mut().take_ops(fresh) };
         let ctx = self.tr.ctx();
         #[allow(clippy::cast_possible_truncation)]
-        let flags = (ctx.rflags as u32 & ARITH_FLAGS)
-            | eflags::IF
-            | eflags::FIXED
-            | (ctx.sys_flags & (eflags::NT | eflags::ID));
+        let flags = (ctx.rflags as u32 & ARITH_FLAGS) | eflags::IF | eflags::FIXED | (ctx.sys_flags & (eflags::NT | eflags::ID));
         let mut entry = [0u32; 16];
         entry[..8].copy_from_slice(&ctx.gpr);
         entry[comm::entry::EIP] = eip;
         entry[comm::entry::EFLAGS] = flags;
-        for (i, at) in [
-            (sreg::CS, comm::entry::CS),
-            (sreg::SS, comm::entry::SS),
-            (sreg::DS, comm::entry::DS),
-            (sreg::ES, comm::entry::ES),
-            (sreg::FS, comm::entry::FS),
-            (sreg::GS, comm::entry::GS),
-        ] {
+        for (i, at) in [(sreg::CS, comm::entry::CS), (sreg::SS, comm::entry::SS), (sreg::DS, comm::entry::DS), (sreg::ES, comm::entry::ES), (sreg::FS, comm::entry::FS), (sreg::GS, comm::entry::GS)] {
             entry[at] = u32::from(host_selector(segs[i].selector));
         }
         let fpu = crate::checkpoint::guest_fpu(self);
@@ -312,10 +281,7 @@ impl Vm {
         // rdtsc runs natively only where the guest's TSC is the host's (no offset,
         // no CR4.TSD, no calibration in progress); else it traps and runs translated.
         let trap_tsc = !self.cpu.mode().native_tsc;
-        let early = match self.direct.slots[slot]
-            .runner
-            .enter(&maps, &ldt, trap_tsc, &entry, &fpu.0)
-        {
+        let early = match self.direct.slots[slot].runner.enter(&maps, &ldt, trap_tsc, &entry, &fpu.0) {
             Ok(r) => r,
             Err(e) => return self.runner_failed(view_id, eip, &e).map(Some),
         };
@@ -324,8 +290,7 @@ impl Vm {
             None => match self.wait_direct(slot) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.direct.stats.nanos +=
-                        u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.direct.stats.nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     return self.runner_failed(view_id, eip, &e).map(Some);
                 }
             },
@@ -346,9 +311,7 @@ impl Vm {
         loop {
             let slice = match (kicked, self.bus.next_event()) {
                 (Some(_), _) => SLICE,
-                (None, Some(at)) => {
-                    Duration::from_nanos(at.saturating_sub(self.bus.now())).min(SLICE)
-                }
+                (None, Some(at)) => Duration::from_nanos(at.saturating_sub(self.bus.now())).min(SLICE),
                 (None, None) => SLICE,
             };
             if let Some(r) = self.direct.slots[slot].runner.wait(slice)? {
@@ -388,7 +351,7 @@ impl Vm {
                 Ok(Next::Dispatch(eip))
             }
             RunnerError::Compromised(why) => {
-                tracing::debug!("direct execution: escape: {why}");
+                tracing::debug!("direct execution: escape: {why}"); 
                 self.direct.exit("escape");
                 self.direct.stats.escapes += 1;
                 self.raise(13, Some(0), eip, EventSource::Exception)
@@ -402,13 +365,7 @@ impl Vm {
     }
 
     /// Turns a report into the engine's next step.
-    fn direct_report(
-        &mut self,
-        slot: usize,
-        view_id: u64,
-        eip: u32,
-        r: &comm::Report,
-    ) -> Result<Next, VmError> {
+    fn direct_report(&mut self, slot: usize, view_id: u64, eip: u32, r: &comm::Report) -> Result<Next, VmError> {
         match r.kind {
             comm::KIND_TRAP => {}
             comm::KIND_RUNNER_FAULT | comm::KIND_OP_FAILED => {
@@ -420,18 +377,10 @@ impl Vm {
                 self.direct.paused_until = Some(Instant::now() + ENTRY_FAILED_PAUSE);
                 return Ok(Next::Transient(eip));
             }
-            _ => {
-                return self.runner_failed(
-                    view_id,
-                    eip,
-                    &RunnerError::Compromised(format!("report kind {}", r.kind)),
-                )
-            }
+            _ => return self.runner_failed(view_id, eip, &RunnerError::Compromised(format!("report kind {}", r.kind))),
         }
         // Where the guest is: CS must be its own code segment, in compat mode.
-        let cs = self.direct.slots[slot]
-            .ldt
-            .reported(&self.cpu.seg[sreg::CS], r.cs);
+        let cs = self.direct.slots[slot].ldt.reported(&self.cpu.seg[sreg::CS], r.cs);
         let rip_ok = r.rip <= u64::from(u32::MAX);
         // A `sysenter` stopped by Syscall User Dispatch: the host kernel's compat
         // sysenter path replaced CS and SS with its own (0x23, 0x2b) and EIP with
@@ -441,14 +390,11 @@ impl Vm {
             && !rip_ok
             && r.cs == HOST_CS32
             && r.ss == HOST_DS;
-        let cs_ok = sysenter
-            || match cs {
-                Reported::Same => true,
-                Reported::Now(seg) => {
-                    seg.attrs & 0x18 == 0x18 && seg.attrs & 0x4000 != 0 && seg.base == 0
-                }
-                Reported::Load(_) => false,
-            };
+        let cs_ok = sysenter || match cs {
+            Reported::Same => true,
+            Reported::Now(seg) => seg.attrs & 0x18 == 0x18 && seg.attrs & 0x4000 != 0 && seg.base == 0,
+            Reported::Load(_) => false,
+        };
         let breach = self.direct.slots[slot].runner.breached.take();
         if r.cs == HOST_CS64 || !cs_ok || (!rip_ok && !sysenter) || breach.is_some() {
             // An escape (a far jump to the host's 64-bit code segment): the guest
@@ -487,13 +433,7 @@ impl Vm {
         }
         crate::checkpoint::set_guest_fpu(self, FxImage(self.direct.slots[slot].runner.fpu()));
         // Data segments the guest loaded itself.
-        let reported = [
-            (sreg::SS, r.ss),
-            (sreg::DS, r.dsegs[0]),
-            (sreg::ES, r.dsegs[1]),
-            (sreg::FS, r.dsegs[2]),
-            (sreg::GS, r.dsegs[3]),
-        ];
+        let reported = [(sreg::SS, r.ss), (sreg::DS, r.dsegs[0]), (sreg::ES, r.dsegs[1]), (sreg::FS, r.dsegs[2]), (sreg::GS, r.dsegs[3])];
         let mut repaired = false;
         for (i, host) in reported {
             if sysenter && i == sreg::SS {
@@ -505,8 +445,7 @@ impl Vm {
                 Reported::Load(sel) => {
                     repaired = true;
                     self.direct.stats.segment_repairs += 1;
-                    let (outcome, _) =
-                        self.with_machine(|m| crate::emulate::load_segment(m, i, sel))?;
+                    let (outcome, _) = self.with_machine(|m| crate::emulate::load_segment(m, i, sel))?;
                     if let Outcome::Exception { vector, error, .. } = outcome {
                         self.direct.exit("segment_repair_fault");
                         let at = self.tr.ctx().eip;
@@ -564,9 +503,7 @@ impl Vm {
                     let (outcome, _) = self.with_machine(crate::emulate::sysenter_now)?;
                     return match outcome {
                         Outcome::Jump => Ok(Next::Dispatch(self.tr.ctx().eip)),
-                        Outcome::Exception { vector, error, .. } => {
-                            self.raise(vector, error, eip, EventSource::Exception)
-                        }
+                        Outcome::Exception { vector, error, .. } => self.raise(vector, error, eip, EventSource::Exception),
                         _ => Ok(Next::Dispatch(self.tr.ctx().eip)),
                     };
                 }
@@ -581,11 +518,7 @@ impl Vm {
                 }
                 self.direct_transient("syscall_emulated", site)
             }
-            _ => self.runner_failed(
-                view_id,
-                at,
-                &RunnerError::Compromised(format!("signal {} code {}", r.signo, r.code)),
-            ),
+            _ => self.runner_failed(view_id, at, &RunnerError::Compromised(format!("signal {} code {}", r.signo, r.code))),
         }
     }
 
@@ -603,19 +536,10 @@ impl Vm {
     }
 
     /// A page fault in the runner at CPL 3.
-    fn direct_page_fault(
-        &mut self,
-        slot: usize,
-        eip: u32,
-        r: &comm::Report,
-    ) -> Result<Next, VmError> {
+    fn direct_page_fault(&mut self, slot: usize, eip: u32, r: &comm::Report) -> Result<Next, VmError> {
         let Ok(linear) = u32::try_from(r.cr2) else {
             let view_id = self.direct.slots[slot].runner.view_id;
-            return self.runner_failed(
-                view_id,
-                eip,
-                &RunnerError::Compromised(format!("fault at {:#x}", r.cr2)),
-            );
+            return self.runner_failed(view_id, eip, &RunnerError::Compromised(format!("fault at {:#x}", r.cr2)));
         };
         let write = r.err & 2 != 0;
         if !self.paging() {
@@ -639,9 +563,7 @@ impl Vm {
                 self.direct.exit("page_fault_hidden");
                 Ok(Next::Dispatch(eip))
             }
-            FaultAction::WriteThrough { traced: true } => {
-                self.direct_transient("page_table_write", eip)
-            }
+            FaultAction::WriteThrough { traced: true } => self.direct_transient("page_table_write", eip),
             FaultAction::PageFault(code) => {
                 self.direct.exit("page_fault_guest");
                 self.raise(14, Some(code), eip, EventSource::Exception)

@@ -38,9 +38,7 @@ impl std::str::FromStr for UserCode {
             "direct" => Ok(Self::Direct),
             "translate" => Ok(Self::Translate),
             "auto" => Ok(Self::Auto),
-            other => Err(format!(
-                "unknown user-code mode {other:?} (direct, translate or auto)"
-            )),
+            other => Err(format!("unknown user-code mode {other:?} (direct, translate or auto)")),
         }
     }
 }
@@ -75,12 +73,7 @@ struct Context {
 
 impl Default for Context {
     fn default() -> Self {
-        Self {
-            direct: true,
-            avg: 1e9,
-            samples: 0,
-            translated_ns: 0,
-        }
+        Self { direct: true, avg: 1e9, samples: 0, translated_ns: 0 }
     }
 }
 
@@ -122,16 +115,10 @@ impl Policy {
         }
         #[allow(clippy::cast_precision_loss)]
         let ns = run.as_nanos().min(u128::from(u64::MAX)) as f64;
-        c.avg = if c.samples == 0 {
-            ns
-        } else {
-            c.avg + WEIGHT * (ns - c.avg)
-        };
+        c.avg = if c.samples == 0 { ns } else { c.avg + WEIGHT * (ns - c.avg) };
         c.samples = c.samples.saturating_add(1);
         if !direct {
-            c.translated_ns = c
-                .translated_ns
-                .saturating_add(u64::try_from(run.as_nanos()).unwrap_or(u64::MAX));
+            c.translated_ns = c.translated_ns.saturating_add(u64::try_from(run.as_nanos()).unwrap_or(u64::MAX));
         }
         let switch = if direct {
             c.samples >= MIN_SAMPLES && c.avg < t.to_translate.as_secs_f64() * 1e9
@@ -140,12 +127,7 @@ impl Policy {
                 || Duration::from_nanos(c.translated_ns) >= t.retry_after
         };
         if switch {
-            *c = Context {
-                direct: !direct,
-                avg: if direct { 0.0 } else { 1e9 },
-                samples: 0,
-                translated_ns: 0,
-            };
+            *c = Context { direct: !direct, avg: if direct { 0.0 } else { 1e9 }, samples: 0, translated_ns: 0 };
             self.switches += 1;
         }
     }

@@ -62,10 +62,7 @@ pub struct Runner {
 
 /// The lowest page a process may map.
 fn min_page() -> u32 {
-    let bytes = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(65536);
+    let bytes = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(65536);
     u32::try_from(bytes.div_ceil(4096)).unwrap_or(16).max(1)
 }
 
@@ -81,18 +78,7 @@ impl Runner {
         let proc = Process::spawn(memfd, &filter::program(), START_TIMEOUT)?;
         let seen = proc.report_seq();
         let close_listener = Some(proc.runner_listener_fd);
-        Ok(Self {
-            proc,
-            view_id,
-            fresh: true,
-            close_listener,
-            min_page: min_page(),
-            seen,
-            reports: 0,
-            checked_maps: 0,
-            breached: None,
-            traps_tsc: false,
-        })
+        Ok(Self { proc, view_id, fresh: true, close_listener, min_page: min_page(), seen, reports: 0, checked_maps: 0, breached: None, traps_tsc: false })
     }
 
     /// The lowest page the runner can map.
@@ -115,30 +101,18 @@ impl Runner {
     fn ops(&mut self, maps: &[MirrorOp], ldt: &[UserDesc], trap_tsc: bool) -> (Vec<Op>, Vec<u8>) {
         let mut ops = Vec::new();
         if let Some(fd) = self.close_listener.take() {
-            ops.push(Op {
-                nr: libc::SYS_close as u64,
-                args: [fd, 0, 0, 0, 0, 0],
-            });
+            ops.push(Op { nr: libc::SYS_close as u64, args: [fd, 0, 0, 0, 0, 0] });
         }
         if trap_tsc != self.traps_tsc {
             // rdtsc/rdtscp raise SIGSEGV (and run translated, with the guest's TSC)
             // or run natively.
-            let mode = if trap_tsc {
-                libc::PR_TSC_SIGSEGV
-            } else {
-                libc::PR_TSC_ENABLE
-            };
-            ops.push(Op {
-                nr: libc::SYS_prctl as u64,
-                args: [libc::PR_SET_TSC as u64, mode as u64, 0, 0, 0, 0],
-            });
+            let mode = if trap_tsc { libc::PR_TSC_SIGSEGV } else { libc::PR_TSC_ENABLE };
+            ops.push(Op { nr: libc::SYS_prctl as u64, args: [libc::PR_SET_TSC as u64, mode as u64, 0, 0, 0, 0] });
             self.traps_tsc = trap_tsc;
         }
         for m in maps {
             let (first, pages) = match *m {
-                MirrorOp::Map { first, pages, .. } | MirrorOp::Unmap { first, pages } => {
-                    (first, pages)
-                }
+                MirrorOp::Map { first, pages, .. } | MirrorOp::Unmap { first, pages } => (first, pages),
             };
             // Page 0 (below mmap_min_addr) cannot be mapped: accesses there are
             // run translated (`direct::fault`).
@@ -150,29 +124,12 @@ impl Runner {
             let (addr, len) = (u64::from(first) << 12, u64::from(pages) << 12);
             ops.push(match *m {
                 MirrorOp::Map { backing, .. } => {
-                    let sharing = if backing.private {
-                        libc::MAP_PRIVATE
-                    } else {
-                        libc::MAP_SHARED
-                    };
+                    let sharing = if backing.private { libc::MAP_PRIVATE } else { libc::MAP_SHARED };
                     let flags = u64::try_from(sharing | libc::MAP_FIXED).unwrap_or(0);
                     let offset = backing.offset + (u64::from(skip) << 12);
-                    Op {
-                        nr: libc::SYS_mmap as u64,
-                        args: [
-                            addr,
-                            len,
-                            prot(backing.writable),
-                            flags,
-                            comm::MEMFD,
-                            offset,
-                        ],
-                    }
+                    Op { nr: libc::SYS_mmap as u64, args: [addr, len, prot(backing.writable), flags, comm::MEMFD, offset] }
                 }
-                MirrorOp::Unmap { .. } => Op {
-                    nr: libc::SYS_munmap as u64,
-                    args: [addr, len, 0, 0, 0, 0],
-                },
+                MirrorOp::Unmap { .. } => Op { nr: libc::SYS_munmap as u64, args: [addr, len, 0, 0, 0, 0] },
             });
         }
         let mut data = Vec::new();
@@ -182,10 +139,7 @@ impl Runner {
             data.extend_from_slice(&d.base_addr.to_le_bytes());
             data.extend_from_slice(&d.limit.to_le_bytes());
             data.extend_from_slice(&d.flags.to_le_bytes());
-            ops.push(Op {
-                nr: libc::SYS_modify_ldt as u64,
-                args: [0x11, at, 16, 0, 0, 0],
-            });
+            ops.push(Op { nr: libc::SYS_modify_ldt as u64, args: [0x11, at, 16, 0, 0, 0] });
         }
         (ops, data)
     }
@@ -194,19 +148,10 @@ impl Runner {
     /// `entry` (eax..edi, eip, eflags, cs ss ds es fs gs) and x87/SSE state `fpu`.
     /// Returns a report if the runner stopped before entering (an op failed).
     /// With `trap_tsc`, the guest's rdtsc traps (its TSC is not the host's).
-    pub fn enter(
-        &mut self,
-        maps: &[MirrorOp],
-        ldt: &[UserDesc],
-        trap_tsc: bool,
-        entry: &[u32; 16],
-        fpu: &[u8; 512],
-    ) -> Result<Option<Report>, RunnerError> {
+    pub fn enter(&mut self, maps: &[MirrorOp], ldt: &[UserDesc], trap_tsc: bool, entry: &[u32; 16], fpu: &[u8; 512]) -> Result<Option<Report>, RunnerError> {
         let (ops, data) = self.ops(maps, ldt, trap_tsc);
         if data.len() > comm::DATA_BYTES {
-            return Err(RunnerError::Compromised(
-                "too many LDT entries at once".into(),
-            ));
+            return Err(RunnerError::Compromised("too many LDT entries at once".into()));
         }
         self.fresh = false;
         let mut chunks = ops.chunks(comm::MAX_OPS).peekable();
@@ -227,11 +172,7 @@ impl Runner {
                 match self.wait(WATCHDOG)? {
                     Some(r) if r.kind == comm::KIND_OPS_DONE => {}
                     Some(r) => return Ok(Some(r)),
-                    None => {
-                        return Err(RunnerError::Compromised(
-                            "no answer to a batch of mappings".into(),
-                        ))
-                    }
+                    None => return Err(RunnerError::Compromised("no answer to a batch of mappings".into())),
                 }
             }
         }
@@ -252,23 +193,16 @@ impl Runner {
                     return Err(RunnerError::Died);
                 }
                 if started.elapsed() > WATCHDOG {
-                    return Err(RunnerError::Compromised(
-                        "a mapping asked for was never made".into(),
-                    ));
+                    return Err(RunnerError::Compromised("a mapping asked for was never made".into()));
                 }
-                let Some(n) = self.proc.next_notification(Duration::from_millis(10))? else {
-                    continue;
-                };
+                let Some(n) = self.proc.next_notification(Duration::from_millis(10))? else { continue };
                 let exact = n.pid == self.proc.pid()
                     && i64::from(n.nr) == libc::SYS_mmap
                     && n.arch == AUDIT_ARCH_X86_64
                     && n.args == op.args;
                 if !exact {
                     let _ = self.proc.answer(n.id, false)?;
-                    return Err(RunnerError::Compromised(format!(
-                        "an mmap not asked for: {:x?}",
-                        n.args
-                    )));
+                    return Err(RunnerError::Compromised(format!("an mmap not asked for: {:x?}", n.args)));
                 }
                 if self.proc.answer(n.id, true)? {
                     self.checked_maps += 1;
@@ -305,8 +239,7 @@ impl Runner {
             // Refused; the runner is made to report (a kick), so the guest's #GP
             // comes with the registers it had, and the report is an escape.
             let _ = self.proc.answer(n.id, false)?;
-            self.breached
-                .get_or_insert_with(|| format!("an mmap not asked for: {:x?}", n.args));
+            self.breached.get_or_insert_with(|| format!("an mmap not asked for: {:x?}", n.args));
             self.proc.kick();
         }
         Ok(None)

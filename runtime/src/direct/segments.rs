@@ -45,12 +45,7 @@ impl UserDesc {
     pub fn empty(index: u32) -> Self {
         // read_exec_only and seg_not_present set, everything else zero: Linux
         // treats this as "clear the entry" (LDT_empty).
-        Self {
-            entry_number: index,
-            base_addr: 0,
-            limit: 0,
-            flags: (1 << 3) | (1 << 5),
-        }
+        Self { entry_number: index, base_addr: 0, limit: 0, flags: (1 << 3) | (1 << 5) }
     }
 
     /// The LDT entry for a guest segment cache, if the host can hold it.
@@ -83,12 +78,7 @@ impl UserDesc {
             | (u32::from(read_exec_only) << 3)
             | (u32::from(pages) << 4)
             | (u32::from(useable) << 6);
-        Some(Self {
-            entry_number: index,
-            base_addr: seg.base,
-            limit,
-            flags,
-        })
+        Some(Self { entry_number: index, base_addr: seg.base, limit, flags })
     }
 }
 
@@ -143,9 +133,7 @@ impl LdtMirror {
             let d = UserDesc::from_cache(index, s).ok_or(Unmirrorable::Descriptor(s.selector))?;
             let key_sel = s.selector & !3;
             match want.get(&index) {
-                Some((old, sel, _)) if *old != d || *sel != key_sel => {
-                    return Err(Unmirrorable::Clash(s.selector))
-                }
+                Some((old, sel, _)) if *old != d || *sel != key_sel => return Err(Unmirrorable::Clash(s.selector)),
                 _ => {
                     want.insert(index, (d, key_sel, *s));
                 }
@@ -178,18 +166,12 @@ impl LdtMirror {
             return Reported::Same;
         }
         if host & !3 == 0 {
-            return Reported::Now(Segment {
-                selector: host,
-                ..Segment::default()
-            });
+            return Reported::Now(Segment { selector: host, ..Segment::default() });
         }
         if host & 4 != 0 {
             if let Some((_, guest, cache)) = self.installed.get(&u32::from(host >> 3)) {
                 let guest_sel = (guest & !3) | (host & 3);
-                return Reported::Now(Segment {
-                    selector: guest_sel,
-                    ..*cache
-                });
+                return Reported::Now(Segment { selector: guest_sel, ..*cache });
             }
         }
         // A host GDT selector (or an LDT one the runner was never given): the
@@ -214,27 +196,14 @@ mod tests {
         tls.base = 0x0804_c000;
         tls.limit = 0xfffff;
         tls.attrs &= !0x8000;
-        let segs = [
-            flat(0x7b, 0xf3),
-            flat(0x73, 0xfb),
-            flat(0x7b, 0xf3),
-            flat(0x7b, 0xf3),
-            Segment::default(),
-            tls,
-        ];
+        let segs = [flat(0x7b, 0xf3), flat(0x73, 0xfb), flat(0x7b, 0xf3), flat(0x7b, 0xf3), Segment::default(), tls];
         let mut m = LdtMirror::default();
         let descs = m.update(&segs).expect("mirrorable");
         assert_eq!(descs.len(), 3);
         let code = descs.iter().find(|d| d.entry_number == 14).expect("code");
-        assert_eq!(
-            (code.base_addr, code.limit, code.flags),
-            (0, 0xfffff, 1 | (2 << 1) | (1 << 4))
-        );
+        assert_eq!((code.base_addr, code.limit, code.flags), (0, 0xfffff, 1 | (2 << 1) | (1 << 4)));
         let gs = descs.iter().find(|d| d.entry_number == 6).expect("tls");
-        assert_eq!(
-            (gs.base_addr, gs.limit, gs.flags & (1 << 4)),
-            (0x0804_c000, 0xfffff, 0)
-        );
+        assert_eq!((gs.base_addr, gs.limit, gs.flags & (1 << 4)), (0x0804_c000, 0xfffff, 0));
         assert_eq!(host_selector(0x73), 0x77);
         assert_eq!(host_selector(0x0f), 0x0f);
         assert_eq!(host_selector(0), 0);
@@ -249,10 +218,7 @@ mod tests {
         // GS unloaded: its entry is emptied.
         let mut segs2 = segs;
         segs2[5] = Segment::default();
-        assert_eq!(
-            m.update(&segs2).expect("mirrorable"),
-            vec![UserDesc::empty(6)]
-        );
+        assert_eq!(m.update(&segs2).expect("mirrorable"), vec![UserDesc::empty(6)]);
     }
 
     #[test]
@@ -260,28 +226,11 @@ mod tests {
         let mut m = LdtMirror::default();
         let mut other = flat(0x7f, 0xf3);
         other.base = 0x1000;
-        let segs = [
-            flat(0x7b, 0xf3),
-            flat(0x73, 0xfb),
-            flat(0x7b, 0xf3),
-            other,
-            Segment::default(),
-            Segment::default(),
-        ];
+        let segs = [flat(0x7b, 0xf3), flat(0x73, 0xfb), flat(0x7b, 0xf3), other, Segment::default(), Segment::default()];
         assert_eq!(m.update(&segs), Err(Unmirrorable::Clash(0x7f)));
         let mut odd = flat(0x7b, 0xf3);
         odd.limit = 0x12_3456;
-        let segs = [
-            odd,
-            flat(0x73, 0xfb),
-            flat(0x7b, 0xf3),
-            flat(0x7b, 0xf3),
-            Segment::default(),
-            Segment::default(),
-        ];
-        assert!(matches!(
-            m.update(&segs),
-            Err(Unmirrorable::Descriptor(_)) | Err(Unmirrorable::Clash(_))
-        ));
+        let segs = [odd, flat(0x73, 0xfb), flat(0x7b, 0xf3), flat(0x7b, 0xf3), Segment::default(), Segment::default()];
+        assert!(matches!(m.update(&segs), Err(Unmirrorable::Descriptor(_)) | Err(Unmirrorable::Clash(_))));
     }
 }

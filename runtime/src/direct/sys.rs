@@ -56,10 +56,7 @@ pub enum SysError {
 }
 
 fn host(what: &'static str) -> SysError {
-    SysError::Host {
-        what,
-        source: std::io::Error::last_os_error(),
-    }
+    SysError::Host { what, source: std::io::Error::last_os_error() }
 }
 
 const UC_GREGS: usize = 40;
@@ -484,24 +481,12 @@ fn blob() -> (usize, usize, u64, u64) {
     let end = core::ptr::addr_of!(bt86_runner_blob_end) as usize;
     let handler = core::ptr::addr_of!(bt86_runner_handler) as usize;
     let restorer = core::ptr::addr_of!(bt86_runner_restorer) as usize;
-    (
-        start,
-        end - start,
-        (handler - start) as u64,
-        (restorer - start) as u64,
-    )
+    (start, end - start, (handler - start) as u64, (restorer - start) as u64)
 }
 
 /// The signals the runner handles.
-const SIGNALS: [libc::c_int; 7] = [
-    libc::SIGSEGV,
-    libc::SIGBUS,
-    libc::SIGILL,
-    libc::SIGFPE,
-    libc::SIGTRAP,
-    libc::SIGSYS,
-    libc::SIGUSR1,
-];
+const SIGNALS: [libc::c_int; 7] =
+    [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS, libc::SIGUSR1];
 
 /// The kernel's `struct sigaction` for `rt_sigaction` on x86-64.
 #[repr(C)]
@@ -574,11 +559,7 @@ fn errno() -> i32 {
 impl Process {
     /// Forks a runner holding `memfd` (as fd [`comm::MEMFD`]) under `filter`, and
     /// waits for it to report READY.
-    pub fn spawn(
-        memfd: RawFd,
-        filter: &[Insn],
-        start_timeout: Duration,
-    ) -> Result<Process, SysError> {
+    pub fn spawn(memfd: RawFd, filter: &[Insn], start_timeout: Duration) -> Result<Process, SysError> {
         let (blob_start, blob_len, handler, restorer) = blob();
         if blob_len as u64 > comm::CODE_MAX {
             return Err(SysError::CodeTooLarge(blob_len));
@@ -586,14 +567,7 @@ impl Process {
         let len = usize::try_from(comm::COMM_SIZE).unwrap_or(usize::MAX);
         // SAFETY: a fresh shared anonymous mapping; the kernel picks the address.
         let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
         };
         if p == libc::MAP_FAILED {
             return Err(host("mmap of the shared block"));
@@ -636,15 +610,7 @@ impl Process {
         // SAFETY: a new fd we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         // SAFETY: a placeholder fd (dup of the pidfd) replaced below before use.
-        let mut proc = Process {
-            pid,
-            pidfd,
-            listener: placeholder_fd()?,
-            runner_listener_fd: 0,
-            cpuid_faulting: false,
-            comm: comm_ptr,
-            reaped: false,
-        };
+        let mut proc = Process { pid, pidfd, listener: placeholder_fd()?, runner_listener_fd: 0, cpuid_faulting: false, comm: comm_ptr, reaped: false };
         match proc.wait_report(0, Some(start_timeout))? {
             Waited::Report => {}
             Waited::TimedOut => return Err(SysError::StartTimeout(start_timeout)),
@@ -653,30 +619,14 @@ impl Process {
         if r.kind == comm::KIND_SETUP_FAILED {
             #[allow(clippy::cast_possible_truncation)]
             let e = (r.aux[0] as i64).unsigned_abs() as i32;
-            return Err(SysError::Setup {
-                step: r.aux[1],
-                source: std::io::Error::from_raw_os_error(e),
-            });
+            return Err(SysError::Setup { step: r.aux[1], source: std::io::Error::from_raw_os_error(e) });
         }
         if r.kind != comm::KIND_READY {
-            return Err(SysError::Host {
-                what: "runner start",
-                source: std::io::Error::other(format!(
-                    "report kind {} signal {} trap {} at {:#x}",
-                    r.kind,
-                    r.signo,
-                    r.trapno,
-                    r.rip.wrapping_sub(comm::CODE)
-                )),
-            });
+            return Err(SysError::Host { what: "runner start", source: std::io::Error::other(format!("report kind {} signal {} trap {} at {:#x}", r.kind, r.signo, r.trapno, r.rip.wrapping_sub(comm::CODE))) });
         }
         // SAFETY: pidfd_getfd on our child's listener fd (the number it reported).
-        let fd =
-            unsafe { libc::syscall(libc::SYS_pidfd_getfd, proc.pidfd.as_raw_fd(), r.aux[0], 0) };
-        let fd = i32::try_from(fd)
-            .ok()
-            .filter(|&f| f >= 0)
-            .ok_or_else(|| host("pidfd_getfd of the seccomp listener"))?;
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, proc.pidfd.as_raw_fd(), r.aux[0], 0) };
+        let fd = i32::try_from(fd).ok().filter(|&f| f >= 0).ok_or_else(|| host("pidfd_getfd of the seccomp listener"))?;
         // SAFETY: a new fd we own.
         proc.listener = unsafe { OwnedFd::from_raw_fd(fd) };
         proc.runner_listener_fd = r.aux[0];
@@ -708,16 +658,8 @@ impl Process {
         // writing them concurrently only changes what it is asked to do.
         unsafe {
             let c = self.comm;
-            std::ptr::copy_nonoverlapping(
-                ops.as_ptr(),
-                core::ptr::addr_of_mut!((*c).ops).cast::<Op>(),
-                n,
-            );
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                core::ptr::addr_of_mut!((*c).data).cast::<u8>(),
-                d,
-            );
+            std::ptr::copy_nonoverlapping(ops.as_ptr(), core::ptr::addr_of_mut!((*c).ops).cast::<Op>(), n);
+            std::ptr::copy_nonoverlapping(data.as_ptr(), core::ptr::addr_of_mut!((*c).data).cast::<u8>(), d);
             std::ptr::write_volatile(core::ptr::addr_of_mut!((*c).entry), *entry);
             std::ptr::write_volatile(core::ptr::addr_of_mut!((*c).fpu.0), *fpu);
             std::ptr::write_volatile(core::ptr::addr_of_mut!((*c).n_ops), n as u32);
@@ -788,11 +730,7 @@ impl Process {
 
     /// Waits up to `timeout` for a seccomp notification; None if none came.
     pub fn next_notification(&self, timeout: Duration) -> Result<Option<Notification>, SysError> {
-        let mut pfd = libc::pollfd {
-            fd: self.listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -808,13 +746,7 @@ impl Process {
         // SAFETY: zeroed seccomp_notif is valid (plain integers); the ioctl fills it.
         let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
         // SAFETY: RECV on our listener with a valid, zeroed buffer of the right size.
-        let r = unsafe {
-            libc::ioctl(
-                self.listener.as_raw_fd(),
-                libc::SECCOMP_IOCTL_NOTIF_RECV,
-                &mut n,
-            )
-        };
+        let r = unsafe { libc::ioctl(self.listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) };
         if r < 0 {
             let e = errno();
             if e == libc::EINTR || e == libc::ENOENT {
@@ -822,13 +754,7 @@ impl Process {
             }
             return Err(host("seccomp notification receive"));
         }
-        Ok(Some(Notification {
-            id: n.id,
-            pid: n.pid,
-            nr: n.data.nr,
-            arch: n.data.arch,
-            args: n.data.args,
-        }))
+        Ok(Some(Notification { id: n.id, pid: n.pid, nr: n.data.nr, arch: n.data.arch, args: n.data.args }))
     }
 
     /// Answers notification `id`: let the call through unchanged, or fail it with
@@ -843,13 +769,7 @@ impl Process {
             resp.error = -libc::EPERM;
         }
         // SAFETY: SEND on our listener with a valid response.
-        let r = unsafe {
-            libc::ioctl(
-                self.listener.as_raw_fd(),
-                libc::SECCOMP_IOCTL_NOTIF_SEND,
-                &mut resp,
-            )
-        };
+        let r = unsafe { libc::ioctl(self.listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
         if r < 0 {
             if errno() == libc::ENOENT {
                 return Ok(false);
@@ -863,13 +783,7 @@ impl Process {
     pub fn kick(&self) {
         // SAFETY: pidfd_send_signal on our own child's pidfd, no siginfo.
         unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGUSR1,
-                std::ptr::null::<u8>(),
-                0,
-            );
+            libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGUSR1, std::ptr::null::<u8>(), 0);
         }
     }
 
@@ -893,25 +807,14 @@ impl Drop for Process {
         if !self.reaped {
             // SAFETY: pidfd_send_signal on our own child's pidfd.
             unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    self.pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<u8>(),
-                    0,
-                );
+                libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0);
             }
             let mut status = 0;
             // SAFETY: reaps our own child (it was killed above).
             unsafe { libc::waitpid(self.pid, &mut status, 0) };
         }
         // SAFETY: our mapping of the block; the runner is gone.
-        unsafe {
-            libc::munmap(
-                self.comm.cast(),
-                usize::try_from(comm::COMM_SIZE).unwrap_or(0),
-            )
-        };
+        unsafe { libc::munmap(self.comm.cast(), usize::try_from(comm::COMM_SIZE).unwrap_or(0)) };
     }
 }
 
@@ -937,13 +840,7 @@ fn kill_reap(pid: libc::pid_t) {
 fn futex_wake(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE (shared, not private: another process waits) on a valid word.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            1,
-            std::ptr::null::<libc::timespec>(),
-        );
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1, std::ptr::null::<libc::timespec>());
     }
 }
 
@@ -952,9 +849,7 @@ fn futex_wait(word: &AtomicU32, seen: u32, timeout: Option<Duration>) -> Result<
         tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: libc::c_long::from(t.subsec_nanos()),
     });
-    let tsp = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: FUTEX_WAIT on a valid word with a valid (or null) relative timeout.
     let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, seen, tsp) };
     if r < 0 {
@@ -986,10 +881,7 @@ fn child_failed(plan: &ChildPlan, comm_at: u64, step: u64) -> ! {
     let c = comm_at as *mut Comm;
     // SAFETY: `c` is the shared block, mapped at `comm_at` in this process.
     unsafe {
-        std::ptr::write_volatile(
-            core::ptr::addr_of_mut!((*c).aux),
-            [(-i64::from(e)) as u64, step],
-        );
+        std::ptr::write_volatile(core::ptr::addr_of_mut!((*c).aux), [(-i64::from(e)) as u64, step]);
         std::ptr::write_volatile(core::ptr::addr_of_mut!((*c).kind), comm::KIND_SETUP_FAILED);
         let seq = &*(core::ptr::addr_of_mut!((*c).report_seq).cast::<AtomicU32>());
         seq.fetch_add(1, Ordering::Release);
@@ -1039,18 +931,13 @@ fn child_main(plan: &ChildPlan) -> ! {
     // mapped with MAP_FIXED (whatever was there is the VMM's, which this process
     // drops anyway); nothing returns to Rust code after the final jump.
     unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0
-            || libc::getppid() != plan.parent
-        {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 || libc::getppid() != plan.parent {
             child_failed(plan, comm_vmm, 10);
         }
         // glibc registered this thread's rseq area (in the VMM's TLS, which goes
         // away below): unregister it, or the kernel's next rseq update kills us.
         unregister_rseq();
-        let core0 = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let core0 = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         libc::setrlimit(libc::RLIMIT_CORE, &core0);
         // The guest-RAM memfd at a known number; every other fd closed.
         let memfd = comm::MEMFD as libc::c_int;
@@ -1072,30 +959,15 @@ fn child_main(plan: &ChildPlan) -> ! {
         if r as u64 != comm::BASE {
             child_failed(plan, comm_vmm, 12);
         }
-        std::ptr::copy_nonoverlapping(
-            plan.blob_start as *const u8,
-            comm::CODE as *mut u8,
-            plan.blob_len,
-        );
-        if libc::mprotect(
-            comm::CODE as *mut libc::c_void,
-            comm::CODE_MAX as usize,
-            libc::PROT_READ | libc::PROT_EXEC,
-        ) != 0
-        {
+        std::ptr::copy_nonoverlapping(plan.blob_start as *const u8, comm::CODE as *mut u8, plan.blob_len);
+        if libc::mprotect(comm::CODE as *mut libc::c_void, comm::CODE_MAX as usize, libc::PROT_READ | libc::PROT_EXEC) != 0 {
             child_failed(plan, comm_vmm, 13);
         }
         // The filter and its fprog in the private page.
         let filter_at = (comm::PRIV + comm::PRIV_FILTER) as *mut Insn;
         std::ptr::copy_nonoverlapping(plan.filter_ptr, filter_at, plan.filter_len);
         let fprog = (comm::PRIV + comm::PRIV_FPROG) as *mut Fprog;
-        std::ptr::write(
-            fprog,
-            Fprog {
-                len: plan.filter_len as u16,
-                filter: filter_at as u64,
-            },
-        );
+        std::ptr::write(fprog, Fprog { len: plan.filter_len as u16, filter: filter_at as u64 });
         // The shared block, moved to its place in the region.
         let r = libc::mremap(
             comm_vmm as *mut libc::c_void,
@@ -1108,43 +980,23 @@ fn child_main(plan: &ChildPlan) -> ! {
             child_failed(plan, comm_vmm, 14);
         }
         // From here on the block is at comm::COMM.
-        let ss = libc::stack_t {
-            ss_sp: comm::ALT_STACK as *mut libc::c_void,
-            ss_flags: 0,
-            ss_size: comm::ALT_STACK_SIZE as usize,
-        };
+        let ss = libc::stack_t { ss_sp: comm::ALT_STACK as *mut libc::c_void, ss_flags: 0, ss_size: comm::ALT_STACK_SIZE as usize };
         if libc::sigaltstack(&ss, std::ptr::null_mut()) != 0 {
             child_failed(plan, comm::COMM, 15);
         }
         let act = KernelSigaction {
             handler: plan.handler,
-            flags: (libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART)
-                as u64
-                | SA_RESTORER,
+            flags: (libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART) as u64 | SA_RESTORER,
             restorer: plan.restorer,
             mask: 0,
         };
         for sig in SIGNALS {
-            if libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &act as *const KernelSigaction,
-                std::ptr::null_mut::<u8>(),
-                8usize,
-            ) != 0
-            {
+            if libc::syscall(libc::SYS_rt_sigaction, sig, &act as *const KernelSigaction, std::ptr::null_mut::<u8>(), 8usize) != 0 {
                 child_failed(plan, comm::COMM, 16);
             }
         }
         let empty: u64 = 0;
-        if libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &empty as *const u64,
-            std::ptr::null_mut::<u8>(),
-            8usize,
-        ) != 0
-        {
+        if libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty as *const u64, std::ptr::null_mut::<u8>(), 8usize) != 0 {
             child_failed(plan, comm::COMM, 17);
         }
         // Into the runner's own code, for good.

@@ -178,12 +178,7 @@ pub(crate) fn read_linear(m: &mut Machine<'_>, linear: u32, buf: &mut [u8]) -> R
 }
 
 /// Reads guest memory as a user (`user`) or supervisor access.
-pub(crate) fn read_linear_as(
-    m: &mut Machine<'_>,
-    linear: u32,
-    buf: &mut [u8],
-    user: bool,
-) -> Result<(), Fault> {
+pub(crate) fn read_linear_as(m: &mut Machine<'_>, linear: u32, buf: &mut [u8], user: bool) -> Result<(), Fault> {
     let first = first_part(linear, buf.len());
     let (a, b) = buf.split_at_mut(first);
     m.mem.read(linear, a, user)?;
@@ -201,12 +196,7 @@ pub(crate) fn write_linear(m: &mut Machine<'_>, linear: u32, data: &[u8]) -> Res
 }
 
 /// Writes guest memory as a user (`user`) or supervisor access.
-pub(crate) fn write_linear_as(
-    m: &mut Machine<'_>,
-    linear: u32,
-    data: &[u8],
-    user: bool,
-) -> Result<(), Fault> {
+pub(crate) fn write_linear_as(m: &mut Machine<'_>, linear: u32, data: &[u8], user: bool) -> Result<(), Fault> {
     let first = first_part(linear, data.len());
     let (a, b) = data.split_at(first);
     m.mem.write(linear, a, user)?;
@@ -334,12 +324,8 @@ pub(crate) fn check_accesses(m: &Machine<'_>, ins: &Instruction, checked: u8) ->
     let info = factory.info(ins);
     let reps = if ins.is_string_instruction() && (ins.has_rep_prefix() || ins.has_repne_prefix()) {
         let ecx = m.ctx.gpr[1];
-        let addr16 = (0..ins.op_count()).any(|i| {
-            matches!(
-                ins.op_kind(i),
-                OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI
-            )
-        });
+        let addr16 = (0..ins.op_count())
+            .any(|i| matches!(ins.op_kind(i), OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI));
         Some(if addr16 { ecx & 0xffff } else { ecx })
     } else {
         None
@@ -349,26 +335,17 @@ pub(crate) fn check_accesses(m: &Machine<'_>, ins: &Instruction, checked: u8) ->
     }
     let down = m.ctx.rflags & u64::from(crate::cpu::eflags::DF) != 0;
     for used in info.used_memory() {
-        let Some(seg) = sreg_index(used.segment()) else {
-            continue;
-        };
+        let Some(seg) = sreg_index(used.segment()) else { continue };
         if checked & (1 << seg) == 0 {
             continue;
         }
         let access = match used.access() {
             OpAccess::Read | OpAccess::CondRead => Access::Read,
-            OpAccess::Write
-            | OpAccess::CondWrite
-            | OpAccess::ReadWrite
-            | OpAccess::ReadCondWrite => Access::Write,
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite => Access::Write,
             _ => continue,
         };
         let Some(first) = used.virtual_address(0, |r, _, _| {
-            Some(if r.is_segment_register() {
-                0
-            } else {
-                u64::from(read_reg(m.ctx, r))
-            })
+            Some(if r.is_segment_register() { 0 } else { u64::from(read_reg(m.ctx, r)) })
         }) else {
             continue;
         };
@@ -382,11 +359,7 @@ pub(crate) fn check_accesses(m: &Machine<'_>, ins: &Instruction, checked: u8) ->
         linear(m.cpu, seg, first, size, access)?;
         if let Some(n) = reps {
             let span = (n - 1).wrapping_mul(size);
-            let last = if down {
-                first.wrapping_sub(span)
-            } else {
-                first.wrapping_add(span)
-            };
+            let last = if down { first.wrapping_sub(span) } else { first.wrapping_add(span) };
             linear(m.cpu, seg, last, size, access)?;
         }
     }
@@ -541,9 +514,7 @@ mod tests {
         );
         // An unusable (null) segment is #GP(0).
         cpu.seg[sreg::GS] = Segment::default();
-        assert_eq!(
-            linear(&cpu, sreg::GS, 5, 4, Access::Write),
-            Err(Fault::gp0())
-        );
+        assert_eq!(linear(&cpu, sreg::GS, 5, 4, Access::Write), Err(Fault::gp0()));
     }
 }
+

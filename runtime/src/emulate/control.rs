@@ -26,6 +26,7 @@ const CR0_VALID: u32 = cr0::PE
     | cr0::CD
     | cr0::PG;
 
+
 fn require_cpl0(m: &Machine<'_>) -> Result<(), Fault> {
     if m.cpu.cpl() == 0 {
         Ok(())
@@ -358,11 +359,7 @@ mod tests {
         assert_eq!(t.run(&[0x0f, 0x23, 0xf0]), Outcome::Continue);
         assert_eq!(t.cpu.dr[6], 0xffff_0ff0);
         t.ctx.gpr[0] = 0xffff_ffff;
-        assert_eq!(
-            t.run(&[0x0f, 0x23, 0xf8]),
-            Outcome::Jump,
-            "the engine watches from the next boundary"
-        );
+        assert_eq!(t.run(&[0x0f, 0x23, 0xf8]), Outcome::Jump, "the engine watches from the next boundary");
         assert_eq!(t.cpu.dr[7], 0xffff_27ff);
         // dr4 aliases dr6 ...
         assert_eq!(t.run(&[0x0f, 0x21, 0xe1]), Outcome::Continue);

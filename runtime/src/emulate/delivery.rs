@@ -52,13 +52,7 @@ pub(crate) fn deliver(
     let (offset, selector, gate_type) = read_gate(m, vector, source, idt_error)?;
     if gate_type == sys::TASK_GATE {
         let t = super::task::event_target(m, selector, ext)?;
-        return super::task::switch(
-            m,
-            selector,
-            t,
-            super::task::Source::Event(error),
-            return_eip,
-        );
+        return super::task::switch(m, selector, t, super::task::Source::Event(error), return_eip);
     }
     if is_null(selector) {
         return Err(Fault::gp(ext));
@@ -70,25 +64,16 @@ pub(crate) fn deliver(
         return Err(Fault::gp((selector & 0xfffc) | ext));
     }
     if !d.present() {
-        return Err(Fault::exc(
-            super::vector::NP,
-            Some(u32::from((selector & 0xfffc) | ext)),
-        ));
+        return Err(Fault::exc(super::vector::NP, Some(u32::from((selector & 0xfffc) | ext))));
     }
     if !d.big() {
-        return Err(Fault::unsupported(
-            "an interrupt handler in a 16-bit code segment",
-        ));
+        return Err(Fault::unsupported("an interrupt handler in a 16-bit code segment"));
     }
     let new_cpl = if d.conforming() { cpl } else { d.dpl() };
     let old_flags = read_eflags(m);
     let old_cs = m.cpu.seg[sreg::CS].selector;
     // A 16-bit gate pushes words (the low halves of eflags, eip and the error code).
-    let slot = if matches!(gate_type, GATE_INT16 | GATE_TRAP16) {
-        2
-    } else {
-        4
-    };
+    let slot = if matches!(gate_type, GATE_INT16 | GATE_TRAP16) { 2 } else { 4 };
     let (new_ss, new_esp) = if new_cpl < cpl {
         let (ss, esp) = inner_stack(m, new_cpl, ext)?;
         let mut frame = vec![u32::from(m.cpu.seg[sreg::SS].selector), m.ctx.gpr[4]];
@@ -99,10 +84,7 @@ pub(crate) fn deliver(
         let mut frame = vec![old_flags, u32::from(old_cs), return_eip];
         frame.extend(error);
         let ss = m.cpu.seg[sreg::SS];
-        (
-            None,
-            write_frame(m, ss.base, m.ctx.gpr[4], &frame, slot, m.cpu.cpl() == 3)?,
-        )
+        (None, write_frame(m, ss.base, m.ctx.gpr[4], &frame, slot, m.cpu.cpl() == 3)?)
     };
     // Commit: nothing below can fault.
     let d = set_type_bits(m, e, ACCESSED)?;
@@ -146,27 +128,17 @@ fn read_gate(
     if !present {
         return Err(Fault::exc(super::vector::NP, Some(u32::from(idt_error))));
     }
-    let high = if matches!(gate_type, GATE_INT16 | GATE_TRAP16) {
-        0
-    } else {
-        hi & 0xffff_0000
-    };
+    let high = if matches!(gate_type, GATE_INT16 | GATE_TRAP16) { 0 } else { hi & 0xffff_0000 };
     Ok(((lo & 0xffff) | high, (lo >> 16) as u16, gate_type))
 }
 
 /// The stack for ring `ring` from the current 32-bit TSS, checked: (SS cache, ESP).
-pub(crate) fn inner_stack(
-    m: &mut Machine<'_>,
-    ring: u8,
-    ext: u16,
-) -> Result<(Segment, u32), Fault> {
+pub(crate) fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Segment, u32), Fault> {
     let tr = m.cpu.tr;
     let ts = |sel: u16| Fault::exc(10, Some(u32::from((sel & 0xfffc) | ext)));
     let ty = (tr.attrs & 0xf) as u8;
     if is_null(tr.selector) || !(ty == sys::TSS32_AVAIL || ty == sys::TSS32_BUSY) {
-        return Err(Fault::unsupported(
-            "a privilege change without a 32-bit TSS loaded (ltr)",
-        ));
+        return Err(Fault::unsupported("a privilege change without a 32-bit TSS loaded (ltr)"));
     }
     let at = 4 + 8 * u32::from(ring);
     if at + 5 > tr.limit {
@@ -192,26 +164,12 @@ pub(crate) fn inner_stack(
 /// Writes `frame` (first element pushed first) in `slot`-byte slots (4, or 2 for a
 /// 16-bit gate) below `esp` in the stack segment at `ss_base`, as a user access if
 /// `user` (the handler runs at CPL 3); returns the new esp.
-fn write_frame(
-    m: &mut Machine<'_>,
-    ss_base: u32,
-    esp: u32,
-    frame: &[u32],
-    slot: u32,
-    user: bool,
-) -> Result<u32, Fault> {
-    let bytes = u32::try_from(frame.len())
-        .unwrap_or(u32::MAX)
-        .wrapping_mul(slot);
+fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], slot: u32, user: bool) -> Result<u32, Fault> {
+    let bytes = u32::try_from(frame.len()).unwrap_or(u32::MAX).wrapping_mul(slot);
     let new_esp = esp.wrapping_sub(bytes);
     for (i, v) in frame.iter().enumerate() {
         let at = u32::try_from(frame.len() - 1 - i).unwrap_or(0) * slot;
-        write_linear_as(
-            m,
-            ss_base.wrapping_add(new_esp.wrapping_add(at)),
-            &v.to_le_bytes()[..slot as usize],
-            user,
-        )?;
+        write_linear_as(m, ss_base.wrapping_add(new_esp.wrapping_add(at)), &v.to_le_bytes()[..slot as usize], user)?;
     }
     Ok(new_esp)
 }
@@ -221,11 +179,7 @@ fn write_frame(
 /// form (`iretw`) pops words: IP (zero-extended), CS, the low 16 bits of EFLAGS and,
 /// to an outer ring, SP and SS. With NT set it is a task return (`task_return`).
 pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
-    let size: u32 = if site.ins.mnemonic() == Mnemonic::Iret {
-        2
-    } else {
-        4
-    };
+    let size: u32 = if site.ins.mnemonic() == Mnemonic::Iret { 2 } else { 4 };
     if m.ctx.sys_flags & eflags::NT != 0 {
         return task_return(m, super::next_eip(site));
     }
@@ -293,13 +247,7 @@ fn task_return(m: &mut Machine<'_>, next_eip: u32) -> EmuResult {
 /// A far return to an outer ring (`lret` with RPL > CPL): pops eip and cs, releases
 /// `release` bytes, pops esp and ss for the outer ring, and releases `release`
 /// bytes there too (SDM, RET "return to outer privilege level").
-pub(crate) fn far_return_outer(
-    m: &mut Machine<'_>,
-    size: u32,
-    eip: u32,
-    cs_sel: u16,
-    release: u32,
-) -> EmuResult {
+pub(crate) fn far_return_outer(m: &mut Machine<'_>, size: u32, eip: u32, cs_sel: u16, release: u32) -> EmuResult {
     let rpl = (cs_sel & 3) as u8;
     let e = return_cs(m, cs_sel, eip)?;
     let ss = m.cpu.seg[sreg::SS];
@@ -328,11 +276,7 @@ fn return_cs(m: &mut Machine<'_>, cs_sel: u16, eip: u32) -> Result<Entry, Fault>
     let rpl = (cs_sel & 3) as u8;
     let e = fetch(m, cs_sel)?.ok_or(Fault::gp_sel(cs_sel))?;
     let d = e.desc;
-    let dpl_ok = if d.conforming() {
-        d.dpl() <= rpl
-    } else {
-        d.dpl() == rpl
-    };
+    let dpl_ok = if d.conforming() { d.dpl() <= rpl } else { d.dpl() == rpl };
     if rpl < m.cpu.cpl() || d.is_system() || !d.is_code() || !dpl_ok {
         return Err(Fault::gp_sel(cs_sel));
     }
@@ -355,8 +299,7 @@ fn outer_ss(m: &mut Machine<'_>, ss_sel: u16, rpl: u8) -> Result<Segment, Fault>
     }
     let e = fetch(m, ss_sel)?.ok_or(Fault::gp_sel(ss_sel))?;
     let d = e.desc;
-    if (ss_sel & 3) as u8 != rpl || d.is_system() || !d.is_data() || !d.writable() || d.dpl() != rpl
-    {
+    if (ss_sel & 3) as u8 != rpl || d.is_system() || !d.is_data() || !d.writable() || d.dpl() != rpl {
         return Err(Fault::gp_sel(ss_sel));
     }
     if !d.present() {
@@ -415,16 +358,12 @@ pub fn deliver_event(
 ) -> Result<(), DeliveryFailure> {
     deliver(m, vector, error, source, return_eip).map_err(|f| match f {
         Fault::Exception { vector, error } => DeliveryFailure::Exception { vector, error },
-        Fault::Mem(super::MemFault::PageFault { error_code, .. }) => DeliveryFailure::Exception {
-            vector: 14,
-            error: Some(error_code),
-        },
+        Fault::Mem(super::MemFault::PageFault { error_code, .. }) => {
+            DeliveryFailure::Exception { vector: 14, error: Some(error_code) }
+        }
         other => match other.into_outcome(return_eip) {
             Outcome::Stop(s) => DeliveryFailure::Stop(s),
-            _ => DeliveryFailure::Stop(super::Stop::Unsupported {
-                eip: return_eip,
-                what: "delivery".into(),
-            }),
+            _ => DeliveryFailure::Stop(super::Stop::Unsupported { eip: return_eip, what: "delivery".into() }),
         },
     })
 }
@@ -445,21 +384,13 @@ mod tests {
     /// 0x10:KSTACK.
     fn machine() -> TestMachine {
         let mut t = TestMachine::new();
-        t.cpu.idtr = TableReg {
-            base: IDT,
-            limit: 256 * 8 - 1,
-        };
+        t.cpu.idtr = TableReg { base: IDT, limit: 256 * 8 - 1 };
         gate(&mut t, 0x20, 0x8e);
         gate(&mut t, 0x80, 0xef);
         t.write_u32(TSS + 4, KSTACK);
         t.write_u32(TSS + 8, u32::from(KDATA));
         t.set_gdt(5, desc(TSS, 0x67, 0x8b, 0));
-        t.cpu.tr = crate::cpu::Segment {
-            selector: 0x28,
-            base: TSS,
-            limit: 0x67,
-            attrs: 0x8b,
-        };
+        t.cpu.tr = crate::cpu::Segment { selector: 0x28, base: TSS, limit: 0x67, attrs: 0x8b };
         t
     }
 
@@ -470,18 +401,8 @@ mod tests {
         t.write_u32(IDT + vector * 8 + 4, hi);
     }
 
-    fn deliver_t(
-        t: &mut TestMachine,
-        vector: u8,
-        error: Option<u32>,
-        source: EventSource,
-    ) -> Result<(), DeliveryFailure> {
-        let mut m = Machine {
-            cpu: &mut t.cpu,
-            ctx: &mut t.ctx,
-            mem: &mut t.mem,
-            io: &mut t.io,
-        };
+    fn deliver_t(t: &mut TestMachine, vector: u8, error: Option<u32>, source: EventSource) -> Result<(), DeliveryFailure> {
+        let mut m = Machine { cpu: &mut t.cpu, ctx: &mut t.ctx, mem: &mut t.mem, io: &mut t.io };
         deliver_event(&mut m, vector, error, source, 0x1234)
     }
 
@@ -527,13 +448,7 @@ mod tests {
         let mut t = machine();
         t.set_cpl(3);
         let r = deliver_t(&mut t, 0x20, None, EventSource::Software);
-        assert_eq!(
-            r,
-            Err(DeliveryFailure::Exception {
-                vector: 13,
-                error: Some(0x20 * 8 + 2)
-            })
-        );
+        assert_eq!(r, Err(DeliveryFailure::Exception { vector: 13, error: Some(0x20 * 8 + 2) }));
         assert_eq!(t.cpu.cpl(), 3, "nothing changed");
     }
 
@@ -542,23 +457,11 @@ mod tests {
         let mut t = machine();
         t.cpu.idtr.limit = 0x20 * 8 - 1;
         let r = deliver_t(&mut t, 0x20, None, EventSource::External);
-        assert_eq!(
-            r,
-            Err(DeliveryFailure::Exception {
-                vector: 13,
-                error: Some(0x20 * 8 + 3)
-            })
-        );
+        assert_eq!(r, Err(DeliveryFailure::Exception { vector: 13, error: Some(0x20 * 8 + 3) }));
         let mut t = machine();
         gate(&mut t, 0x21, 0x0e);
         let r = deliver_t(&mut t, 0x21, None, EventSource::Exception);
-        assert_eq!(
-            r,
-            Err(DeliveryFailure::Exception {
-                vector: 11,
-                error: Some(0x21 * 8 + 3)
-            })
-        );
+        assert_eq!(r, Err(DeliveryFailure::Exception { vector: 11, error: Some(0x21 * 8 + 3) }));
     }
 
     #[test]
@@ -583,15 +486,8 @@ mod tests {
         t.ctx.gpr[4] = esp;
         assert_eq!(t.run(&[0xcb]), Outcome::Jump); // lret
         assert_eq!(t.cpu.cpl(), 3);
-        assert_eq!(
-            (t.ctx.eip, t.ctx.gpr[4], t.cpu.seg[sreg::SS].selector),
-            (0x4321, 0x7000, 0x23)
-        );
-        assert_eq!(
-            t.cpu.seg[sreg::DS].selector,
-            0,
-            "ring-0 data segments are nulled"
-        );
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.seg[sreg::SS].selector), (0x4321, 0x7000, 0x23));
+        assert_eq!(t.cpu.seg[sreg::DS].selector, 0, "ring-0 data segments are nulled");
     }
 
     #[test]
@@ -606,16 +502,9 @@ mod tests {
         t.write_u32(esp + 4, 0x0001_0003); // flags 0x0003 (CF), then a word of the caller's
         t.ctx.gpr[4] = esp;
         assert_eq!(t.run(&[0x66, 0xcf]), Outcome::Jump);
-        assert_eq!(
-            (t.ctx.eip, t.ctx.gpr[4], t.cpu.cpl()),
-            (0x4321, STACK_TOP, 3)
-        );
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.cpl()), (0x4321, STACK_TOP, 3));
         assert_eq!(t.ctx.rflags & 1, 1, "CF from the frame");
-        assert_ne!(
-            t.ctx.sys_flags & eflags::AC,
-            0,
-            "AC is above the low 16 bits"
-        );
+        assert_ne!(t.ctx.sys_flags & eflags::AC, 0, "AC is above the low 16 bits");
     }
 
     #[test]
@@ -624,35 +513,14 @@ mod tests {
         t.set_cpl(3);
         t.ctx.sys_flags |= eflags::NT;
         // Back link 0: GDT entry 0 is no busy TSS.
-        assert!(matches!(
-            t.run(&[0xcf]),
-            Outcome::Exception {
-                vector: 10,
-                error: Some(0),
-                ..
-            }
-        ));
+        assert!(matches!(t.run(&[0xcf]), Outcome::Exception { vector: 10, error: Some(0), .. }));
         // An LDT selector.
         t.write_u32(TSS, 0x2c);
-        assert!(matches!(
-            t.run(&[0x66, 0xcf]),
-            Outcome::Exception {
-                vector: 10,
-                error: Some(0x2c),
-                ..
-            }
-        ));
+        assert!(matches!(t.run(&[0x66, 0xcf]), Outcome::Exception { vector: 10, error: Some(0x2c), .. }));
         // A busy TSS that is not present: #NP.
         t.set_gdt(6, desc(TSS, 0x67, 0x0b, 0));
         t.write_u32(TSS, 0x30);
-        assert!(matches!(
-            t.run(&[0xcf]),
-            Outcome::Exception {
-                vector: 11,
-                error: Some(0x30),
-                ..
-            }
-        ));
+        assert!(matches!(t.run(&[0xcf]), Outcome::Exception { vector: 11, error: Some(0x30), .. }));
         assert_eq!(t.cpu.cpl(), 3, "nothing changed");
     }
 
@@ -661,23 +529,14 @@ mod tests {
         let mut t = machine();
         t.set_cpl(3);
         // GDT 6: a 32-bit call gate to KCODE:HANDLER, DPL 3, two parameters.
-        let gate = |dpl: u64| {
-            (u64::from(HANDLER & 0xffff_0000) << 32)
-                | ((0x8c | (dpl << 5)) << 40)
-                | (2 << 32)
-                | (u64::from(KCODE) << 16)
-                | u64::from(HANDLER & 0xffff)
-        };
+        let gate = |dpl: u64| (u64::from(HANDLER & 0xffff_0000) << 32) | ((0x8c | (dpl << 5)) << 40) | (2 << 32) | (u64::from(KCODE) << 16) | u64::from(HANDLER & 0xffff);
         t.set_gdt(6, gate(3));
         t.ctx.gpr[4] = 0x7000;
         t.write_u32(0x7000, 0x11);
         t.write_u32(0x7004, 0x22);
         let lcall = [0x9a, 0, 0, 0, 0, 0x33, 0];
         assert_eq!(t.run(&lcall), Outcome::Jump);
-        assert_eq!(
-            (t.cpu.cpl(), t.ctx.eip, t.cpu.seg[sreg::SS].selector),
-            (0, HANDLER, KDATA)
-        );
+        assert_eq!((t.cpu.cpl(), t.ctx.eip, t.cpu.seg[sreg::SS].selector), (0, HANDLER, KDATA));
         assert_eq!(t.ctx.gpr[4], KSTACK - 24);
         let frame: Vec<u32> = (0..6).map(|k| t.read_u32(KSTACK - 24 + 4 * k)).collect();
         assert_eq!(frame, vec![EIP + 7, 0x1b, 0x11, 0x22, 0x7000, 0x23]);
@@ -686,19 +545,10 @@ mod tests {
         assert_eq!(t.run(&[0xca, 0x08, 0x00]), Outcome::Jump);
         assert_eq!((t.cpu.cpl(), t.ctx.eip, t.ctx.gpr[4]), (3, EIP + 7, 0x7008));
         // A jmp may not change privilege: #GP(the code segment).
-        assert!(
-            matches!(t.run(&[0xea, 0, 0, 0, 0, 0x33, 0]), Outcome::Exception { vector: 13, error: Some(e), .. } if e == u32::from(KCODE))
-        );
+        assert!(matches!(t.run(&[0xea, 0, 0, 0, 0, 0x33, 0]), Outcome::Exception { vector: 13, error: Some(e), .. } if e == u32::from(KCODE)));
         // A gate of DPL 0 is out of reach of ring 3: #GP(the gate).
         t.set_gdt(6, gate(0));
-        assert!(matches!(
-            t.run(&lcall),
-            Outcome::Exception {
-                vector: 13,
-                error: Some(0x30),
-                ..
-            }
-        ));
+        assert!(matches!(t.run(&lcall), Outcome::Exception { vector: 13, error: Some(0x30), .. }));
         assert_eq!(t.cpu.cpl(), 3);
     }
 
@@ -708,15 +558,8 @@ mod tests {
         gate(&mut t, 0x21, 0x86); // 16-bit interrupt gate, DPL 0
         t.ctx.vif = 1;
         deliver_t(&mut t, 0x21, Some(0xabcd_0018), EventSource::Exception).unwrap();
-        assert_eq!(
-            (t.ctx.eip, t.ctx.gpr[4], t.ctx.vif),
-            (HANDLER & 0xffff, STACK_TOP - 8, 0)
-        );
-        assert_eq!(
-            t.read_u16(STACK_TOP - 8),
-            0x0018,
-            "the error code's low word"
-        );
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.ctx.vif), (HANDLER & 0xffff, STACK_TOP - 8, 0));
+        assert_eq!(t.read_u16(STACK_TOP - 8), 0x0018, "the error code's low word");
         assert_eq!(t.read_u16(STACK_TOP - 6), 0x1234);
         assert_eq!(t.read_u16(STACK_TOP - 4), KCODE);
         assert_eq!(t.read_u16(STACK_TOP - 2) & (1 << 9), 1 << 9, "saved IF=1");
@@ -737,10 +580,7 @@ mod tests {
         t.ctx.gpr[4] = esp;
         assert_eq!(t.run(&[0x66, 0xcb]), Outcome::Jump); // lretw
         assert_eq!(t.cpu.cpl(), 3);
-        assert_eq!(
-            (t.ctx.eip, t.ctx.gpr[4], t.cpu.seg[sreg::SS].selector),
-            (0x4321, 0x7000, 0x23)
-        );
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.cpu.seg[sreg::SS].selector), (0x4321, 0x7000, 0x23));
     }
 
     #[test]
@@ -748,14 +588,7 @@ mod tests {
         let mut t = machine();
         t.set_cpl(3);
         t.ctx.vif = 1;
-        assert!(matches!(
-            t.run(&[0xfa]),
-            Outcome::Exception {
-                vector: 13,
-                error: Some(0),
-                ..
-            }
-        ));
+        assert!(matches!(t.run(&[0xfa]), Outcome::Exception { vector: 13, error: Some(0), .. }));
         assert_eq!(t.ctx.vif, 1);
         t.ctx.sys_flags |= eflags::IOPL;
         assert_eq!(t.run(&[0xfa]), Outcome::Continue);

@@ -26,11 +26,7 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     };
     if ins.mnemonic() == Mnemonic::Int1 {
         // icebp: a debug trap, not a software interrupt (no DPL check).
-        return Ok(Outcome::Exception {
-            vector,
-            error: None,
-            trap: true,
-        });
+        return Ok(Outcome::Exception { vector, error: None, trap: true });
     }
     Ok(Outcome::SoftwareInterrupt { vector })
 }
@@ -42,11 +38,7 @@ mod tests {
 
     fn trap(vector: u8) -> Outcome {
         if vector == 1 {
-            return Outcome::Exception {
-                vector,
-                error: None,
-                trap: true,
-            };
+            return Outcome::Exception { vector, error: None, trap: true };
         }
         Outcome::SoftwareInterrupt { vector }
     }
@@ -62,4 +54,5 @@ mod tests {
         assert_eq!(t.run(&[0xce]), trap(4));
         assert_eq!(t.ctx.eip, EIP, "eip left to the engine");
     }
+
 }

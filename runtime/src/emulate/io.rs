@@ -236,18 +236,9 @@ mod tests {
         t.write_u16(TSS + 0x66, 0x68);
         t.write(TSS + 0x68, &[0xff; 0x80]);
         t.write(TSS + 0x68 + 0x10, &[0xfc]);
-        t.cpu.tr = crate::cpu::Segment {
-            selector: 0x28,
-            base: TSS,
-            limit: 0x68 + 0x80 - 1,
-            attrs: 0x8b,
-        };
+        t.cpu.tr = crate::cpu::Segment { selector: 0x28, base: TSS, limit: 0x68 + 0x80 - 1, attrs: 0x8b };
         assert_eq!(t.run(&[0xe4, 0x80]), Outcome::Continue, "port 0x80 allowed");
-        assert_eq!(
-            t.run(&[0x66, 0xe5, 0x80]),
-            Outcome::Continue,
-            "word at 0x80: 0x80 and 0x81 allowed"
-        );
+        assert_eq!(t.run(&[0x66, 0xe5, 0x80]), Outcome::Continue, "word at 0x80: 0x80 and 0x81 allowed");
         assert_eq!(t.run(&[0xe5, 0x80]), gp(0), "dword at 0x80 touches 0x82");
         assert_eq!(t.run(&[0xe4, 0x60]), gp(0));
         t.ctx.gpr[2] = 0x400; // beyond the bitmap the limit covers

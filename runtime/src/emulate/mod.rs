@@ -25,17 +25,17 @@ pub(crate) mod flags;
 mod interrupts;
 mod io;
 mod legacy;
-pub(crate) mod msr;
 mod native_alu;
+pub(crate) mod msr;
 pub(crate) mod segments;
 mod stack;
 mod string;
 mod sysenter;
 mod tables;
 mod task;
+pub mod traced;
 #[cfg(test)]
 mod testutil;
-pub mod traced;
 
 use crate::cpu::Cpu;
 use crate::devices::{IoEffect, Platform, PortBus};
@@ -277,11 +277,7 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
             }
         }
         CalloutKind::RaiseGp => {
-            return Outcome::Exception {
-                vector: vector::GP,
-                error: Some(0),
-                trap: false,
-            }
+            return Outcome::Exception { vector: vector::GP, error: Some(0), trap: false }
         }
         CalloutKind::TracedWrite => {
             return match traced::emulate(m, site) {
@@ -290,19 +286,9 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
             }
         }
         CalloutKind::RaiseNm => {
-            return Outcome::Exception {
-                vector: 7,
-                error: None,
-                trap: false,
-            }
+            return Outcome::Exception { vector: 7, error: None, trap: false }
         }
-        CalloutKind::RaiseDe => {
-            return Outcome::Exception {
-                vector: vector::DE,
-                error: None,
-                trap: false,
-            }
-        }
+        CalloutKind::RaiseDe => return Outcome::Exception { vector: vector::DE, error: None, trap: false },
         CalloutKind::Boundary => return Outcome::Continue,
         CalloutKind::SegmentCheck => {
             return match addressing::check_accesses(m, &site.ins, m.cpu.mode().seg_checked) {
@@ -338,11 +324,7 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
 /// Loads segment register `idx` (not CS) with `sel` as a `mov` to it would, for
 /// a load direct execution saw happen with the host's meaning of the selector.
 pub(crate) fn load_segment(m: &mut Machine<'_>, idx: usize, sel: u16) -> Outcome {
-    let checked = if idx == crate::cpu::sreg::SS {
-        segments::check_ss(m, sel)
-    } else {
-        segments::check_data(m, sel)
-    };
+    let checked = if idx == crate::cpu::sreg::SS { segments::check_ss(m, sel) } else { segments::check_data(m, sel) };
     match checked {
         Ok(seg) => {
             m.cpu.seg[idx] = seg;
@@ -406,8 +388,8 @@ fn dispatch(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         Int | Int1 | Int3 | Into => interrupts::emulate(m, site),
         Iret | Iretd => delivery::iret(m, site),
         Cli | Sti => delivery::cli_sti(m, site),
-        Movsb | Movsw | Movsd | Stosb | Stosw | Stosd | Lodsb | Lodsw | Lodsd | Cmpsb | Cmpsw
-        | Cmpsd | Scasb | Scasw | Scasd => string::emulate(m, site),
+        Movsb | Movsw | Movsd | Stosb | Stosw | Stosd | Lodsb | Lodsw | Lodsd | Cmpsb | Cmpsw | Cmpsd
+        | Scasb | Scasw | Scasd => string::emulate(m, site),
         // Not in system-management mode.
         Rsm => Err(Fault::ud()),
         _ => Err(Fault::Unsupported(describe(m, site))),

@@ -34,14 +34,7 @@ const INTEL_EVTSEL: [u32; 2] = [0x186, 0x187];
 const AMD_PERF_CTL: u32 = 0xc001_0000;
 const AMD_PERF_CTR: u32 = 0xc001_0004;
 /// AMD SYSCFG, HWCR, NB_CFG, LS_CFG, DE_CFG, and the patch loader.
-const AMD_CONFIG: [u32; 6] = [
-    0xc001_0010,
-    0xc001_0015,
-    0xc001_001f,
-    0xc001_1020,
-    0xc001_1029,
-    0xc001_0020,
-];
+const AMD_CONFIG: [u32; 6] = [0xc001_0010, 0xc001_0015, 0xc001_001f, 0xc001_1020, 0xc001_1029, 0xc001_0020];
 /// Where a 32-bit PC's local APIC would be (the base MSR reports it, disabled).
 const APIC_DEFAULT_BASE: u64 = 0xfee0_0000;
 /// IA32_APIC_BASE.BSP: this is the bootstrap processor.
@@ -93,17 +86,9 @@ fn kind(m: &Machine<'_>, msr: u32) -> Option<Kind> {
         PLATFORM_ID if vendor == Vendor::Intel => Kind::Fixed(0),
         // Locked, VMX off.
         FEATURE_CONTROL if vendor == Vendor::Intel => Kind::Fixed(1),
-        MISC_ENABLE if vendor == Vendor::Intel && model.family() >= 6 => {
-            Kind::Stored(MISC_ENABLE_DEFAULT)
-        }
-        _ if vendor == Vendor::Intel
-            && (INTEL_PMC.contains(&msr) || INTEL_EVTSEL.contains(&msr)) =>
-        {
-            Kind::Stored(0)
-        }
-        _ if vendor == Vendor::Amd && (AMD_PERF_CTL..AMD_PERF_CTR + 4).contains(&msr) => {
-            Kind::Stored(0)
-        }
+        MISC_ENABLE if vendor == Vendor::Intel && model.family() >= 6 => Kind::Stored(MISC_ENABLE_DEFAULT),
+        _ if vendor == Vendor::Intel && (INTEL_PMC.contains(&msr) || INTEL_EVTSEL.contains(&msr)) => Kind::Stored(0),
+        _ if vendor == Vendor::Amd && (AMD_PERF_CTL..AMD_PERF_CTR + 4).contains(&msr) => Kind::Stored(0),
         _ if vendor == Vendor::Amd && AMD_CONFIG.contains(&msr) => Kind::Stored(0),
         _ => return None,
     })
@@ -229,11 +214,7 @@ mod tests {
         match t.cpu.model.vendor() {
             Vendor::Intel if t.cpu.model.family() >= 6 => {
                 assert_eq!(rd(&mut t, MISC_ENABLE), Outcome::Continue);
-                assert_eq!(
-                    (t.ctx.gpr[0], t.ctx.gpr[2]),
-                    (0x1801, 0),
-                    "fast strings, no BTS or PEBS"
-                );
+                assert_eq!((t.ctx.gpr[0], t.ctx.gpr[2]), (0x1801, 0), "fast strings, no BTS or PEBS");
                 t.ctx.gpr[0] = 0x1800;
                 assert_eq!(t.run(&WRMSR), Outcome::Continue);
                 assert_eq!(rd(&mut t, MISC_ENABLE), Outcome::Continue);

@@ -135,16 +135,8 @@ pub(crate) fn run(op: Rmw, size: u32, dest: u32, src: u32, acc: u32, flags: u64)
             }
         }
     }
-    let mask = if size >= 4 {
-        u64::from(u32::MAX)
-    } else {
-        (1u64 << (size * 8)) - 1
-    };
-    Done {
-        value: (a & mask) as u32,
-        acc: acc as u32,
-        flags: f & ARITH,
-    }
+    let mask = if size >= 4 { u64::from(u32::MAX) } else { (1u64 << (size * 8)) - 1 };
+    Done { value: (a & mask) as u32, acc: acc as u32, flags: f & ARITH }
 }
 
 #[cfg(test)]
@@ -174,11 +166,7 @@ mod tests {
         let d = run(Rmw::Adc, 4, 1, 1, 0, CF);
         assert_eq!(d.value, 3, "adc takes the guest's carry");
         let d = run(Rmw::Inc, 4, 0x7fff_ffff, 0, 0, CF);
-        assert_eq!(
-            (d.value, d.flags & (CF | OF)),
-            (0x8000_0000, CF | OF),
-            "inc keeps CF"
-        );
+        assert_eq!((d.value, d.flags & (CF | OF)), (0x8000_0000, CF | OF), "inc keeps CF");
         assert_eq!(run(Rmw::Not, 2, 0x00ff, 0, 0, 0).value, 0xff00);
         assert_eq!(run(Rmw::Neg, 4, 1, 0, 0, 0).value, u32::MAX);
     }
@@ -188,11 +176,7 @@ mod tests {
         let d = run(Rmw::Btr, 4, 0x67, 1, 0, 0);
         assert_eq!((d.value, d.flags & CF), (0x65, CF));
         let d = run(Rmw::Bts, 4, 0, 33, 0, CF);
-        assert_eq!(
-            (d.value, d.flags & CF),
-            (2, 0),
-            "the bit number wraps at the size"
-        );
+        assert_eq!((d.value, d.flags & CF), (2, 0), "the bit number wraps at the size");
         assert_eq!(run(Rmw::Btc, 2, 0x8000, 15, 0, 0).value, 0);
     }
 

@@ -8,9 +8,7 @@
 //! (`through_call_gate`); returns to an outer ring are in `delivery.rs`; task
 //! switches in `task.rs`.
 
-use super::addressing::{
-    dest, mem_operand, read_mem, read_op, sreg_index, write_dest, write_linear_as, write_reg,
-};
+use super::addressing::{dest, mem_operand, read_mem, read_op, sreg_index, write_dest, write_linear_as, write_reg};
 use super::descriptor::{fetch, is_null, set_type_bits, sys, Descriptor, Entry};
 use super::stack::{esp_plus, push_partial, read_at, write_at};
 use super::{next_eip, EmuResult, Fault, Machine, Outcome};
@@ -50,11 +48,7 @@ pub(crate) fn prepare_inline_loads(cpu: &crate::cpu::Cpu, r: &mut bt86_translato
 
 /// After translated code ran: the caches of the data segment registers it
 /// loaded inline (it wrote only their selectors), from the known descriptors.
-pub(crate) fn finish_inline_loads(
-    cpu: &mut crate::cpu::Cpu,
-    sel: &[u16; 6],
-    r: &bt86_translator::abi::SegReload,
-) {
+pub(crate) fn finish_inline_loads(cpu: &mut crate::cpu::Cpu, sel: &[u16; 6], r: &bt86_translator::abi::SegReload) {
     for idx in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
         if sel[idx] == cpu.seg[idx].selector {
             continue;
@@ -62,10 +56,7 @@ pub(crate) fn finish_inline_loads(
         let known = r.known[usize::from(sel[idx] & 0xff)];
         if let Some(raw) = known.descriptor_of(sel[idx]) {
             #[allow(clippy::cast_possible_truncation)]
-            let desc = Descriptor {
-                lo: raw as u32,
-                hi: (raw >> 32) as u32,
-            };
+            let desc = Descriptor { lo: raw as u32, hi: (raw >> 32) as u32 };
             cpu.seg[idx] = desc.to_segment(sel[idx]);
         }
     }
@@ -77,8 +68,7 @@ fn remember_flat(m: &mut Machine<'_>, e: &Entry, d: Descriptor, seg: &Segment) {
     let sel = seg.selector;
     if sel & 4 == 0 && is_flat(seg) && d.dpl() >= (sel & 3) as u8 && e.addr <= u32::MAX - 7 {
         let raw = u64::from(d.hi) << 32 | u64::from(d.lo);
-        m.ctx.seg_reload.known[usize::from(sel & 0xff)] =
-            bt86_translator::abi::KnownSelector::new(sel, raw, e.addr);
+        m.ctx.seg_reload.known[usize::from(sel & 0xff)] = bt86_translator::abi::KnownSelector::new(sel, raw, e.addr);
     }
 }
 
@@ -177,9 +167,9 @@ pub(crate) fn check_cs_transfer(
     let d: Descriptor = e.desc;
     if d.is_system() {
         return match d.typ() {
-            sys::TASK_GATE | sys::TSS16_AVAIL | sys::TSS32_AVAIL => Err(Fault::unsupported(
-                "far jmp/call through a task gate or TSS (a task switch)",
-            )),
+            sys::TASK_GATE | sys::TSS16_AVAIL | sys::TSS32_AVAIL => {
+                Err(Fault::unsupported("far jmp/call through a task gate or TSS (a task switch)"))
+            }
             _ => Err(Fault::gp_sel(sel)),
         };
     }
@@ -343,18 +333,9 @@ pub(crate) fn far_jmp_call(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult
             if e.desc.is_system() && matches!(e.desc.typ(), sys::CALL_GATE16 | sys::CALL_GATE32) {
                 return through_call_gate(m, site, sel, e.desc);
             }
-            if e.desc.is_system()
-                && matches!(
-                    e.desc.typ(),
-                    sys::TASK_GATE | sys::TSS16_AVAIL | sys::TSS32_AVAIL
-                )
-            {
+            if e.desc.is_system() && matches!(e.desc.typ(), sys::TASK_GATE | sys::TSS16_AVAIL | sys::TSS32_AVAIL) {
                 let (tss, t) = super::task::transfer_target(m, sel, e)?;
-                let source = if ins.mnemonic() == Mnemonic::Call {
-                    super::task::Source::Call
-                } else {
-                    super::task::Source::Jmp
-                };
+                let source = if ins.mnemonic() == Mnemonic::Call { super::task::Source::Call } else { super::task::Source::Jmp };
                 super::task::switch(m, tss, t, source, next_eip(site))?;
                 return Ok(Outcome::Jump);
             }
@@ -383,12 +364,7 @@ pub(crate) fn far_jmp_call(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult
 /// the gate's parameter count of dwords (words for a 16-bit gate) from the old
 /// stack; a jmp may not change privilege. The gate's size sets the size of what is
 /// pushed. The return (retf, to an outer ring too) is `retf`.
-fn through_call_gate(
-    m: &mut Machine<'_>,
-    site: &CalloutSite,
-    gate_sel: u16,
-    gate: Descriptor,
-) -> EmuResult {
+fn through_call_gate(m: &mut Machine<'_>, site: &CalloutSite, gate_sel: u16, gate: Descriptor) -> EmuResult {
     let call = site.ins.mnemonic() == Mnemonic::Call;
     let cpl = m.cpu.cpl();
     if gate.dpl() < cpl || gate.dpl() < (gate_sel & 3) as u8 {
@@ -399,11 +375,7 @@ fn through_call_gate(
     }
     let size: u32 = if gate.typ() == sys::CALL_GATE32 { 4 } else { 2 };
     let cs_sel = (gate.lo >> 16) as u16;
-    let offset = if size == 4 {
-        (gate.lo & 0xffff) | (gate.hi & 0xffff_0000)
-    } else {
-        gate.lo & 0xffff
-    };
+    let offset = if size == 4 { (gate.lo & 0xffff) | (gate.hi & 0xffff_0000) } else { gate.lo & 0xffff };
     let params = gate.hi & 0x1f;
     if is_null(cs_sel) {
         return Err(Fault::gp0());
@@ -440,9 +412,7 @@ fn through_call_gate(
         return Err(Fault::gp0());
     }
     if !d.big() {
-        return Err(Fault::unsupported(
-            "16-bit code segments (bt86 translates 32-bit code only)",
-        ));
+        return Err(Fault::unsupported("16-bit code segments (bt86 translates 32-bit code only)"));
     }
     let (new_ss, new_esp) = super::delivery::inner_stack(m, new_cpl, 0)?;
     let old_esp = m.ctx.gpr[4];
@@ -456,9 +426,7 @@ fn through_call_gate(
     let bytes = size * frame.len() as u32;
     let top = new_esp.wrapping_sub(bytes);
     for (k, v) in frame.iter().enumerate() {
-        let at = new_ss
-            .base
-            .wrapping_add(top.wrapping_add(bytes - size * (k as u32 + 1)));
+        let at = new_ss.base.wrapping_add(top.wrapping_add(bytes - size * (k as u32 + 1)));
         write_linear_as(m, at, &v.to_le_bytes()[..size as usize], false)?;
     }
     // Commit.
@@ -842,58 +810,27 @@ mod tests {
         // mov $0x20,%ax; mov %ax,%ds (to the VMM); mov 0,%esi (ds:0 = 0x1000)
         // mov $0xf4,%dx; mov $5,%eax; out %eax,(%dx)
         let code = [
-            0x0f, 0x01, 0x15, 0x00, 0x30, 0x00, 0x00, 0x66, 0xb8, 0x18, 0x00, 0x8e, 0xd8, 0x66,
-            0xb8, 0x20, 0x00, 0x8e, 0xc0, 0x66, 0xb8, 0x20, 0x00, 0x8e, 0xd8, 0x66, 0xb8, 0x18,
-            0x00, 0x8e, 0xc0, 0xb9, 0x64, 0x00, 0x00, 0x00, 0x1e, 0x06, 0x1f, 0x07, 0xe2, 0xfa,
-            0x8c, 0xdb, 0xc7, 0x05, 0x28, 0x30, 0x00, 0x00, 0xff, 0xff, 0x00, 0x10, 0x66, 0xb8,
-            0x20, 0x00, 0x8e, 0xd8, 0x8b, 0x35, 0x00, 0x00, 0x00, 0x00, 0x66, 0xba, 0xf4, 0x00,
-            0xb8, 0x05, 0x00, 0x00, 0x00, 0xef,
+            0x0f, 0x01, 0x15, 0x00, 0x30, 0x00, 0x00, 0x66, 0xb8, 0x18, 0x00, 0x8e, 0xd8, 0x66, 0xb8, 0x20, 0x00, 0x8e,
+            0xc0, 0x66, 0xb8, 0x20, 0x00, 0x8e, 0xd8, 0x66, 0xb8, 0x18, 0x00, 0x8e, 0xc0, 0xb9, 0x64, 0x00, 0x00, 0x00,
+            0x1e, 0x06, 0x1f, 0x07, 0xe2, 0xfa, 0x8c, 0xdb, 0xc7, 0x05, 0x28, 0x30, 0x00, 0x00, 0xff, 0xff, 0x00, 0x10,
+            0x66, 0xb8, 0x20, 0x00, 0x8e, 0xd8, 0x8b, 0x35, 0x00, 0x00, 0x00, 0x00, 0x66, 0xba, 0xf4, 0x00, 0xb8, 0x05,
+            0x00, 0x00, 0x00, 0xef,
         ];
         let flat = |typ: u32| [0x0000_ffffu32, 0x00cf_0000 | typ << 8];
         let gdt: Vec<u32> = [[0, 0], [0, 0], flat(0x9b), flat(0x93), flat(0x93)].concat();
-        let mut vm =
-            crate::vm::Vm::new(crate::vm::VmConfig::new(2, Box::new(std::io::sink()))).unwrap();
+        let mut vm = crate::vm::Vm::new(crate::vm::VmConfig::new(2, Box::new(std::io::sink()))).unwrap();
         vm.ram.write(0x1000, &code).unwrap();
-        vm.ram
-            .write(0x3000, &[0x27, 0x00, 0x08, 0x30, 0x00, 0x00])
-            .unwrap();
-        vm.ram
-            .write(
-                0x3008,
-                &gdt.iter()
-                    .flat_map(|w| w.to_le_bytes())
-                    .collect::<Vec<u8>>(),
-            )
-            .unwrap();
+        vm.ram.write(0x3000, &[0x27, 0x00, 0x08, 0x30, 0x00, 0x00]).unwrap();
+        vm.ram.write(0x3008, &gdt.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
         vm.set_flat_state(0x1000, [0, 0, 0, 0, 0x8000, 0, 0, 0], 0);
         assert_eq!(vm.run().unwrap(), crate::vm::RunOutcome::GuestExit(5));
         let regs = vm.registers().0;
         assert_eq!(regs[3], 0x20, "mov %ds,%ebx after an even number of swaps");
-        assert_eq!(
-            regs[6],
-            u32::from_le_bytes(code[..4].try_into().unwrap()),
-            "ds:0 reads at the new base"
-        );
-        assert_eq!(
-            vm.cpu.seg[sreg::ES],
-            Segment {
-                selector: 0x18,
-                base: 0,
-                limit: u32::MAX,
-                attrs: 0xc093
-            }
-        );
-        assert_eq!(
-            vm.cpu.seg[sreg::DS].base,
-            0x1000,
-            "the changed descriptor was loaded"
-        );
+        assert_eq!(regs[6], u32::from_le_bytes(code[..4].try_into().unwrap()), "ds:0 reads at the new base");
+        assert_eq!(vm.cpu.seg[sreg::ES], Segment { selector: 0x18, base: 0, limit: u32::MAX, attrs: 0xc093 });
+        assert_eq!(vm.cpu.seg[sreg::DS].base, 0x1000, "the changed descriptor was loaded");
         let calls = |m| vm.stats.callouts.get(&m).copied().unwrap_or(0);
-        assert_eq!(
-            calls(Mnemonic::Mov),
-            3,
-            "two first loads and the changed descriptor"
-        );
+        assert_eq!(calls(Mnemonic::Mov), 3, "two first loads and the changed descriptor");
         assert_eq!(calls(Mnemonic::Push) + calls(Mnemonic::Pop), 0);
     }
 }

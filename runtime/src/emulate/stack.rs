@@ -87,11 +87,7 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     let ins = &site.ins;
     let next = super::next_eip(site);
     // Operand size: 2 with a 66 prefix, else 4 (iced says through the stack delta).
-    let size = if ins.code().op_code().operand_size() == 16 {
-        2
-    } else {
-        4
-    };
+    let size = if ins.code().op_code().operand_size() == 16 { 2 } else { 4 };
     match ins.mnemonic() {
         Mnemonic::Push => {
             let v = match ins.op0_kind() {
@@ -127,11 +123,7 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
             }
             for (k, v) in vals.into_iter().enumerate() {
                 if k != 4 {
-                    let keep = if size == 2 {
-                        m.ctx.gpr[k] & 0xffff_0000
-                    } else {
-                        0
-                    };
+                    let keep = if size == 2 { m.ctx.gpr[k] & 0xffff_0000 } else { 0 };
                     m.ctx.gpr[k] = keep | v;
                 }
             }
@@ -140,24 +132,13 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         Mnemonic::Leave => {
             // esp = ebp (sp = bp on a 16-bit stack), then pop ebp.
             let ebp = m.ctx.gpr[5];
-            let esp = if stack32(m.cpu) {
-                ebp
-            } else {
-                (m.ctx.gpr[4] & 0xffff_0000) | (ebp & 0xffff)
-            };
+            let esp = if stack32(m.cpu) { ebp } else { (m.ctx.gpr[4] & 0xffff_0000) | (ebp & 0xffff) };
             let v = read_at(m, esp, 0, size)?;
             m.ctx.gpr[4] = esp_plus(m.cpu, esp, size);
-            m.ctx.gpr[5] = if size == 2 {
-                (ebp & 0xffff_0000) | v
-            } else {
-                v
-            };
+            m.ctx.gpr[5] = if size == 2 { (ebp & 0xffff_0000) | v } else { v };
         }
         Mnemonic::Enter => {
-            let (alloc, level) = (
-                u32::from(ins.immediate16()),
-                ins.immediate8_2nd() as u32 % 32,
-            );
+            let (alloc, level) = (u32::from(ins.immediate16()), ins.immediate8_2nd() as u32 % 32);
             let esp = m.ctx.gpr[4];
             let mut at = esp_plus(m.cpu, esp, size.wrapping_neg());
             write_at(m, at, 0, size, m.ctx.gpr[5])?;
@@ -173,11 +154,7 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
                 at = esp_plus(m.cpu, at, size.wrapping_neg());
                 write_at(m, at, 0, size, frame)?;
             }
-            m.ctx.gpr[5] = if size == 2 {
-                (m.ctx.gpr[5] & 0xffff_0000) | (frame & 0xffff)
-            } else {
-                frame
-            };
+            m.ctx.gpr[5] = if size == 2 { (m.ctx.gpr[5] & 0xffff_0000) | (frame & 0xffff) } else { frame };
             m.ctx.gpr[4] = esp_plus(m.cpu, at, alloc.wrapping_neg());
         }
         Mnemonic::Call => {
@@ -192,21 +169,12 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         Mnemonic::Ret => {
             let esp = m.ctx.gpr[4];
             let target = read_at(m, esp, 0, size)?;
-            let release = if matches!(ins.code(), Code::Retnd_imm16 | Code::Retnw_imm16) {
-                u32::from(ins.immediate16())
-            } else {
-                0
-            };
+            let release = if matches!(ins.code(), Code::Retnd_imm16 | Code::Retnw_imm16) { u32::from(ins.immediate16()) } else { 0 };
             m.ctx.gpr[4] = esp_plus(m.cpu, esp, size.wrapping_add(release));
             m.ctx.eip = target;
             return Ok(Outcome::Jump);
         }
-        _ => {
-            return Err(Fault::unsupported(format!(
-                "{:?} as an implicit stack instruction",
-                ins.code()
-            )))
-        }
+        _ => return Err(Fault::unsupported(format!("{:?} as an implicit stack instruction", ins.code()))),
     }
     Ok(Outcome::Continue)
 }
@@ -259,12 +227,7 @@ mod implicit {
     fn based(big: bool) -> TestMachine {
         let mut t = TestMachine::new();
         let attrs = if big { 0xc093 } else { 0x0093 };
-        t.cpu.seg[sreg::SS] = Segment {
-            selector: KDATA,
-            base: 0x4000,
-            limit: 0xffff,
-            attrs,
-        };
+        t.cpu.seg[sreg::SS] = Segment { selector: KDATA, base: 0x4000, limit: 0xffff, attrs };
         t.ctx.gpr[4] = 0x100;
         t
     }
@@ -276,10 +239,7 @@ mod implicit {
         assert_eq!((t.esp(), t.read_u32(0x40fc)), (0xfc, 0x1234_5678));
         t.ctx.gpr = [1, 2, 3, 4, 0xfc, 6, 7, 8];
         assert_eq!(t.run(&[0x60]), Outcome::Continue); // pusha
-        assert_eq!(
-            (t.esp(), t.read_u32(0x40dc), t.read_u32(0x40e8)),
-            (0xdc, 8, 0xfc)
-        );
+        assert_eq!((t.esp(), t.read_u32(0x40dc), t.read_u32(0x40e8)), (0xdc, 8, 0xfc));
         t.ctx.gpr = [0, 0, 0, 0, 0xdc, 0, 0, 0];
         assert_eq!(t.run(&[0x61]), Outcome::Continue); // popa
         assert_eq!(t.ctx.gpr, [1, 2, 3, 4, 0xfc, 6, 7, 8]);
@@ -291,16 +251,10 @@ mod implicit {
     fn call_ret_enter_leave_through_the_segment_base() {
         let mut t = based(true);
         assert_eq!(t.run(&[0xe8, 0x10, 0, 0, 0]), Outcome::Jump); // call .+0x15
-        assert_eq!(
-            (t.ctx.eip, t.esp(), t.read_u32(0x40fc)),
-            (EIP + 0x15, 0xfc, EIP + 5)
-        );
+        assert_eq!((t.ctx.eip, t.esp(), t.read_u32(0x40fc)), (EIP + 0x15, 0xfc, EIP + 5));
         t.ctx.gpr[5] = 0x5555;
         assert_eq!(t.run(&[0xc8, 0x08, 0x00, 0x00]), Outcome::Continue); // enter $8,$0
-        assert_eq!(
-            (t.ctx.gpr[5], t.esp(), t.read_u32(0x40f8)),
-            (0xf8, 0xf0, 0x5555)
-        );
+        assert_eq!((t.ctx.gpr[5], t.esp(), t.read_u32(0x40f8)), (0xf8, 0xf0, 0x5555));
         assert_eq!(t.run(&[0xc9]), Outcome::Continue); // leave
         assert_eq!((t.ctx.gpr[5], t.esp()), (0x5555, 0xfc));
         assert_eq!(t.run(&[0xc2, 0x04, 0x00]), Outcome::Jump); // ret $4
@@ -314,10 +268,7 @@ mod implicit {
         t.ctx.gpr[0] = 0x4242;
         assert_eq!(t.run(&[0x66, 0x50]), Outcome::Continue); // push %ax
         assert_eq!(t.run(&[0x66, 0x50]), Outcome::Continue);
-        assert_eq!(
-            (t.esp(), t.read_u16(0x4000 + 0xfffe)),
-            (0xabcd_fffe, 0x4242)
-        );
+        assert_eq!((t.esp(), t.read_u16(0x4000 + 0xfffe)), (0xabcd_fffe, 0x4242));
         // A 4-byte push from sp 2 wraps to 0xfffe and runs past the limit: #SS(0),
         // esp unchanged.
         t.ctx.gpr[4] = 0xabcd_0002;

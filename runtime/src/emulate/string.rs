@@ -65,15 +65,10 @@ fn acc(size: u32) -> Register {
 pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     let ins = &site.ins;
     let (op, size) = op_of(ins.mnemonic()).ok_or_else(Fault::ud)?;
-    let a16 = (0..ins.op_count())
-        .any(|i| matches!(ins.op_kind(i), OpKind::MemorySegSI | OpKind::MemoryESDI));
+    let a16 = (0..ins.op_count()).any(|i| matches!(ins.op_kind(i), OpKind::MemorySegSI | OpKind::MemoryESDI));
     let src_seg = sreg_index(ins.memory_segment()).unwrap_or(sreg::DS);
     let width: u32 = if a16 { 0xffff } else { u32::MAX };
-    let step = if m.ctx.rflags & DF != 0 {
-        size.wrapping_neg()
-    } else {
-        size
-    };
+    let step = if m.ctx.rflags & DF != 0 { size.wrapping_neg() } else { size };
     let rep = ins.has_rep_prefix() || ins.has_repne_prefix();
     // cmps/scas stop on ZF = 0 (repe) or ZF = 1 (repne); the others ignore it.
     let stop_on_zf = match op {
@@ -162,10 +157,7 @@ mod tests {
         t.ctx.gpr[1] = 0xabcd_0003;
         t.write(0xffff, b"x");
         assert_eq!(t.run(&[0xf3, 0x67, 0xa4]), Outcome::Continue);
-        assert_eq!(
-            (t.ctx.gpr[6], t.ctx.gpr[7], t.ctx.gpr[1]),
-            (0x1234_0002, 0x5678_4003, 0xabcd_0000)
-        );
+        assert_eq!((t.ctx.gpr[6], t.ctx.gpr[7], t.ctx.gpr[1]), (0x1234_0002, 0x5678_4003, 0xabcd_0000));
         assert_eq!(t.read(0x4000, 3), b"xbc");
     }
 
@@ -192,10 +184,7 @@ mod tests {
         t.ctx.gpr[7] = 0x6000;
         t.ctx.gpr[1] = 10;
         assert_eq!(t.run(&[0xf3, 0x67, 0xa6]), Outcome::Continue);
-        assert_eq!(
-            (t.ctx.gpr[6], t.ctx.gpr[7], t.ctx.gpr[1]),
-            (0x5004, 0x6004, 6)
-        );
+        assert_eq!((t.ctx.gpr[6], t.ctx.gpr[7], t.ctx.gpr[1]), (0x5004, 0x6004, 6));
         assert_eq!(t.ctx.rflags as u32 & ZF, 0);
     }
 }

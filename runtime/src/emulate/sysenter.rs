@@ -63,29 +63,12 @@ mod tests {
         t.cpu.sysenter_eip = 0xc010_0000;
         t.ctx.vif = 1;
         assert_eq!(t.run(&[0x0f, 0x34]), Outcome::Jump);
-        assert_eq!(
-            (
-                t.cpu.cpl(),
-                t.cpu.seg[sreg::CS].selector,
-                t.cpu.seg[sreg::SS].selector
-            ),
-            (0, 0x60, 0x68)
-        );
-        assert_eq!(
-            (t.ctx.eip, t.ctx.gpr[4], t.ctx.vif),
-            (0xc010_0000, 0x9000, 0)
-        );
+        assert_eq!((t.cpu.cpl(), t.cpu.seg[sreg::CS].selector, t.cpu.seg[sreg::SS].selector), (0, 0x60, 0x68));
+        assert_eq!((t.ctx.eip, t.ctx.gpr[4], t.ctx.vif), (0xc010_0000, 0x9000, 0));
         t.ctx.gpr[1] = 0xbfff_f000;
         t.ctx.gpr[2] = 0x0804_8000;
         assert_eq!(t.run(&[0x0f, 0x35]), Outcome::Jump);
-        assert_eq!(
-            (
-                t.cpu.cpl(),
-                t.cpu.seg[sreg::CS].selector,
-                t.cpu.seg[sreg::SS].selector
-            ),
-            (3, 0x73, 0x7b)
-        );
+        assert_eq!((t.cpu.cpl(), t.cpu.seg[sreg::CS].selector, t.cpu.seg[sreg::SS].selector), (3, 0x73, 0x7b));
         assert_eq!((t.ctx.eip, t.ctx.gpr[4]), (0x0804_8000, 0xbfff_f000));
         assert_eq!(t.cpu.seg[sreg::SS].attrs & 0x60, 0x60, "DPL 3");
         assert_eq!(t.run(&[0x0f, 0x35]), gp(0), "sysexit at CPL 3");

@@ -40,13 +40,7 @@ fn ts(sel: u16) -> Fault {
 /// Switches to the task of the TSS `sel` names (`e`, its descriptor, already
 /// checked by the caller for what the source needs: available, or busy for iret).
 /// `return_eip` is the eip the outgoing task resumes at.
-pub(crate) fn switch(
-    m: &mut Machine<'_>,
-    sel: u16,
-    e: Entry,
-    source: Source,
-    return_eip: u32,
-) -> Result<(), Fault> {
+pub(crate) fn switch(m: &mut Machine<'_>, sel: u16, e: Entry, source: Source, return_eip: u32) -> Result<(), Fault> {
     let d = e.desc;
     if !d.present() {
         return Err(Fault::np_sel(sel));
@@ -58,20 +52,15 @@ pub(crate) fn switch(
         return Err(ts(sel));
     }
     let old = m.cpu.tr;
-    if is_null(old.selector)
-        || !matches!((old.attrs & 0xf) as u8, sys::TSS32_AVAIL | sys::TSS32_BUSY)
-    {
-        return Err(Fault::unsupported(
-            "a task switch without a 32-bit TSS loaded (ltr)",
-        ));
+    if is_null(old.selector) || !matches!((old.attrs & 0xf) as u8, sys::TSS32_AVAIL | sys::TSS32_BUSY) {
+        return Err(Fault::unsupported("a task switch without a 32-bit TSS loaded (ltr)"));
     }
     if old.limit < MIN_LIMIT {
         return Err(ts(old.selector));
     }
     // The incoming task's state, read before anything is written.
     let new_base = d.base();
-    let rd =
-        |m: &mut Machine<'_>, off: u32, size: u32| read_sys(m, new_base.wrapping_add(off), size);
+    let rd = |m: &mut Machine<'_>, off: u32, size: u32| read_sys(m, new_base.wrapping_add(off), size);
     let cr3 = rd(m, 0x1c, 4)?;
     let eip = rd(m, 0x20, 4)?;
     let mut flags = rd(m, 0x24, 4)?;
@@ -98,12 +87,7 @@ pub(crate) fn switch(
         image.push((0x48 + 4 * k, u32::from(m.cpu.seg[k as usize].selector), 2));
     }
     for (off, v, size) in image {
-        write_linear_as(
-            m,
-            old.base.wrapping_add(off),
-            &v.to_le_bytes()[..size],
-            false,
-        )?;
+        write_linear_as(m, old.base.wrapping_add(off), &v.to_le_bytes()[..size], false)?;
     }
     // Busy bits and the back link.
     if matches!(source, Source::Jmp | Source::Iret) {
@@ -112,11 +96,7 @@ pub(crate) fn switch(
             write_linear_as(m, o.addr.wrapping_add(5), &[access], false)?;
         }
     }
-    let new_desc = if source == Source::Iret {
-        d
-    } else {
-        set_type_bits(m, e, BUSY)?
-    };
+    let new_desc = if source == Source::Iret { d } else { set_type_bits(m, e, BUSY)? };
     if matches!(source, Source::Call | Source::Event(_)) {
         write_linear_as(m, new_base, &old.selector.to_le_bytes(), false)?;
         flags |= eflags::NT;
@@ -137,12 +117,7 @@ pub(crate) fn switch(
     if let Source::Event(Some(code)) = source {
         let ss = m.cpu.seg[sreg::SS];
         let esp = m.ctx.gpr[4].wrapping_sub(4);
-        write_linear_as(
-            m,
-            ss.base.wrapping_add(esp),
-            &code.to_le_bytes(),
-            m.cpu.cpl() == 3,
-        )?;
+        write_linear_as(m, ss.base.wrapping_add(esp), &code.to_le_bytes(), m.cpu.cpl() == 3)?;
         m.ctx.gpr[4] = esp;
     }
     if m.ctx.eip > m.cpu.seg[sreg::CS].limit {
@@ -154,10 +129,7 @@ pub(crate) fn switch(
 /// LDTR from the new TSS: null, or an LDT descriptor in the GDT (#TS), present.
 fn load_ldt(m: &mut Machine<'_>, sel: u16) -> Result<(), Fault> {
     if is_null(sel) {
-        m.cpu.ldtr = Segment {
-            selector: sel,
-            ..Segment::default()
-        };
+        m.cpu.ldtr = Segment { selector: sel, ..Segment::default() };
         return Ok(());
     }
     if sel & 4 != 0 {
@@ -180,11 +152,7 @@ fn load_segments(m: &mut Machine<'_>, sels: [u16; 6]) -> Result<(), Fault> {
     let cpl = (cs_sel & 3) as u8;
     let cs = descriptor(m, cs_sel)?;
     let d = cs.desc;
-    let dpl_ok = if d.conforming() {
-        d.dpl() <= cpl
-    } else {
-        d.dpl() == cpl
-    };
+    let dpl_ok = if d.conforming() { d.dpl() <= cpl } else { d.dpl() == cpl };
     if d.is_system() || !d.is_code() || !dpl_ok {
         return Err(ts(cs_sel));
     }
@@ -198,8 +166,7 @@ fn load_segments(m: &mut Machine<'_>, sels: [u16; 6]) -> Result<(), Fault> {
     let ss_sel = sels[sreg::SS];
     let ss = descriptor(m, ss_sel)?;
     let d = ss.desc;
-    if d.is_system() || !d.is_data() || !d.writable() || d.dpl() != cpl || (ss_sel & 3) as u8 != cpl
-    {
+    if d.is_system() || !d.is_data() || !d.writable() || d.dpl() != cpl || (ss_sel & 3) as u8 != cpl {
         return Err(ts(ss_sel));
     }
     if !d.present() {
@@ -209,10 +176,7 @@ fn load_segments(m: &mut Machine<'_>, sels: [u16; 6]) -> Result<(), Fault> {
     for r in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
         let sel = sels[r];
         if is_null(sel) {
-            m.cpu.seg[r] = Segment {
-                selector: sel,
-                ..Segment::default()
-            };
+            m.cpu.seg[r] = Segment { selector: sel, ..Segment::default() };
             continue;
         }
         let e = descriptor(m, sel)?;
@@ -242,11 +206,7 @@ fn descriptor(m: &mut Machine<'_>, sel: u16) -> Result<Entry, Fault> {
 /// The TSS a far jmp or call names, directly or through a task gate (`sel`'s
 /// descriptor `e`): checked as the SDM's JMP and CALL say (#GP for privilege and
 /// type, #NP for a gate not present). Returns the TSS selector and descriptor.
-pub(crate) fn transfer_target(
-    m: &mut Machine<'_>,
-    sel: u16,
-    e: Entry,
-) -> Result<(u16, Entry), Fault> {
+pub(crate) fn transfer_target(m: &mut Machine<'_>, sel: u16, e: Entry) -> Result<(u16, Entry), Fault> {
     let d = e.desc;
     let (cpl, rpl) = (m.cpu.cpl(), (sel & 3) as u8);
     if d.dpl() < cpl || d.dpl() < rpl {

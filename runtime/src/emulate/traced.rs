@@ -24,9 +24,7 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     }
     let size = ins.memory_size().size() as u32;
     let target = dest(m, ins, 0, size)?;
-    let Dest::Mem(addr) = target else {
-        return Err(Fault::ud());
-    };
+    let Dest::Mem(addr) = target else { return Err(Fault::ud()) };
     if let Some(op) = rmw_op(ins.mnemonic()) {
         return read_modify_write(m, ins, op, size, target);
     }
@@ -68,13 +66,7 @@ fn rmw_op(m: Mnemonic) -> Option<Rmw> {
 
 /// A read-modify-write store: the flags and (cmpxchg) the accumulator change
 /// only once the write has gone through, so a fault leaves everything as it was.
-fn read_modify_write(
-    m: &mut Machine<'_>,
-    ins: &Instruction,
-    op: Rmw,
-    size: u32,
-    target: Dest,
-) -> EmuResult {
+fn read_modify_write(m: &mut Machine<'_>, ins: &Instruction, op: Rmw, size: u32, target: Dest) -> EmuResult {
     let old = read_op(m, ins, 0, size)?;
     let src = match ins.op_count() {
         1 => 0,
@@ -123,17 +115,9 @@ mod tests {
         assert_eq!(traced(&mut t, &[0x0f, 0xb1, 0x0e]), Outcome::Continue); // cmpxchg %ecx,(%esi)
         assert_eq!((t.read_u32(0x3000), t.zf()), (0x2067, true));
         assert_eq!(traced(&mut t, &[0x0f, 0xb1, 0x0e]), Outcome::Continue); // now unequal
-        assert_eq!(
-            (t.ctx.gpr[0], t.zf()),
-            (0x2067, false),
-            "eax loaded from memory"
-        );
+        assert_eq!((t.ctx.gpr[0], t.zf()), (0x2067, false), "eax loaded from memory");
 
         assert_eq!(traced(&mut t, &[0x0f, 0xba, 0x36, 0x00]), Outcome::Continue); // btr $0,(%esi)
-        assert_eq!(
-            (t.read_u32(0x3000), t.flags() & 1),
-            (0x2066, 1),
-            "P cleared, old bit in CF"
-        );
+        assert_eq!((t.read_u32(0x3000), t.flags() & 1), (0x2066, 1), "P cleared, old bit in CF");
     }
 }

@@ -14,8 +14,8 @@
 mod target;
 mod watcher;
 
-use crate::debug::DebugStop;
 use crate::debug::Resume;
+use crate::debug::DebugStop;
 use crate::vm::{RunOutcome, Vm, VmError};
 use gdbstub::stub::{DisconnectReason, GdbStub};
 use std::io::ErrorKind;
@@ -55,12 +55,7 @@ enum SessionEnd {
 /// kills it. `wait`: hold the guest before its first instruction until gdb
 /// connects. `note` hears what a person watching bt86 should know (gdb
 /// connected, detached, lost).
-pub fn serve(
-    vm: &mut Vm,
-    listener: &TcpListener,
-    wait: bool,
-    note: &dyn Fn(&str),
-) -> Result<GdbEnd, GdbError> {
+pub fn serve(vm: &mut Vm, listener: &TcpListener, wait: bool, note: &dyn Fn(&str)) -> Result<GdbEnd, GdbError> {
     listener.set_nonblocking(true).map_err(GdbError::Accept)?;
     let mut waiting = wait;
     loop {
@@ -73,10 +68,7 @@ pub fn serve(
             }
         };
         waiting = false;
-        note(&format!(
-            "gdb connected from {}",
-            conn.peer_addr().map_or("?".into(), |a| a.to_string())
-        ));
+        note(&format!("gdb connected from {}", conn.peer_addr().map_or("?".into(), |a| a.to_string())));
         let end = session(vm, conn, note)?;
         // gdb's breakpoints and watchpoints go with it, however it left.
         vm.clear_debug()?;
@@ -89,13 +81,9 @@ pub fn serve(
 }
 
 /// Runs the guest free until gdb connects (Ok) or the run ends (Err).
-fn run_until_connection(
-    vm: &mut Vm,
-    listener: &TcpListener,
-) -> Result<Result<TcpStream, RunOutcome>, GdbError> {
+fn run_until_connection(vm: &mut Vm, listener: &TcpListener) -> Result<Result<TcpStream, RunOutcome>, GdbError> {
     loop {
-        let watcher = Watcher::start(listener.as_fd(), vm.debug_interrupt_handle())
-            .map_err(GdbError::Accept)?;
+        let watcher = Watcher::start(listener.as_fd(), vm.debug_interrupt_handle()).map_err(GdbError::Accept)?;
         let stop = vm.debug_run(Resume::Continue);
         drop(watcher);
         match stop? {
@@ -117,12 +105,7 @@ fn accept(listener: &TcpListener) -> Result<Option<TcpStream>, GdbError> {
             conn.set_nonblocking(false).map_err(GdbError::Accept)?;
             Ok(Some(conn))
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::WouldBlock | ErrorKind::Interrupted | ErrorKind::ConnectionAborted
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {
             Ok(None)
         }
         Err(e) => Err(GdbError::Accept(e)),
@@ -132,10 +115,7 @@ fn accept(listener: &TcpListener) -> Result<Option<TcpStream>, GdbError> {
 /// Waits for a connection.
 fn accept_blocking(listener: &TcpListener) -> Result<TcpStream, GdbError> {
     loop {
-        let mut fds = [rustix::event::PollFd::new(
-            listener,
-            rustix::event::PollFlags::IN,
-        )];
+        let mut fds = [rustix::event::PollFd::new(listener, rustix::event::PollFlags::IN)];
         match rustix::event::poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(GdbError::Accept(e.into())),
@@ -157,10 +137,9 @@ fn session(vm: &mut Vm, conn: TcpStream, note: &dyn Fn(&str)) -> Result<SessionE
     match result {
         Ok(DisconnectReason::Kill) => Ok(SessionEnd::Killed),
         Ok(_) => Ok(SessionEnd::Detached),
-        Err(e) if e.is_target_error() => Err(e
-            .into_target_error()
-            .unwrap_or_else(|| VmError::Internal("gdb stub: target error".into()))
-            .into()),
+        Err(e) if e.is_target_error() => {
+            Err(e.into_target_error().unwrap_or_else(|| VmError::Internal("gdb stub: target error".into())).into())
+        }
         Err(e) => {
             note(&format!("gdb connection lost ({e})"));
             Ok(SessionEnd::Detached)

@@ -5,22 +5,19 @@
 
 use super::watcher::Watcher;
 use crate::cpu::sreg;
-use crate::debug::{
-    DebugEvent, DebugStop, GuestRegisters, Resume, WatchKind, Watchpoint, X87Registers,
-};
+use crate::debug::{DebugEvent, DebugStop, GuestRegisters, Resume, WatchKind, Watchpoint, X87Registers};
 use crate::vm::{RunOutcome, Vm, VmError};
 use gdbstub::common::Signal;
 use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::run_blocking::{BlockingEventLoop, Event, WaitForStopReasonError};
 use gdbstub::stub::SingleThreadStopReason;
 use gdbstub::target::ext::base::singlethread::{
-    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
-    SingleThreadSingleStepOps,
+    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep, SingleThreadSingleStepOps,
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
-    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
-    SwBreakpoint, SwBreakpointOps,
+    Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps, SwBreakpoint,
+    SwBreakpointOps,
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::{X86CoreRegs, X86SegmentRegs, X87FpuInternalRegs};
@@ -42,12 +39,7 @@ pub(super) struct GdbTarget<'a> {
 
 impl<'a> GdbTarget<'a> {
     pub(super) fn new(vm: &'a mut Vm) -> Self {
-        Self {
-            vm,
-            resume: Resume::Continue,
-            hw_breakpoints: HashSet::new(),
-            ended: None,
-        }
+        Self { vm, resume: Resume::Continue, hw_breakpoints: HashSet::new(), ended: None }
     }
 }
 
@@ -163,35 +155,17 @@ impl HwBreakpoint for GdbTarget<'_> {
 }
 
 impl HwWatchpoint for GdbTarget<'_> {
-    fn add_hw_watchpoint(
-        &mut self,
-        addr: u32,
-        len: u32,
-        kind: gdbstub::target::ext::breakpoints::WatchKind,
-    ) -> TargetResult<bool, Self> {
-        self.vm
-            .add_watchpoint(watchpoint(addr, len, kind))
-            .map_err(TargetError::Fatal)?;
+    fn add_hw_watchpoint(&mut self, addr: u32, len: u32, kind: gdbstub::target::ext::breakpoints::WatchKind) -> TargetResult<bool, Self> {
+        self.vm.add_watchpoint(watchpoint(addr, len, kind)).map_err(TargetError::Fatal)?;
         Ok(true)
     }
 
-    fn remove_hw_watchpoint(
-        &mut self,
-        addr: u32,
-        len: u32,
-        kind: gdbstub::target::ext::breakpoints::WatchKind,
-    ) -> TargetResult<bool, Self> {
-        self.vm
-            .remove_watchpoint(watchpoint(addr, len, kind))
-            .map_err(TargetError::Fatal)
+    fn remove_hw_watchpoint(&mut self, addr: u32, len: u32, kind: gdbstub::target::ext::breakpoints::WatchKind) -> TargetResult<bool, Self> {
+        self.vm.remove_watchpoint(watchpoint(addr, len, kind)).map_err(TargetError::Fatal)
     }
 }
 
-fn watchpoint(
-    addr: u32,
-    len: u32,
-    kind: gdbstub::target::ext::breakpoints::WatchKind,
-) -> Watchpoint {
+fn watchpoint(addr: u32, len: u32, kind: gdbstub::target::ext::breakpoints::WatchKind) -> Watchpoint {
     use gdbstub::target::ext::breakpoints::WatchKind as Gdb;
     let kind = match kind {
         Gdb::Write => WatchKind::Write,
@@ -256,14 +230,7 @@ fn from_gdb(g: &X86CoreRegs) -> Option<GuestRegisters> {
     let narrow = |v: u32| u16::try_from(v).ok();
     let s = &g.segments;
     let mut selectors = [0u16; 6];
-    for (i, v) in [
-        (sreg::ES, s.es),
-        (sreg::CS, s.cs),
-        (sreg::SS, s.ss),
-        (sreg::DS, s.ds),
-        (sreg::FS, s.fs),
-        (sreg::GS, s.gs),
-    ] {
+    for (i, v) in [(sreg::ES, s.es), (sreg::CS, s.cs), (sreg::SS, s.ss), (sreg::DS, s.ds), (sreg::FS, s.fs), (sreg::GS, s.gs)] {
         selectors[i] = narrow(v)?;
     }
     let f = &g.fpu;
@@ -295,17 +262,10 @@ fn end_reason(outcome: &RunOutcome) -> SingleThreadStopReason<u32> {
     match outcome {
         RunOutcome::GuestExit(v) => Exited(u8::try_from(*v).unwrap_or(u8::MAX)),
         RunOutcome::Halted { .. } | RunOutcome::Reset => Exited(0),
-        RunOutcome::GuestException {
-            vector: 0 | 16 | 19,
-            ..
-        } => Terminated(Signal::SIGFPE),
-        RunOutcome::GuestException { vector: 6, .. } | RunOutcome::Unsupported { .. } => {
-            Terminated(Signal::SIGILL)
-        }
+        RunOutcome::GuestException { vector: 0 | 16 | 19, .. } => Terminated(Signal::SIGFPE),
+        RunOutcome::GuestException { vector: 6, .. } | RunOutcome::Unsupported { .. } => Terminated(Signal::SIGILL),
         RunOutcome::Unbacked { .. } => Terminated(Signal::SIGBUS),
-        RunOutcome::GuestException { .. } | RunOutcome::TripleFault { .. } => {
-            Terminated(Signal::SIGSEGV)
-        }
+        RunOutcome::GuestException { .. } | RunOutcome::TripleFault { .. } => Terminated(Signal::SIGSEGV),
         RunOutcome::Stopped { .. } => Terminated(Signal::SIGKILL),
     }
 }
@@ -337,23 +297,16 @@ impl<'a> BlockingEventLoop for EventLoop<'a> {
         let reason = match stop {
             // gdb sent something while the guest ran (its Ctrl-C): gdbstub reads it.
             DebugStop::Paused(DebugEvent::Interrupted { .. }) => {
-                return conn
-                    .read()
-                    .map(Event::IncomingData)
-                    .map_err(WaitForStopReasonError::Connection)
+                return conn.read().map(Event::IncomingData).map_err(WaitForStopReasonError::Connection)
             }
-            DebugStop::Paused(DebugEvent::Breakpoint { eip })
-                if target.hw_breakpoints.contains(&eip) =>
-            {
+            DebugStop::Paused(DebugEvent::Breakpoint { eip }) if target.hw_breakpoints.contains(&eip) => {
                 SingleThreadStopReason::HwBreak(())
             }
             DebugStop::Paused(DebugEvent::Breakpoint { .. }) => SingleThreadStopReason::SwBreak(()),
             DebugStop::Paused(DebugEvent::Step { .. }) => SingleThreadStopReason::DoneStep,
-            DebugStop::Paused(DebugEvent::Watch { hit, .. }) => SingleThreadStopReason::Watch {
-                tid: (),
-                kind: gdb_watch_kind(hit.kind),
-                addr: hit.addr,
-            },
+            DebugStop::Paused(DebugEvent::Watch { hit, .. }) => {
+                SingleThreadStopReason::Watch { tid: (), kind: gdb_watch_kind(hit.kind), addr: hit.addr }
+            }
             DebugStop::Ended(outcome) => {
                 let reason = end_reason(&outcome);
                 target.ended = Some(outcome);
@@ -374,59 +327,26 @@ mod tests {
 
     #[test]
     fn registers_survive_the_round_trip_through_gdb() {
-        let mut r = GuestRegisters {
-            gpr: [1, 2, 3, 4, 5, 6, 7, 8],
-            eip: 0x10_0000,
-            eflags: 0x246,
-            ..Default::default()
-        };
+        let mut r = GuestRegisters { gpr: [1, 2, 3, 4, 5, 6, 7, 8], eip: 0x10_0000, eflags: 0x246, ..Default::default() };
         r.selectors = [0x10, 0x08, 0x18, 0x20, 0x28, 0x30];
         r.x87.fctrl = 0x37f;
         r.x87.ftag = 0xffff;
         r.xmm[7] = u128::MAX - 1;
         r.mxcsr = 0x1f80;
         let g = to_gdb(&r);
-        assert_eq!(
-            (g.segments.cs, g.segments.ss, g.segments.es),
-            (0x08, 0x18, 0x10)
-        );
+        assert_eq!((g.segments.cs, g.segments.ss, g.segments.es), (0x08, 0x18, 0x10));
         assert_eq!(from_gdb(&g), Some(r));
-        let bad = X86CoreRegs {
-            segments: X86SegmentRegs {
-                cs: 0x1_0008,
-                ..g.segments.clone()
-            },
-            ..g
-        };
+        let bad = X86CoreRegs { segments: X86SegmentRegs { cs: 0x1_0008, ..g.segments.clone() }, ..g };
         assert_eq!(from_gdb(&bad), None);
     }
 
     #[test]
     fn clean_ends_are_exits_and_failures_are_signals() {
-        assert_eq!(
-            end_reason(&RunOutcome::GuestExit(42)),
-            SingleThreadStopReason::Exited(42)
-        );
-        assert_eq!(
-            end_reason(&RunOutcome::Halted { eip: 0 }),
-            SingleThreadStopReason::Exited(0)
-        );
-        let ud = RunOutcome::GuestException {
-            vector: 6,
-            error: None,
-            eip: 0,
-        };
-        assert_eq!(
-            end_reason(&ud),
-            SingleThreadStopReason::Terminated(Signal::SIGILL)
-        );
-        let triple = RunOutcome::TripleFault {
-            faults: vec![14, 14, 8],
-            eip: 0,
-        };
-        assert_eq!(
-            end_reason(&triple),
-            SingleThreadStopReason::Terminated(Signal::SIGSEGV)
-        );
+        assert_eq!(end_reason(&RunOutcome::GuestExit(42)), SingleThreadStopReason::Exited(42));
+        assert_eq!(end_reason(&RunOutcome::Halted { eip: 0 }), SingleThreadStopReason::Exited(0));
+        let ud = RunOutcome::GuestException { vector: 6, error: None, eip: 0 };
+        assert_eq!(end_reason(&ud), SingleThreadStopReason::Terminated(Signal::SIGILL));
+        let triple = RunOutcome::TripleFault { faults: vec![14, 14, 8], eip: 0 };
+        assert_eq!(end_reason(&triple), SingleThreadStopReason::Terminated(Signal::SIGSEGV));
     }
 }

@@ -22,27 +22,19 @@ impl Watcher {
     pub(super) fn start(fd: BorrowedFd<'_>, interrupt: DebugInterrupt) -> std::io::Result<Self> {
         let fd = fd.try_clone_to_owned()?;
         let (cancel, cancelled) = UnixStream::pair()?;
-        let thread = std::thread::Builder::new()
-            .name("bt86-gdb-watch".into())
-            .spawn(move || {
-                if wait_readable(&fd, &cancelled) {
-                    interrupt.interrupt();
-                }
-            })?;
-        Ok(Self {
-            cancel,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("bt86-gdb-watch".into()).spawn(move || {
+            if wait_readable(&fd, &cancelled) {
+                interrupt.interrupt();
+            }
+        })?;
+        Ok(Self { cancel, thread: Some(thread) })
     }
 }
 
 /// Blocks until `fd` or `cancelled` is readable (or hung up); true if it was
 /// `fd` alone.
 fn wait_readable(fd: &OwnedFd, cancelled: &UnixStream) -> bool {
-    let mut fds = [
-        PollFd::new(fd, PollFlags::IN),
-        PollFd::new(cancelled, PollFlags::IN),
-    ];
+    let mut fds = [PollFd::new(fd, PollFlags::IN), PollFd::new(cancelled, PollFlags::IN)];
     loop {
         match poll(&mut fds, None) {
             Ok(_) => return fds[1].revents().is_empty() && !fds[0].revents().is_empty(),
@@ -74,9 +66,6 @@ mod tests {
         gdb.write_all(&[3]).unwrap();
         assert!(wait_readable(&fd, &cancelled));
         (&cancel).write_all(&[0]).unwrap();
-        assert!(
-            !wait_readable(&fd, &cancelled),
-            "cancelled: not the watched fd's doing"
-        );
+        assert!(!wait_readable(&fd, &cancelled), "cancelled: not the watched fd's doing");
     }
 }

@@ -118,9 +118,7 @@ pub struct HostProbe {
 pub fn virt_flag(cpuinfo: &str) -> Option<&'static str> {
     let mut found: Option<&'static str> = None;
     for line in cpuinfo.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
+        let Some((key, value)) = line.split_once(':') else { continue };
         if key.trim() != "flags" {
             continue;
         }
@@ -140,9 +138,7 @@ pub fn virt_flag(cpuinfo: &str) -> Option<&'static str> {
 /// Module names from /proc/modules text (`name size refcount deps state addr` per
 /// line) or from a plain list of names, one per line.
 pub fn loaded_modules(text: &str) -> Vec<&str> {
-    text.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .collect()
+    text.lines().filter_map(|l| l.split_whitespace().next()).collect()
 }
 
 /// The first known software-KVM module among `modules`.
@@ -167,24 +163,13 @@ pub fn evaluate(probe: &HostProbe) -> Result<KvmHost, KvmUnavailable> {
     // A known software module wins even if the flags claim vmx: some nested setups
     // pass the flag through while KVM itself is the software one.
     if let Some(module) = software_kvm_module(&probe.modules) {
-        let host = KvmHost {
-            api_version,
-            backing: Backing::Software {
-                module: Some(module),
-            },
-        };
+        let host = KvmHost { api_version, backing: Backing::Software { module: Some(module) } };
         return Err(KvmUnavailable::Software { host });
     }
     match virt_flag(&probe.cpuinfo) {
-        Some(flag) => Ok(KvmHost {
-            api_version,
-            backing: Backing::Hardware { flag },
-        }),
+        Some(flag) => Ok(KvmHost { api_version, backing: Backing::Hardware { flag } }),
         None => Err(KvmUnavailable::Software {
-            host: KvmHost {
-                api_version,
-                backing: Backing::Software { module: None },
-            },
+            host: KvmHost { api_version, backing: Backing::Software { module: None } },
         }),
     }
 }
@@ -228,11 +213,7 @@ pub fn probe_host() -> HostProbe {
             })
             .unwrap_or_default()
     });
-    HostProbe {
-        dev,
-        cpuinfo,
-        modules,
-    }
+    HostProbe { dev, cpuinfo, modules }
 }
 
 #[cfg(test)]
@@ -241,18 +222,13 @@ mod tests {
 
     const CPU_VMX: &str = "processor\t: 0\nflags\t\t: fpu vme de pse vmx sse2\n\nprocessor\t: 1\nflags\t\t: fpu vme vmx sse2\n";
     const CPU_SVM: &str = "processor\t: 0\nflags\t\t: fpu svm lm\n";
-    const CPU_NONE: &str =
-        "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae hypervisor\nbugs\t\t: spectre_v1\n";
+    const CPU_NONE: &str = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae hypervisor\nbugs\t\t: spectre_v1\n";
     /// /proc/modules format.
     const MODS_PVM: &str = "kvm_pvm 57344 0 - Live 0x0000000000000000\nkvm 1150976 1 kvm_pvm, Live 0x0000000000000000\n";
     const MODS_INTEL: &str = "kvm_intel 380928 0 - Live 0x0\nkvm 1150976 1 kvm_intel, Live 0x0\n";
 
     fn probe(dev: DevState, cpuinfo: &str, modules: &str) -> HostProbe {
-        HostProbe {
-            dev,
-            cpuinfo: cpuinfo.into(),
-            modules: modules.into(),
-        }
+        HostProbe { dev, cpuinfo: cpuinfo.into(), modules: modules.into() }
     }
 
     #[test]
@@ -274,10 +250,7 @@ mod tests {
         assert_eq!(software_kvm_module(MODS_PVM).as_deref(), Some("kvm_pvm"));
         assert_eq!(software_kvm_module(MODS_INTEL), None);
         // /sys/module listing: bare names.
-        assert_eq!(
-            software_kvm_module("8250\nkvm\nkvm_pvm\nloop\n").as_deref(),
-            Some("kvm_pvm")
-        );
+        assert_eq!(software_kvm_module("8250\nkvm\nkvm_pvm\nloop\n").as_deref(), Some("kvm_pvm"));
         assert_eq!(software_kvm_module("kvm_pvmx\n"), None);
         assert_eq!(software_kvm_module(""), None);
     }
@@ -295,14 +268,8 @@ mod tests {
     fn software_host_names_the_module() {
         let e = evaluate(&probe(DevState::Api(12), CPU_NONE, MODS_PVM)).unwrap_err();
         let msg = e.to_string();
-        assert!(
-            msg.contains("software hypervisor") && msg.contains("kvm_pvm"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("32-bit guests very slowly") && msg.contains("--allow-software-kvm"),
-            "{msg}"
-        );
+        assert!(msg.contains("software hypervisor") && msg.contains("kvm_pvm"), "{msg}");
+        assert!(msg.contains("32-bit guests very slowly") && msg.contains("--allow-software-kvm"), "{msg}");
         assert!(!msg.contains('\n'));
         let host = e.software_host().unwrap();
         assert_eq!(host.describe(), "software (kvm_pvm)");
@@ -314,14 +281,8 @@ mod tests {
     fn software_host_without_a_known_module() {
         let e = evaluate(&probe(DevState::Api(12), CPU_NONE, MODS_INTEL)).unwrap_err();
         let msg = e.to_string();
-        assert!(
-            msg.contains("no vmx or svm flag") && msg.contains("--allow-software-kvm"),
-            "{msg}"
-        );
-        assert_eq!(
-            e.software_host().unwrap().backing,
-            Backing::Software { module: None }
-        );
+        assert!(msg.contains("no vmx or svm flag") && msg.contains("--allow-software-kvm"), "{msg}");
+        assert_eq!(e.software_host().unwrap().backing, Backing::Software { module: None });
     }
 
     #[test]
@@ -331,12 +292,7 @@ mod tests {
         let e = evaluate(&probe(DevState::NoAccess, CPU_NONE, MODS_PVM)).unwrap_err();
         assert!(e.to_string().contains("permission denied"), "{e}");
         assert!(e.software_host().is_none());
-        let e = evaluate(&probe(
-            DevState::OpenFailed("Device or resource busy".into()),
-            CPU_VMX,
-            "",
-        ))
-        .unwrap_err();
+        let e = evaluate(&probe(DevState::OpenFailed("Device or resource busy".into()), CPU_VMX, "")).unwrap_err();
         assert!(e.to_string().contains("busy"), "{e}");
         let e = evaluate(&probe(DevState::Api(11), CPU_VMX, "")).unwrap_err();
         assert!(e.to_string().contains("API version 11"), "{e}");

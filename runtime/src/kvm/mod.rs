@@ -107,9 +107,6 @@ impl KvmRunError {
     /// Whether the error means "the KVM engine cannot run on this host" (as opposed
     /// to a failure in the middle of a run).
     pub fn is_host_problem(&self) -> bool {
-        matches!(
-            self,
-            Self::Unavailable(_) | Self::Setup { .. } | Self::Watchdog(_)
-        )
+        matches!(self, Self::Unavailable(_) | Self::Setup { .. } | Self::Watchdog(_))
     }
 }

@@ -7,10 +7,7 @@ use crate::devices::IoEffect;
 use crate::vm::{RunOutcome, Vm};
 use bt86_translator::abi::ARITH_FLAGS;
 use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
-use kvm_bindings::{
-    kvm_dtable, kvm_regs, kvm_segment, kvm_sregs, KVM_INTERNAL_ERROR_EMULATION,
-    KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_RESET,
-};
+use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_RESET};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use std::time::Instant;
 
@@ -68,12 +65,9 @@ impl Vm {
     pub fn run_kvm(&mut self, opts: KvmOptions) -> Result<(RunOutcome, KvmStats), KvmRunError> {
         let host = host::check_host_allowing(opts.allow_software)?;
         let kvm = Kvm::new().map_err(setup("open /dev/kvm"))?;
-        let mmap_size = kvm
-            .get_vcpu_mmap_size()
-            .map_err(setup("get the vCPU mapping size"))?;
+        let mmap_size = kvm.get_vcpu_mmap_size().map_err(setup("get the vCPU mapping size"))?;
         let vm_fd = kvm.create_vm().map_err(setup("create a VM"))?;
-        sys::register_ram(&vm_fd, &self.ram)
-            .map_err(setup("register guest RAM as a memory slot"))?;
+        sys::register_ram(&vm_fd, &self.ram).map_err(setup("register guest RAM as a memory slot"))?;
         if let Err(e) = vm_fd.set_tss_address(KVM_TSS_ADDR) {
             // Only VT-x without unrestricted guest needs it, and only for real mode.
             tracing::debug!(error = %e, "KVM_SET_TSS_ADDR failed; continuing");
@@ -85,28 +79,16 @@ impl Vm {
                     tracing::warn!(error = %e, "KVM_SET_CPUID2 failed; the guest sees KVM's default CPUID");
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "KVM_GET_SUPPORTED_CPUID failed; the guest sees KVM's default CPUID")
-            }
+            Err(e) => tracing::warn!(error = %e, "KVM_GET_SUPPORTED_CPUID failed; the guest sees KVM's default CPUID"),
         }
-        let mut sregs = vcpu
-            .get_sregs()
-            .map_err(setup("read the vCPU's system registers"))?;
+        let mut sregs = vcpu.get_sregs().map_err(setup("read the vCPU's system registers"))?;
         load_sregs(&mut sregs, &self.cpu);
-        vcpu.set_sregs(&sregs)
-            .map_err(setup("set the vCPU's system registers"))?;
-        vcpu.set_regs(&self.entry_regs())
-            .map_err(setup("set the vCPU's registers"))?;
-        super::state::load(&vcpu, self).map_err(setup(
-            "set the vCPU's x87/SSE state, MSRs and debug registers",
-        ))?;
+        vcpu.set_sregs(&sregs).map_err(setup("set the vCPU's system registers"))?;
+        vcpu.set_regs(&self.entry_regs()).map_err(setup("set the vCPU's registers"))?;
+        super::state::load(&vcpu, self).map_err(setup("set the vCPU's x87/SSE state, MSRs and debug registers"))?;
         let watchdog = Watchdog::arm(opts.timeout).map_err(KvmRunError::Watchdog)?;
 
-        let mut stats = KvmStats {
-            engine: "kvm",
-            kvm_backing: host.describe(),
-            ..KvmStats::default()
-        };
+        let mut stats = KvmStats { engine: "kvm", kvm_backing: host.describe(), ..KvmStats::default() };
         let started = Instant::now();
         let result = self.kvm_loop(&mut vcpu, mmap_size, &watchdog, &host, &mut stats);
         stats.run_seconds = started.elapsed().as_secs_f64();
@@ -190,17 +172,9 @@ impl Vm {
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     // No MMIO devices yet: reads see an empty bus.
                     data.fill(0xff);
-                    Exit::Mmio {
-                        addr,
-                        write: false,
-                        len: data.len(),
-                    }
+                    Exit::Mmio { addr, write: false, len: data.len() }
                 }
-                Ok(VcpuExit::MmioWrite(addr, data)) => Exit::Mmio {
-                    addr,
-                    write: true,
-                    len: data.len(),
-                },
+                Ok(VcpuExit::MmioWrite(addr, data)) => Exit::Mmio { addr, write: true, len: data.len() },
                 Ok(VcpuExit::Intr) => Exit::Intr,
                 Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent(kind),
                 Ok(other) => Exit::Other(format!("{other:?}")),
@@ -215,21 +189,14 @@ impl Vm {
                     // the next interrupt instead of stopping (as the BT engine will).
                     // KVM has completed the hlt (rip is past it, where the guest would
                     // resume); like the BT engine, report the hlt's own address.
-                    Some(RunOutcome::Halted {
-                        eip: eip_of(vcpu)?.wrapping_sub(1),
-                    })
+                    Some(RunOutcome::Halted { eip: eip_of(vcpu)?.wrapping_sub(1) })
                 }
                 // KVM does not say which faults led there: `faults` stays empty.
-                Exit::Shutdown => Some(RunOutcome::TripleFault {
-                    faults: Vec::new(),
-                    eip: eip_of(vcpu)?,
-                }),
+                Exit::Shutdown => Some(RunOutcome::TripleFault { faults: Vec::new(), eip: eip_of(vcpu)? }),
                 Exit::Internal => Some(self.kvm_internal_error(vcpu, host)?),
                 Exit::FailEntry(reason) => Some(RunOutcome::Unsupported {
                     eip: eip_of(vcpu)?,
-                    what: format!(
-                        "KVM could not enter the guest (hardware entry failure reason {reason:#x})"
-                    ),
+                    what: format!("KVM could not enter the guest (hardware entry failure reason {reason:#x})"),
                 }),
                 Exit::Mmio { addr, write, len } => {
                     if !mmio_logged {
@@ -272,10 +239,7 @@ impl Vm {
         match sys::io_exit(vcpu, mmap_size) {
             None => stop = Some(Err("a malformed port-I/O exit from KVM".to_string())),
             Some(io) if !matches!(io.size, 1 | 2 | 4) => {
-                stop = Some(Err(format!(
-                    "port I/O of {} bytes at port {:#x}",
-                    io.size, io.port
-                )));
+                stop = Some(Err(format!("port I/O of {} bytes at port {:#x}", io.size, io.port)));
             }
             Some(io) => {
                 let size = usize::from(io.size);
@@ -311,19 +275,12 @@ impl Vm {
         Ok(match stop {
             None => None,
             Some(Ok(v)) => Some(RunOutcome::GuestExit(v)),
-            Some(Err(what)) => Some(RunOutcome::Unsupported {
-                eip: eip_of(vcpu)?,
-                what,
-            }),
+            Some(Err(what)) => Some(RunOutcome::Unsupported { eip: eip_of(vcpu)?, what }),
         })
     }
 
     /// KVM_EXIT_INTERNAL_ERROR: for an emulation failure, names the instruction.
-    fn kvm_internal_error(
-        &self,
-        vcpu: &mut VcpuFd,
-        host: &host::KvmHost,
-    ) -> Result<RunOutcome, KvmRunError> {
+    fn kvm_internal_error(&self, vcpu: &mut VcpuFd, host: &host::KvmHost) -> Result<RunOutcome, KvmRunError> {
         let (suberror, data) = sys::internal_error(vcpu).unwrap_or((0, Vec::new()));
         let regs = vcpu.get_regs().map_err(running("KVM_GET_REGS"))?;
         let sregs = vcpu.get_sregs().map_err(running("KVM_GET_SREGS"))?;
@@ -336,11 +293,7 @@ impl Vm {
                 what: format!(
                     "KVM internal error ({}, suberror {suberror}; data {})",
                     internal_error_name(suberror),
-                    if words.is_empty() {
-                        "none".to_string()
-                    } else {
-                        words.join(" ")
-                    }
+                    if words.is_empty() { "none".to_string() } else { words.join(" ") }
                 ),
             });
         }
@@ -348,27 +301,15 @@ impl Vm {
         let linear = (sregs.cs.base as u32).wrapping_add(eip);
         let bytes = self.fetch_insn(vcpu, linear, sregs.cr0);
         let why = match &host.backing {
-            host::Backing::Software { module: Some(m) } => {
-                format!("the host's software KVM ({m}) lacks it")
-            }
-            host::Backing::Software { module: None } => {
-                "the host's software KVM lacks it".to_string()
-            }
-            host::Backing::Hardware { .. } => {
-                "KVM's instruction emulator cannot handle it here".to_string()
-            }
+            host::Backing::Software { module: Some(m) } => format!("the host's software KVM ({m}) lacks it"),
+            host::Backing::Software { module: None } => "the host's software KVM lacks it".to_string(),
+            host::Backing::Hardware { .. } => "KVM's instruction emulator cannot handle it here".to_string(),
         };
         let what = if bytes.is_empty() {
-            format!(
-                "KVM emulation failure at linear {linear:#010x}, which is not in guest RAM ({why})"
-            )
+            format!("KVM emulation failure at linear {linear:#010x}, which is not in guest RAM ({why})")
         } else {
             let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            format!(
-                "KVM emulation failure on instruction bytes {}{} ({why})",
-                hex.join(" "),
-                disassemble(&bytes, eip)
-            )
+            format!("KVM emulation failure on instruction bytes {}{} ({why})", hex.join(" "), disassemble(&bytes, eip))
         };
         Ok(RunOutcome::Unsupported { eip, what })
     }
@@ -467,20 +408,11 @@ pub(crate) fn from_kvm_segment(k: &kvm_segment) -> Segment {
         | flag(k.db, 14)
         | flag(k.g, 15);
     #[allow(clippy::cast_possible_truncation)]
-    Segment {
-        selector: k.selector,
-        base: k.base as u32,
-        limit: k.limit,
-        attrs,
-    }
+    Segment { selector: k.selector, base: k.base as u32, limit: k.limit, attrs }
 }
 
 fn to_dtable(t: &TableReg) -> kvm_dtable {
-    kvm_dtable {
-        base: u64::from(t.base),
-        limit: t.limit,
-        padding: [0; 3],
-    }
+    kvm_dtable { base: u64::from(t.base), limit: t.limit, padding: [0; 3] }
 }
 
 /// Fills KVM's system registers from the virtual CPU. TR and LDTR keep KVM's reset
@@ -520,14 +452,8 @@ pub(crate) fn store_sregs(cpu: &mut Cpu, s: &kvm_sregs) {
     cpu.ldtr = from_kvm_segment(&s.ldt);
     #[allow(clippy::cast_possible_truncation)]
     {
-        cpu.gdtr = TableReg {
-            base: s.gdt.base as u32,
-            limit: s.gdt.limit,
-        };
-        cpu.idtr = TableReg {
-            base: s.idt.base as u32,
-            limit: s.idt.limit,
-        };
+        cpu.gdtr = TableReg { base: s.gdt.base as u32, limit: s.gdt.limit };
+        cpu.idtr = TableReg { base: s.idt.base as u32, limit: s.idt.limit };
         cpu.cr0 = s.cr0 as u32;
         cpu.cr2 = s.cr2 as u32;
         cpu.cr3 = s.cr3 as u32;
@@ -544,22 +470,14 @@ mod tests {
         let code = Segment::flat(0x10, 0x9b);
         let k = to_kvm_segment(&code);
         assert_eq!((k.base, k.limit, k.selector), (0, 0xffff_ffff, 0x10));
-        assert_eq!(
-            (k.type_, k.s, k.dpl, k.present, k.db, k.g, k.l, k.unusable),
-            (0xb, 1, 0, 1, 1, 1, 0, 0)
-        );
+        assert_eq!((k.type_, k.s, k.dpl, k.present, k.db, k.g, k.l, k.unusable), (0xb, 1, 0, 1, 1, 1, 0, 0));
         assert_eq!(from_kvm_segment(&k), code);
         let data = Segment::flat(0x18, 0x93);
         let k = to_kvm_segment(&data);
         assert_eq!(k.type_, 3);
         assert_eq!(from_kvm_segment(&k), data);
         // A ring-3 segment with a base and a byte-granular limit.
-        let user = Segment {
-            selector: 0x2b,
-            base: 0x1234_5000,
-            limit: 0xfffff,
-            attrs: 0x40f3,
-        };
+        let user = Segment { selector: 0x2b, base: 0x1234_5000, limit: 0xfffff, attrs: 0x40f3 };
         let k = to_kvm_segment(&user);
         assert_eq!((k.dpl, k.g, k.db, k.base), (3, 0, 1, 0x1234_5000));
         assert_eq!(from_kvm_segment(&k), user);
@@ -576,21 +494,9 @@ mod tests {
     fn multiboot_state_converts() {
         let mut seg = [Segment::flat(0x18, 0x93); 6];
         seg[sreg::CS] = Segment::flat(0x10, 0x9b);
-        let cpu = Cpu {
-            seg,
-            gdtr: TableReg {
-                base: 0x800,
-                limit: 0x1f,
-            },
-            ..Cpu::default()
-        };
+        let cpu = Cpu { seg, gdtr: TableReg { base: 0x800, limit: 0x1f }, ..Cpu::default() };
         let mut s = kvm_sregs {
-            tr: kvm_segment {
-                type_: 11,
-                present: 1,
-                limit: 0xffff,
-                ..kvm_segment::default()
-            },
+            tr: kvm_segment { type_: 11, present: 1, limit: 0xffff, ..kvm_segment::default() },
             ..kvm_sregs::default()
         };
         load_sregs(&mut s, &cpu);
@@ -620,33 +526,21 @@ mod tests {
         Some((vm, out))
     }
 
-    const ALLOW: KvmOptions = KvmOptions {
-        allow_software: true,
-        timeout: None,
-    };
+    const ALLOW: KvmOptions = KvmOptions { allow_software: true, timeout: None };
 
     #[test]
     fn runs_port_io_and_writes_the_state_back() {
         // mov $0x3f8,%dx; mov $'K',%al; out %al,(%dx); mov $0x1234,%ebx; stc;
         // mov $0xf4,%dx; mov $9,%eax; out %eax,(%dx)
         let code = [
-            0x66, 0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xbb, 0x34, 0x12, 0, 0, 0xf9, 0x66, 0xba,
-            0xf4, 0x00, 0xb8, 9, 0, 0, 0, 0xef,
+            0x66, 0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xbb, 0x34, 0x12, 0, 0, 0xf9, 0x66, 0xba, 0xf4, 0x00, 0xb8, 9, 0,
+            0, 0, 0xef,
         ];
-        let Some((mut vm, out)) = kvm_vm(&code) else {
-            return;
-        };
+        let Some((mut vm, out)) = kvm_vm(&code) else { return };
         let (outcome, stats) = vm.run_kvm(ALLOW).unwrap();
         assert_eq!(outcome, RunOutcome::GuestExit(9));
         assert_eq!(out.to_string_lossy(), "K");
-        assert_eq!(
-            (
-                stats.guest_exits,
-                stats.exits.get("io").copied(),
-                stats.port_accesses
-            ),
-            (2, Some(2), 2)
-        );
+        assert_eq!((stats.guest_exits, stats.exits.get("io").copied(), stats.port_accesses), (2, Some(2), 2));
         let (regs, flags) = vm.registers();
         assert_eq!((regs[0], regs[3], regs[4]), (9, 0x1234, 0x8000));
         assert_eq!(flags & 1, 1, "CF from stc");
@@ -655,29 +549,19 @@ mod tests {
 
     #[test]
     fn timeout_interrupts_a_spinning_guest() {
-        let Some((mut vm, _)) = kvm_vm(&[0xeb, 0xfe]) else {
-            return;
-        };
+        let Some((mut vm, _)) = kvm_vm(&[0xeb, 0xfe]) else { return };
         let started = Instant::now();
-        let opts = KvmOptions {
-            allow_software: true,
-            timeout: Some(std::time::Duration::from_millis(200)),
-        };
+        let opts = KvmOptions { allow_software: true, timeout: Some(std::time::Duration::from_millis(200)) };
         let (outcome, stats) = vm.run_kvm(opts).unwrap();
         assert_eq!(outcome, RunOutcome::Stopped { eip: 0x1000 });
-        assert!(
-            stats.exits.get("intr").copied().unwrap_or(0) >= 1,
-            "{stats:?}"
-        );
+        assert!(stats.exits.get("intr").copied().unwrap_or(0) >= 1, "{stats:?}");
         assert!(started.elapsed().as_secs() < 10);
     }
 
     #[test]
     fn mmio_reads_all_ones_and_hlt_stops() {
         // mov 0xf0000000,%eax; hlt
-        let Some((mut vm, _)) = kvm_vm(&[0xa1, 0, 0, 0, 0xf0, 0xf4]) else {
-            return;
-        };
+        let Some((mut vm, _)) = kvm_vm(&[0xa1, 0, 0, 0, 0xf0, 0xf4]) else { return };
         let (outcome, stats) = vm.run_kvm(ALLOW).unwrap();
         assert_eq!(outcome, RunOutcome::Halted { eip: 0x1005 });
         assert_eq!(vm.registers().0[0], 0xffff_ffff);
@@ -686,10 +570,7 @@ mod tests {
 
     #[test]
     fn disassembles_the_failing_instruction() {
-        assert_eq!(
-            disassemble(&[0x0f, 0x02, 0xc8], 0x1000),
-            " (`lar %eax,%ecx`)"
-        );
+        assert_eq!(disassemble(&[0x0f, 0x02, 0xc8], 0x1000), " (`lar %eax,%ecx`)");
         assert_eq!(disassemble(&[0x27], 0x1000), " (`daa`)");
         assert_eq!(disassemble(&[0x0f], 0x1000), "");
     }

@@ -17,14 +17,7 @@ use kvm_bindings::{kvm_debugregs, kvm_fpu, kvm_msr_entry, Msrs};
 use kvm_ioctls::VcpuFd;
 
 fn msrs(entries: &[(u32, u64)]) -> Result<Msrs, kvm_ioctls::Error> {
-    let list: Vec<kvm_msr_entry> = entries
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
+    let list: Vec<kvm_msr_entry> = entries.iter().map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() }).collect();
     Msrs::from_entries(&list).map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))
 }
 
@@ -88,24 +81,14 @@ pub(crate) fn load(vcpu: &VcpuFd, vm: &mut Vm) -> Result<(), kvm_ioctls::Error> 
     for (d, &v) in db.iter_mut().zip(&c.dr) {
         *d = u64::from(v);
     }
-    vcpu.set_debug_regs(&kvm_debugregs {
-        db,
-        dr6: u64::from(c.dr[6]),
-        dr7: u64::from(c.dr[7]),
-        ..Default::default()
-    })
+    vcpu.set_debug_regs(&kvm_debugregs { db, dr6: u64::from(c.dr[6]), dr7: u64::from(c.dr[7]), ..Default::default() })
 }
 
 /// Copies KVM's vCPU state beyond its registers back into the VM (after a run).
 pub(crate) fn store(vcpu: &VcpuFd, vm: &mut Vm) -> Result<(), kvm_ioctls::Error> {
     let fpu = vcpu.get_fpu()?;
     checkpoint::set_guest_fpu(vm, from_kvm_fpu(&fpu));
-    let mut list = msrs(&[
-        (SYSENTER_CS, 0),
-        (SYSENTER_ESP, 0),
-        (SYSENTER_EIP, 0),
-        (TSC, 0),
-    ])?;
+    let mut list = msrs(&[(SYSENTER_CS, 0), (SYSENTER_ESP, 0), (SYSENTER_EIP, 0), (TSC, 0)])?;
     let n = vcpu.get_msrs(&mut list)?;
     let host = host_tsc();
     let c = &mut vm.cpu;

@@ -3,9 +3,7 @@
 //! parts of the shared `kvm_run` page, and kicking the vCPU thread out of `KVM_RUN`
 //! with a signal.
 
-use kvm_bindings::{
-    kvm_run, kvm_userspace_memory_region, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN,
-};
+use kvm_bindings::{kvm_run, kvm_userspace_memory_region, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_IO, KVM_EXIT_IO_IN};
 use kvm_ioctls::{VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
@@ -84,9 +82,7 @@ pub(super) fn internal_error(vcpu: &mut VcpuFd) -> Option<(u32, Vec<u64>)> {
     // SAFETY: exit_reason says the kernel filled the `internal` member of the union;
     // it is plain integers, valid for any bit pattern.
     let internal = unsafe { run.__bindgen_anon_1.internal };
-    let n = usize::try_from(internal.ndata)
-        .unwrap_or(0)
-        .min(internal.data.len());
+    let n = usize::try_from(internal.ndata).unwrap_or(0).min(internal.data.len());
     Some((internal.suberror, internal.data[..n].to_vec()))
 }
 
@@ -120,9 +116,7 @@ fn install_kick_handler() -> std::io::Result<()> {
         }
     });
     if FAILED.load(Ordering::SeqCst) {
-        Err(std::io::Error::other(
-            "cannot install the KVM timeout signal handler",
-        ))
+        Err(std::io::Error::other("cannot install the KVM timeout signal handler"))
     } else {
         Ok(())
     }
@@ -144,46 +138,30 @@ impl Watchdog {
     pub(super) fn arm(limit: Option<Duration>) -> std::io::Result<Self> {
         let expired = Arc::new(AtomicBool::new(false));
         let Some(limit) = limit else {
-            return Ok(Self {
-                expired,
-                cancel: None,
-                thread: None,
-            });
+            return Ok(Self { expired, cancel: None, thread: None });
         };
         install_kick_handler()?;
         // SAFETY: pthread_self has no preconditions.
         let target = unsafe { libc::pthread_self() };
         let (cancel, cancelled) = channel::<()>();
         let flag = expired.clone();
-        let thread = std::thread::Builder::new()
-            .name("bt86-kvm-watchdog".into())
-            .spawn(move || {
-                if !matches!(
-                    cancelled.recv_timeout(limit),
-                    Err(RecvTimeoutError::Timeout)
-                ) {
+        let thread = std::thread::Builder::new().name("bt86-kvm-watchdog".into()).spawn(move || {
+            if !matches!(cancelled.recv_timeout(limit), Err(RecvTimeoutError::Timeout)) {
+                return;
+            }
+            flag.store(true, Ordering::SeqCst);
+            loop {
+                // SAFETY: `target` is the vCPU thread, which is blocked in `Drop` of
+                // this watchdog (joining us) or still running `run_kvm` until we stop:
+                // it cannot have exited, so its pthread_t is valid. The signal has an
+                // installed no-op handler, so it cannot kill the process.
+                unsafe { libc::pthread_kill(target, kick_signal()) };
+                if !matches!(cancelled.recv_timeout(Duration::from_millis(10)), Err(RecvTimeoutError::Timeout)) {
                     return;
                 }
-                flag.store(true, Ordering::SeqCst);
-                loop {
-                    // SAFETY: `target` is the vCPU thread, which is blocked in `Drop` of
-                    // this watchdog (joining us) or still running `run_kvm` until we stop:
-                    // it cannot have exited, so its pthread_t is valid. The signal has an
-                    // installed no-op handler, so it cannot kill the process.
-                    unsafe { libc::pthread_kill(target, kick_signal()) };
-                    if !matches!(
-                        cancelled.recv_timeout(Duration::from_millis(10)),
-                        Err(RecvTimeoutError::Timeout)
-                    ) {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Self {
-            expired,
-            cancel: Some(cancel),
-            thread: Some(thread),
-        })
+            }
+        })?;
+        Ok(Self { expired, cancel: Some(cancel), thread: Some(thread) })
     }
 
     /// Whether the limit has passed.

@@ -20,10 +20,7 @@
 //! | `0x4000..0x7000`  | stack, `initial_esp = 0x7000`             |
 //! | `0x8000..0x10000` | command line                              |
 
-use super::{
-    cmdline_bytes, memory_map, write_gdt, LoadError, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR,
-    LOADER_AREA_END,
-};
+use super::{cmdline_bytes, memory_map, write_gdt, LoadError, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR, LOADER_AREA_END};
 use crate::memory::GuestRam;
 
 const BOOT_PARAMS: u32 = 0x2000;
@@ -83,8 +80,7 @@ pub struct LinuxBoot {
 
 /// Whether `image` carries a Linux boot header (boot flag and "HdrS").
 pub fn is_bzimage(image: &[u8]) -> bool {
-    u16_at(image, hdr::BOOT_FLAG) == Some(0xaa55)
-        && image.get(hdr::MAGIC..hdr::MAGIC + 4) == Some(b"HdrS")
+    u16_at(image, hdr::BOOT_FLAG) == Some(0xaa55) && image.get(hdr::MAGIC..hdr::MAGIC + 4) == Some(b"HdrS")
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -121,8 +117,7 @@ fn plan(image: &[u8], ram_size: u32, initrd_len: Option<usize>) -> Result<Plan, 
         len: len as u64,
         file_len: image.len(),
     };
-    let version = u16_at(image, hdr::VERSION)
-        .ok_or_else(|| truncated("the setup header", hdr::VERSION, 2))?;
+    let version = u16_at(image, hdr::VERSION).ok_or_else(|| truncated("the setup header", hdr::VERSION, 2))?;
     let [minor, major] = version.to_le_bytes();
     if version < MIN_VERSION {
         return Err(LoadError::LinuxProtocolTooOld { major, minor });
@@ -131,14 +126,9 @@ fn plan(image: &[u8], ram_size: u32, initrd_len: Option<usize>) -> Result<Plan, 
         return Err(LoadError::LinuxProtocolTooNew { major, minor });
     }
     // 2.06 headers end after cmdline_size; pref_address and init_size come with 2.10.
-    let header_end = (hdr::MAGIC + usize::from(image[hdr::HEADER_LEN]))
-        .clamp(hdr::CMDLINE_SIZE + 4, hdr::END_MAX);
+    let header_end = (hdr::MAGIC + usize::from(image[hdr::HEADER_LEN])).clamp(hdr::CMDLINE_SIZE + 4, hdr::END_MAX);
     if image.len() < header_end {
-        return Err(truncated(
-            "the setup header",
-            hdr::SETUP_SECTS,
-            header_end - hdr::SETUP_SECTS,
-        ));
+        return Err(truncated("the setup header", hdr::SETUP_SECTS, header_end - hdr::SETUP_SECTS));
     }
     let field = |at| u32_at(image, at).unwrap_or(0);
     if image[hdr::LOADFLAGS] & LOADED_HIGH == 0 {
@@ -156,19 +146,13 @@ fn plan(image: &[u8], ram_size: u32, initrd_len: Option<usize>) -> Result<Plan, 
     let kernel_end = u64::from(KERNEL_ADDR) + kernel_len as u64;
     // The decompressed kernel lives at pref_address and needs init_size bytes there.
     let (pref, init_size) = if version >= 0x020a && header_end >= hdr::INIT_SIZE + 4 {
-        (
-            u64_at(image, hdr::PREF_ADDRESS).unwrap_or(0),
-            u64::from(field(hdr::INIT_SIZE)),
-        )
+        (u64_at(image, hdr::PREF_ADDRESS).unwrap_or(0), u64::from(field(hdr::INIT_SIZE)))
     } else {
         (0, 0)
     };
     let run_end = kernel_end.max(pref.saturating_add(init_size));
     if run_end > u64::from(ram_size) {
-        return Err(LoadError::KernelNeedsMoreRam {
-            need_mib: mib_up(run_end),
-            have_mib: ram_size >> 20,
-        });
+        return Err(LoadError::KernelNeedsMoreRam { need_mib: mib_up(run_end), have_mib: ram_size >> 20 });
     }
     let initrd_at = initrd_len
         .map(|len| {
@@ -176,32 +160,16 @@ fn plan(image: &[u8], ram_size: u32, initrd_len: Option<usize>) -> Result<Plan, 
             let at = top.checked_sub(len as u64).map(|a| a & !0xfff);
             match at {
                 Some(at) if at >= run_end => Ok(at as u32),
-                _ => Err(LoadError::InitrdTooLarge {
-                    size_mib: mib_up(len as u64),
-                    room_mib: (top.saturating_sub(run_end) >> 20) as u32,
-                }),
+                _ => Err(LoadError::InitrdTooLarge { size_mib: mib_up(len as u64), room_mib: (top.saturating_sub(run_end) >> 20) as u32 }),
             }
         })
         .transpose()?;
-    let cmdline_max = (field(hdr::CMDLINE_SIZE) as usize)
-        .saturating_add(1)
-        .min(CMDLINE_AREA);
-    Ok(Plan {
-        version,
-        kernel: kernel_off..image.len(),
-        header: hdr::SETUP_SECTS..header_end,
-        cmdline_max,
-        initrd_at,
-    })
+    let cmdline_max = (field(hdr::CMDLINE_SIZE) as usize).saturating_add(1).min(CMDLINE_AREA);
+    Ok(Plan { version, kernel: kernel_off..image.len(), header: hdr::SETUP_SECTS..header_end, cmdline_max, initrd_at })
 }
 
 /// Loads the bzImage `image` with `cmdline` and `initrd` into `ram`.
-pub fn load(
-    ram: &GuestRam,
-    image: &[u8],
-    cmdline: &str,
-    initrd: Option<&[u8]>,
-) -> Result<LinuxBoot, LoadError> {
+pub fn load(ram: &GuestRam, image: &[u8], cmdline: &str, initrd: Option<&[u8]>) -> Result<LinuxBoot, LoadError> {
     if !is_bzimage(image) {
         return Err(LoadError::BadLinuxHeader("no \"HdrS\" boot header"));
     }
@@ -219,10 +187,7 @@ pub fn load(
     };
     let cmdline = cmdline_bytes(cmdline, p.cmdline_max);
     ram.write(CMDLINE_ADDR, &cmdline)?;
-    ram.write(
-        BOOT_PARAMS,
-        &boot_params(image, &p, ram.size(), initrd_range),
-    )?;
+    ram.write(BOOT_PARAMS, &boot_params(image, &p, ram.size(), initrd_range))?;
     let boot = LinuxBoot {
         entry: KERNEL_ADDR,
         boot_params: BOOT_PARAMS,
@@ -278,11 +243,9 @@ mod tests {
         img[hdr::MAGIC..hdr::MAGIC + 4].copy_from_slice(b"HdrS");
         img[hdr::VERSION..hdr::VERSION + 2].copy_from_slice(&version.to_le_bytes());
         img[hdr::LOADFLAGS] = LOADED_HIGH;
-        img[hdr::INITRD_ADDR_MAX..hdr::INITRD_ADDR_MAX + 4]
-            .copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        img[hdr::INITRD_ADDR_MAX..hdr::INITRD_ADDR_MAX + 4].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
         img[hdr::CMDLINE_SIZE..hdr::CMDLINE_SIZE + 4].copy_from_slice(&2047u32.to_le_bytes());
-        img[hdr::PREF_ADDRESS..hdr::PREF_ADDRESS + 8]
-            .copy_from_slice(&u64::from(16 * MIB).to_le_bytes());
+        img[hdr::PREF_ADDRESS..hdr::PREF_ADDRESS + 8].copy_from_slice(&u64::from(16 * MIB).to_le_bytes());
         img[hdr::INIT_SIZE..hdr::INIT_SIZE + 4].copy_from_slice(&(16 * MIB).to_le_bytes());
         for (i, b) in img[5 * 512..].iter_mut().enumerate() {
             *b = i as u8;
@@ -296,10 +259,7 @@ mod tests {
         let img = image(0x020f, 3000);
         let initrd = vec![0x5a; 10_000];
         let boot = load(&ram, &img, "console=ttyS0", Some(&initrd)).unwrap();
-        assert_eq!(
-            (boot.entry, boot.boot_params, boot.protocol),
-            (KERNEL_ADDR, BOOT_PARAMS, 0x020f)
-        );
+        assert_eq!((boot.entry, boot.boot_params, boot.protocol), (KERNEL_ADDR, BOOT_PARAMS, 0x020f));
         let mut k = vec![0u8; 3000];
         ram.read(KERNEL_ADDR, &mut k).unwrap();
         assert_eq!(k, img[5 * 512..]);
@@ -308,11 +268,7 @@ mod tests {
         let at = bp(hdr::RAMDISK_IMAGE as u32);
         assert_eq!((at, at % 4096), ((64 * MIB - 10_000) & !0xfff, 0));
         assert_eq!(ram.read_u8(at + 9_999).unwrap(), 0x5a);
-        assert_eq!(
-            ram.read_u8(BOOT_PARAMS + hdr::TYPE_OF_LOADER as u32)
-                .unwrap(),
-            0xff
-        );
+        assert_eq!(ram.read_u8(BOOT_PARAMS + hdr::TYPE_OF_LOADER as u32).unwrap(), 0xff);
         assert_eq!(bp(hdr::CMD_LINE_PTR as u32), CMDLINE_ADDR);
         let mut cl = [0u8; 14];
         ram.read(CMDLINE_ADDR, &mut cl).unwrap();
@@ -320,14 +276,7 @@ mod tests {
         assert_eq!(ram.read_u8(BOOT_PARAMS + E820_ENTRIES as u32).unwrap(), 4);
         // The last e820 entry: RAM from 1 MiB to the end, usable.
         let last = BOOT_PARAMS + E820_TABLE as u32 + 3 * 20;
-        assert_eq!(
-            (
-                bp(last - BOOT_PARAMS),
-                bp(last - BOOT_PARAMS + 8),
-                bp(last - BOOT_PARAMS + 16)
-            ),
-            (MIB, 63 * MIB, 1)
-        );
+        assert_eq!((bp(last - BOOT_PARAMS), bp(last - BOOT_PARAMS + 8), bp(last - BOOT_PARAMS + 16)), (MIB, 63 * MIB, 1));
         assert_eq!(&img[hdr::MAGIC..hdr::MAGIC + 4], {
             let mut m = [0u8; 4];
             ram.read(BOOT_PARAMS + hdr::MAGIC as u32, &mut m).unwrap();
@@ -338,52 +287,22 @@ mod tests {
     #[test]
     fn refuses_old_new_and_non_bzimage_kernels() {
         let ram = GuestRam::new(64 * MIB).unwrap();
-        assert!(matches!(
-            load(&ram, &image(0x0205, 100), "", None),
-            Err(LoadError::LinuxProtocolTooOld { major: 2, minor: 5 })
-        ));
-        assert!(matches!(
-            load(&ram, &image(0x0210, 100), "", None),
-            Err(LoadError::LinuxProtocolTooNew {
-                major: 2,
-                minor: 16
-            })
-        ));
+        assert!(matches!(load(&ram, &image(0x0205, 100), "", None), Err(LoadError::LinuxProtocolTooOld { major: 2, minor: 5 })));
+        assert!(matches!(load(&ram, &image(0x0210, 100), "", None), Err(LoadError::LinuxProtocolTooNew { major: 2, minor: 16 })));
         let mut zimage = image(0x020f, 100);
         zimage[hdr::LOADFLAGS] = 0;
-        assert!(matches!(
-            load(&ram, &zimage, "", None),
-            Err(LoadError::NotBzImage)
-        ));
-        assert!(matches!(
-            load(&ram, &image(0x020f, 0), "", None),
-            Err(LoadError::Truncated { .. })
-        ));
+        assert!(matches!(load(&ram, &zimage, "", None), Err(LoadError::NotBzImage)));
+        assert!(matches!(load(&ram, &image(0x020f, 0), "", None), Err(LoadError::Truncated { .. })));
     }
 
     #[test]
     fn refuses_too_little_ram_and_too_large_initrds() {
         let small = GuestRam::new(16 * MIB).unwrap();
-        assert!(matches!(
-            load(&small, &image(0x020f, 100), "", None),
-            Err(LoadError::KernelNeedsMoreRam { need_mib: 32, .. })
-        ));
+        assert!(matches!(load(&small, &image(0x020f, 100), "", None), Err(LoadError::KernelNeedsMoreRam { need_mib: 32, .. })));
         let ram = GuestRam::new(40 * MIB).unwrap();
         let initrd = vec![0u8; 9 * MIB as usize];
-        assert!(matches!(
-            load(&ram, &image(0x020f, 100), "", Some(&initrd)),
-            Err(LoadError::InitrdTooLarge {
-                size_mib: 9,
-                room_mib: 8
-            })
-        ));
-        assert!(load(
-            &ram,
-            &image(0x020f, 100),
-            "",
-            Some(&initrd[..7 * MIB as usize])
-        )
-        .is_ok());
+        assert!(matches!(load(&ram, &image(0x020f, 100), "", Some(&initrd)), Err(LoadError::InitrdTooLarge { size_mib: 9, room_mib: 8 })));
+        assert!(load(&ram, &image(0x020f, 100), "", Some(&initrd[..7 * MIB as usize])).is_ok());
     }
 
     #[test]

@@ -60,11 +60,7 @@ pub enum LoadError {
     #[error("multiboot header requests unsupported features (flags {flags:#x}, unsupported bits {unsupported:#x}; bt86 supports page-aligned modules, memory info, and ignores video mode)")]
     UnsupportedFlags { flags: u32, unsupported: u32 },
     #[error("segment at physical {paddr:#x} of {memsz:#x} bytes lies outside guest RAM ({ram_size:#x} bytes)")]
-    SegmentOutsideRam {
-        paddr: u64,
-        memsz: u64,
-        ram_size: u32,
-    },
+    SegmentOutsideRam { paddr: u64, memsz: u64, ram_size: u32 },
     #[error(
         "segment at physical {paddr:#x} of {memsz:#x} bytes overlaps the loader area below {:#x}",
         LOADER_AREA_END
@@ -73,12 +69,7 @@ pub enum LoadError {
     #[error("segment file size {filesz:#x} exceeds its memory size {memsz:#x}")]
     FileSizeExceedsMemSize { filesz: u64, memsz: u64 },
     #[error("image truncated: {what} needs bytes {offset:#x}..+{len:#x}, file has {file_len:#x}")]
-    Truncated {
-        what: &'static str,
-        offset: u64,
-        len: u64,
-        file_len: usize,
-    },
+    Truncated { what: &'static str, offset: u64, len: u64, file_len: usize },
     #[error("bad multiboot address fields: {0}")]
     BadAddressFields(&'static str),
     #[error("malformed ELF: {0}")]
@@ -103,12 +94,7 @@ pub enum LoadError {
 
 /// Loads `image` (a multiboot ELF or a Linux bzImage, told apart by content) with
 /// `cmdline` and an optional `initrd` (a multiboot kernel gets it as module 0).
-pub fn load(
-    ram: &GuestRam,
-    image: &[u8],
-    cmdline: &str,
-    initrd: Option<&[u8]>,
-) -> Result<Kernel, LoadError> {
+pub fn load(ram: &GuestRam, image: &[u8], cmdline: &str, initrd: Option<&[u8]>) -> Result<Kernel, LoadError> {
     if linux::is_bzimage(image) {
         linux::load(ram, image, cmdline, initrd).map(Kernel::Linux)
     } else {
@@ -146,11 +132,7 @@ pub(crate) fn cmdline_bytes(cmdline: &str, max: usize) -> Vec<u8> {
         tracing::warn!("kernel command line contains a NUL byte; cut there");
     }
     if s.len() >= max {
-        tracing::warn!(
-            len = s.len(),
-            "kernel command line truncated to {} bytes",
-            max - 1
-        );
+        tracing::warn!(len = s.len(), "kernel command line truncated to {} bytes", max - 1);
         s.truncate(max - 1);
     }
     s.push(0);

@@ -20,10 +20,7 @@
 //! | `0x4000..0x7000`  | initial stack, `initial_esp = 0x7000`, growing down        |
 //! | `0x7000..0x10000` | zeroed, free                                               |
 
-use super::{
-    cmdline_bytes, memory_map, write_gdt, LoadError, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR,
-    LOADER_AREA_END, MMAP_RESERVED,
-};
+use super::{cmdline_bytes, memory_map, write_gdt, MMAP_RESERVED, LoadError, CODE_SELECTOR, DATA_SELECTOR, GDT, GDT_ADDR, LOADER_AREA_END};
 use crate::memory::{GuestRam, MemoryError};
 
 use goblin::container::{Container, Ctx, Endian};
@@ -115,12 +112,7 @@ struct Plan {
 /// Loads a multiboot kernel `image` into `ram`, writes the GDT and multiboot information
 /// (with `cmdline`) below 64 KiB, puts `module` (an initrd) page-aligned after the
 /// kernel as module 0, and returns where and how to start it.
-pub fn load_multiboot(
-    ram: &GuestRam,
-    image: &[u8],
-    cmdline: &str,
-    module: Option<&[u8]>,
-) -> Result<BootInfo, LoadError> {
+pub fn load_multiboot(ram: &GuestRam, image: &[u8], cmdline: &str, module: Option<&[u8]>) -> Result<BootInfo, LoadError> {
     let header = find_header(image).map_err(|e| prefer_elf_error(image, e))?;
     let plan = plan_image(image, &header, ram.size())?;
     let kernel_end = plan
@@ -129,9 +121,7 @@ pub fn load_multiboot(
         .map(|s| s.paddr + s.memsz)
         .max()
         .unwrap_or(0);
-    let module_at = module
-        .map(|m| place_module(usable_top(ram.size()), kernel_end, m.len()))
-        .transpose()?;
+    let module_at = module.map(|m| place_module(usable_top(ram.size()), kernel_end, m.len())).transpose()?;
     // Validation is complete: from here on only guest RAM writes can fail.
     write_segments(ram, image, &plan.segments)?;
     ram.fill(0, LOADER_AREA_END as usize, 0)?;
@@ -423,10 +413,7 @@ fn write_segments(ram: &GuestRam, image: &[u8], segments: &[Segment]) -> Result<
 /// Where module 0 goes: the first page after the kernel, if it fits in RAM.
 fn place_module(ram_size: u32, kernel_end: u32, len: usize) -> Result<u32, LoadError> {
     let at = kernel_end.next_multiple_of(0x1000).max(LOADER_AREA_END);
-    let fits = u32::try_from(len)
-        .ok()
-        .and_then(|l| at.checked_add(l))
-        .is_some_and(|end| end <= ram_size);
+    let fits = u32::try_from(len).ok().and_then(|l| at.checked_add(l)).is_some_and(|end| end <= ram_size);
     if !fits {
         let mib = |b: u64| u32::try_from(b.div_ceil(1 << 20)).unwrap_or(u32::MAX);
         return Err(LoadError::InitrdTooLarge {
@@ -469,14 +456,7 @@ fn multiboot_memory_map(ram_size: u32) -> Vec<(u64, u64, u32)> {
 fn write_mbi(ram: &GuestRam, cmdline: &str, module: Option<(u32, u32)>) -> Result<(), MemoryError> {
     let mut mbi = [0u8; MBI_SIZE];
     let mut put = |off: usize, v: u32| mbi[off..off + 4].copy_from_slice(&v.to_le_bytes());
-    put(
-        0,
-        MBI_MEM
-            | MBI_CMDLINE
-            | MBI_MMAP
-            | MBI_LOADER_NAME
-            | if module.is_some() { MBI_MODS } else { 0 },
-    );
+    put(0, MBI_MEM | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME | if module.is_some() { MBI_MODS } else { 0 });
     // mem_lower, KiB: conventional memory below the EBDA (639, as QEMU reports).
     put(4, 0x9_fc00 / 1024);
     // mem_upper, KiB from 1 MiB to the first hole: QEMU's, which ends below the top
@@ -500,10 +480,7 @@ fn write_mbi(ram: &GuestRam, cmdline: &str, module: Option<(u32, u32)>) -> Resul
     if let Some((start, end)) = module {
         put(20, 1); // mods_count
         put(24, MODS_ADDR);
-        let entry: Vec<u8> = [start, end, MOD_STRING_ADDR, 0]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let entry: Vec<u8> = [start, end, MOD_STRING_ADDR, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
         ram.write(MODS_ADDR, &entry)?;
         ram.write(MOD_STRING_ADDR, MOD_STRING)?;
     }

@@ -47,10 +47,7 @@ impl SpaceMaps {
             }
             !kernel(p)
         });
-        for (source, target) in [
-            (&mut self.rmap, &mut out.rmap),
-            (&mut self.deps, &mut out.deps),
-        ] {
+        for (source, target) in [(&mut self.rmap, &mut out.rmap), (&mut self.deps, &mut out.deps)] {
             split_lists(source, target, kernel);
         }
         split_lists(&mut self.large_deps, &mut out.large_deps, kernel);
@@ -63,12 +60,7 @@ impl SpaceMaps {
     /// Rebuilds `dep_frames` from the dependency keys and the code tables.
     fn recount_dep_frames(&mut self) {
         self.dep_frames.clear();
-        let keys: Vec<u32> = self
-            .deps
-            .keys()
-            .chain(self.large_deps.keys())
-            .copied()
-            .collect();
+        let keys: Vec<u32> = self.deps.keys().chain(self.large_deps.keys()).copied().collect();
         for key in keys {
             self.count_dep_key(key);
         }
@@ -90,13 +82,7 @@ impl SpaceMaps {
         (to, new): (u32, &Directory),
     ) -> Result<Vec<u32>, VmError> {
         let in_from = |key: u32| key >> 12 == from >> 12;
-        let mut keys: Vec<u32> = self
-            .deps
-            .keys()
-            .chain(self.large_deps.keys())
-            .copied()
-            .filter(|&k| in_from(k))
-            .collect();
+        let mut keys: Vec<u32> = self.deps.keys().chain(self.large_deps.keys()).copied().filter(|&k| in_from(k)).collect();
         keys.sort_unstable();
         keys.dedup();
         let (mut keep, mut drop) = (Vec::new(), Vec::new());
@@ -105,13 +91,7 @@ impl SpaceMaps {
             // A key in the directory frame used as a page table (a recursive
             // mapping) covers pages outside its region: never carried over.
             let in_region = |p: &Place| (p.1 >> 22) as usize == i;
-            let only_region = self
-                .deps
-                .get(&key)
-                .into_iter()
-                .chain(self.large_deps.get(&key))
-                .flatten()
-                .all(in_region);
+            let only_region = self.deps.get(&key).into_iter().chain(self.large_deps.get(&key)).flatten().all(in_region);
             if old[i] == new[i] && only_region {
                 keep.push(key);
             } else {
@@ -182,29 +162,15 @@ impl Vm {
     /// spaces with the same CR0.WP (writability was decided under it).
     /// Returns the frames to protect once `incoming` is current (no space traced
     /// them before), or None if the view was not handed over.
-    pub(super) fn hand_over_kernel_view(
-        &mut self,
-        old: SpaceKey,
-        incoming: &mut IdleSpace,
-    ) -> Result<Option<Vec<u32>>, VmError> {
+    pub(super) fn hand_over_kernel_view(&mut self, old: SpaceKey, incoming: &mut IdleSpace) -> Result<Option<Vec<u32>>, VmError> {
         if old.1 != incoming.key.1 || old.0 >> 12 == incoming.key.0 >> 12 {
             return Ok(None);
         }
-        let (Some(from), Some(to)) = (self.directory(old.0), self.directory(incoming.key.0)) else {
-            return Ok(None);
-        };
+        let (Some(from), Some(to)) = (self.directory(old.0), self.directory(incoming.key.0)) else { return Ok(None) };
         let mut moved = self.shadow.maps.take_kernel_view();
         core::mem::swap(&mut self.view, &mut incoming.view);
-        let frames = moved.rebind(
-            &mut incoming.view,
-            &mut incoming.user_view,
-            (old.0, &from),
-            (incoming.key.0, &to),
-        )?;
-        let fresh: Vec<u32> = frames
-            .into_iter()
-            .filter(|f| !incoming.maps.traced.contains(f))
-            .collect();
+        let frames = moved.rebind(&mut incoming.view, &mut incoming.user_view, (old.0, &from), (incoming.key.0, &to))?;
+        let fresh: Vec<u32> = frames.into_iter().filter(|f| !incoming.maps.traced.contains(f)).collect();
         incoming.maps.absorb(moved);
         let mut newly = Vec::new();
         for &f in &fresh {

@@ -33,8 +33,8 @@ mod handover;
 use crate::cpu::{cr0, sreg};
 use crate::memory::GuestRam;
 use crate::vm::{Vm, VmError};
-use bt86_shadow_mmu::code_map::{CodeMap, Source};
 use bt86_shadow_mmu::walk::{self, Access, PagingMode, PhysMem, WalkError};
+use bt86_shadow_mmu::code_map::{CodeMap, Source};
 use bt86_shadow_mmu::View;
 use hashbrown::{HashMap, HashSet};
 use std::collections::BTreeMap;
@@ -146,12 +146,7 @@ fn pick_view<'v>(view: &'v mut View, user_view: &'v mut View, user: bool) -> &'v
 }
 
 impl SpaceMaps {
-    fn unmap(
-        &mut self,
-        view: &mut View,
-        user_view: &mut View,
-        place: Place,
-    ) -> Result<(), VmError> {
+    fn unmap(&mut self, view: &mut View, user_view: &mut View, place: Place) -> Result<(), VmError> {
         if self.mappings.contains_key(&place) {
             self.forget(place);
             pick_view(view, user_view, place.0).unmap(place.1, 0x1000)?;
@@ -161,9 +156,7 @@ impl SpaceMaps {
 
     /// Forgets the mapping at `place` (the caller unmaps it from its view).
     fn forget(&mut self, place: Place) {
-        let Some(m) = self.mappings.remove(&place) else {
-            return;
-        };
+        let Some(m) = self.mappings.remove(&place) else { return };
         if let Some(places) = self.rmap.get_mut(&m.frame) {
             places.retain(|&p| p != place);
             if places.is_empty() {
@@ -174,12 +167,7 @@ impl SpaceMaps {
 
     /// Drops the mappings that depended on any of the guest `entries`, unmapping
     /// consecutive pages with one host call; returns their linear pages.
-    fn drop_entries(
-        &mut self,
-        view: &mut View,
-        user_view: &mut View,
-        entries: &[u32],
-    ) -> Result<(), VmError> {
+    fn drop_entries(&mut self, view: &mut View, user_view: &mut View, entries: &[u32]) -> Result<(), VmError> {
         let mut places: Vec<Place> = Vec::new();
         let mut frame_known = (u32::MAX, false);
         for &entry in entries {
@@ -211,9 +199,7 @@ impl SpaceMaps {
         while i < places.len() {
             let (user, start) = places[i];
             let mut j = i + 1;
-            while j < places.len()
-                && places[j] == (user, start.wrapping_add(0x1000 * (j - i) as u32))
-            {
+            while j < places.len() && places[j] == (user, start.wrapping_add(0x1000 * (j - i) as u32)) {
                 j += 1;
             }
             pick_view(view, user_view, user).unmap(start, 0x1000 * (j - i) as u64)?;
@@ -224,13 +210,7 @@ impl SpaceMaps {
 
     /// Sets the host protection of every mapping of `frame`: read-only, or what
     /// the guest allows.
-    fn protect(
-        &self,
-        view: &mut View,
-        user_view: &mut View,
-        frame: u32,
-        writable: bool,
-    ) -> Result<(), VmError> {
+    fn protect(&self, view: &mut View, user_view: &mut View, frame: u32, writable: bool) -> Result<(), VmError> {
         for place in self.rmap.get(&frame).into_iter().flatten() {
             let allowed = self.mappings.get(place).is_some_and(|m| m.writable);
             pick_view(view, user_view, place.0).protect_page(place.1, writable && allowed)?;
@@ -288,9 +268,7 @@ impl SpaceMaps {
 
     /// Forgets the large mapping at `place`; whether there was one.
     fn forget_large(&mut self, place: Place) -> bool {
-        let Some(l) = self.large.remove(&place) else {
-            return false;
-        };
+        let Some(l) = self.large.remove(&place) else { return false };
         if let Some(places) = self.large_rmap.get_mut(&(l.frame0 >> 10)) {
             places.retain(|&p| p != place);
             if places.is_empty() {
@@ -363,12 +341,7 @@ pub(crate) struct Shadow {
 impl Shadow {
     /// Pages mapped in all cached spaces' views right now.
     pub fn mappings_live(&self) -> usize {
-        self.maps.host_mappings()
-            + self
-                .idle
-                .iter()
-                .map(|s| s.maps.host_mappings())
-                .sum::<usize>()
+        self.maps.host_mappings() + self.idle.iter().map(|s| s.maps.host_mappings()).sum::<usize>()
     }
 
     /// Whether `frame` holds a page directory or page table any cached space uses.
@@ -395,26 +368,21 @@ impl Shadow {
 
     /// Host calls made by the views of idle and spare spaces.
     pub fn idle_view_calls(&self) -> bt86_shadow_mmu::view::ViewCalls {
-        let views = self
-            .idle
-            .iter()
-            .flat_map(|s| [&s.view, &s.user_view])
-            .chain(self.spare_views.iter().flat_map(|(a, b)| [a, b]));
-        views.fold(
-            Default::default(),
-            |mut acc: bt86_shadow_mmu::view::ViewCalls, v| {
-                acc.maps += v.calls.maps;
-                acc.unmaps += v.calls.unmaps;
-                acc.protects += v.calls.protects;
-                acc
-            },
-        )
+        let views = self.idle.iter().flat_map(|s| [&s.view, &s.user_view]).chain(self.spare_views.iter().flat_map(|(a, b)| [a, b]));
+        views.fold(Default::default(), |mut acc: bt86_shadow_mmu::view::ViewCalls, v| {
+            acc.maps += v.calls.maps;
+            acc.unmaps += v.calls.unmaps;
+            acc.protects += v.calls.protects;
+            acc
+        })
     }
+
 
     /// Address spaces cached (the current one included).
     pub fn spaces_cached(&self) -> usize {
         1 + self.idle.len()
     }
+
 }
 
 /// Guest-physical memory for the page walk (RAM only; the A and D bits are written
@@ -453,11 +421,7 @@ impl PhysMem for PeekPhys<'_> {
 /// directory, CR4.PSE. (CR4.PGE only decides what a TLB flush keeps, and the
 /// shadow never holds stale entries: tracing keeps it coherent.)
 pub(crate) fn address_space_key(cpu: &crate::cpu::Cpu) -> (u32, u32, u32) {
-    (
-        cpu.cr0 & (cr0::PG | cr0::WP),
-        cpu.cr3 & 0xffff_f000,
-        cpu.cr4 & CR4_PSE,
-    )
+    (cpu.cr0 & (cr0::PG | cr0::WP), cpu.cr3 & 0xffff_f000, cpu.cr4 & CR4_PSE)
 }
 
 /// Which cached address space a CR3 value and CR0.WP select: the same page
@@ -546,11 +510,7 @@ impl Vm {
     /// Turning paging on or off starts everything over; a change of CR4.PSE reads
     /// every page directory differently, so every mapping goes; a change of CR3 or
     /// CR0.WP switches to that space's cached shadow state.
-    pub(crate) fn paging_controls_changed(
-        &mut self,
-        before: (u32, u32, u32),
-        after: (u32, u32, u32),
-    ) -> Result<(), VmError> {
+    pub(crate) fn paging_controls_changed(&mut self, before: (u32, u32, u32), after: (u32, u32, u32)) -> Result<(), VmError> {
         let pg = |k: (u32, u32, u32)| k.0 & cr0::PG != 0;
         let wp = |k: (u32, u32, u32)| k.0 & cr0::WP != 0;
         if pg(before) != pg(after) {
@@ -589,12 +549,7 @@ impl Vm {
                     Some(pair) => pair,
                     None => (View::reserve()?, View::reserve()?),
                 };
-                let mut space = IdleSpace {
-                    key: new,
-                    view,
-                    user_view,
-                    maps: SpaceMaps::default(),
-                };
+                let mut space = IdleSpace { key: new, view, user_view, maps: SpaceMaps::default() };
                 handed = self.hand_over_kernel_view(old, &mut space)?;
                 space
             }
@@ -642,14 +597,10 @@ impl Vm {
             self.view.set_writable(frame << 12, writable)?;
             return Ok(());
         }
-        let writable =
-            writable && !self.protected.contains(&frame) && !self.shadow.is_traced(frame);
-        self.shadow
-            .maps
-            .protect(&mut self.view, &mut self.user_view, frame, writable)?;
+        let writable = writable && !self.protected.contains(&frame) && !self.shadow.is_traced(frame);
+        self.shadow.maps.protect(&mut self.view, &mut self.user_view, frame, writable)?;
         for idle in &mut self.shadow.idle {
-            idle.maps
-                .protect(&mut idle.view, &mut idle.user_view, frame, writable)?;
+            idle.maps.protect(&mut idle.view, &mut idle.user_view, frame, writable)?;
         }
         Ok(())
     }
@@ -657,11 +608,7 @@ impl Vm {
     /// Code at linear `page` is reached through walk `t` in the current space:
     /// trace its tables (kept traced while the space is cached) and enter the
     /// page in the code map, so units on it pass their page checks here.
-    pub(crate) fn note_code_page(
-        &mut self,
-        page: u32,
-        t: &walk::Translation,
-    ) -> Result<(), VmError> {
+    pub(crate) fn note_code_page(&mut self, page: u32, t: &walk::Translation) -> Result<(), VmError> {
         self.trace_tables(t)?;
         let maps = &mut self.shadow.maps;
         for table in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
@@ -674,9 +621,7 @@ impl Vm {
             (None, Some(pte)) => Source::Table(pte >> 12),
             (None, None) => return Ok(()),
         };
-        self.shadow
-            .code
-            .note(self.cpu.cr3 >> 12, page, source, t.phys_page >> 12, t.user);
+        self.shadow.code.note(self.cpu.cr3 >> 12, page, source, t.phys_page >> 12, t.user);
         Ok(())
     }
 
@@ -703,8 +648,7 @@ impl Vm {
     pub(crate) fn map_void_identity(&mut self, linear: u32) -> Result<(), VmError> {
         const MAX_VOID_PAGES: usize = 256;
         let page = linear & !0xfff;
-        self.view
-            .map_void(page, self.ram.fd(), self.ram.void_offset(), true)?;
+        self.view.map_void(page, self.ram.fd(), self.ram.void_offset(), true)?;
         self.shadow.void_pages.push_back(page);
         if self.shadow.void_pages.len() > MAX_VOID_PAGES {
             if let Some(old) = self.shadow.void_pages.pop_front() {
@@ -738,12 +682,7 @@ impl Vm {
             for table in tables {
                 maps.count_dep_key(table << 12);
             }
-            let gone: Vec<u32> = maps
-                .traced
-                .iter()
-                .copied()
-                .filter(|f| !maps.dep_frames.contains_key(f))
-                .collect();
+            let gone: Vec<u32> = maps.traced.iter().copied().filter(|f| !maps.dep_frames.contains_key(f)).collect();
             for f in &gone {
                 maps.traced.remove(f);
             }
@@ -755,18 +694,9 @@ impl Vm {
 
     /// A host fault at guest linear `linear` in the user or kernel view, with
     /// paging on.
-    pub(crate) fn paging_fault(
-        &mut self,
-        linear: u32,
-        write: bool,
-        user_view: bool,
-    ) -> Result<FaultAction, VmError> {
+    pub(crate) fn paging_fault(&mut self, linear: u32, write: bool, user_view: bool) -> Result<FaultAction, VmError> {
         self.bound_mappings()?;
-        let access = Access {
-            write,
-            user: user_view,
-            fetch: false,
-        };
+        let access = Access { write, user: user_view, fetch: false };
         let t = match walk::walk(&mut RamPhys(&self.ram), &self.paging_mode(), linear, access) {
             Ok(t) => t,
             Err(WalkError::PageFault { error_code }) => {
@@ -779,18 +709,9 @@ impl Vm {
         self.trace_tables(&t)?;
         if !self.ram.contains(t.phys_page, 0x1000) {
             // The guest maps memory that does not exist: the empty bus.
-            let m = Mapping {
-                frame: VOID_FRAME,
-                writable: t.writable && t.dirty,
-            };
+            let m = Mapping { frame: VOID_FRAME, writable: t.writable && t.dirty };
             self.shadow.hidden_faults += 1;
-            self.map_shadow(
-                user_view,
-                linear,
-                m,
-                m.writable,
-                [Some(t.pde_addr), t.pte_addr],
-            )?;
+            self.map_shadow(user_view, linear, m, m.writable, [Some(t.pde_addr), t.pte_addr])?;
             return Ok(FaultAction::Retry);
         }
         let frame = t.phys_page >> 12;
@@ -804,16 +725,7 @@ impl Vm {
             self.stats.smc_faults += 1;
             self.tr.invalidate_frame(frame)?;
             self.protected.remove(&frame);
-            self.map_shadow(
-                user_view,
-                linear,
-                Mapping {
-                    frame,
-                    writable: guest_writable,
-                },
-                true,
-                deps,
-            )?;
+            self.map_shadow(user_view, linear, Mapping { frame, writable: guest_writable }, true, deps)?;
             self.protect_frame(frame, true)?;
             return Ok(FaultAction::WriteThrough { traced: false });
         }
@@ -826,20 +738,9 @@ impl Vm {
                 self.protected.remove(&frame);
             }
             let mut before = Box::new([0u8; 4096]);
-            self.ram
-                .read(frame << 12, &mut before[..])
-                .map_err(|e| VmError::Internal(e.to_string()))?;
+            self.ram.read(frame << 12, &mut before[..]).map_err(|e| VmError::Internal(e.to_string()))?;
             self.shadow.pending_trace = Some((frame, before));
-            self.map_shadow(
-                user_view,
-                linear,
-                Mapping {
-                    frame,
-                    writable: guest_writable,
-                },
-                true,
-                deps,
-            )?;
+            self.map_shadow(user_view, linear, Mapping { frame, writable: guest_writable }, true, deps)?;
             return Ok(FaultAction::WriteThrough { traced: true });
         }
         self.shadow.hidden_faults += 1;
@@ -847,16 +748,7 @@ impl Vm {
             return self.map_large(user_view, linear, base, guest_writable, t.pde_addr);
         }
         let host_writable = guest_writable && !code && !traced;
-        self.map_shadow(
-            user_view,
-            linear,
-            Mapping {
-                frame,
-                writable: guest_writable,
-            },
-            host_writable,
-            deps,
-        )?;
+        self.map_shadow(user_view, linear, Mapping { frame, writable: guest_writable }, host_writable, deps)?;
         if t.pte_addr.is_some() {
             self.prefetch_neighbours(linear, user_view)?;
         }
@@ -867,14 +759,7 @@ impl Vm {
     /// with as few host mappings as the read-only frames inside allow (code and
     /// page tables), so a space touching the kernel's direct map takes one fault
     /// per 4 MiB instead of one per page.
-    fn map_large(
-        &mut self,
-        user_view: bool,
-        linear: u32,
-        base: u32,
-        guest_writable: bool,
-        pde: u32,
-    ) -> Result<FaultAction, VmError> {
+    fn map_large(&mut self, user_view: bool, linear: u32, base: u32, guest_writable: bool, pde: u32) -> Result<FaultAction, VmError> {
         let region = linear & !0x3f_ffff;
         let frame0 = base >> 12;
         let ram_frames = self.ram.size() >> 12;
@@ -892,13 +777,7 @@ impl Vm {
         let mut runs = 0u32;
         let mut run = |first: u32, n: u32, writable: bool| -> Result<(), VmError> {
             if n > 0 {
-                view.map_pages(
-                    region + ((first - frame0) << 12),
-                    self.ram.fd(),
-                    first << 12,
-                    n,
-                    writable,
-                )?;
+                view.map_pages(region + ((first - frame0) << 12), self.ram.fd(), first << 12, n, writable)?;
                 runs += 1;
             }
             Ok(())
@@ -926,14 +805,7 @@ impl Vm {
         let place = (user_view, region);
         let maps = &mut self.shadow.maps;
         maps.forget_large(place);
-        maps.large.insert(
-            place,
-            LargeMapping {
-                frame0,
-                writable: guest_writable,
-                runs,
-            },
-        );
+        maps.large.insert(place, LargeMapping { frame0, writable: guest_writable, runs });
         maps.large_rmap.entry(frame0 >> 10).or_default().push(place);
         match maps.large_deps.entry(pde) {
             hashbrown::hash_map::Entry::Occupied(mut o) => {
@@ -960,11 +832,7 @@ impl Vm {
         const GROUP: u32 = 16;
         let first = linear & !(GROUP * 0x1000 - 1);
         let mode = self.paging_mode();
-        let access = Access {
-            write: false,
-            user: user_view,
-            fetch: false,
-        };
+        let access = Access { write: false, user: user_view, fetch: false };
         let mut run: Option<(u32, u32, u32, bool)> = None; // (linear, frame, pages, host writable)
         for i in 0..GROUP {
             let l = first + i * 0x1000;
@@ -981,16 +849,9 @@ impl Vm {
             };
             let frame = t.phys_page >> 12;
             let guest_writable = t.writable && t.dirty;
-            let host =
-                guest_writable && !self.protected.contains(&frame) && !self.shadow.is_traced(frame);
+            let host = guest_writable && !self.protected.contains(&frame) && !self.shadow.is_traced(frame);
             let maps = &mut self.shadow.maps;
-            maps.mappings.insert(
-                (user_view, l),
-                Mapping {
-                    frame,
-                    writable: guest_writable,
-                },
-            );
+            maps.mappings.insert((user_view, l), Mapping { frame, writable: guest_writable });
             maps.rmap.entry(frame).or_default().push((user_view, l));
             for entry in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
                 maps.add_dep(entry, (user_view, l));
@@ -1007,14 +868,8 @@ impl Vm {
         self.flush_prefetch_run(user_view, run)
     }
 
-    fn flush_prefetch_run(
-        &mut self,
-        user_view: bool,
-        run: Option<(u32, u32, u32, bool)>,
-    ) -> Result<(), VmError> {
-        let Some((linear, frame, pages, writable)) = run else {
-            return Ok(());
-        };
+    fn flush_prefetch_run(&mut self, user_view: bool, run: Option<(u32, u32, u32, bool)>) -> Result<(), VmError> {
+        let Some((linear, frame, pages, writable)) = run else { return Ok(()) };
         let view = pick_view(&mut self.view, &mut self.user_view, user_view);
         view.map_pages(linear, self.ram.fd(), frame << 12, pages, writable)?;
         Ok(())
@@ -1023,18 +878,10 @@ impl Vm {
     /// After a transient write to a traced frame: drop what depended on the
     /// entries that changed, and protect the frame again.
     pub(crate) fn finish_trace(&mut self) -> Result<(), VmError> {
-        let Some((frame, before)) = self.shadow.pending_trace.take() else {
-            return Ok(());
-        };
+        let Some((frame, before)) = self.shadow.pending_trace.take() else { return Ok(()) };
         let mut after = [0u8; 4096];
-        self.ram
-            .read(frame << 12, &mut after)
-            .map_err(|e| VmError::Internal(e.to_string()))?;
-        for (i, (a, b)) in before
-            .chunks_exact(4)
-            .zip(after.chunks_exact(4))
-            .enumerate()
-        {
+        self.ram.read(frame << 12, &mut after).map_err(|e| VmError::Internal(e.to_string()))?;
+        for (i, (a, b)) in before.chunks_exact(4).zip(after.chunks_exact(4)).enumerate() {
             if a != b {
                 self.entry_changed((frame << 12) + 4 * u32::try_from(i).unwrap_or(0))?;
             }
@@ -1083,13 +930,10 @@ impl Vm {
     fn drop_entries(&mut self, entries: impl Iterator<Item = u32>) -> Result<(), VmError> {
         let entries: Vec<u32> = entries.collect();
         self.evict_rewritten_spaces(&entries)?;
-        self.shadow
-            .maps
-            .drop_entries(&mut self.view, &mut self.user_view, &entries)?;
+        self.shadow.maps.drop_entries(&mut self.view, &mut self.user_view, &entries)?;
         let mut untraced = core::mem::take(&mut self.shadow.maps.untraced);
         for idle in &mut self.shadow.idle {
-            idle.maps
-                .drop_entries(&mut idle.view, &mut idle.user_view, &entries)?;
+            idle.maps.drop_entries(&mut idle.view, &mut idle.user_view, &entries)?;
             untraced.append(&mut idle.maps.untraced);
         }
         self.release_traces(untraced)
@@ -1099,12 +943,7 @@ impl Vm {
     /// reuses the frame of a dead process's page directory): drop it whole now,
     /// rather than follow each write, and stop tracing what only it traced.
     fn evict_rewritten_spaces(&mut self, entries: &[u32]) -> Result<(), VmError> {
-        while let Some(i) = self
-            .shadow
-            .idle
-            .iter()
-            .position(|s| entries.iter().any(|e| e >> 12 == s.key.0 >> 12))
-        {
+        while let Some(i) = self.shadow.idle.iter().position(|s| entries.iter().any(|e| e >> 12 == s.key.0 >> 12)) {
             let gone = self.shadow.idle.remove(i);
             self.retire_space(gone)?;
         }
@@ -1135,21 +974,12 @@ impl Vm {
     ) -> Result<(), VmError> {
         let place = (user_view, linear & !0xfff);
         let maps = &mut self.shadow.maps;
-        if maps
-            .mappings
-            .get(&place)
-            .is_some_and(|old| old.frame != m.frame)
-        {
+        if maps.mappings.get(&place).is_some_and(|old| old.frame != m.frame) {
             maps.unmap(&mut self.view, &mut self.user_view, place)?;
         }
         let view = pick_view(&mut self.view, &mut self.user_view, user_view);
         if m.frame == VOID_FRAME {
-            view.map_void(
-                place.1,
-                self.ram.fd(),
-                self.ram.void_offset(),
-                host_writable,
-            )?;
+            view.map_void(place.1, self.ram.fd(), self.ram.void_offset(), host_writable)?;
         } else {
             view.map_page(place.1, self.ram.fd(), m.frame << 12, host_writable)?;
         }
