@@ -38,16 +38,27 @@ pub fn guest_init() -> String {
     format!("{INIT_HEAD}{WORKLOAD}poweroff -f\n")
 }
 
-/// `bt86 run` of the kernel and initrd.
-pub fn bt86_command(bt86: &Path, kernel: &Path, initrd: &Path) -> Command {
+/// `bt86 run` of the kernel and initrd, guest user code run as `user_code` says
+/// (`--user-code`: translate, direct or auto; empty: bt86's default).
+pub fn bt86_command(bt86: &Path, kernel: &Path, initrd: &Path, user_code: &str) -> Command {
     let mut cmd = Command::new(bt86);
     cmd.arg("run").arg("--kernel").arg(kernel).arg("--initrd").arg(initrd);
     cmd.args(["--append", APPEND, "--mem", &MEM_MIB.to_string()]);
-    // How guest user code runs (`--user-code`: translate, direct or auto).
-    if let Some(mode) = std::env::var("BT86_BENCH_USER_CODE").ok().filter(|m| !m.is_empty()) {
-        cmd.args(["--user-code", &mode]);
+    if !user_code.is_empty() {
+        cmd.args(["--user-code", user_code]);
     }
     cmd
+}
+
+/// The `--user-code` modes bt86 runs in (`BT86_BENCH_USER_CODE`, comma-separated;
+/// unset: bt86's default only, named "").
+pub fn user_code_modes(var: Option<&str>) -> Vec<String> {
+    let modes: Vec<String> = var.unwrap_or("").split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect();
+    if modes.is_empty() {
+        vec![String::new()]
+    } else {
+        modes
+    }
 }
 
 /// QEMU TCG on the smallest PC the kernel boots on (LINUX.md): an ISA machine, a CPU
@@ -269,9 +280,12 @@ impl EngineRuns {
 /// The engines of one benchmark run.
 #[derive(Debug, Default)]
 pub struct Results {
+    /// bt86 in the first `--user-code` mode.
     pub bt86: EngineRuns,
     pub qemu: EngineRuns,
     pub native: EngineRuns,
+    /// bt86 in each `--user-code` mode, when more than one was asked for.
+    pub modes: Vec<(String, EngineRuns)>,
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -320,6 +334,42 @@ impl Results {
         for (i, (name, _, _)) in PHASES.iter().enumerate() {
             let (b, q, n) = (self.bt86.median(i, true), self.qemu.median(i, true), self.native.median(i, true));
             let _ = writeln!(s, "| {name} | {} | {} | {} | {} |", secs_unit(b), secs_unit(q), ratio(b, q), secs_unit(n));
+        }
+        s
+    }
+
+    /// bt86 in each `--user-code` mode (medians, wall time), each against the first
+    /// mode and against native, as a Markdown table; empty with fewer than two modes.
+    pub fn render_modes_markdown(&self) -> String {
+        let Some((first, base)) = self.modes.first().filter(|_| self.modes.len() > 1) else { return String::new() };
+        let mut s = String::from("| phase |");
+        for (m, _) in &self.modes {
+            let _ = write!(s, " {m} |");
+        }
+        for (m, _) in &self.modes[1..] {
+            let _ = write!(s, " {m}/{first} |");
+        }
+        for (m, _) in &self.modes {
+            let _ = write!(s, " {m}/native |");
+        }
+        s.push_str(" native |\n|---|");
+        for _ in 0..self.modes.len() * 3 {
+            s.push_str("---|");
+        }
+        s.push('\n');
+        for (i, (name, _, _)) in PHASES.iter().enumerate() {
+            let n = self.native.median(i, true);
+            let _ = write!(s, "| {name} |");
+            for (_, r) in &self.modes {
+                let _ = write!(s, " {} |", secs_unit(r.median(i, true)));
+            }
+            for (_, r) in &self.modes[1..] {
+                let _ = write!(s, " {} |", ratio(r.median(i, true), base.median(i, true)));
+            }
+            for (_, r) in &self.modes {
+                let _ = write!(s, " {} |", ratio(r.median(i, true), n));
+            }
+            let _ = writeln!(s, " {} |", secs_unit(n));
         }
         s
     }
@@ -377,6 +427,16 @@ mod tests {
         assert!(md.contains("| 300 fork+exec of busybox `true` | 0.55 s | 1.00 s | 0.55x | - |"), "{md}");
         assert_eq!(median(vec![3.0, 1.0, 2.0, 4.0]), Some(2.0));
         assert_eq!(median(vec![]), None);
+        assert!(r.render_modes_markdown().is_empty());
+        // Two modes: each against the first, and against native.
+        r.native.phases = vec![run(0, 100, 200)];
+        let d = EngineRuns { phases: vec![run(2000, 1100, 300)], errors: vec![] };
+        r.modes = vec![("translate".into(), EngineRuns { phases: r.bt86.phases.clone(), errors: vec![] }), ("direct".into(), d)];
+        let md = r.render_modes_markdown();
+        assert!(md.starts_with("| phase | translate | direct | direct/translate | translate/native | direct/native | native |\n"), "{md}");
+        assert!(md.contains("| 300 fork+exec of busybox `true` | 0.55 s | 1.10 s | 2.00x | 5.50x | 11.00x | 0.10 s |"), "{md}");
+        assert_eq!(user_code_modes(None), vec![String::new()]);
+        assert_eq!(user_code_modes(Some("translate, direct,auto")), vec!["translate", "direct", "auto"]);
     }
 
     #[test]
