@@ -1,5 +1,5 @@
 //! Debian's i386 kernel and busybox under bt86 and under QEMU TCG: boot to /init, 300
-//! fork+exec, md5sum + sha256sum of 16 MiB; the last two natively too.
+//! fork+exec, md5sum + sha256sum of 16 MiB, an awk loop; the last three natively too.
 //!
 //! `cargo bench -p bt86-benches --bench linux`
 //! (build bt86 first: `cargo build --release`). See benches/README.md.
@@ -29,12 +29,14 @@ fn measure(runs: &mut EngineRuns, what: &str, mut cmd: Command, limit: Duration,
             let init = p.to_init.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
             let guest = p.guest.map(|g| g.map_or("-".into(), |s| format!("{s:.2}")));
             println!(
-                "  {what}: to /init {init}, fork+exec {:.2} s, hashes {:.2} s (guest clock: {} / {} / {})",
+                "  {what}: to /init {init}, fork+exec {:.2} s, hashes {:.2} s, awk {:.2} s (guest clock: {} / {} / {} / {})",
                 p.fork.as_secs_f64(),
                 p.hash.as_secs_f64(),
+                p.awk.as_secs_f64(),
                 guest[0],
                 guest[1],
-                guest[2]
+                guest[2],
+                guest[3]
             );
             runs.phases.push(p);
         }

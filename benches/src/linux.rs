@@ -1,7 +1,8 @@
 //! The Linux benchmark: Debian's unmodified i386 kernel and a busybox initramfs under
-//! bt86 and under QEMU TCG, timed in three phases — boot to `/init`, 300 fork+exec of
-//! busybox `true`, md5sum + sha256sum of a 16 MiB tmpfs file — plus the last two run
-//! natively by the same busybox on the host, as a reference.
+//! bt86 and under QEMU TCG, timed in four phases — boot to `/init`, 300 fork+exec of
+//! busybox `true`, md5sum + sha256sum of a 16 MiB tmpfs file (system-call-bound: 4 KiB
+//! `read`s), an awk loop (compute-bound: busybox's interpreter, no system calls) — plus
+//! the last three run natively by the same busybox on the host, as a reference.
 //!
 //! The guest's script prints a marker line per phase boundary (`guest/linux-workload.sh`); the
 //! harness timestamps each line as it arrives on the engine's standard output, so every
@@ -28,6 +29,8 @@ pub const MARKER: &str = "bt86-linux: ";
 /// md5 and sha256 of the 16 MiB of zeros hashed: every run must print both.
 pub const EXPECTED_HASHES: [&str; 2] =
     ["2c7ab85a893283e98c931e9511add182", "080acf35a507ac9849cfcba47dc2ad83e01b75663a516279c8b9d243b719643e"];
+/// What the awk loop prints: every run must print it.
+pub const EXPECTED_AWK: &str = "awk: 3999997";
 /// The kernel command line, the same for both engines: nothing but the console.
 pub const APPEND: &str = "console=ttyS0";
 /// Guest RAM, MiB.
@@ -82,7 +85,7 @@ pub fn native_command(busybox: &Path, bin: &Path, scratch: &Path) -> Command {
 /// Links the applets the workload runs from `$BIN` to `busybox`, in `bin`.
 pub fn link_applets(busybox: &Path, bin: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(bin)?;
-    for applet in ["true", "dd", "md5sum", "sha256sum"] {
+    for applet in ["true", "dd", "md5sum", "sha256sum", "awk"] {
         let link = bin.join(applet);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(busybox, link)?;
@@ -118,7 +121,7 @@ pub enum LinuxRunError {
     Early { status: String, tail: String },
     #[error("ended ({status}) after the workload; expected {expected}")]
     BadExit { status: ExitStatus, expected: &'static str },
-    #[error("the hashes printed are not those of 16 MiB of zeros; output tail: {tail:?}")]
+    #[error("the hashes printed are not those of 16 MiB of zeros, or the awk loop's sum is wrong; output tail: {tail:?}")]
     WrongHashes { tail: String },
     #[error("marker {0:?} missing")]
     MissingMark(&'static str),
@@ -160,7 +163,9 @@ pub fn run_marked(cmd: &mut Command, limit: Duration, ending: Ending) -> Result<
         _ if !done && start.elapsed() >= limit => Err(LinuxRunError::Timeout { limit, tail: output_tail() }),
         s if !done => Err(LinuxRunError::Early { status: format!("{s:?}"), tail: output_tail() }),
         Some(s) if ending == Ending::ExitsZero && !s.success() => Err(LinuxRunError::BadExit { status: s, expected: "status 0" }),
-        _ if !EXPECTED_HASHES.iter().all(|h| run.output.contains(h)) => Err(LinuxRunError::WrongHashes { tail: output_tail() }),
+        _ if !EXPECTED_HASHES.iter().all(|h| run.output.contains(h)) || !run.output.contains(EXPECTED_AWK) => {
+            Err(LinuxRunError::WrongHashes { tail: output_tail() })
+        }
         _ => Ok(run),
     }
 }
@@ -230,8 +235,9 @@ pub struct Phases {
     pub to_init: Option<Duration>,
     pub fork: Duration,
     pub hash: Duration,
-    /// The same by the guest's clock: uptime at `init`, the loop's and the hashes'.
-    pub guest: [Option<f64>; 3],
+    pub awk: Duration,
+    /// The same by the guest's clock: uptime at `init`, the loop's, the hashes' and awk's.
+    pub guest: [Option<f64>; 4],
 }
 
 impl Phases {
@@ -244,7 +250,8 @@ impl Phases {
         let init = find("init").ok();
         let (fork, guest_fork) = span("fork-start", "fork-end")?;
         let (hash, guest_hash) = span("hash-start", "hash-end")?;
-        Ok(Self { to_init: init.map(|m| m.wall), fork, hash, guest: [init.and_then(|m| m.uptime), guest_fork, guest_hash] })
+        let (awk, guest_awk) = span("awk-start", "awk-end")?;
+        Ok(Self { to_init: init.map(|m| m.wall), fork, hash, awk, guest: [init.and_then(|m| m.uptime), guest_fork, guest_hash, guest_awk] })
     }
 }
 
@@ -261,12 +268,13 @@ pub struct EngineRuns {
     pub errors: Vec<String>,
 }
 
-/// The three rows: what they measure, and how to read each from `Phases` (seconds).
+/// The four rows: what they measure, and how to read each from `Phases` (seconds).
 type Phase = (&'static str, fn(&Phases) -> Option<f64>, fn(&Phases) -> Option<f64>);
-pub const PHASES: [Phase; 3] = [
+pub const PHASES: [Phase; 4] = [
     ("boot to /init", |p| p.to_init.map(|d| d.as_secs_f64()), |p| p.guest[0]),
     ("300 fork+exec of busybox `true`", |p| Some(p.fork.as_secs_f64()), |p| p.guest[1]),
     ("md5sum + sha256sum of 16 MiB (tmpfs)", |p| Some(p.hash.as_secs_f64()), |p| p.guest[2]),
+    ("awk loop, 2·10⁶ rounds (no system calls)", |p| Some(p.awk.as_secs_f64()), |p| p.guest[3]),
 ];
 
 impl EngineRuns {
@@ -399,15 +407,19 @@ mod tests {
             mark("fork-end", 3500, 3.1),
             mark("hash-start", 3510, 3.1),
             mark("hash-end", 4010, 3.7),
+            mark("awk-start", 4020, 3.7),
+            mark("awk-end", 5020, 4.7),
         ];
         let p = Phases::from_marks(&marks).unwrap();
         assert_eq!(p.to_init, Some(Duration::from_millis(2500)));
         assert_eq!((p.fork, p.hash), (Duration::from_millis(800), Duration::from_millis(500)));
         assert_eq!(p.guest[0], Some(2.0));
         assert!((p.guest[1].unwrap() - 0.9).abs() < 1e-9 && (p.guest[2].unwrap() - 0.6).abs() < 1e-9);
+        assert_eq!(p.awk, Duration::from_millis(1000));
         // Natively there is no init marker; a missing phase marker is an error.
         assert_eq!(Phases::from_marks(&marks[1..]).unwrap().to_init, None);
         assert!(matches!(Phases::from_marks(&marks[..4]), Err(LinuxRunError::MissingMark("hash-end"))));
+        assert!(matches!(Phases::from_marks(&marks[..6]), Err(LinuxRunError::MissingMark("awk-end"))));
     }
 
     #[test]
@@ -416,7 +428,8 @@ mod tests {
             to_init: Some(Duration::from_millis(init)),
             fork: Duration::from_millis(fork),
             hash: Duration::from_millis(hash),
-            guest: [None; 3],
+            awk: Duration::ZERO,
+            guest: [None; 4],
         };
         let mut r = Results::default();
         r.bt86.phases = vec![run(2000, 500, 400), run(3000, 600, 450), run(2500, 550, 500)];
