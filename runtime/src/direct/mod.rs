@@ -139,6 +139,9 @@ pub struct DirectReport {
     /// Pages mapped at an entry because the instruction entered at had its #PF
     /// handled by the guest kernel (each an exit saved).
     pub prefaults: u64,
+    /// Contexts `auto` runs translated for good because direct execution was not
+    /// exact there (a segment repair).
+    pub pinned_translated: u64,
     /// Why direct execution is off, if it is.
     pub disabled: Option<String>,
     /// Whether the guest's `cpuid` faults in the runner (CPUID faulting), so that
@@ -165,6 +168,7 @@ impl Direct {
             checked_maps: checked,
             segment_repairs: self.stats.segment_repairs,
             prefaults: self.stats.prefaults,
+            pinned_translated: self.policy.pins,
             disabled: self.disabled.clone(),
             cpuid_faulting: self.stats.cpuid_faulting,
         }
@@ -468,6 +472,13 @@ impl Vm {
                 Reported::Load(sel) => {
                     repaired = true;
                     self.direct.stats.segment_repairs += 1;
+                    // Since that load, this context's code ran with the host's
+                    // descriptor (README: limits): under `auto`, it runs translated,
+                    // where segment loads are exact, from now on.
+                    if self.direct.mode == UserCode::Auto {
+                        let key = self.context_key();
+                        self.direct.policy.pin_translated(key);
+                    }
                     let (outcome, _) = self.with_machine(|m| crate::emulate::load_segment(m, i, sel))?;
                     if let Outcome::Exception { vector, error, .. } = outcome {
                         self.direct.exit("segment_repair_fault");

@@ -18,7 +18,10 @@
 //! - direct → translated when it is below `to_translate` (lower, for
 //!   hysteresis). Both ways are measured, so a context whose phases change
 //!   follows them (a compute phase runs long between interrupts even
-//!   translated: the guest's timer ends each run).
+//!   translated: the guest's timer ends each run);
+//! - translated for good (`pin_translated`) where direct execution was seen not to
+//!   be exact: the guest loaded a selector the host gives its own meaning, and ran
+//!   with the host's descriptor until the next trap.
 
 use hashbrown::HashMap;
 use std::time::Duration;
@@ -66,6 +69,8 @@ impl Default for Thresholds {
 #[derive(Clone, Copy, Debug, Default)]
 struct Context {
     direct: bool,
+    /// Runs translated from now on: direct execution was seen not to be exact here.
+    pinned: bool,
     /// Average run length, ns.
     avg: f64,
     samples: u32,
@@ -85,6 +90,9 @@ pub struct Policy {
     contexts: HashMap<u32, Context>,
     /// Switches between modes.
     pub switches: u64,
+    /// Contexts sent back to translation for good because direct execution was not
+    /// exact there.
+    pub pins: u64,
 }
 
 impl Policy {
@@ -100,11 +108,26 @@ impl Policy {
         self.contexts.entry(key).or_default()
     }
 
+    /// Context `key` runs translated from now on (while it is remembered): something
+    /// it did directly was not exact (a selector the host gave its own meaning).
+    pub fn pin_translated(&mut self, key: u32) {
+        let c = self.context(key);
+        if c.pinned {
+            return;
+        }
+        let was_direct = c.direct;
+        *c = Context { direct: false, pinned: true, avg: 0.0, samples: 0 };
+        self.pins += 1;
+        if was_direct {
+            self.switches += 1;
+        }
+    }
+
     /// A run of `run` guest time in context `key`, direct or translated.
     pub fn observe(&mut self, key: u32, direct: bool, run: Duration) {
         let t = self.thresholds;
         let c = self.context(key);
-        if c.direct != direct {
+        if c.direct != direct || c.pinned {
             return;
         }
         #[allow(clippy::cast_precision_loss)]
@@ -114,7 +137,7 @@ impl Policy {
         let switch = c.samples >= MIN_SAMPLES
             && if direct { c.avg < t.to_translate.as_secs_f64() * 1e9 } else { c.avg > t.to_direct.as_secs_f64() * 1e9 };
         if switch {
-            *c = Context { direct: !direct, avg: 0.0, samples: 0 };
+            *c = Context { direct: !direct, pinned: false, avg: 0.0, samples: 0 };
             self.switches += 1;
         }
     }
@@ -163,6 +186,23 @@ mod tests {
         assert_eq!("auto".parse::<UserCode>(), Ok(UserCode::Auto));
         assert_eq!(UserCode::default(), UserCode::Auto);
         assert!("x".parse::<UserCode>().is_err());
+    }
+
+    #[test]
+    fn a_pinned_context_stays_translated() {
+        let mut p = Policy::default();
+        for _ in 0..8 {
+            p.observe(3, false, Duration::from_millis(4));
+        }
+        assert!(p.direct(3));
+        p.pin_translated(3);
+        p.pin_translated(3);
+        assert!(!p.direct(3));
+        assert_eq!((p.switches, p.pins), (2, 1));
+        for _ in 0..100 {
+            p.observe(3, false, Duration::from_millis(4));
+        }
+        assert!(!p.direct(3), "long runs do not unpin it");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::process::Command;
 
 /// `escape.S`: `escape DIR` tries `mkdir(DIR)` on the host after the far jump.
 pub const ESCAPE: (&str, &str) = ("escape", include_str!("programs/escape.S"));
-/// `spin.S`: `spin N` sums N rounds of xorshift32 and prints the sum in hex.
+/// `spin.S`: `spin N` sums N rounds of xorshift32 and prints the sum in hex (`spin N
+/// reload` reloads %ds and %es with Linux's 0x7b first: for guests only).
 pub const SPIN: (&str, &str) = ("spin", include_str!("programs/spin.S"));
 
 /// What `spin N` prints (without the newline).
