@@ -1,5 +1,5 @@
 //! Debian's i386 kernel and busybox under bt86 and under QEMU TCG: boot to /init, 300
-//! fork+exec, md5sum + sha256sum of 16 MiB; the last two natively too.
+//! fork+exec, md5sum + sha256sum of 16 MiB, an awk loop; the last three natively too.
 //!
 //! `cargo bench -p bt86-benches --bench linux`
 //! (build bt86 first: `cargo build --release`). See benches/README.md.
@@ -8,8 +8,8 @@
 //! shared machine lands on all of them rather than on one.
 
 use bt86_benches::linux::{
-    bt86_command, guest_init, link_applets, native_command, qemu_command, run_marked, Ending, EngineRuns,
-    Phases, Results,
+    bt86_command, guest_init, link_applets, native_command, qemu_command, run_marked, user_code_modes, Ending,
+    EngineRuns, Phases, Results,
 };
 use bt86_benches::{find_bt86, find_qemu};
 use bt86_tests::linux::{FetchError, LinuxGuest};
@@ -29,12 +29,14 @@ fn measure(runs: &mut EngineRuns, what: &str, mut cmd: Command, limit: Duration,
             let init = p.to_init.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
             let guest = p.guest.map(|g| g.map_or("-".into(), |s| format!("{s:.2}")));
             println!(
-                "  {what}: to /init {init}, fork+exec {:.2} s, hashes {:.2} s (guest clock: {} / {} / {})",
+                "  {what}: to /init {init}, fork+exec {:.2} s, hashes {:.2} s, awk {:.2} s (guest clock: {} / {} / {} / {})",
                 p.fork.as_secs_f64(),
                 p.hash.as_secs_f64(),
+                p.awk.as_secs_f64(),
                 guest[0],
                 guest[1],
-                guest[2]
+                guest[2],
+                guest[3]
             );
             runs.phases.push(p);
         }
@@ -98,11 +100,18 @@ fn main() {
     println!("  bt86 : {}", bt86.as_ref().map_or_else(|e| e.clone(), |p| p.display().to_string()));
     println!("  qemu : {}", qemu.as_ref().map_or("not found (apt-get install qemu-system-x86)".into(), |p| p.display().to_string()));
     println!("  runs : bt86 {runs}, QEMU {qemu_runs}, native {runs}; limit {} s per run", limit.as_secs());
-    let mut results = Results::default();
+    let modes = user_code_modes(std::env::var("BT86_BENCH_USER_CODE").ok().as_deref());
+    if modes.len() > 1 {
+        println!("  bt86 --user-code, in turn: {}", modes.join(", "));
+    }
+    let mut results = Results { modes: modes.iter().map(|m| (m.clone(), EngineRuns::default())).collect(), ..Results::default() };
     for round in 0..runs.max(qemu_runs) {
         if let (Ok(b), true) = (&bt86, round < runs) {
-            let cmd = bt86_command(b, &guest.kernel, &scratch.initrd);
-            measure(&mut results.bt86, &format!("bt86 #{}", round + 1), cmd, limit, Ending::ExitsZero);
+            for (mode, engine) in &mut results.modes {
+                let cmd = bt86_command(b, &guest.kernel, &scratch.initrd, mode);
+                let what = if mode.is_empty() { format!("bt86 #{}", round + 1) } else { format!("bt86 {mode} #{}", round + 1) };
+                measure(engine, &what, cmd, limit, Ending::ExitsZero);
+            }
         }
         if let (Some(q), true) = (&qemu, round < qemu_runs) {
             let cmd = qemu_command(q, &guest.kernel, &scratch.initrd);
@@ -113,6 +122,10 @@ fn main() {
             measure(&mut results.native, &format!("native #{}", round + 1), cmd, limit, Ending::ExitsZero);
         }
     }
+    // The QEMU comparison is with bt86 in the first mode.
+    if let Some((_, first)) = results.modes.first() {
+        results.bt86 = EngineRuns { phases: first.phases.clone(), errors: first.errors.clone() };
+    }
     println!();
     print!("{}", results.render_text());
     println!(
@@ -121,7 +134,12 @@ fn main() {
          native: the same busybox on the host (its shell, the same applets, /dev/shm).\n"
     );
     print!("{}", results.render_markdown());
-    let failed = [&results.bt86, &results.qemu, &results.native].iter().any(|r| !r.errors.is_empty());
+    if results.modes.len() > 1 {
+        println!("\nbt86 by --user-code mode (medians, wall seconds):\n");
+        print!("{}", results.render_modes_markdown());
+    }
+    let failed = [&results.bt86, &results.qemu, &results.native].iter().any(|r| !r.errors.is_empty())
+        || results.modes.iter().any(|(_, r)| !r.errors.is_empty());
     if failed {
         std::process::exit(1);
     }

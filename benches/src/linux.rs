@@ -1,7 +1,8 @@
 //! The Linux benchmark: Debian's unmodified i386 kernel and a busybox initramfs under
-//! bt86 and under QEMU TCG, timed in three phases — boot to `/init`, 300 fork+exec of
-//! busybox `true`, md5sum + sha256sum of a 16 MiB tmpfs file — plus the last two run
-//! natively by the same busybox on the host, as a reference.
+//! bt86 and under QEMU TCG, timed in four phases — boot to `/init`, 300 fork+exec of
+//! busybox `true`, md5sum + sha256sum of a 16 MiB tmpfs file (system-call-bound: 4 KiB
+//! `read`s), an awk loop (compute-bound: busybox's interpreter, no system calls) — plus
+//! the last three run natively by the same busybox on the host, as a reference.
 //!
 //! The guest's script prints a marker line per phase boundary (`guest/linux-workload.sh`); the
 //! harness timestamps each line as it arrives on the engine's standard output, so every
@@ -28,6 +29,8 @@ pub const MARKER: &str = "bt86-linux: ";
 /// md5 and sha256 of the 16 MiB of zeros hashed: every run must print both.
 pub const EXPECTED_HASHES: [&str; 2] =
     ["2c7ab85a893283e98c931e9511add182", "080acf35a507ac9849cfcba47dc2ad83e01b75663a516279c8b9d243b719643e"];
+/// What the awk loop prints: every run must print it.
+pub const EXPECTED_AWK: &str = "awk: 3999997";
 /// The kernel command line, the same for both engines: nothing but the console.
 pub const APPEND: &str = "console=ttyS0";
 /// Guest RAM, MiB.
@@ -38,16 +41,27 @@ pub fn guest_init() -> String {
     format!("{INIT_HEAD}{WORKLOAD}poweroff -f\n")
 }
 
-/// `bt86 run` of the kernel and initrd.
-pub fn bt86_command(bt86: &Path, kernel: &Path, initrd: &Path) -> Command {
+/// `bt86 run` of the kernel and initrd, guest user code run as `user_code` says
+/// (`--user-code`: translate, direct or auto; empty: bt86's default).
+pub fn bt86_command(bt86: &Path, kernel: &Path, initrd: &Path, user_code: &str) -> Command {
     let mut cmd = Command::new(bt86);
     cmd.arg("run").arg("--kernel").arg(kernel).arg("--initrd").arg(initrd);
     cmd.args(["--append", APPEND, "--mem", &MEM_MIB.to_string()]);
-    // How guest user code runs (`--user-code`: translate, direct or auto).
-    if let Some(mode) = std::env::var("BT86_BENCH_USER_CODE").ok().filter(|m| !m.is_empty()) {
-        cmd.args(["--user-code", &mode]);
+    if !user_code.is_empty() {
+        cmd.args(["--user-code", user_code]);
     }
     cmd
+}
+
+/// The `--user-code` modes bt86 runs in (`BT86_BENCH_USER_CODE`, comma-separated;
+/// unset: bt86's default only, named "").
+pub fn user_code_modes(var: Option<&str>) -> Vec<String> {
+    let modes: Vec<String> = var.unwrap_or("").split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect();
+    if modes.is_empty() {
+        vec![String::new()]
+    } else {
+        modes
+    }
 }
 
 /// QEMU TCG on the smallest PC the kernel boots on (LINUX.md): an ISA machine, a CPU
@@ -71,7 +85,7 @@ pub fn native_command(busybox: &Path, bin: &Path, scratch: &Path) -> Command {
 /// Links the applets the workload runs from `$BIN` to `busybox`, in `bin`.
 pub fn link_applets(busybox: &Path, bin: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(bin)?;
-    for applet in ["true", "dd", "md5sum", "sha256sum"] {
+    for applet in ["true", "dd", "md5sum", "sha256sum", "awk"] {
         let link = bin.join(applet);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(busybox, link)?;
@@ -107,7 +121,7 @@ pub enum LinuxRunError {
     Early { status: String, tail: String },
     #[error("ended ({status}) after the workload; expected {expected}")]
     BadExit { status: ExitStatus, expected: &'static str },
-    #[error("the hashes printed are not those of 16 MiB of zeros; output tail: {tail:?}")]
+    #[error("the hashes printed are not those of 16 MiB of zeros, or the awk loop's sum is wrong; output tail: {tail:?}")]
     WrongHashes { tail: String },
     #[error("marker {0:?} missing")]
     MissingMark(&'static str),
@@ -149,7 +163,9 @@ pub fn run_marked(cmd: &mut Command, limit: Duration, ending: Ending) -> Result<
         _ if !done && start.elapsed() >= limit => Err(LinuxRunError::Timeout { limit, tail: output_tail() }),
         s if !done => Err(LinuxRunError::Early { status: format!("{s:?}"), tail: output_tail() }),
         Some(s) if ending == Ending::ExitsZero && !s.success() => Err(LinuxRunError::BadExit { status: s, expected: "status 0" }),
-        _ if !EXPECTED_HASHES.iter().all(|h| run.output.contains(h)) => Err(LinuxRunError::WrongHashes { tail: output_tail() }),
+        _ if !EXPECTED_HASHES.iter().all(|h| run.output.contains(h)) || !run.output.contains(EXPECTED_AWK) => {
+            Err(LinuxRunError::WrongHashes { tail: output_tail() })
+        }
         _ => Ok(run),
     }
 }
@@ -219,8 +235,9 @@ pub struct Phases {
     pub to_init: Option<Duration>,
     pub fork: Duration,
     pub hash: Duration,
-    /// The same by the guest's clock: uptime at `init`, the loop's and the hashes'.
-    pub guest: [Option<f64>; 3],
+    pub awk: Duration,
+    /// The same by the guest's clock: uptime at `init`, the loop's, the hashes' and awk's.
+    pub guest: [Option<f64>; 4],
 }
 
 impl Phases {
@@ -233,7 +250,8 @@ impl Phases {
         let init = find("init").ok();
         let (fork, guest_fork) = span("fork-start", "fork-end")?;
         let (hash, guest_hash) = span("hash-start", "hash-end")?;
-        Ok(Self { to_init: init.map(|m| m.wall), fork, hash, guest: [init.and_then(|m| m.uptime), guest_fork, guest_hash] })
+        let (awk, guest_awk) = span("awk-start", "awk-end")?;
+        Ok(Self { to_init: init.map(|m| m.wall), fork, hash, awk, guest: [init.and_then(|m| m.uptime), guest_fork, guest_hash, guest_awk] })
     }
 }
 
@@ -250,12 +268,13 @@ pub struct EngineRuns {
     pub errors: Vec<String>,
 }
 
-/// The three rows: what they measure, and how to read each from `Phases` (seconds).
+/// The four rows: what they measure, and how to read each from `Phases` (seconds).
 type Phase = (&'static str, fn(&Phases) -> Option<f64>, fn(&Phases) -> Option<f64>);
-pub const PHASES: [Phase; 3] = [
+pub const PHASES: [Phase; 4] = [
     ("boot to /init", |p| p.to_init.map(|d| d.as_secs_f64()), |p| p.guest[0]),
     ("300 fork+exec of busybox `true`", |p| Some(p.fork.as_secs_f64()), |p| p.guest[1]),
     ("md5sum + sha256sum of 16 MiB (tmpfs)", |p| Some(p.hash.as_secs_f64()), |p| p.guest[2]),
+    ("awk loop, 2·10⁶ rounds (no system calls)", |p| Some(p.awk.as_secs_f64()), |p| p.guest[3]),
 ];
 
 impl EngineRuns {
@@ -269,9 +288,12 @@ impl EngineRuns {
 /// The engines of one benchmark run.
 #[derive(Debug, Default)]
 pub struct Results {
+    /// bt86 in the first `--user-code` mode.
     pub bt86: EngineRuns,
     pub qemu: EngineRuns,
     pub native: EngineRuns,
+    /// bt86 in each `--user-code` mode, when more than one was asked for.
+    pub modes: Vec<(String, EngineRuns)>,
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -323,6 +345,42 @@ impl Results {
         }
         s
     }
+
+    /// bt86 in each `--user-code` mode (medians, wall time), each against the first
+    /// mode and against native, as a Markdown table; empty with fewer than two modes.
+    pub fn render_modes_markdown(&self) -> String {
+        let Some((first, base)) = self.modes.first().filter(|_| self.modes.len() > 1) else { return String::new() };
+        let mut s = String::from("| phase |");
+        for (m, _) in &self.modes {
+            let _ = write!(s, " {m} |");
+        }
+        for (m, _) in &self.modes[1..] {
+            let _ = write!(s, " {m}/{first} |");
+        }
+        for (m, _) in &self.modes {
+            let _ = write!(s, " {m}/native |");
+        }
+        s.push_str(" native |\n|---|");
+        for _ in 0..self.modes.len() * 3 {
+            s.push_str("---|");
+        }
+        s.push('\n');
+        for (i, (name, _, _)) in PHASES.iter().enumerate() {
+            let n = self.native.median(i, true);
+            let _ = write!(s, "| {name} |");
+            for (_, r) in &self.modes {
+                let _ = write!(s, " {} |", secs_unit(r.median(i, true)));
+            }
+            for (_, r) in &self.modes[1..] {
+                let _ = write!(s, " {} |", ratio(r.median(i, true), base.median(i, true)));
+            }
+            for (_, r) in &self.modes {
+                let _ = write!(s, " {} |", ratio(r.median(i, true), n));
+            }
+            let _ = writeln!(s, " {} |", secs_unit(n));
+        }
+        s
+    }
 }
 
 #[cfg(test)]
@@ -349,15 +407,19 @@ mod tests {
             mark("fork-end", 3500, 3.1),
             mark("hash-start", 3510, 3.1),
             mark("hash-end", 4010, 3.7),
+            mark("awk-start", 4020, 3.7),
+            mark("awk-end", 5020, 4.7),
         ];
         let p = Phases::from_marks(&marks).unwrap();
         assert_eq!(p.to_init, Some(Duration::from_millis(2500)));
         assert_eq!((p.fork, p.hash), (Duration::from_millis(800), Duration::from_millis(500)));
         assert_eq!(p.guest[0], Some(2.0));
         assert!((p.guest[1].unwrap() - 0.9).abs() < 1e-9 && (p.guest[2].unwrap() - 0.6).abs() < 1e-9);
+        assert_eq!(p.awk, Duration::from_millis(1000));
         // Natively there is no init marker; a missing phase marker is an error.
         assert_eq!(Phases::from_marks(&marks[1..]).unwrap().to_init, None);
         assert!(matches!(Phases::from_marks(&marks[..4]), Err(LinuxRunError::MissingMark("hash-end"))));
+        assert!(matches!(Phases::from_marks(&marks[..6]), Err(LinuxRunError::MissingMark("awk-end"))));
     }
 
     #[test]
@@ -366,7 +428,8 @@ mod tests {
             to_init: Some(Duration::from_millis(init)),
             fork: Duration::from_millis(fork),
             hash: Duration::from_millis(hash),
-            guest: [None; 3],
+            awk: Duration::ZERO,
+            guest: [None; 4],
         };
         let mut r = Results::default();
         r.bt86.phases = vec![run(2000, 500, 400), run(3000, 600, 450), run(2500, 550, 500)];
@@ -377,6 +440,16 @@ mod tests {
         assert!(md.contains("| 300 fork+exec of busybox `true` | 0.55 s | 1.00 s | 0.55x | - |"), "{md}");
         assert_eq!(median(vec![3.0, 1.0, 2.0, 4.0]), Some(2.0));
         assert_eq!(median(vec![]), None);
+        assert!(r.render_modes_markdown().is_empty());
+        // Two modes: each against the first, and against native.
+        r.native.phases = vec![run(0, 100, 200)];
+        let d = EngineRuns { phases: vec![run(2000, 1100, 300)], errors: vec![] };
+        r.modes = vec![("translate".into(), EngineRuns { phases: r.bt86.phases.clone(), errors: vec![] }), ("direct".into(), d)];
+        let md = r.render_modes_markdown();
+        assert!(md.starts_with("| phase | translate | direct | direct/translate | translate/native | direct/native | native |\n"), "{md}");
+        assert!(md.contains("| 300 fork+exec of busybox `true` | 0.55 s | 1.10 s | 2.00x | 5.50x | 11.00x | 0.10 s |"), "{md}");
+        assert_eq!(user_code_modes(None), vec![String::new()]);
+        assert_eq!(user_code_modes(Some("translate, direct,auto")), vec!["translate", "direct", "auto"]);
     }
 
     #[test]

@@ -183,11 +183,11 @@ struct SessionOpts {
     /// Stop the guest after this many seconds (exit status 3).
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
-    /// How guest user code (CPL 3) runs with --engine bt: `translate` (the
-    /// default), `direct` (natively in a sandboxed runner process whenever the
-    /// CPU state allows; experimental), or `auto` (direct while it computes,
-    /// translated while it traps often).
-    #[arg(long, value_name = "MODE", default_value = "translate", value_parser = |s: &str| s.parse::<bt86_runtime::UserCode>())]
+    /// How guest user code (CPL 3) runs with --engine bt: `auto` (the default:
+    /// each address space translated while it traps often, natively in a
+    /// sandboxed runner process while it computes), `direct` (natively whenever
+    /// the CPU state allows) or `translate` (always translated).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = |s: &str| s.parse::<bt86_runtime::UserCode>())]
     user_code: bt86_runtime::UserCode,
     /// Write the final 80x25 VGA text screen to FILE as plain text when the run ends.
     #[arg(long, value_name = "FILE")]

@@ -145,3 +145,111 @@ fn busybox_checks_pass_with_user_code_run_directly() {
     assert!(direct["entries"].as_u64().unwrap_or(0) > 100, "user code ran directly: {direct}");
     assert_eq!(direct["escapes"].as_u64(), Some(0), "{direct}");
 }
+
+/// Runs bt86 on the guest with `init` and `programs` in `/bin` and `extra` arguments,
+/// statistics as JSON: (console, stderr, exit status, the `direct` statistics).
+fn run_with_programs(guest: &LinuxGuest, name: &str, init: &str, programs: &[(&str, &[u8])], extra: &[&str]) -> (String, String, Option<i32>, serde_json::Value) {
+    let initrd = Scratch::new(name);
+    guest.write_initramfs_with(init, programs, &initrd.0).unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    let stats = Scratch::new(&format!("{name}-stats.json"));
+    let mut args = run_args(guest, &initrd);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.extend(["--stats", "json", "--stats-file"].map(str::to_owned));
+    args.push(stats.0.display().to_string());
+    let out = Command::new(env!("CARGO_BIN_EXE_bt86")).args(&args).stdin(Stdio::null()).output().expect("run bt86");
+    let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let direct = std::fs::read(&stats.0)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map_or(serde_json::Value::Null, |j| j["direct"].clone());
+    (console, err, out.status.code(), direct)
+}
+
+/// Whether direct execution ran; false (after saying so) only where the host kernel
+/// refused a step of the runner's set-up.
+fn direct_available(direct: &serde_json::Value) -> bool {
+    match direct["disabled"].as_str() {
+        None => true,
+        Some(why) => {
+            assert!(why.contains("set-up failed"), "direct execution failed: {why}");
+            eprintln!("skipped: direct execution is not available on this host: {why}");
+            false
+        }
+    }
+}
+
+/// A program in the guest far-jumps to the host's 64-bit code selector 0x33 and makes
+/// x86-64 system calls (`mkdir` of a host path, `write`): run directly, neither reaches
+/// the host (the directory is never made), the guest kernel gets a #GP for it and kills
+/// the process with SIGSEGV (status 139), as hardware would have, and carries on.
+#[test]
+fn a_far_jump_to_0x33_and_host_system_calls_reach_neither_host_nor_guest_kernel() {
+    let Some(guest) = LinuxGuest::for_test() else { return };
+    let dir = Scratch::new("programs");
+    let escape = bt86_tests::linux::programs::build(bt86_tests::linux::programs::ESCAPE, &dir.0.with_extension("d"))
+        .unwrap_or_else(|e| panic!("assembling the escape program: {e}"));
+    let target = Scratch::new("escaped");
+    let target_path = target.0.display().to_string();
+    let init = format!(
+        "#!/bin/sh\nmount -t proc proc /proc\nfor i in 1 2; do /bin/escape {target_path}; echo \"escape: status $?\"; done\n\
+         echo \"escape: the kernel carries on: $((6 * 7))\"\npoweroff -f\n"
+    );
+    let (console, err, status, direct) = run_with_programs(&guest, "escape.gz", &init, &[("escape", &escape)], &["--user-code", "direct"]);
+    let _ = std::fs::remove_dir_all(dir.0.with_extension("d"));
+    let context = format!("{}bt86 said: {err}\ndirect execution: {direct}", console_tail(&console));
+    assert!(!target.0.exists(), "the escaped guest made a host directory: {context}");
+    let _ = std::fs::remove_dir(&target.0);
+    assert!(!console.contains("ESCAPED"), "{context}");
+    assert_eq!(console.matches("escape: far jump to 0x33\n").count(), 2, "{context}");
+    assert_eq!(console.matches("escape: status 139\n").count(), 2, "the process dies of SIGSEGV: {context}");
+    assert!(console.contains("escape: the kernel carries on: 42\n"), "{context}");
+    assert_eq!(status, Some(0), "{context}");
+    if !direct_available(&direct) {
+        return;
+    }
+    assert_eq!(direct["escapes"].as_u64(), Some(2), "each escape caught: {context}");
+}
+
+/// A compute-bound process (a loop with no system calls) under the default
+/// `--user-code auto`: its address space goes direct after a few long runs, and the
+/// loop runs directly for at least 80% of its time (guest uptime before and after);
+/// its reload of %ds with 0x7b then sends it back to translation for good.
+#[test]
+fn a_compute_bound_process_runs_directly_under_auto() {
+    let Some(guest) = LinuxGuest::for_test() else { return };
+    let dir = Scratch::new("spin-programs");
+    let spin = bt86_tests::linux::programs::build(bt86_tests::linux::programs::SPIN, &dir.0.with_extension("d"))
+        .unwrap_or_else(|e| panic!("assembling the spin program: {e}"));
+    let _ = std::fs::remove_dir_all(dir.0.with_extension("d"));
+    // About 1.5 s natively here.
+    let rounds = 600_000_000;
+    let init = format!(
+        "#!/bin/sh\nmount -t proc proc /proc\necho \"spin: from $(cut -d' ' -f1 /proc/uptime)\"\n/bin/spin {rounds} reload\n\
+         echo \"spin: to $(cut -d' ' -f1 /proc/uptime)\"\npoweroff -f\n"
+    );
+    let (console, err, status, direct) = run_with_programs(&guest, "spin.gz", &init, &[("spin", &spin)], &[]);
+    let context = format!("{}bt86 said: {err}\ndirect execution: {direct}", console_tail(&console));
+    assert!(console.contains(&format!("\n{}\n", bt86_tests::linux::programs::spin_result(rounds))), "{context}");
+    assert_eq!(status, Some(0), "{context}");
+    assert_eq!(direct["mode"].as_str(), Some("auto"), "auto is the default: {context}");
+    if !direct_available(&direct) {
+        return;
+    }
+    let uptime = |what: &str| {
+        console
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("spin: {what} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {what} time: {context}"))
+    };
+    let loop_seconds = uptime("to") - uptime("from");
+    let seconds = direct["seconds"].as_f64().unwrap_or(0.0);
+    eprintln!("spin: {loop_seconds:.2} s, {seconds:.2} s of it direct: {direct}");
+    assert!(seconds >= 0.8 * loop_seconds, "{seconds:.2} s direct of a {loop_seconds:.2} s loop: {context}");
+    assert!(direct["mode_switches"].as_u64().unwrap_or(0) >= 1, "{context}");
+    // After the loop it reloads %ds with 0x7b, which the host gives its own meaning:
+    // repaired, and its address space runs translated from then on.
+    assert!(direct["segment_repairs"].as_u64().unwrap_or(0) >= 1, "{context}");
+    assert!(direct["pinned_translated"].as_u64().unwrap_or(0) >= 1, "{context}");
+}

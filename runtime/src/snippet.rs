@@ -98,3 +98,54 @@ fn map_only_the_region(vm: &mut crate::vm::Vm) -> Result<(), crate::vm::VmError>
     }
     vm.enable_paging(PD)
 }
+
+/// A snippet run at CPL 3 (`run_snippet_user`) and how many times its code was entered
+/// directly.
+#[derive(Clone, Debug)]
+pub struct UserSnippetResult {
+    pub result: SnippetResult,
+    pub direct_entries: u64,
+}
+
+/// Runs `snippet` as user code (CPL 3, flat DPL-3 segments 0x1b/0x23, interrupts on,
+/// no IDT), its code run as `user_code` says: the direct half of the oracle that
+/// compares guest user code run directly with the same code translated. The
+/// terminator `hlt` raises #GP at CPL 3; an exception there is the end, any other the
+/// snippet's fault.
+pub fn run_snippet_user(snippet: &Snippet, user_code: crate::UserCode) -> Result<UserSnippetResult, String> {
+    use crate::cpu::{sreg, Segment};
+    use crate::vm::{RunOutcome, Vm, VmConfig};
+    if snippet.code.len() + 1 > (DATA_ADDR - CODE_ADDR) as usize || snippet.data.len() > (STACK_TOP - DATA_ADDR) as usize {
+        return Err("snippet too large".into());
+    }
+    let cfg = VmConfig { mem_bytes: u64::from(CODE_ADDR + REGION_SIZE), ..VmConfig::new(1, Box::new(std::io::sink())) };
+    let mut vm = Vm::new(cfg).map_err(|e| e.to_string())?;
+    vm.set_user_code(user_code);
+    let mut code = snippet.code.clone();
+    code.push(0xf4);
+    vm.ram().write(CODE_ADDR, &code).map_err(|e| e.to_string())?;
+    vm.ram().write(DATA_ADDR, &snippet.data).map_err(|e| e.to_string())?;
+    let mut regs = snippet.regs;
+    if regs[4] == 0 {
+        regs[4] = STACK_TOP;
+    }
+    vm.set_flat_state(CODE_ADDR, regs, snippet.eflags);
+    for (i, s) in vm.cpu.seg.iter_mut().enumerate() {
+        *s = if i == sreg::CS { Segment::flat(0x1b, 0xfb) } else { Segment::flat(0x23, 0xf3) };
+    }
+    vm.tr.ctx_mut().vif = 1;
+    map_only_the_region(&mut vm).map_err(|e| e.to_string())?;
+    let outcome = crate::vm::run_with_timeout(&mut vm, std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let end = CODE_ADDR + u32::try_from(snippet.code.len()).map_err(|e| e.to_string())?;
+    let fault = match outcome {
+        RunOutcome::GuestException { vector: 13, eip, .. } if eip == end => None,
+        RunOutcome::GuestException { vector, eip, .. } => Some(SnippetFault { vector, eip }),
+        RunOutcome::Unbacked { eip, .. } => Some(SnippetFault { vector: 14, eip }),
+        other => return Err(format!("snippet did not finish: {other:?}")),
+    };
+    let (regs, eflags) = vm.registers();
+    let mut data = vec![0u8; snippet.data.len()];
+    vm.ram().read(DATA_ADDR, &mut data).map_err(|e| e.to_string())?;
+    let direct_entries = vm.stats().direct.map_or(0, |d| d.entries);
+    Ok(UserSnippetResult { result: SnippetResult { regs, eflags, data, fault }, direct_entries })
+}

@@ -87,7 +87,20 @@ pub(crate) struct Direct {
     /// No direct execution before this (an entry the host refused: a new runner
     /// per instruction would crawl).
     paused_until: Option<Instant>,
+    /// A guest #PF just raised from direct execution: if the guest kernel makes the
+    /// page present and returns to the same instruction in the same address space,
+    /// the page is mapped before the entry instead of after one more exit.
+    prefault: Option<Prefault>,
     pub stats: DirectStats,
+}
+
+/// The access of an instruction whose #PF went to the guest.
+#[derive(Clone, Copy, Debug)]
+struct Prefault {
+    key: u32,
+    eip: u32,
+    linear: u32,
+    write: bool,
 }
 
 /// Counters of direct execution.
@@ -100,6 +113,7 @@ pub struct DirectStats {
     pub escapes: u64,
     pub checked_maps: u64,
     pub segment_repairs: u64,
+    pub prefaults: u64,
     pub cpuid_faulting: Option<bool>,
 }
 
@@ -122,6 +136,12 @@ pub struct DirectReport {
     pub checked_maps: u64,
     /// Guest selectors the host gave another meaning, reloaded with the guest's.
     pub segment_repairs: u64,
+    /// Pages mapped at an entry because the instruction entered at had its #PF
+    /// handled by the guest kernel (each an exit saved).
+    pub prefaults: u64,
+    /// Contexts `auto` runs translated for good because direct execution was not
+    /// exact there (a segment repair).
+    pub pinned_translated: u64,
     /// Why direct execution is off, if it is.
     pub disabled: Option<String>,
     /// Whether the guest's `cpuid` faults in the runner (CPUID faulting), so that
@@ -147,6 +167,8 @@ impl Direct {
             escapes: self.stats.escapes,
             checked_maps: checked,
             segment_repairs: self.stats.segment_repairs,
+            prefaults: self.stats.prefaults,
+            pinned_translated: self.policy.pins,
             disabled: self.disabled.clone(),
             cpuid_faulting: self.stats.cpuid_faulting,
         }
@@ -225,6 +247,11 @@ impl Vm {
     /// it translated instead (the state cannot be mirrored, or no runner).
     pub(crate) fn run_direct(&mut self, eip: u32) -> Result<Option<Next>, VmError> {
         let paging = self.paging();
+        if let Some(p) = self.direct.prefault.take() {
+            if paging && p.eip == eip && p.key == self.context_key() {
+                self.prefault(p.linear, p.write)?;
+            }
+        }
         let view_id = if paging { self.user_view.id() } else { self.view.id() };
         let slot = match self.direct.slots.iter().position(|s| s.runner.view_id == view_id) {
             Some(i) => {
@@ -445,6 +472,13 @@ impl Vm {
                 Reported::Load(sel) => {
                     repaired = true;
                     self.direct.stats.segment_repairs += 1;
+                    // Since that load, this context's code ran with the host's
+                    // descriptor (README: limits): under `auto`, it runs translated,
+                    // where segment loads are exact, from now on.
+                    if self.direct.mode == UserCode::Auto {
+                        let key = self.context_key();
+                        self.direct.policy.pin_translated(key);
+                    }
                     let (outcome, _) = self.with_machine(|m| crate::emulate::load_segment(m, i, sel))?;
                     if let Outcome::Exception { vector, error, .. } = outcome {
                         self.direct.exit("segment_repair_fault");
@@ -566,10 +600,47 @@ impl Vm {
             FaultAction::WriteThrough { traced: true } => self.direct_transient("page_table_write", eip),
             FaultAction::PageFault(code) => {
                 self.direct.exit("page_fault_guest");
+                self.direct.prefault = Some(Prefault { key: self.context_key(), eip, linear, write });
                 self.raise(14, Some(code), eip, EventSource::Exception)
             }
             FaultAction::NoRam => Ok(Next::Done(RunOutcome::Unbacked { eip, linear })),
         }
+    }
+
+    /// Maps user page `linear` into the user view as the hidden fault of a user
+    /// access (`write` or read) would, if the guest's tables now allow that access and
+    /// the page needs nothing but a mapping (not a traced page table, not code written
+    /// to, in RAM, above the lowest page the runner can map); otherwise nothing
+    /// happens and the access itself will fault as before. The instruction about to be
+    /// entered made this access and faulted: it makes it again at once, so the A and D
+    /// bits this sets are those it would set itself.
+    fn prefault(&mut self, linear: u32, write: bool) -> Result<(), VmError> {
+        /// Guest RAM read for a walk that must change nothing (no A/D updates).
+        struct Peek<'a>(crate::mmu::RamPhys<'a>);
+        impl bt86_shadow_mmu::walk::PhysMem for Peek<'_> {
+            fn read_u32(&mut self, phys: u32) -> Option<u32> {
+                self.0.read_u32(phys)
+            }
+            fn write_u32(&mut self, _: u32, _: u32) -> bool {
+                true
+            }
+        }
+        if linear >> 12 < self.direct_min_page() {
+            return Ok(());
+        }
+        let access = bt86_shadow_mmu::walk::Access { write, user: true, fetch: false };
+        let mode = self.paging_mode();
+        let Ok(t) = bt86_shadow_mmu::walk::walk(&mut Peek(crate::mmu::RamPhys(&self.ram)), &mode, linear, access) else {
+            return Ok(());
+        };
+        let frame = t.phys_page >> 12;
+        if !self.ram.contains(t.phys_page, 0x1000) || self.shadow.is_traced(frame) || (write && self.protected.contains(&frame)) {
+            return Ok(());
+        }
+        if let FaultAction::Retry | FaultAction::WriteThrough { traced: false } = self.paging_fault(linear, write, true)? {
+            self.direct.stats.prefaults += 1;
+        }
+        Ok(())
     }
 
     fn direct_min_page(&self) -> u32 {

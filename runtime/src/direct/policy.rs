@@ -10,11 +10,18 @@
 //! interrupts: what would have been an exit had it run directly), kept as an
 //! exponential average per context.
 //!
-//! - Direct → translated when the average run is below `to_translate` (the exits
-//!   would cost a large share of the time);
-//! - translated → direct when it is above `to_direct` (higher, for hysteresis),
-//!   or after `retry_after` of translated user time (a context whose phases
-//!   change is tried again).
+//! - A new context starts translated: most address spaces (a fork+exec, a shell
+//!   command) live for a few system calls and page faults, and a runner's first
+//!   entry costs a whole view's mappings;
+//! - translated → direct when the average run is above `to_direct` (the exits
+//!   would cost a small share of the time);
+//! - direct → translated when it is below `to_translate` (lower, for
+//!   hysteresis). Both ways are measured, so a context whose phases change
+//!   follows them (a compute phase runs long between interrupts even
+//!   translated: the guest's timer ends each run);
+//! - translated for good (`pin_translated`) where direct execution was seen not to
+//!   be exact: the guest loaded a selector the host gives its own meaning, and ran
+//!   with the host's descriptor until the next trap.
 
 use hashbrown::HashMap;
 use std::time::Duration;
@@ -24,10 +31,10 @@ use std::time::Duration;
 pub enum UserCode {
     /// Always directly when the CPU state allows it.
     Direct,
-    /// Always translated (the default until direct execution is complete).
-    #[default]
+    /// Always translated.
     Translate,
-    /// By measured trap rate.
+    /// By measured trap rate (the default).
+    #[default]
     Auto,
 }
 
@@ -48,7 +55,6 @@ impl std::str::FromStr for UserCode {
 pub struct Thresholds {
     pub to_translate: Duration,
     pub to_direct: Duration,
-    pub retry_after: Duration,
 }
 
 impl Default for Thresholds {
@@ -56,25 +62,18 @@ impl Default for Thresholds {
         Self {
             to_translate: Duration::from_micros(150),
             to_direct: Duration::from_micros(600),
-            retry_after: Duration::from_millis(200),
         }
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Context {
     direct: bool,
+    /// Runs translated from now on: direct execution was seen not to be exact here.
+    pinned: bool,
     /// Average run length, ns.
     avg: f64,
     samples: u32,
-    /// Translated user time since the last switch, ns.
-    translated_ns: u64,
-}
-
-impl Default for Context {
-    fn default() -> Self {
-        Self { direct: true, avg: 1e9, samples: 0, translated_ns: 0 }
-    }
 }
 
 /// Contexts remembered at most (least recently switched are forgotten).
@@ -91,12 +90,15 @@ pub struct Policy {
     contexts: HashMap<u32, Context>,
     /// Switches between modes.
     pub switches: u64,
+    /// Contexts sent back to translation for good because direct execution was not
+    /// exact there.
+    pub pins: u64,
 }
 
 impl Policy {
     /// Whether context `key` runs directly now.
     pub fn direct(&self, key: u32) -> bool {
-        self.contexts.get(&key).is_none_or(|c| c.direct)
+        self.contexts.get(&key).is_some_and(|c| c.direct)
     }
 
     fn context(&mut self, key: u32) -> &mut Context {
@@ -106,28 +108,36 @@ impl Policy {
         self.contexts.entry(key).or_default()
     }
 
+    /// Context `key` runs translated from now on (while it is remembered): something
+    /// it did directly was not exact (a selector the host gave its own meaning).
+    pub fn pin_translated(&mut self, key: u32) {
+        let c = self.context(key);
+        if c.pinned {
+            return;
+        }
+        let was_direct = c.direct;
+        *c = Context { direct: false, pinned: true, avg: 0.0, samples: 0 };
+        self.pins += 1;
+        if was_direct {
+            self.switches += 1;
+        }
+    }
+
     /// A run of `run` guest time in context `key`, direct or translated.
     pub fn observe(&mut self, key: u32, direct: bool, run: Duration) {
         let t = self.thresholds;
         let c = self.context(key);
-        if c.direct != direct {
+        if c.direct != direct || c.pinned {
             return;
         }
         #[allow(clippy::cast_precision_loss)]
         let ns = run.as_nanos().min(u128::from(u64::MAX)) as f64;
         c.avg = if c.samples == 0 { ns } else { c.avg + WEIGHT * (ns - c.avg) };
         c.samples = c.samples.saturating_add(1);
-        if !direct {
-            c.translated_ns = c.translated_ns.saturating_add(u64::try_from(run.as_nanos()).unwrap_or(u64::MAX));
-        }
-        let switch = if direct {
-            c.samples >= MIN_SAMPLES && c.avg < t.to_translate.as_secs_f64() * 1e9
-        } else {
-            (c.samples >= MIN_SAMPLES && c.avg > t.to_direct.as_secs_f64() * 1e9)
-                || Duration::from_nanos(c.translated_ns) >= t.retry_after
-        };
+        let switch = c.samples >= MIN_SAMPLES
+            && if direct { c.avg < t.to_translate.as_secs_f64() * 1e9 } else { c.avg > t.to_direct.as_secs_f64() * 1e9 };
         if switch {
-            *c = Context { direct: !direct, avg: if direct { 0.0 } else { 1e9 }, samples: 0, translated_ns: 0 };
+            *c = Context { direct: !direct, pinned: false, avg: 0.0, samples: 0 };
             self.switches += 1;
         }
     }
@@ -138,46 +148,70 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_runs_go_translated_and_long_ones_come_back() {
+    fn long_runs_go_direct_and_short_ones_go_back() {
         let mut p = Policy::default();
+        assert!(!p.direct(7), "a new context starts translated");
+        // A compute phase: runs cut only by the guest's 1 kHz timer.
+        for _ in 0..7 {
+            p.observe(7, false, Duration::from_millis(1));
+        }
+        assert!(!p.direct(7), "not before {MIN_SAMPLES} runs");
+        p.observe(7, false, Duration::from_millis(1));
+        assert!(p.direct(7), "a compute-bound context runs directly");
+        assert!(!p.direct(8), "other contexts are not affected");
+        // Runs observed in the other mode are ignored.
+        for _ in 0..20 {
+            p.observe(7, false, Duration::from_micros(5));
+        }
         assert!(p.direct(7));
+        // A system-call-bound phase: short direct runs.
         for _ in 0..20 {
             p.observe(7, true, Duration::from_micros(20));
         }
         assert!(!p.direct(7), "a system-call-bound context runs translated");
-        assert!(p.direct(8), "other contexts are not affected");
-        for _ in 0..20 {
-            p.observe(7, false, Duration::from_micros(5));
+        // Between the thresholds: stays where it is.
+        for _ in 0..100 {
+            p.observe(7, false, Duration::from_micros(300));
         }
         assert!(!p.direct(7));
-        for _ in 0..20 {
-            p.observe(7, false, Duration::from_millis(5));
-        }
-        assert!(p.direct(7), "long user runs go direct again");
         assert_eq!(p.switches, 2);
-        // A compute-bound context stays direct.
-        for _ in 0..100 {
-            p.observe(9, true, Duration::from_millis(4));
+        // A compute-bound context stays direct, with the odd short run.
+        for _ in 0..8 {
+            p.observe(9, false, Duration::from_millis(4));
+        }
+        for i in 0..100 {
+            p.observe(9, true, Duration::from_micros(if i % 4 == 0 { 10 } else { 4000 }));
         }
         assert!(p.direct(9));
         assert_eq!("auto".parse::<UserCode>(), Ok(UserCode::Auto));
+        assert_eq!(UserCode::default(), UserCode::Auto);
         assert!("x".parse::<UserCode>().is_err());
     }
 
     #[test]
-    fn translated_contexts_are_retried() {
+    fn a_pinned_context_stays_translated() {
         let mut p = Policy::default();
-        for _ in 0..10 {
-            p.observe(1, true, Duration::from_micros(10));
+        for _ in 0..8 {
+            p.observe(3, false, Duration::from_millis(4));
+        }
+        assert!(p.direct(3));
+        p.pin_translated(3);
+        p.pin_translated(3);
+        assert!(!p.direct(3));
+        assert_eq!((p.switches, p.pins), (2, 1));
+        for _ in 0..100 {
+            p.observe(3, false, Duration::from_millis(4));
+        }
+        assert!(!p.direct(3), "long runs do not unpin it");
+    }
+
+    #[test]
+    fn a_system_call_bound_context_never_goes_direct() {
+        let mut p = Policy::default();
+        for _ in 0..100_000 {
+            p.observe(1, false, Duration::from_micros(3));
         }
         assert!(!p.direct(1));
-        // Short translated runs, but 200 ms of them in all: try direct again.
-        for _ in 0..2000 {
-            p.observe(1, false, Duration::from_micros(100));
-            if p.direct(1) {
-                break;
-            }
-        }
-        assert!(p.direct(1));
+        assert_eq!(p.switches, 0);
     }
 }

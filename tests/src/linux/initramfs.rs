@@ -24,6 +24,11 @@ const DIRS: &[&str] = &["bin", "dev", "proc", "sys", "tmp", "root", "etc"];
 /// The initramfs, gzip-compressed, whose `/init` is `init` (a script for busybox sh:
 /// start it with `#!/bin/sh`).
 pub fn busybox_initramfs(busybox: &[u8], init: &str) -> Vec<u8> {
+    busybox_initramfs_with(busybox, init, &[])
+}
+
+/// `busybox_initramfs` with `programs` (name, executable) in `/bin` too.
+pub fn busybox_initramfs_with(busybox: &[u8], init: &str, programs: &[(&str, &[u8])]) -> Vec<u8> {
     let mut w = NewcWriter::new();
     for d in DIRS {
         w.dir(d, 0o755);
@@ -31,6 +36,9 @@ pub fn busybox_initramfs(busybox: &[u8], init: &str) -> Vec<u8> {
     w.file("bin/busybox", 0o755, busybox);
     for applet in APPLETS {
         w.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    for (name, exe) in programs {
+        w.file(&format!("bin/{name}"), 0o755, exe);
     }
     // The kernel opens /dev/console for init's standard streams before /dev is
     // mounted; without this node init would run with none.

@@ -11,6 +11,7 @@
 pub mod deb;
 pub mod initramfs;
 pub mod newc;
+pub mod programs;
 
 use std::fs;
 use std::io;
@@ -110,8 +111,13 @@ impl LinuxGuest {
 
     /// Writes to `path` an initramfs of this busybox whose `/init` is `init`.
     pub fn write_initramfs(&self, init: &str, path: &Path) -> Result<(), FetchError> {
+        self.write_initramfs_with(init, &[], path)
+    }
+
+    /// `write_initramfs` with `programs` (name, executable) in `/bin` too.
+    pub fn write_initramfs_with(&self, init: &str, programs: &[(&str, &[u8])], path: &Path) -> Result<(), FetchError> {
         let busybox = fs::read(&self.busybox).map_err(io_error(format!("reading {}", self.busybox.display())))?;
-        write(path, &initramfs::busybox_initramfs(&busybox, init))
+        write(path, &initramfs::busybox_initramfs_with(&busybox, init, programs))
     }
 
     /// The guest in `dir` if complete (`source` is written last).
