@@ -67,6 +67,9 @@ pub struct PagingReport {
     pub plain_retranslations: u64,
     /// Pages mapped next to a hidden fault (same page table, A bit already set).
     pub prefetched_pages: u64,
+    /// Pages mapped when the guest's #PF handler made their entry present
+    /// (the access it returns to does not fault again).
+    pub mapped_on_present: u64,
     /// 4 MiB guest pages mapped whole by one hidden fault.
     pub large_pages_mapped: u64,
     /// CR3 switches where the new space took the kernel view of the one before.

@@ -330,6 +330,7 @@ impl Vm {
             space_evictions: self.shadow.space_evictions,
             spaces_cached: self.shadow.spaces_cached() as u64,
             prefetched_pages: self.shadow.prefetched,
+            mapped_on_present: self.shadow.mapped_on_present,
             large_pages_mapped: self.shadow.large_maps,
             kernel_view_handovers: self.shadow.kernel_handovers,
             host_maps: calls.maps + self.view.calls.maps + self.user_view.calls.maps,

@@ -315,6 +315,11 @@ pub(crate) struct Shadow {
     pub invlpgs: u64,
     /// Pages mapped by a hidden fault next to the one that faulted.
     pub prefetched: u64,
+    /// The last true fault on a not-present PTE: the handler's store that makes
+    /// the entry present maps the page at once (`map_when_present`).
+    awaiting_present: Option<AwaitingPresent>,
+    /// Pages mapped that way.
+    pub mapped_on_present: u64,
     /// 4 MiB guest pages mapped whole.
     pub large_maps: u64,
     /// Switches where a space took the kernel view of the one before (`handover`).
@@ -401,6 +406,15 @@ impl PhysMem for RamPhys<'_> {
         self.0.write_or_drop(phys, &v.to_le_bytes());
         true
     }
+}
+
+/// A true #PF at `linear` on a not-present entry at `pte` in space `space`.
+#[derive(Clone, Copy, Debug)]
+struct AwaitingPresent {
+    pte: u32,
+    linear: u32,
+    user_view: bool,
+    space: (u32, u32, u32),
 }
 
 /// Guest-physical memory for a walk that must not change anything: a walk that
@@ -702,6 +716,7 @@ impl Vm {
             Err(WalkError::PageFault { error_code }) => {
                 self.cpu.cr2 = linear;
                 self.shadow.true_faults += 1;
+                self.await_present(linear, user_view);
                 return Ok(FaultAction::PageFault(error_code));
             }
             Err(WalkError::NoRam { .. }) => return Ok(FaultAction::NoRam),
@@ -924,7 +939,54 @@ impl Vm {
     /// VMM walks them again). Translations stay: they are keyed by frame.
     pub(crate) fn entry_changed(&mut self, entry: u32) -> Result<(), VmError> {
         self.shadow.code.entry_changed(entry & !3);
-        self.drop_entries(core::iter::once(entry & !3))
+        self.drop_entries(core::iter::once(entry & !3))?;
+        self.map_when_present(entry & !3)
+    }
+
+    /// After a true #PF, remembers the page-table entry of the access: the
+    /// guest's handler will most likely make it present (or, after a protection
+    /// fault such as copy-on-write, point it at a writable page) and return to
+    /// the same access.
+    fn await_present(&mut self, linear: u32, user_view: bool) {
+        self.shadow.awaiting_present = None;
+        let pde_addr = (self.cpu.cr3 & 0xffff_f000) | ((linear >> 22) * 4);
+        let Some(pde) = RamPhys(&self.ram).read_u32(pde_addr) else { return };
+        let large = pde & (1 << 7) != 0 && self.cpu.cr4 & CR4_PSE != 0;
+        if pde & 1 == 0 || large {
+            return;
+        }
+        let pte = (pde & 0xffff_f000) | (((linear >> 12) & 0x3ff) * 4);
+        let space = address_space_key(&self.cpu);
+        self.shadow.awaiting_present = Some(AwaitingPresent { pte, linear, user_view, space });
+    }
+
+    /// The store that makes the awaited entry present maps its page, so the
+    /// access the handler returns to does not fault a second time (a host
+    /// signal, 7 µs here). Only with the A bits already set (Linux sets them in
+    /// its PTEs): mapping must not show the guest an access that has not
+    /// happened yet.
+    fn map_when_present(&mut self, entry: u32) -> Result<(), VmError> {
+        let Some(a) = self.shadow.awaiting_present.filter(|a| a.pte == entry) else { return Ok(()) };
+        if a.space != address_space_key(&self.cpu) {
+            return Ok(());
+        }
+        let access = Access { write: false, user: a.user_view, fetch: false };
+        let Ok(t) = walk::walk(&mut PeekPhys(&self.ram), &self.paging_mode(), a.linear, access) else {
+            return Ok(());
+        };
+        self.shadow.awaiting_present = None;
+        let frame = t.phys_page >> 12;
+        let place = (a.user_view, a.linear & !0xfff);
+        if t.pte_addr != Some(a.pte) || !self.ram.contains(t.phys_page, 0x1000) || self.shadow.maps.mappings.contains_key(&place) {
+            return Ok(());
+        }
+        self.trace_tables(&t)?;
+        let guest_writable = t.writable && t.dirty;
+        let host_writable = guest_writable && !self.protected.contains(&frame) && !self.shadow.is_traced(frame);
+        let deps = [Some(t.pde_addr), t.pte_addr];
+        self.map_shadow(a.user_view, a.linear, Mapping { frame, writable: guest_writable }, host_writable, deps)?;
+        self.shadow.mapped_on_present += 1;
+        Ok(())
     }
 
     fn drop_entries(&mut self, entries: impl Iterator<Item = u32>) -> Result<(), VmError> {
