@@ -114,6 +114,59 @@ fn item2_fxsave_leaves_bytes_288_to_512_and_names_no_host_code() {
 }
 
 #[test]
+fn item2_fxsave_after_a_self_modifying_store_leaves_bytes_288_to_512() {
+    for (cpl, paging) in [(0, false), (0, true), (3, false), (3, true)] {
+        let harness = Harness::standard(cpl, paging);
+        let fill = Chunk { addr: AREA, bytes: Bytes(vec![0xa5; 1024]) };
+        // The first item rewrites the immediate of the second's `mov $0x11111111,%ebx`
+        // (translated already if the body ran before); the second stores %ebx, then
+        // saves.
+        let smc = BodyItem::new("smc", |a, at| a.mov(iced_x86::code_asm::dword_ptr(u64::from(at.next + 1)), 0x2222_2222u32));
+        let mut save = vec![0xbb, 0x11, 0x11, 0x11, 0x11, 0x89, 0x1d];
+        save.extend_from_slice(&(h::DATA + 0x910).to_le_bytes());
+        save.extend_from_slice(&[0xd9, 0xe8, 0x0f, 0xae, 0x05]); // fld1; fxsave AREA
+        save.extend_from_slice(&AREA.to_le_bytes());
+        let (g, run) = go(&harness, vec![smc, raw(&save)], vec![fill]);
+        let what = format!("cpl {cpl} paging {paging}");
+        assert!(done(&run) && run.events.is_empty(), "{what}: {:?} {:?}", run.outcome, run.events);
+        assert_eq!(ram32(&run, h::DATA + 0x910), 0x2222_2222, "{what}: the rewritten code ran");
+        let area = &run.ram[AREA as usize..][..1024];
+        assert!(area[..288].iter().any(|&b| b != 0xa5), "{what}: fxsave wrote its image");
+        assert!(area[288..512].iter().all(|&b| b == 0xa5), "{what}: fxsave wrote past byte 287");
+        if let Some(q) = qemu_agrees(&g, &run) {
+            assert_eq!(&q.ram[AREA as usize..][288..512], &area[288..512], "{what}");
+        }
+    }
+}
+
+/// `fuzz/corpus/fxsave-area-after-smc` (seed 2026, case 616): a store rewrote the
+/// probe item's `mov $0xe0,%ecx; mov $0x85,%al; rep stosb` into `mov
+/// $0xa1b937e0,%ecx; pop %ebx; test %esi,%ebx; stosb`, so the guest's own `stosb`
+/// put AL in byte 288, not the `fxsave`. QEMU leaves the same bytes; the oracle no
+/// longer judges the area of a probe item whose code was rewritten.
+#[test]
+fn item2_fxsave_area_after_smc_is_the_guests_own_store() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/fxsave-area-after-smc.json");
+    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
+    let verdict = exec::run_case(&case);
+    assert_eq!(verdict.failure, None, "{verdict:?}");
+    let g = corpus_guest("fxsave-area-after-smc");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    assert!(done(&run), "{:?}", run.outcome);
+    // The rewritten code ran: a single stosb of AL at AREA+288, nothing else past
+    // the image.
+    let item = g.items.iter().find(|i| i.kind.starts_with("fpu-state")).expect("the probe item");
+    assert_eq!(&run.ram[item.addr as usize + 0x12..][..4], &[0x37, 0xb9, 0xa1, 0x5b], "the store rewrote the item");
+    let p = g.probes[0];
+    let area = &run.ram[p.addr as usize..][..512];
+    assert_ne!(area[288], p.fill, "the stosb");
+    assert!(area[289..512].iter().all(|&b| b == p.fill), "nothing past byte 288");
+    if let Some(q) = qemu_agrees(&g, &run) {
+        assert_eq!(&q.ram[p.addr as usize..][288..512], &area[288..512], "QEMU leaves the same bytes");
+    }
+}
+
+#[test]
 fn item2_xsave_family_is_ud_without_xsave_in_cpuid() {
     at_both_levels(|cpl| {
         let harness = Harness::standard(cpl, false);
