@@ -528,6 +528,84 @@ fn cpl3_iretw_returns_to_a_16_bit_ip() {
     qemu_agrees(&g, &run);
 }
 
+/// LDT selectors of user code segments bt86 cannot run: 16-bit (base 0) and
+/// 32-bit with base 0x1000, both DPL 3 (what Linux's modify_ldt lets a process
+/// install).
+const LDT_CODE16: u16 = 0x27;
+const LDT_BASED: u16 = 0x2f;
+
+fn with_user_code_segments(cpl: u8, paging: bool) -> Harness {
+    let mut harness = Harness::standard(cpl, paging);
+    harness.ldt[4] = h::seg_desc(0, 0xffff, 0xfb, 0);
+    harness.ldt[5] = h::seg_desc(0x1000, 0xf_ffff, 0xfb, 0xc);
+    harness
+}
+
+/// `push`es of `dwords` (last pushed first in the list's order), then `op`.
+fn pushes_then(dwords: &[u32], op: u8) -> BodyItem {
+    let mut b = Vec::new();
+    for d in dwords {
+        b.push(0x68);
+        b.extend_from_slice(&d.to_le_bytes());
+    }
+    b.push(op);
+    raw(&b)
+}
+
+#[test]
+fn cpl3_transfers_to_16bit_or_based_code_are_gp_not_a_stop() {
+    // Deviation (README, limits): a CPU runs the code; bt86 translates flat 32-bit
+    // code only, so user code gets #GP(selector) on the transfer and its kernel
+    // ends it, instead of the whole VM stopping. Not compared with QEMU.
+    for paging in [false, true] {
+        // (An offset within the 16-bit segment's 64 KiB: past it is #GP(0) first.)
+        let target = |sel: u16| if sel == LDT_CODE16 { 0x700 } else { h::DATA + 0x700 };
+        let mut items = Vec::new();
+        for (op, sel) in [(0xea, LDT_CODE16), (0x9a, LDT_BASED), (0xea, LDT_BASED), (0x9a, LDT_CODE16)] {
+            let mut b = vec![op];
+            b.extend_from_slice(&target(sel).to_le_bytes());
+            b.extend_from_slice(&sel.to_le_bytes());
+            items.push(raw(&b));
+        }
+        // lret and iret at CPL 3 (same privilege).
+        items.push(pushes_then(&[u32::from(LDT_CODE16), target(LDT_CODE16)], 0xcb));
+        items.push(pushes_then(&[0x202, u32::from(LDT_BASED), target(LDT_BASED)], 0xcf));
+        let (g, run) = go(&with_user_code_segments(3, paging), items, vec![]);
+        assert!(done(&run), "paging {paging}: {:?} {:?}", run.outcome, run.events);
+        let got: Vec<(u32, u32, u32)> = run.events.iter().map(|e| (e.vector, e.eip, e.error)).collect();
+        let want: Vec<(u32, u32, u32)> = g
+            .items
+            .iter()
+            .zip([LDT_CODE16, LDT_BASED, LDT_BASED, LDT_CODE16, LDT_CODE16, LDT_BASED])
+            .enumerate()
+            .map(|(k, (it, sel))| {
+                let at = if k < 4 { it.addr } else { it.addr + it.len - 1 };
+                (13, at, u32::from(sel & 0xfffc))
+            })
+            .collect();
+        assert_eq!(got, want, "paging {paging}");
+    }
+}
+
+#[test]
+fn kernel_iret_to_16bit_or_based_user_code_is_gp_not_a_stop() {
+    // What a sigreturn with a crafted frame makes a kernel do: iret from CPL 0 to
+    // such a user segment. #GP(selector) at the iret (Linux fixes that up into a
+    // signal for the process); a kernel jumping there itself still stops.
+    for sel in [LDT_CODE16, LDT_BASED] {
+        let frame = [u32::from(h::sel::UDATA | 3), h::DATA + 0x800, 0x202, u32::from(sel), 0x700];
+        let (g, run) = go(&with_user_code_segments(0, true), vec![pushes_then(&frame, 0xcf)], vec![]);
+        assert!(done(&run), "{sel:#x}: {:?} {:?}", run.outcome, run.events);
+        let it = &g.items[0];
+        assert_eq!(run.events.iter().map(|e| (e.vector, e.eip, e.error)).collect::<Vec<_>>(), vec![(13, it.addr + it.len - 1, u32::from(sel & 0xfffc))]);
+    }
+    let mut b = vec![0xea];
+    b.extend_from_slice(&0x700u32.to_le_bytes());
+    b.extend_from_slice(&h::sel::CODE16.to_le_bytes());
+    let (_, run) = go(&Harness::standard(0, false), vec![raw(&b)], vec![]);
+    assert!(matches!(&run.outcome, Ok(RunOutcome::Unsupported { what, .. }) if what.contains("16-bit code segment")), "{:?}", run.outcome);
+}
+
 #[test]
 fn cpl3_iret_with_nt_set_is_a_task_return_fault() {
     at_both_levels(|cpl| {

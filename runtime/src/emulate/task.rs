@@ -159,9 +159,7 @@ fn load_segments(m: &mut Machine<'_>, sels: [u16; 6]) -> Result<(), Fault> {
     if !d.present() {
         return Err(Fault::np_sel(cs_sel));
     }
-    if !d.big() {
-        return Err(Fault::unsupported("a task in a 16-bit code segment"));
-    }
+    super::segments::check_runnable_cs(&d, cpl, ts(cs_sel), "a task in")?;
     m.cpu.seg[sreg::CS] = set_type_bits(m, cs, 1)?.to_segment(cs_sel);
     let ss_sel = sels[sreg::SS];
     let ss = descriptor(m, ss_sel)?;
