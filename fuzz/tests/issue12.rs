@@ -588,6 +588,28 @@ fn cpl3_transfers_to_16bit_or_based_code_are_gp_not_a_stop() {
 }
 
 #[test]
+fn cpl3_far_transfer_to_a_16bit_tss_is_gp_not_a_stop() {
+    // fuzz/corpus/cpl3-far-transfer-to-16bit-tss (seed 2027, case 3761): user code
+    // far-jumps to a DPL-3 16-bit TSS of the kernel's GDT. bt86 switches to 32-bit
+    // TSSs only: #GP(selector), the VM goes on (a deviation: README, limits).
+    let g = corpus_guest("cpl3-far-transfer-to-16bit-tss");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    assert!(done(&run), "{:?}", run.outcome);
+    assert_eq!(vectors(&run), vec![13], "{:?}", run.events);
+    // The same through a DPL-3 task gate at CPL 3, and an iret with NT whose back
+    // link is one: #GP(TSS), #TS(TSS).
+    let mut harness = Harness::standard(3, false);
+    harness.gdt[0xa0 / 8] = h::seg_desc(h::TSS2, 0x2b, 0xe1, 0); // 16-bit TSS, DPL 3
+    harness.gdt[0xa8 / 8] = h::gate_desc(0xa0, 0, 0xe5, 0); // task gate, DPL 3
+    let mut b = vec![0xea, 0, 0, 0, 0, 0xa8, 0x00];
+    b.extend_from_slice(&[0x9a, 0, 0, 0, 0, 0xa3, 0x00]);
+    let (g, run) = go(&harness, vec![raw(&b[..7]), raw(&b[7..])], vec![]);
+    assert!(done(&run), "{:?}", run.outcome);
+    let got: Vec<(u32, u32, u32)> = run.events.iter().map(|e| (e.vector, e.eip, e.error)).collect();
+    assert_eq!(got, vec![(13, g.items[0].addr, 0xa0), (13, g.items[1].addr, 0xa0)]);
+}
+
+#[test]
 fn kernel_iret_to_16bit_or_based_user_code_is_gp_not_a_stop() {
     // What a sigreturn with a crafted frame makes a kernel do: iret from CPL 0 to
     // such a user segment. #GP(selector) at the iret (Linux fixes that up into a
