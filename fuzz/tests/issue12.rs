@@ -515,6 +515,26 @@ fn item10_apic_base_msr_reads() {
     assert!(done(&run) && run.events.is_empty(), "{:?} {:?}", run.outcome, run.events);
 }
 
+#[test]
+fn item10_amd_performance_counter_msrs_are_accepted_as_on_qemu() {
+    // wrmsr then rdmsr of 0xc0010000..7 at CPL 0 (what test kernels for QEMU's PC
+    // do unconditionally): no #GP whatever the host's vendor, as on QEMU's CPUs of
+    // either vendor; the value written reads back.
+    let mut b = Vec::new();
+    for msr in 0xc001_0000u32..0xc001_0008 {
+        b.push(0xb9);
+        b.extend_from_slice(&msr.to_le_bytes()); // mov $msr,%ecx
+        b.extend_from_slice(&[0xb8, 0x78, 0x56, 0x34, 0x12, 0x31, 0xd2, 0x0f, 0x30]); // mov $0x12345678,%eax; xor %edx,%edx; wrmsr
+        b.extend_from_slice(&[0x31, 0xc0, 0x0f, 0x32]); // xor %eax,%eax; rdmsr
+    }
+    b.extend_from_slice(&[0xa3]);
+    b.extend_from_slice(&(h::DATA + 0x900).to_le_bytes()); // mov %eax,DATA+0x900
+    let (g, run) = go(&Harness::standard(0, false), vec![raw(&b)], vec![]);
+    assert!(done(&run) && run.events.is_empty(), "{:?} {:?}", run.outcome, run.events);
+    assert_eq!(ram32(&run, h::DATA + 0x900), 0x1234_5678);
+    qemu_agrees(&g, &run);
+}
+
 // ---------------------------------------------------------------------------------
 // user code must not stop the VM: iret forms any program can run
 
