@@ -329,6 +329,13 @@ fn judge_probe(p: &Probe, area: &[u8], host: &HostRanges, fill_trusted: bool) ->
     if at(h::probe::MARKER) != h::probe::MAGIC || written < need {
         return None;
     }
+    // An FXSAVE or XSAVE image holds MXCSR at 24..28, whose bits 16..31 are
+    // reserved and always 0: other bytes there mean another store wrote the head
+    // (a `rep stos` over the area) and a jump into the middle of the probe item
+    // wrote the marker, not a save (`fuzz/corpus/xsave-probe-overwritten`).
+    if matches!(p.kind, ProbeKind::Fxsave | ProbeKind::Xsave) && (at(24) >> 16) != 0 {
+        return None;
+    }
     if p.kind == ProbeKind::Xsave {
         return Some(Failure::new("host-leak", format!("xsave ran at {:#x} (the guest CPU has no XSAVE)", p.addr)));
     }
@@ -436,5 +443,8 @@ mod tests {
         assert_eq!(check_probe(&env, &area, &host).expect("host cs").class, "host-leak");
         let xsave = Probe { kind: ProbeKind::Xsave, ..p };
         assert_eq!(check_probe(&xsave, &area, &host).expect("xsave ran").class, "host-leak");
+        // A head no save writes (MXCSR with reserved bits: a rep stos over it).
+        area[..32].fill(0xe1);
+        assert_eq!(check_probe(&xsave, &area, &host), None, "not an image");
     }
 }

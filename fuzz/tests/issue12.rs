@@ -166,6 +166,25 @@ fn item2_fxsave_area_after_smc_is_the_guests_own_store() {
     }
 }
 
+/// `fuzz/corpus/xsave-probe-overwritten` (seed 2029, case 15159): a `rep stosb` of
+/// 1 MiB wrote 0xe1 over the probe area, the probe's `xsaveopt` was #UD, and a
+/// random `jl` later landed inside the `xsaveopt` bytes, on the code that writes
+/// the marker. The oracle took the overwritten head for an XSAVE image; an image's
+/// MXCSR never has bits 16..31 set, so it no longer does.
+#[test]
+fn item2_xsave_probe_overwritten_by_a_string_store_is_no_leak() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/xsave-probe-overwritten.json");
+    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
+    let verdict = exec::run_case(&case);
+    assert_eq!(verdict.failure, None, "{verdict:?}");
+    let g = corpus_guest("xsave-probe-overwritten");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    let save = g.items[1].addr + 0x23; // the xsaveopt
+    assert_eq!(&run.ram[save as usize..][..3], &[0x0f, 0xae, 0x35]);
+    assert!(run.events.iter().any(|e| (e.vector, e.eip) == (6, save)), "the xsaveopt was #UD: {:?}", run.events);
+    assert_eq!(ram32(&run, g.probes[0].addr + 24), 0xe1e1_e1e1, "the rep stos's bytes, not an image");
+}
+
 #[test]
 fn item2_xsave_family_is_ud_without_xsave_in_cpuid() {
     at_both_levels(|cpl| {
