@@ -7,7 +7,8 @@
 //!   falls in a mapping of this process (code cache, stacks, heap, the binary, the
 //!   views), read from `/proc/self/maps` once the VM exists.
 //! - Probe areas (see [`Probe`]): after an `fxsave`, bytes 288..512 still hold what
-//!   the guest put there; the x87 environment names no host code selector (0x33)
+//!   the guest put there (judged only when the probe item's code is as generated:
+//!   a self-modifying store may have rewritten its fill loop); the x87 environment names no host code selector (0x33)
 //!   and no host code address; an `xsave` must not have run (the guest CPU has no
 //!   XSAVE).
 //! - Oracle snippets go through the differential oracle (`bt86_tests::oracle`).
@@ -263,11 +264,44 @@ pub fn scan_for_host_addresses(ram: &[u8], host: &HostRanges) -> Option<Failure>
 fn check_probes(g: &GuestCase, ram: &[u8], host: &HostRanges) -> Option<Failure> {
     for p in &g.probes {
         let area = &ram[p.addr as usize..(p.addr + h::PROBE_SIZE) as usize];
-        if let Some(f) = check_probe(p, area, host) {
+        if let Some(f) = judge_probe(p, area, host, probe_code_intact(g, p, ram)) {
             return Some(f);
         }
     }
     None
+}
+
+/// The guest's memory image as generated (the chunks, later ones over earlier
+/// ones) at `addr..addr+len`; None where a byte of it is in no chunk.
+fn generated_bytes(g: &GuestCase, addr: u32, len: u32) -> Option<Vec<u8>> {
+    let mut out = vec![None; len as usize];
+    for c in &g.chunks {
+        for (k, b) in out.iter_mut().enumerate() {
+            let at = u64::from(addr) + k as u64;
+            if let Some(i) = at.checked_sub(u64::from(c.addr)).filter(|&i| i < c.bytes.0.len() as u64) {
+                *b = Some(c.bytes.0[i as usize]);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Whether the code of the item that fills and checks probe `p` (found by the
+/// address its `mov $area+288,%edi` names) is in RAM as generated at the end of
+/// the run. Self-modifying stores (the `smc` items, and any random store) may
+/// have rewritten it, and then what it left in the area says nothing about the
+/// save: in `fuzz/corpus/fxsave-area-after-smc` a store turned `mov $0xe0,%ecx;
+/// mov $0x85,%al; rep stosb` into `mov $0xa1b937e0,%ecx; pop %ebx; test %esi,%ebx;
+/// stosb`, so the guest itself stored AL at byte 288 (QEMU leaves the same byte).
+fn probe_code_intact(g: &GuestCase, p: &Probe, ram: &[u8]) -> bool {
+    let key = (p.addr + h::probe::UPPER.start).to_le_bytes();
+    g.items.iter().all(|it| {
+        let Some(code) = generated_bytes(g, it.addr, it.len) else { return true };
+        if !code.windows(4).any(|w| w == key) {
+            return true;
+        }
+        ram.get(it.addr as usize..).and_then(|r| r.get(..code.len())) == Some(&code[..])
+    })
 }
 
 /// One probe area: see the module documentation. The probe item filled the bytes
@@ -276,6 +310,13 @@ fn check_probes(g: &GuestCase, ram: &[u8], host: &HostRanges) -> Option<Failure>
 /// and the area itself shows the save (random jumps may land past the save, on the
 /// code that writes the marker).
 pub fn check_probe(p: &Probe, area: &[u8], host: &HostRanges) -> Option<Failure> {
+    judge_probe(p, area, host, true)
+}
+
+/// [`check_probe`], where `fill_trusted` says whether the probe item's code ran as
+/// generated (see [`probe_code_intact`]): if not, the bytes past the image are not
+/// judged (the pointer fields and an `xsave` still are).
+fn judge_probe(p: &Probe, area: &[u8], host: &HostRanges, fill_trusted: bool) -> Option<Failure> {
     let at = |off: u32| le32(area, off);
     // A save writes most of the image's first bytes (control and status words,
     // MXCSR, zeroed pointers; the fill byte is odd, so never one of them); a stray
@@ -288,12 +329,19 @@ pub fn check_probe(p: &Probe, area: &[u8], host: &HostRanges) -> Option<Failure>
     if at(h::probe::MARKER) != h::probe::MAGIC || written < need {
         return None;
     }
+    // An FXSAVE or XSAVE image holds MXCSR at 24..28, whose bits 16..31 are
+    // reserved and always 0: other bytes there mean another store wrote the head
+    // (a `rep stos` over the area) and a jump into the middle of the probe item
+    // wrote the marker, not a save (`fuzz/corpus/xsave-probe-overwritten`).
+    if matches!(p.kind, ProbeKind::Fxsave | ProbeKind::Xsave) && (at(24) >> 16) != 0 {
+        return None;
+    }
     if p.kind == ProbeKind::Xsave {
         return Some(Failure::new("host-leak", format!("xsave ran at {:#x} (the guest CPU has no XSAVE)", p.addr)));
     }
     let left = at(h::probe::LEFT);
     let upper = h::probe::UPPER;
-    if p.kind == ProbeKind::Fxsave && left != 0 && left < upper.len() as u32 {
+    if p.kind == ProbeKind::Fxsave && fill_trusted && left != 0 && left < upper.len() as u32 {
         let first = upper.end - left - 1;
         if area[first as usize] != p.fill {
             return Some(Failure::new(
@@ -395,5 +443,8 @@ mod tests {
         assert_eq!(check_probe(&env, &area, &host).expect("host cs").class, "host-leak");
         let xsave = Probe { kind: ProbeKind::Xsave, ..p };
         assert_eq!(check_probe(&xsave, &area, &host).expect("xsave ran").class, "host-leak");
+        // A head no save writes (MXCSR with reserved bits: a rep stos over it).
+        area[..32].fill(0xe1);
+        assert_eq!(check_probe(&xsave, &area, &host), None, "not an image");
     }
 }

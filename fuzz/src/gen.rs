@@ -684,6 +684,11 @@ fn fpu_state(g: &mut Gen<'_>) -> BodyItem {
             a.mov(ecx, h::probe::UPPER.len() as u32)?;
             a.mov(al, u32::from(p.fill))?;
             a.rep().stosb()?;
+            // And the image's head, which tells a save that ran from one that
+            // did not (see `exec::check_probe`), whatever stores came before.
+            a.mov(edi, area)?;
+            a.mov(ecx, 32u32)?;
+            a.rep().stosb()?;
             match p.kind {
                 ProbeKind::Fxsave => a.fxsave(m)?,
                 ProbeKind::Fnsave => a.fnsave(m)?,

@@ -114,6 +114,78 @@ fn item2_fxsave_leaves_bytes_288_to_512_and_names_no_host_code() {
 }
 
 #[test]
+fn item2_fxsave_after_a_self_modifying_store_leaves_bytes_288_to_512() {
+    for (cpl, paging) in [(0, false), (0, true), (3, false), (3, true)] {
+        let harness = Harness::standard(cpl, paging);
+        let fill = Chunk { addr: AREA, bytes: Bytes(vec![0xa5; 1024]) };
+        // The first item rewrites the immediate of the second's `mov $0x11111111,%ebx`
+        // (translated already if the body ran before); the second stores %ebx, then
+        // saves.
+        let smc = BodyItem::new("smc", |a, at| a.mov(iced_x86::code_asm::dword_ptr(u64::from(at.next + 1)), 0x2222_2222u32));
+        let mut save = vec![0xbb, 0x11, 0x11, 0x11, 0x11, 0x89, 0x1d];
+        save.extend_from_slice(&(h::DATA + 0x910).to_le_bytes());
+        save.extend_from_slice(&[0xd9, 0xe8, 0x0f, 0xae, 0x05]); // fld1; fxsave AREA
+        save.extend_from_slice(&AREA.to_le_bytes());
+        let (g, run) = go(&harness, vec![smc, raw(&save)], vec![fill]);
+        let what = format!("cpl {cpl} paging {paging}");
+        assert!(done(&run) && run.events.is_empty(), "{what}: {:?} {:?}", run.outcome, run.events);
+        assert_eq!(ram32(&run, h::DATA + 0x910), 0x2222_2222, "{what}: the rewritten code ran");
+        let area = &run.ram[AREA as usize..][..1024];
+        assert!(area[..288].iter().any(|&b| b != 0xa5), "{what}: fxsave wrote its image");
+        assert!(area[288..512].iter().all(|&b| b == 0xa5), "{what}: fxsave wrote past byte 287");
+        if let Some(q) = qemu_agrees(&g, &run) {
+            assert_eq!(&q.ram[AREA as usize..][288..512], &area[288..512], "{what}");
+        }
+    }
+}
+
+/// `fuzz/corpus/fxsave-area-after-smc` (seed 2026, case 616): a store rewrote the
+/// probe item's `mov $0xe0,%ecx; mov $0x85,%al; rep stosb` into `mov
+/// $0xa1b937e0,%ecx; pop %ebx; test %esi,%ebx; stosb`, so the guest's own `stosb`
+/// put AL in byte 288, not the `fxsave`. QEMU leaves the same bytes; the oracle no
+/// longer judges the area of a probe item whose code was rewritten.
+#[test]
+fn item2_fxsave_area_after_smc_is_the_guests_own_store() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/fxsave-area-after-smc.json");
+    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
+    let verdict = exec::run_case(&case);
+    assert_eq!(verdict.failure, None, "{verdict:?}");
+    let g = corpus_guest("fxsave-area-after-smc");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    assert!(done(&run), "{:?}", run.outcome);
+    // The rewritten code ran: a single stosb of AL at AREA+288, nothing else past
+    // the image.
+    let item = g.items.iter().find(|i| i.kind.starts_with("fpu-state")).expect("the probe item");
+    assert_eq!(&run.ram[item.addr as usize + 0x12..][..4], &[0x37, 0xb9, 0xa1, 0x5b], "the store rewrote the item");
+    let p = g.probes[0];
+    let area = &run.ram[p.addr as usize..][..512];
+    assert_ne!(area[288], p.fill, "the stosb");
+    assert!(area[289..512].iter().all(|&b| b == p.fill), "nothing past byte 288");
+    if let Some(q) = qemu_agrees(&g, &run) {
+        assert_eq!(&q.ram[p.addr as usize..][288..512], &area[288..512], "QEMU leaves the same bytes");
+    }
+}
+
+/// `fuzz/corpus/xsave-probe-overwritten` (seed 2029, case 15159): a `rep stosb` of
+/// 1 MiB wrote 0xe1 over the probe area, the probe's `xsaveopt` was #UD, and a
+/// random `jl` later landed inside the `xsaveopt` bytes, on the code that writes
+/// the marker. The oracle took the overwritten head for an XSAVE image; an image's
+/// MXCSR never has bits 16..31 set, so it no longer does.
+#[test]
+fn item2_xsave_probe_overwritten_by_a_string_store_is_no_leak() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/xsave-probe-overwritten.json");
+    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
+    let verdict = exec::run_case(&case);
+    assert_eq!(verdict.failure, None, "{verdict:?}");
+    let g = corpus_guest("xsave-probe-overwritten");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    let save = g.items[1].addr + 0x23; // the xsaveopt
+    assert_eq!(&run.ram[save as usize..][..3], &[0x0f, 0xae, 0x35]);
+    assert!(run.events.iter().any(|e| (e.vector, e.eip) == (6, save)), "the xsaveopt was #UD: {:?}", run.events);
+    assert_eq!(ram32(&run, g.probes[0].addr + 24), 0xe1e1_e1e1, "the rep stos's bytes, not an image");
+}
+
+#[test]
 fn item2_xsave_family_is_ud_without_xsave_in_cpuid() {
     at_both_levels(|cpl| {
         let harness = Harness::standard(cpl, false);
@@ -462,6 +534,26 @@ fn item10_apic_base_msr_reads() {
     assert!(done(&run) && run.events.is_empty(), "{:?} {:?}", run.outcome, run.events);
 }
 
+#[test]
+fn item10_amd_performance_counter_msrs_are_accepted_as_on_qemu() {
+    // wrmsr then rdmsr of 0xc0010000..7 at CPL 0 (what test kernels for QEMU's PC
+    // do unconditionally): no #GP whatever the host's vendor, as on QEMU's CPUs of
+    // either vendor; the value written reads back.
+    let mut b = Vec::new();
+    for msr in 0xc001_0000u32..0xc001_0008 {
+        b.push(0xb9);
+        b.extend_from_slice(&msr.to_le_bytes()); // mov $msr,%ecx
+        b.extend_from_slice(&[0xb8, 0x78, 0x56, 0x34, 0x12, 0x31, 0xd2, 0x0f, 0x30]); // mov $0x12345678,%eax; xor %edx,%edx; wrmsr
+        b.extend_from_slice(&[0x31, 0xc0, 0x0f, 0x32]); // xor %eax,%eax; rdmsr
+    }
+    b.extend_from_slice(&[0xa3]);
+    b.extend_from_slice(&(h::DATA + 0x900).to_le_bytes()); // mov %eax,DATA+0x900
+    let (g, run) = go(&Harness::standard(0, false), vec![raw(&b)], vec![]);
+    assert!(done(&run) && run.events.is_empty(), "{:?} {:?}", run.outcome, run.events);
+    assert_eq!(ram32(&run, h::DATA + 0x900), 0x1234_5678);
+    qemu_agrees(&g, &run);
+}
+
 // ---------------------------------------------------------------------------------
 // user code must not stop the VM: iret forms any program can run
 
@@ -473,6 +565,106 @@ fn cpl3_iretw_returns_to_a_16_bit_ip() {
     assert!(matches!(run.outcome, Ok(RunOutcome::GuestExit(v)) if v == h::EXIT_BASE | h::EXIT_WILD), "{:?}", run.outcome);
     assert_eq!(run.events.iter().map(|e| (e.vector, e.eip, e.error)).collect::<Vec<_>>(), vec![(14, 0x1234, 5)]);
     qemu_agrees(&g, &run);
+}
+
+/// LDT selectors of user code segments bt86 cannot run: 16-bit (base 0) and
+/// 32-bit with base 0x1000, both DPL 3 (what Linux's modify_ldt lets a process
+/// install).
+const LDT_CODE16: u16 = 0x27;
+const LDT_BASED: u16 = 0x2f;
+
+fn with_user_code_segments(cpl: u8, paging: bool) -> Harness {
+    let mut harness = Harness::standard(cpl, paging);
+    harness.ldt[4] = h::seg_desc(0, 0xffff, 0xfb, 0);
+    harness.ldt[5] = h::seg_desc(0x1000, 0xf_ffff, 0xfb, 0xc);
+    harness
+}
+
+/// `push`es of `dwords` (last pushed first in the list's order), then `op`.
+fn pushes_then(dwords: &[u32], op: u8) -> BodyItem {
+    let mut b = Vec::new();
+    for d in dwords {
+        b.push(0x68);
+        b.extend_from_slice(&d.to_le_bytes());
+    }
+    b.push(op);
+    raw(&b)
+}
+
+#[test]
+fn cpl3_transfers_to_16bit_or_based_code_are_gp_not_a_stop() {
+    // Deviation (README, limits): a CPU runs the code; bt86 translates flat 32-bit
+    // code only, so user code gets #GP(selector) on the transfer and its kernel
+    // ends it, instead of the whole VM stopping. Not compared with QEMU.
+    for paging in [false, true] {
+        // (An offset within the 16-bit segment's 64 KiB: past it is #GP(0) first.)
+        let target = |sel: u16| if sel == LDT_CODE16 { 0x700 } else { h::DATA + 0x700 };
+        let mut items = Vec::new();
+        for (op, sel) in [(0xea, LDT_CODE16), (0x9a, LDT_BASED), (0xea, LDT_BASED), (0x9a, LDT_CODE16)] {
+            let mut b = vec![op];
+            b.extend_from_slice(&target(sel).to_le_bytes());
+            b.extend_from_slice(&sel.to_le_bytes());
+            items.push(raw(&b));
+        }
+        // lret and iret at CPL 3 (same privilege).
+        items.push(pushes_then(&[u32::from(LDT_CODE16), target(LDT_CODE16)], 0xcb));
+        items.push(pushes_then(&[0x202, u32::from(LDT_BASED), target(LDT_BASED)], 0xcf));
+        let (g, run) = go(&with_user_code_segments(3, paging), items, vec![]);
+        assert!(done(&run), "paging {paging}: {:?} {:?}", run.outcome, run.events);
+        let got: Vec<(u32, u32, u32)> = run.events.iter().map(|e| (e.vector, e.eip, e.error)).collect();
+        let want: Vec<(u32, u32, u32)> = g
+            .items
+            .iter()
+            .zip([LDT_CODE16, LDT_BASED, LDT_BASED, LDT_CODE16, LDT_CODE16, LDT_BASED])
+            .enumerate()
+            .map(|(k, (it, sel))| {
+                let at = if k < 4 { it.addr } else { it.addr + it.len - 1 };
+                (13, at, u32::from(sel & 0xfffc))
+            })
+            .collect();
+        assert_eq!(got, want, "paging {paging}");
+    }
+}
+
+#[test]
+fn cpl3_far_transfer_to_a_16bit_tss_is_gp_not_a_stop() {
+    // fuzz/corpus/cpl3-far-transfer-to-16bit-tss (seed 2027, case 3761): user code
+    // far-jumps to a DPL-3 16-bit TSS of the kernel's GDT. bt86 switches to 32-bit
+    // TSSs only: #GP(selector), the VM goes on (a deviation: README, limits).
+    let g = corpus_guest("cpl3-far-transfer-to-16bit-tss");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    assert!(done(&run), "{:?}", run.outcome);
+    assert_eq!(vectors(&run), vec![13], "{:?}", run.events);
+    // The same through a DPL-3 task gate at CPL 3, and an iret with NT whose back
+    // link is one: #GP(TSS), #TS(TSS).
+    let mut harness = Harness::standard(3, false);
+    harness.gdt[0xa0 / 8] = h::seg_desc(h::TSS2, 0x2b, 0xe1, 0); // 16-bit TSS, DPL 3
+    harness.gdt[0xa8 / 8] = h::gate_desc(0xa0, 0, 0xe5, 0); // task gate, DPL 3
+    let mut b = vec![0xea, 0, 0, 0, 0, 0xa8, 0x00];
+    b.extend_from_slice(&[0x9a, 0, 0, 0, 0, 0xa3, 0x00]);
+    let (g, run) = go(&harness, vec![raw(&b[..7]), raw(&b[7..])], vec![]);
+    assert!(done(&run), "{:?}", run.outcome);
+    let got: Vec<(u32, u32, u32)> = run.events.iter().map(|e| (e.vector, e.eip, e.error)).collect();
+    assert_eq!(got, vec![(13, g.items[0].addr, 0xa0), (13, g.items[1].addr, 0xa0)]);
+}
+
+#[test]
+fn kernel_iret_to_16bit_or_based_user_code_is_gp_not_a_stop() {
+    // What a sigreturn with a crafted frame makes a kernel do: iret from CPL 0 to
+    // such a user segment. #GP(selector) at the iret (Linux fixes that up into a
+    // signal for the process); a kernel jumping there itself still stops.
+    for sel in [LDT_CODE16, LDT_BASED] {
+        let frame = [u32::from(h::sel::UDATA | 3), h::DATA + 0x800, 0x202, u32::from(sel), 0x700];
+        let (g, run) = go(&with_user_code_segments(0, true), vec![pushes_then(&frame, 0xcf)], vec![]);
+        assert!(done(&run), "{sel:#x}: {:?} {:?}", run.outcome, run.events);
+        let it = &g.items[0];
+        assert_eq!(run.events.iter().map(|e| (e.vector, e.eip, e.error)).collect::<Vec<_>>(), vec![(13, it.addr + it.len - 1, u32::from(sel & 0xfffc))]);
+    }
+    let mut b = vec![0xea];
+    b.extend_from_slice(&0x700u32.to_le_bytes());
+    b.extend_from_slice(&h::sel::CODE16.to_le_bytes());
+    let (_, run) = go(&Harness::standard(0, false), vec![raw(&b)], vec![]);
+    assert!(matches!(&run.outcome, Ok(RunOutcome::Unsupported { what, .. }) if what.contains("16-bit code segment")), "{:?}", run.outcome);
 }
 
 #[test]

@@ -90,9 +90,16 @@ impl Vm {
                 next = self.debug_boundary(next)?;
             }
             if let Next::Dispatch(eip) | Next::Transient(eip) = next {
-                if self.cpu.seg[crate::cpu::sreg::CS].base != 0 {
+                let cs = self.cpu.seg[crate::cpu::sreg::CS];
+                if cs.base != 0 {
                     // Code is fetched and keyed by linear = eip; a code segment with a
-                    // base would need both shifted. Stop clearly instead.
+                    // base would need both shifted. Every CS load refuses one already
+                    // (`emulate::segments::check_runnable_cs`); should one get here
+                    // anyway, user code gets #GP (its kernel ends it), a kernel stops.
+                    if self.cpu.cpl() == 3 {
+                        next = self.raise(13, Some(u32::from(cs.selector & 0xfffc)), eip, EventSource::Exception)?;
+                        continue;
+                    }
                     return Ok(RunOutcome::Unsupported { eip, what: "a code segment with a non-zero base".into() });
                 }
             }

@@ -66,10 +66,9 @@ pub(crate) fn deliver(
     if !d.present() {
         return Err(Fault::exc(super::vector::NP, Some(u32::from((selector & 0xfffc) | ext))));
     }
-    if !d.big() {
-        return Err(Fault::unsupported("an interrupt handler in a 16-bit code segment"));
-    }
     let new_cpl = if d.conforming() { cpl } else { d.dpl() };
+    let refusal = Fault::gp((selector & 0xfffc) | ext);
+    super::segments::check_runnable_cs(&d, new_cpl, refusal, "an interrupt handler in")?;
     let old_flags = read_eflags(m);
     let old_cs = m.cpu.seg[sreg::CS].selector;
     // A 16-bit gate pushes words (the low halves of eflags, eip and the error code).
@@ -283,9 +282,7 @@ fn return_cs(m: &mut Machine<'_>, cs_sel: u16, eip: u32) -> Result<Entry, Fault>
     if !d.present() {
         return Err(Fault::np_sel(cs_sel));
     }
-    if !d.big() {
-        return Err(Fault::unsupported("a return to a 16-bit code segment"));
-    }
+    super::segments::check_runnable_cs(&d, rpl, Fault::gp_sel(cs_sel), "a return to")?;
     if eip > d.limit() {
         return Err(Fault::gp0());
     }

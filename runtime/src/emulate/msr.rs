@@ -2,8 +2,9 @@
 //! with the CPU model.
 //!
 //! An MSR exists only where a real CPU of the reported description has it: the
-//! SYSENTER MSRs with SEP, the TSC with TSC, AMD's performance counters and
-//! configuration registers with an AMD vendor string, Intel's with Intel's. Every
+//! SYSENTER MSRs with SEP, the TSC with TSC, AMD's configuration registers with
+//! an AMD vendor string, Intel's with Intel's; AMD's legacy performance counters
+//! (0xc0010000..7) with any vendor, as QEMU has them (see `kind`). Every
 //! other index raises #GP(0), as hardware does (kernels probe with `rdmsr_safe`
 //! and act on the fault). MSRs that only hold a value for the guest (performance
 //! counter controls, configuration registers bt86 has nothing behind) keep what
@@ -88,7 +89,10 @@ fn kind(m: &Machine<'_>, msr: u32) -> Option<Kind> {
         FEATURE_CONTROL if vendor == Vendor::Intel => Kind::Fixed(1),
         MISC_ENABLE if vendor == Vendor::Intel && model.family() >= 6 => Kind::Stored(MISC_ENABLE_DEFAULT),
         _ if vendor == Vendor::Intel && (INTEL_PMC.contains(&msr) || INTEL_EVTSEL.contains(&msr)) => Kind::Stored(0),
-        _ if vendor == Vendor::Amd && (AMD_PERF_CTL..AMD_PERF_CTR + 4).contains(&msr) => Kind::Stored(0),
+        // AMD's PERF_CTL/PERF_CTR exist on every vendor here: test kernels written
+        // for QEMU's PC write them unconditionally, and QEMU's Intel CPUs accept
+        // them too (an Intel CPU raises #GP; README, limits).
+        _ if (AMD_PERF_CTL..AMD_PERF_CTR + 4).contains(&msr) => Kind::Stored(0),
         _ if vendor == Vendor::Amd && AMD_CONFIG.contains(&msr) => Kind::Stored(0),
         _ => return None,
     })
@@ -206,6 +210,24 @@ mod tests {
         assert_eq!(t.run(&RDPMC), gp(0), "no such counter");
         t.ctx.gpr[1] = ctr;
         assert_eq!(t.run(&RDMSR), gp(0), "rdmsr at CPL 3");
+    }
+
+    #[test]
+    fn amd_performance_counter_msrs_exist_with_any_vendor() {
+        // As on QEMU's CPUs of either vendor: written and read back at CPL 0 (a
+        // test kernel for QEMU's PC writes them unconditionally), #GP at CPL 3.
+        let mut t = TestMachine::new();
+        for msr in AMD_PERF_CTL..AMD_PERF_CTR + 4 {
+            t.ctx.gpr[1] = msr;
+            t.ctx.gpr[0] = msr ^ 0x5a;
+            t.ctx.gpr[2] = 0;
+            assert_eq!(t.run(&WRMSR), Outcome::Continue, "{msr:#x}");
+            assert_eq!(rd(&mut t, msr), Outcome::Continue, "{msr:#x}");
+            assert_eq!((t.ctx.gpr[0], t.ctx.gpr[2]), (msr ^ 0x5a, 0), "{msr:#x}");
+        }
+        assert_eq!(rd(&mut t, AMD_PERF_CTR + 4), gp(0), "0xc0010008: none");
+        t.set_cpl(3);
+        assert_eq!(rd(&mut t, AMD_PERF_CTL), gp(0), "rdmsr at CPL 3");
     }
 
     #[test]

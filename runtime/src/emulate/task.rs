@@ -10,7 +10,8 @@
 //! (#TS, #NP, #SS) come in the context of the new task. The TSS and the
 //! descriptor tables are read in the address space the switch starts in (a
 //! guest that maps its GDT and TSSs alike in every space sees no difference).
-//! 16-bit TSSs and tasks in 16-bit code stop as unsupported.
+//! 16-bit TSSs and tasks in 16-bit or based code stop as unsupported, except that
+//! user code (CPL 3) gets a fault instead (README, limits).
 
 use super::addressing::{read_sys, write_linear_as};
 use super::descriptor::{fetch, is_null, set_type_bits, sys, Entry};
@@ -46,7 +47,14 @@ pub(crate) fn switch(m: &mut Machine<'_>, sel: u16, e: Entry, source: Source, re
         return Err(Fault::np_sel(sel));
     }
     if matches!(d.typ(), sys::TSS16_AVAIL | sys::TSS16_BUSY) {
-        return Err(Fault::unsupported("a task switch to a 16-bit TSS"));
+        // bt86 switches to 32-bit TSSs only. User code's own jmp, call or iret
+        // (through a kernel's DPL-3 descriptor) gets #GP(selector) (#TS for iret)
+        // instead of stopping the VM, as for 16-bit code (README, limits).
+        return Err(match source {
+            Source::Jmp | Source::Call if m.cpu.cpl() == 3 => Fault::gp_sel(sel),
+            Source::Iret if m.cpu.cpl() == 3 => ts(sel),
+            _ => Fault::unsupported("a task switch to a 16-bit TSS"),
+        });
     }
     if d.limit() < MIN_LIMIT {
         return Err(ts(sel));
@@ -159,9 +167,7 @@ fn load_segments(m: &mut Machine<'_>, sels: [u16; 6]) -> Result<(), Fault> {
     if !d.present() {
         return Err(Fault::np_sel(cs_sel));
     }
-    if !d.big() {
-        return Err(Fault::unsupported("a task in a 16-bit code segment"));
-    }
+    super::segments::check_runnable_cs(&d, cpl, ts(cs_sel), "a task in")?;
     m.cpu.seg[sreg::CS] = set_type_bits(m, cs, 1)?.to_segment(cs_sel);
     let ss_sel = sels[sreg::SS];
     let ss = descriptor(m, ss_sel)?;

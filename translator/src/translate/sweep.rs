@@ -186,3 +186,20 @@ fn state_saves_never_show_host_registers() {
         }
     }
 }
+
+/// The segment set-ups user code can make itself (through its LDT: a based or
+/// 16-bit stack, segments with limits, null %fs/%gs) at CPL 3: still nothing stops
+/// the VM as unsupported, nothing unconfined.
+#[test]
+fn user_segment_modes_are_ident_emulated_or_ud() {
+    let isa = Isa::default();
+    let user = Mode { fpu: crate::fpu_mode::OSFXSR, cpl: 3, ..Mode::default() };
+    for (what, mode) in [
+        ("a based stack, every data segment based", Mode { seg_based: 0b11_1101, irregular_stack: true, ..user }),
+        ("every data segment checked", Mode { seg_checked: 0b11_1101, ..user }),
+        ("null fs and gs", Mode { seg_unusable: 0b11_0000, seg_based: 0b00_1001, ..user }),
+    ] {
+        let findings = sweep(mode, &isa);
+        assert!(findings.is_empty(), "{what}: {}", report(&findings));
+    }
+}
