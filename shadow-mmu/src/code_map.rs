@@ -118,14 +118,21 @@ impl CodeMap {
         }
     }
 
-    /// The guest entry at physical `entry` changed: as a page table entry, its
-    /// page is no longer known; as a page directory entry, its region in the
-    /// spaces of that directory.
-    pub fn entry_changed(&mut self, entry: u32) {
+    /// The guest entry at physical `entry` changed to `value`: as a page table
+    /// entry, its page is no longer known unless it still maps the same frame
+    /// to the same privilege (a fork write-protecting its pages, A and D bits:
+    /// the code there is the same code); as a page directory entry, its region
+    /// in the spaces of that directory.
+    pub fn entry_changed(&mut self, entry: u32, value: u32) {
         let (frame, index) = (entry >> 12, ((entry & 0xfff) >> 2) as usize);
+        const PRESENT: u32 = 1;
+        const USER: u32 = 4;
         for user in [false, true] {
             if let Some(leaf) = self.leaves.get_mut(&LeafKey { source: Source::Table(frame), user }) {
-                leaf.0[index] = 0;
+                let allowed = value & PRESENT != 0 && (!user || value & USER != 0);
+                if !(allowed && leaf.0[index] == (value >> 12) + 1) {
+                    leaf.0[index] = 0;
+                }
             }
         }
         let empty = self.empty_address();
@@ -248,12 +255,25 @@ mod tests {
         let mut map = CodeMap::new();
         map.note(0x100, 0x0804_8000, Source::Table(0x200), 0x500, true);
         map.note(0x100, 0x0804_9000, Source::Table(0x200), 0x501, true);
-        // The PTE of the first page (table frame 0x200, index 0x48).
-        map.entry_changed((0x200 << 12) + 0x48 * 4);
-        assert_eq!(check(&mut map, 0x100, 0x0804_8000, true), 0);
+        // The PTE of the second page write-protected (fork): the same frame, kept.
+        map.entry_changed((0x200 << 12) + 0x49 * 4, 0x501 << 12 | 0x25);
         assert_eq!(check(&mut map, 0x100, 0x0804_9000, true), 0x502);
+        // Made supervisor-only: gone for user mode, kept for the kernel.
+        map.note(0x100, 0x0804_9000, Source::Table(0x200), 0x501, true);
+        map.entry_changed((0x200 << 12) + 0x49 * 4, 0x501 << 12 | 0x21);
+        assert_eq!(check(&mut map, 0x100, 0x0804_9000, true), 0);
+        assert_eq!(check(&mut map, 0x100, 0x0804_9000, false), 0x502);
+        map.note(0x100, 0x0804_9000, Source::Table(0x200), 0x501, true);
+        // The PTE of the first page pointed at another frame, or not present.
+        map.entry_changed((0x200 << 12) + 0x48 * 4, 0x777 << 12 | 0x27);
+        assert_eq!(check(&mut map, 0x100, 0x0804_8000, true), 0);
+        assert_eq!(check(&mut map, 0x100, 0x0804_8000, false), 0);
+        assert_eq!(check(&mut map, 0x100, 0x0804_9000, true), 0x502);
+        map.entry_changed((0x200 << 12) + 0x49 * 4, 0x501 << 12 | 0x26);
+        assert_eq!(check(&mut map, 0x100, 0x0804_9000, true), 0, "not present");
+        map.note(0x100, 0x0804_9000, Source::Table(0x200), 0x501, true);
         // The PDE of the region (directory frame 0x100, index 0x20).
-        map.entry_changed((0x100 << 12) + 0x20 * 4);
+        map.entry_changed((0x100 << 12) + 0x20 * 4, 0x200 << 12 | 0x27);
         assert_eq!(check(&mut map, 0x100, 0x0804_9000, true), 0);
         assert_eq!(check(&mut map, 0x100, 0x0804_9000, false), 0);
     }

@@ -116,7 +116,14 @@ fn emit_exit_common(a: &mut Asm) -> Result<(), EmitError> {
 /// guest's flags. A miss jumps to `miss` with the guest registers intact.
 pub fn emit_lookup(a: &mut Asm, miss: u64) -> Result<(), EmitError> {
     use Register::*;
-    a.ins(&Instruction::with2(Code::Movzx_r32_rm16, R10D, R9W).map_err(ice)?)?;
+    // The slot (`lookup::index`), flag-free: eip + (eip rotated by 16), low half.
+    if crate::lookup::mixes_high_half() {
+        a.ins(&Instruction::with3(Code::VEX_Rorx_r32_rm32_imm8, R10D, R9D, 16u32).map_err(ice)?)?;
+        a.ins(&ins2rm(Code::Lea_r32_m, R10D, MemoryOperand::with_base_index(R9, R10)))?;
+        a.ins(&Instruction::with2(Code::Movzx_r32_rm16, R10D, R10W).map_err(ice)?)?;
+    } else {
+        a.ins(&Instruction::with2(Code::Movzx_r32_rm16, R10D, R9W).map_err(ice)?)?;
+    }
     a.ins(&ins2rm(Code::Lea_r64_m, R10, MemoryOperand::with_base_index(R10, R10)))?;
     let entry = MemoryOperand::with_base_index_scale_displ_size(R14, R10, 8, 0, 0);
     a.ins(&ins2rm(Code::Mov_r64_rm64, R11, entry))?;

@@ -938,7 +938,8 @@ impl Vm {
     /// the code pages reached through it (their units' page checks fail until the
     /// VMM walks them again). Translations stay: they are keyed by frame.
     pub(crate) fn entry_changed(&mut self, entry: u32) -> Result<(), VmError> {
-        self.shadow.code.entry_changed(entry & !3);
+        let value = RamPhys(&self.ram).read_u32(entry & !3).unwrap_or(0);
+        self.shadow.code.entry_changed(entry & !3, value);
         self.drop_entries(core::iter::once(entry & !3))?;
         self.map_when_present(entry & !3)
     }

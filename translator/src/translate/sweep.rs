@@ -58,9 +58,13 @@ fn encodings() -> Vec<Vec<u8>> {
 }
 
 /// Host features the translator's own glue uses (x86-64 itself, `cmov` for salc,
-/// SSE2 moves through xmm8 and `fxsave` for the scrubbed state saves).
+/// SSE2 moves through xmm8 and `fxsave` for the scrubbed state saves; BMI2's
+/// flag-free `rorx`/`shrx` in the indirect lookup's hash and the inline `cpuid`,
+/// emitted only where the host has BMI2: `lookup::mixes_high_half`,
+/// `cpuid::inline_possible`).
 fn glue_allows(f: CpuidFeature) -> bool {
     matches!(f, CpuidFeature::X64 | CpuidFeature::CMOV | CpuidFeature::SSE2 | CpuidFeature::FXSR)
+        || (f == CpuidFeature::BMI2 && crate::lookup::mixes_high_half())
 }
 
 #[derive(Debug)]
