@@ -351,6 +351,14 @@ fn judge_probe(p: &Probe, area: &[u8], host: &HostRanges, fill_trusted: bool) ->
         }
     }
     let (fip, fcs) = (at(h::probe::FIP), at(h::probe::FCS) & 0xffff);
+    // The probe item copies the image's pointer fields; copies that differ from
+    // the image were stored by something else: a jump into the middle of the
+    // item whose misdecoded bytes ran its copy stores with other values
+    // (`fuzz/corpus/probe-copy-reentered`: the guest's `smsw` result, CR0 = 0x33).
+    let (fip_at, fcs_at) = if p.kind == ProbeKind::Fxsave { (8, 12) } else { (12, 16) };
+    if (at(fip_at), at(fcs_at)) != (at(h::probe::FIP), at(h::probe::FCS)) {
+        return None;
+    }
     if fcs == 0x33 || (host.low_half_of_code(fip) && !(h::BODY..h::BODY + h::BODY_MAX).contains(&fip)) {
         return Some(Failure::new(
             "host-leak",
@@ -440,6 +448,8 @@ mod tests {
         assert_eq!(check_probe(&p, &area, &host), None, "upper area kept");
         area[h::probe::FCS as usize] = 0x33;
         let env = Probe { kind: ProbeKind::Fnstenv, ..p };
+        assert_eq!(check_probe(&env, &area, &host), None, "a copy the image does not hold");
+        area[16] = 0x33; // fnstenv's FCS
         assert_eq!(check_probe(&env, &area, &host).expect("host cs").class, "host-leak");
         let xsave = Probe { kind: ProbeKind::Xsave, ..p };
         assert_eq!(check_probe(&xsave, &area, &host).expect("xsave ran").class, "host-leak");

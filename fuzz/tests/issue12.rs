@@ -185,6 +185,23 @@ fn item2_xsave_probe_overwritten_by_a_string_store_is_no_leak() {
     assert_eq!(ram32(&run, g.probes[0].addr + 24), 0xe1e1_e1e1, "the rep stos's bytes, not an image");
 }
 
+/// `fuzz/corpus/probe-copy-reentered` (seed 2031, case 4360): after the probe's
+/// `fxsave`, random bytes `jne` back into the middle of the probe item, whose
+/// misdecoded bytes run its copy stores again with eax = the `smsw` result (CR0 =
+/// 0x33), so the FCS copy read 0x33 while the image held the scrubbed 0. Not a
+/// leak; the oracle now judges only copies that match the image.
+#[test]
+fn item2_probe_copy_stored_by_a_jump_into_the_item_is_no_leak() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/probe-copy-reentered.json");
+    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
+    assert_eq!(exec::run_case(&case).failure, None);
+    let g = corpus_guest("probe-copy-reentered");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    let area = g.probes[0].addr;
+    assert_eq!(ram32(&run, area + 12) & 0xffff, 0, "the image's FCS is scrubbed");
+    assert_eq!(ram32(&run, area + bt86_fuzz::harness::probe::FCS), 0x33, "the copy holds CR0, stored by the re-entry");
+}
+
 #[test]
 fn item2_xsave_family_is_ud_without_xsave_in_cpuid() {
     at_both_levels(|cpl| {
