@@ -148,7 +148,40 @@ impl Cpu {
         self.seg.map(|s| s.base)
     }
 
+    /// The state [`Cpu::mode`] is computed from: equal inputs, equal modes (a
+    /// cheap test before the computation, for callouts that seldom change it).
+    pub fn mode_inputs(&self) -> ModeInputs {
+        ModeInputs {
+            seg: self.seg,
+            cr0: self.cr0,
+            cr4: self.cr4,
+            tsc_offset: self.tsc_offset,
+            tsc_calibrating: self.tsc_calibrating,
+        }
+    }
+
     /// What translated code depends on.
+    pub fn mode(&self) -> Mode {
+        self.mode_inputs().mode()
+    }
+}
+
+/// What [`Cpu::mode`] depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModeInputs {
+    seg: [Segment; 6],
+    cr0: u32,
+    cr4: u32,
+    tsc_offset: i64,
+    tsc_calibrating: bool,
+}
+
+impl ModeInputs {
+    fn cpl(&self) -> u8 {
+        (self.seg[sreg::CS].selector & 3) as u8
+    }
+
+    /// The translation mode of a CPU in this state.
     pub fn mode(&self) -> Mode {
         let mut seg_based = 0;
         for (i, s) in self.seg.iter().enumerate() {

@@ -954,26 +954,26 @@ impl LinearMemory<'_> {
             Err(WalkError::NoRam { phys }) => Err(MemFault::Unbacked { linear: phys }),
         }
     }
+}
 
-    /// Splits [linear, linear+len) at page boundaries: (linear, offset, len).
-    /// An iterator, not a list: every emulated access goes through here.
-    fn pieces(linear: u32, len: usize) -> impl Iterator<Item = (u32, usize, usize)> {
-        let mut done = 0;
-        core::iter::from_fn(move || {
-            (done < len).then(|| {
-                let at = linear.wrapping_add(u32::try_from(done).unwrap_or(0));
-                let n = (len - done).min((0x1000 - (at & 0xfff)) as usize);
-                let piece = (at, done, n);
-                done += n;
-                piece
-            })
+/// Splits [linear, linear+len) at page boundaries: (linear, offset, len).
+/// An iterator, not a list: every emulated access goes through here.
+pub(crate) fn page_pieces(linear: u32, len: usize) -> impl Iterator<Item = (u32, usize, usize)> {
+    let mut done = 0;
+    core::iter::from_fn(move || {
+        (done < len).then(|| {
+            let at = linear.wrapping_add(u32::try_from(done).unwrap_or(0));
+            let n = (len - done).min((0x1000 - (at & 0xfff)) as usize);
+            let piece = (at, done, n);
+            done += n;
+            piece
         })
-    }
+    })
 }
 
 impl GuestMemory for LinearMemory<'_> {
     fn read(&mut self, linear: u32, buf: &mut [u8], user: bool) -> Result<(), MemFault> {
-        for (at, off, n) in Self::pieces(linear, buf.len()) {
+        for (at, off, n) in page_pieces(linear, buf.len()) {
             let phys = self.phys(at, false, user)?;
             self.ram.read_or_ones(phys, &mut buf[off..off + n]);
         }
@@ -983,10 +983,10 @@ impl GuestMemory for LinearMemory<'_> {
     fn write(&mut self, linear: u32, data: &[u8], user: bool) -> Result<(), MemFault> {
         // Translate every piece first: a fault leaves memory untouched. (The
         // second walk finds the same frames: the first only set A and D bits.)
-        for (at, _, _) in Self::pieces(linear, data.len()) {
+        for (at, _, _) in page_pieces(linear, data.len()) {
             self.phys(at, true, user)?;
         }
-        for (at, off, n) in Self::pieces(linear, data.len()) {
+        for (at, off, n) in page_pieces(linear, data.len()) {
             let phys = self.phys(at, true, user)?;
             if !self.ram.contains(phys, n) {
                 // No memory there: the write goes nowhere.

@@ -12,6 +12,7 @@ mod engine;
 pub mod gdb;
 pub mod kvm;
 mod light;
+mod light_cpu;
 pub mod loader;
 pub mod memory;
 mod mmu;

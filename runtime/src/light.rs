@@ -88,6 +88,9 @@ impl Vm {
                     _ => return Ok(Light::Done(next)),
                 }
             }
+            if let Some(next) = self.light_cpu()? {
+                return Ok(Light::Done(next));
+            }
             let Some((op, next_eip)) = self.light_site() else { return Ok(Light::No) };
             self.stats.exits_callout += 1;
             self.stats.light_exits += 1;

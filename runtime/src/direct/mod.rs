@@ -82,8 +82,9 @@ pub(crate) struct Direct {
     pub policy: Policy,
     /// Why direct execution is off for good (the host refused a runner).
     pub disabled: Option<String>,
-    /// CPL and time when the guest last entered CPL 3 under translation.
-    user_since: Option<Instant>,
+    /// When (host TSC: cheaper than the clock, at every ring change) the guest
+    /// last entered CPL 3 under translation.
+    user_since: Option<u64>,
     /// No direct execution before this (an entry the host refused: a new runner
     /// per instruction would crawl).
     paused_until: Option<Instant>,
@@ -209,11 +210,13 @@ impl Vm {
         }
         let user = self.cpu.cpl() == 3;
         match (user, self.direct.user_since) {
-            (true, None) => self.direct.user_since = Some(Instant::now()),
+            (true, None) => self.direct.user_since = Some(crate::devices::clock::host_tsc()),
             (false, Some(since)) => {
                 self.direct.user_since = None;
                 let key = self.context_key();
-                self.direct.policy.observe(key, false, since.elapsed());
+                let ticks = crate::devices::clock::host_tsc().saturating_sub(since);
+                let ns = u128::from(ticks) * 1_000_000_000 / u128::from(crate::devices::clock::tsc_hz());
+                self.direct.policy.observe(key, false, Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)));
             }
             _ => {}
         }

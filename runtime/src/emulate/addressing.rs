@@ -229,6 +229,29 @@ pub(crate) fn read_lin(m: &mut Machine<'_>, addr: u32, size: u32) -> Result<u32,
     Ok(u32::from_le_bytes(b))
 }
 
+/// Reads `N` consecutive `size`-byte (2 or 4) words at linear `addr`, zero-
+/// extended, in one access when they lie in one page (word by word otherwise,
+/// so a fault names the page the CPU's would).
+pub(crate) fn read_lin_words<const N: usize>(m: &mut Machine<'_>, addr: u32, size: u32) -> Result<[u32; N], Fault> {
+    let size = size.clamp(1, 4);
+    let mut words = [0u32; N];
+    let len = N * size as usize;
+    if N <= 8 && (addr & 0xfff) as usize + len <= 0x1000 {
+        let mut b = [0u8; 32];
+        read_linear(m, addr, &mut b[..len])?;
+        for (w, chunk) in words.iter_mut().zip(b[..len].chunks_exact(size as usize)) {
+            let mut v = [0u8; 4];
+            v[..chunk.len()].copy_from_slice(chunk);
+            *w = u32::from_le_bytes(v);
+        }
+        return Ok(words);
+    }
+    for (k, w) in words.iter_mut().enumerate() {
+        *w = read_lin(m, addr.wrapping_add(size * k as u32), size)?;
+    }
+    Ok(words)
+}
+
 /// Writes the low `size` (1, 2 or 4) bytes of `v` at linear `addr`.
 pub(crate) fn write_lin(m: &mut Machine<'_>, addr: u32, size: u32, v: u32) -> Result<(), Fault> {
     let n = size.clamp(1, 4) as usize;

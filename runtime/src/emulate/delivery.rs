@@ -12,7 +12,7 @@
 //! 16-bit gates push words; task gates switch tasks (`task.rs`). Not here yet:
 //! handlers in 16-bit code segments, virtual-8086 mode.
 
-use super::addressing::{read_lin, read_sys, write_linear_as};
+use super::addressing::{read_lin, read_lin_words, read_sys, write_linear_as};
 use super::descriptor::{fetch, is_null, set_type_bits, sys, Entry};
 use super::flags::{iopl, read_eflags, write_eflags};
 use super::{EmuResult, Fault, Machine, Outcome};
@@ -73,17 +73,20 @@ pub(crate) fn deliver(
     let old_cs = m.cpu.seg[sreg::CS].selector;
     // A 16-bit gate pushes words (the low halves of eflags, eip and the error code).
     let slot = if matches!(gate_type, GATE_INT16 | GATE_TRAP16) { 2 } else { 4 };
+    // The frame, first pushed first: [ss, esp,] eflags, cs, eip[, error].
+    let mut words = [u32::from(m.cpu.seg[sreg::SS].selector), m.ctx.gpr[4], old_flags, u32::from(old_cs), return_eip, 0];
+    let end = if let Some(e) = error {
+        words[5] = e;
+        6
+    } else {
+        5
+    };
     let (new_ss, new_esp) = if new_cpl < cpl {
         let (ss, esp) = inner_stack(m, new_cpl, ext)?;
-        let mut frame = vec![u32::from(m.cpu.seg[sreg::SS].selector), m.ctx.gpr[4]];
-        frame.extend([old_flags, u32::from(old_cs), return_eip]);
-        frame.extend(error);
-        (Some(ss), write_frame(m, ss.base, esp, &frame, slot, false)?)
+        (Some(ss), write_frame(m, ss.base, esp, &words[..end], slot, false)?)
     } else {
-        let mut frame = vec![old_flags, u32::from(old_cs), return_eip];
-        frame.extend(error);
         let ss = m.cpu.seg[sreg::SS];
-        (None, write_frame(m, ss.base, m.ctx.gpr[4], &frame, slot, m.cpu.cpl() == 3)?)
+        (None, write_frame(m, ss.base, m.ctx.gpr[4], &words[2..end], slot, m.cpu.cpl() == 3)?)
     };
     // Commit: nothing below can fault.
     let d = set_type_bits(m, e, ACCESSED)?;
@@ -164,11 +167,24 @@ pub(crate) fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Se
 /// 16-bit gate) below `esp` in the stack segment at `ss_base`, as a user access if
 /// `user` (the handler runs at CPL 3); returns the new esp.
 fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], slot: u32, user: bool) -> Result<u32, Fault> {
-    let bytes = u32::try_from(frame.len()).unwrap_or(u32::MAX).wrapping_mul(slot);
-    let new_esp = esp.wrapping_sub(bytes);
-    for (i, v) in frame.iter().enumerate() {
-        let at = u32::try_from(frame.len() - 1 - i).unwrap_or(0) * slot;
-        write_linear_as(m, ss_base.wrapping_add(new_esp.wrapping_add(at)), &v.to_le_bytes()[..slot as usize], user)?;
+    let n = frame.len().min(6);
+    let size = slot as usize;
+    let new_esp = esp.wrapping_sub(u32::try_from(n * size).unwrap_or(0));
+    let bottom = ss_base.wrapping_add(new_esp);
+    if bottom & 0xfff <= 0x1000 - (n * size) as u32 {
+        // Within one page: one write (the pushes can fault only all together).
+        let mut bytes = [0u8; 24];
+        for (i, v) in frame[..n].iter().enumerate() {
+            let at = (n - 1 - i) * size;
+            bytes[at..at + size].copy_from_slice(&v.to_le_bytes()[..size]);
+        }
+        write_linear_as(m, bottom, &bytes[..n * size], user)?;
+        return Ok(new_esp);
+    }
+    // Across pages: push by push, so a fault names the page the CPU's would.
+    for (i, v) in frame[..n].iter().enumerate() {
+        let at = u32::try_from((n - 1 - i) * size).unwrap_or(0);
+        write_linear_as(m, bottom.wrapping_add(at), &v.to_le_bytes()[..size], user)?;
     }
     Ok(new_esp)
 }
@@ -185,9 +201,8 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     let ss = m.cpu.seg[sreg::SS];
     let esp = m.ctx.gpr[4];
     let at = |k: u32| ss.base.wrapping_add(esp.wrapping_add(size * k));
-    let eip = read_lin(m, at(0), size)?;
-    let cs_sel = read_lin(m, at(1), size)? as u16;
-    let flags = read_lin(m, at(2), size)?;
+    let [eip, cs_sel, flags] = read_lin_words(m, at(0), size)?;
+    let cs_sel = cs_sel as u16;
     if size == 4 && flags & eflags::VM != 0 && m.cpu.cpl() == 0 {
         return Err(Fault::unsupported("iret to virtual-8086 mode"));
     }
@@ -195,9 +210,8 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     let rpl = (cs_sel & 3) as u8;
     let e = return_cs(m, cs_sel, eip)?;
     let outer = if rpl > cpl {
-        let new_esp = read_lin(m, at(3), size)?;
-        let ss_sel = read_lin(m, at(4), size)? as u16;
-        Some((outer_ss(m, ss_sel, rpl)?, new_esp))
+        let [new_esp, ss_sel] = read_lin_words(m, at(3), size)?;
+        Some((outer_ss(m, ss_sel as u16, rpl)?, new_esp))
     } else {
         None
     };

@@ -19,7 +19,7 @@
 mod addressing;
 mod control;
 mod cpuid;
-mod delivery;
+pub(crate) mod delivery;
 mod descriptor;
 pub(crate) mod flags;
 mod interrupts;
@@ -35,7 +35,7 @@ mod tables;
 mod task;
 pub mod traced;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use crate::cpu::Cpu;
 use crate::devices::{IoEffect, Platform, PortBus};
@@ -54,6 +54,10 @@ pub enum MemFault {
     /// The guest's page tables refuse the access: #PF with this error code (the
     /// memory records the faulting linear address for CR2).
     PageFault { linear: u32, error_code: u32 },
+    /// The light path's memory (`light_cpu::CachedMemory`) has no ready
+    /// translation for the access: the instruction is taken again by the general
+    /// path. Never reaches the guest.
+    NotCached,
 }
 
 /// Guest memory by linear address, as emulated instructions see it. Writes must
@@ -238,6 +242,10 @@ impl Fault {
             Fault::Mem(MemFault::Unbacked { linear }) => {
                 Outcome::Stop(Stop::Unbacked { eip, linear })
             }
+            Fault::Mem(MemFault::NotCached) => Outcome::Stop(Stop::Unsupported {
+                eip,
+                what: "an access the light path could not make (internal)".into(),
+            }),
             Fault::Unsupported(what) => Outcome::Stop(Stop::Unsupported { eip, what }),
             Fault::Halted => Outcome::Stop(Stop::Halted { eip }),
             Fault::GuestExit(v) => Outcome::Stop(Stop::GuestExit(v)),
@@ -309,12 +317,12 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
             })
         }
     }
-    let before = m.cpu.mode();
+    let before = m.cpu.mode_inputs();
     let outcome = match dispatch(m, site) {
         Ok(o) => o,
         Err(f) => f.into_outcome(site.eip),
     };
-    if outcome == Outcome::Continue && m.cpu.mode() != before {
+    if outcome == Outcome::Continue && m.cpu.mode_inputs() != before && m.cpu.mode() != before.mode() {
         m.ctx.eip = next_eip(site);
         return Outcome::Jump;
     }

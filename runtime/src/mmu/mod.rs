@@ -350,6 +350,23 @@ impl Shadow {
     }
 
     /// Whether `frame` holds a page directory or page table any cached space uses.
+    /// The guest frame the current space's `user` or kernel view maps at
+    /// `linear`, and whether the guest allows writes through it: a translation
+    /// the shadow keeps coherent with the guest's tables (A, and D where
+    /// writable, are set). None: not mapped, or mapped to memory that does not
+    /// exist.
+    pub(crate) fn cached_frame(&self, linear: u32, user: bool) -> Option<(u32, bool)> {
+        let maps = &self.maps;
+        let (frame, writable) = match maps.mappings.get(&(user, linear & !0xfff)) {
+            Some(m) => (m.frame, m.writable),
+            None => {
+                let l = maps.large.get(&(user, linear & !0x3f_ffff))?;
+                (l.frame0.checked_add((linear >> 12) & 0x3ff)?, l.writable)
+            }
+        };
+        (frame != VOID_FRAME).then_some((frame, writable))
+    }
+
     pub fn is_traced(&self, frame: u32) -> bool {
         self.traced_count.contains_key(&frame)
     }
