@@ -46,61 +46,66 @@ pub(crate) struct CachedMemory<'a> {
     used: usize,
 }
 
-/// One page the attempt has used: (linear page | user, frame, whether a write
-/// may go there: None until asked).
-type RecentPage = (u32, u32, Option<bool>);
+/// One page an attempt has used.
+#[derive(Clone, Copy)]
+struct RecentPage {
+    /// Linear page | user.
+    key: u32,
+    frame: u32,
+    guest_writable: bool,
+    /// Whether a write may go there (None: not asked yet).
+    may_write: Option<bool>,
+}
 
 impl CachedMemory<'_> {
     /// The physical address of `linear` for this access, or `NotCached`.
     fn phys(&mut self, linear: u32, write: bool, user: bool) -> Result<u32, MemFault> {
         let key = (linear & !0xfff) | u32::from(user);
-        let slot = match self.recent.iter().position(|r| r.0 == key) {
+        let slot = match self.recent.iter().position(|r| r.key == key) {
             Some(i) => i,
             None => {
-                let frame = self.frame(linear, user)?;
+                let (frame, guest_writable) = self.frame(linear, user)?;
                 let i = self.used % self.recent.len();
                 self.used += 1;
-                self.recent[i] = (key, frame, None);
+                self.recent[i] = RecentPage { key, frame, guest_writable, may_write: None };
                 i
             }
         };
-        let (_, frame, may_write) = self.recent[slot];
+        let page = self.recent[slot];
         if write {
-            let allowed = may_write.unwrap_or_else(|| self.write_allowed(linear, frame, user));
-            self.recent[slot].2 = Some(allowed);
+            let allowed = page.may_write.unwrap_or_else(|| page.guest_writable && self.holds_neither(page.frame));
+            self.recent[slot].may_write = Some(allowed);
             if !allowed {
                 return Err(MemFault::NotCached);
             }
         }
-        Ok((frame << 12) | (linear & 0xfff))
+        Ok((page.frame << 12) | (linear & 0xfff))
     }
 
-    /// The frame behind `linear`, in RAM.
-    fn frame(&mut self, linear: u32, user: bool) -> Result<u32, MemFault> {
-        let frame = if self.paging {
+    /// The frame behind `linear`, in RAM, and whether the guest allows writes
+    /// through its translation (R/W, U/S, WP and a set D bit).
+    fn frame(&mut self, linear: u32, user: bool) -> Result<(u32, bool), MemFault> {
+        let found = if self.paging {
             match self.shadow.cached_frame(linear, user) {
-                Some((frame, _)) => frame,
+                Some(found) => found,
                 None => {
                     self.missed.get_or_insert((linear, user));
                     return Err(MemFault::NotCached);
                 }
             }
         } else {
-            linear >> 12
+            (linear >> 12, true)
         };
-        if !self.ram.contains(frame << 12, 0x1000) {
+        if !self.ram.contains(found.0 << 12, 0x1000) {
             return Err(MemFault::NotCached);
         }
-        Ok(frame)
+        Ok(found)
     }
 
-    /// Whether a write may go straight to `frame`: the guest allows it (D set),
-    /// and it holds neither translated code nor a page table.
-    fn write_allowed(&self, linear: u32, frame: u32, user: bool) -> bool {
-        if self.protected.contains(&frame) {
-            return false;
-        }
-        !self.paging || (self.shadow.cached_frame(linear, user).is_some_and(|(_, w)| w) && !self.shadow.is_traced(frame))
+    /// Whether `frame` holds neither translated code nor (paging on) a page
+    /// table: a write there must go through the general path's bookkeeping.
+    fn holds_neither(&self, frame: u32) -> bool {
+        !self.protected.contains(&frame) && !(self.paging && self.shadow.is_traced(frame))
     }
 }
 
@@ -209,7 +214,7 @@ impl Vm {
             protected: &self.protected,
             paging: self.cpu.cr0 & crate::cpu::cr0::PG != 0,
             missed: None,
-            recent: [(u32::MAX, 0, None); 4],
+            recent: [RecentPage { key: u32::MAX, frame: 0, guest_writable: false, may_write: None }; 4],
             used: 0,
         };
         let mut m = Machine { cpu: &mut self.cpu, ctx: self.tr.ctx_mut(), mem: &mut mem, io: &mut self.bus };
