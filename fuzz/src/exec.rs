@@ -69,6 +69,8 @@ pub struct Event {
 /// oldest first), guest RAM afterwards, and the host's mappings during the run.
 pub struct GuestRun {
     pub outcome: Result<RunOutcome, String>,
+    /// Whether guest user code ran directly on the CPU at some point (`auto`).
+    pub went_direct: bool,
     pub events: Vec<Event>,
     pub ram: Vec<u8>,
     pub host: HostRanges,
@@ -84,7 +86,8 @@ pub fn run_guest_detailed(g: &GuestCase) -> Result<GuestRun, String> {
     let outcome = run_with_timeout(&mut vm, Duration::from_millis(u64::from(g.timeout_ms))).map_err(|e| e.to_string());
     let ram = read_ram(&vm);
     let events = events_in(&ram);
-    Ok(GuestRun { outcome, events, ram, host })
+    let went_direct = vm.stats().direct.is_some_and(|d| d.entries > 0);
+    Ok(GuestRun { outcome, went_direct, events, ram, host })
 }
 
 /// The events the harness's handler logged in guest RAM (the last 32 at most,
@@ -110,7 +113,7 @@ fn run_guest(g: &GuestCase) -> Verdict {
     };
     v.instructions = estimate_instructions(g, &run.ram, &v);
     if v.failure.is_none() {
-        if let Some(f) = scan_for_host_addresses(&run.ram, &run.host).or_else(|| check_probes(g, &run.ram, &run.host)) {
+        if let Some(f) = scan_for_host_addresses(&run.ram, &run.host).or_else(|| check_probes(g, &run.ram, &run.host, run.went_direct)) {
             v.failure = Some(f);
         }
     }
@@ -261,8 +264,15 @@ pub fn scan_for_host_addresses(ram: &[u8], host: &HostRanges) -> Option<Failure>
 }
 
 /// The probe areas after the run.
-fn check_probes(g: &GuestCase, ram: &[u8], host: &HostRanges) -> Option<Failure> {
+fn check_probes(g: &GuestCase, ram: &[u8], host: &HostRanges, went_direct: bool) -> Option<Failure> {
     for p in &g.probes {
+        if went_direct && p.kind == ProbeKind::Xsave {
+            // User code run directly executes the XSAVE family natively: a
+            // deviation the README documents (XCR0 is the host's), as for AVX.
+            // Seen as seed 2032 case 4208, once in about 16 runs (when the
+            // policy took the loop direct): XCOMP_BV named the host's AVX-512.
+            continue;
+        }
         let area = &ram[p.addr as usize..(p.addr + h::PROBE_SIZE) as usize];
         if let Some(f) = judge_probe(p, area, host, probe_code_intact(g, p, ram)) {
             return Some(f);
@@ -456,5 +466,30 @@ mod tests {
         // A head no save writes (MXCSR with reserved bits: a rep stos over it).
         area[..32].fill(0xe1);
         assert_eq!(check_probe(&xsave, &area, &host), None, "not an image");
+    }
+
+    /// An xsave image is a leak when user code ran translated, and the
+    /// documented deviation of direct execution when it ran directly.
+    #[test]
+    fn xsave_after_direct_execution_is_the_documented_deviation() {
+        let host = HostRanges::now();
+        let xsave = Probe { addr: 0x1000, kind: ProbeKind::Xsave, fill: 0xcb };
+        let mut ram = vec![0u8; 0x2000];
+        let area = &mut ram[0x1000..0x1000 + h::PROBE_SIZE as usize];
+        area.fill(0xcb);
+        area[..32].fill(0);
+        area[h::probe::MARKER as usize..][..4].copy_from_slice(&h::probe::MAGIC.to_le_bytes());
+        let g = GuestCase {
+            mem_mib: 1,
+            code_cache_mib: None,
+            timeout_ms: 0,
+            entry: 0,
+            chunks: Vec::new(),
+            items: Vec::new(),
+            probes: vec![xsave],
+            setup: crate::case::Setup::default(),
+        };
+        assert_eq!(check_probes(&g, &ram, &host, false).expect("xsave ran").class, "host-leak");
+        assert_eq!(check_probes(&g, &ram, &host, true), None);
     }
 }
