@@ -73,6 +73,9 @@ pub struct PagingReport {
     /// Pages mapped again at the guest's invlpg after a store changed their
     /// entry to another present one (the access that follows does not fault).
     pub mapped_at_invlpg: u64,
+    /// Pages mapped through the new entry at the store that retargeted them (a
+    /// page that the guest keeps retargeting and invlpg'ing).
+    pub mapped_at_store: u64,
     /// 4 MiB guest pages mapped whole by one hidden fault.
     pub large_pages_mapped: u64,
     /// CR3 switches where the new space took the kernel view of the one before.

@@ -51,7 +51,7 @@ fn mapped_write_lands_in_the_right_frame_and_not_present_faults() {
 /// as the retried read would, D stays clear until the first write, which sets it.
 /// Making the entry not present parks the page; present again, the same frame is
 /// back. A store that retargets a mapped entry, then invlpg: the page is mapped
-/// again at the invlpg, through the new frame.
+/// again at the invlpg, through the new frame; the next time at the store.
 #[test]
 fn pages_made_present_or_retargeted_are_mapped_before_the_access() {
     for traced in [false, true] {
@@ -79,6 +79,14 @@ fn pages_made_present_or_retargeted_are_mapped_before_the_access() {
             0xc7, 0x05, 0x08, 0x20, 0x20, 0x00, 0x03, 0x70, 0x30, 0x00, // movl $0x307003,0x202008
             0x0f, 0x01, 0x3d, 0x00, 0x20, 0x40, 0x00, // invlpg 0x402000
             0x8b, 0x3d, 0x00, 0x20, 0x40, 0x00, // mov 0x402000,%edi (frame 0x307)
+            // Again: now mapped at the store itself.
+            0xc7, 0x05, 0x08, 0x20, 0x20, 0x00, 0x03, 0x60, 0x30, 0x00, // movl $0x306003,0x202008
+            0x0f, 0x01, 0x3d, 0x00, 0x20, 0x40, 0x00, // invlpg 0x402000
+            0xa1, 0x00, 0x20, 0x40, 0x00, // mov 0x402000,%eax (frame 0x306)
+            // Two stores, no invlpg between: only the first is mapped at once.
+            0xc7, 0x05, 0x08, 0x20, 0x20, 0x00, 0x03, 0x70, 0x30, 0x00, // movl $0x307003,0x202008
+            0xc7, 0x05, 0x08, 0x20, 0x20, 0x00, 0x03, 0x60, 0x30, 0x00, // movl $0x306003,0x202008
+            0x8b, 0x2d, 0x00, 0x20, 0x40, 0x00, // mov 0x402000,%ebp (frame 0x306)
             0xf4, // hlt
         ];
         let handler = [
@@ -113,7 +121,8 @@ fn pages_made_present_or_retargeted_are_mapped_before_the_access() {
         assert_eq!(vm.ram().read_u32(0x30_5000).expect("data"), 0x5678, "the write reached the frame ({what})");
         assert_eq!(regs[3], 0xcafe_babeu32.wrapping_add(0x5678), "both reads saw the frame ({what})");
         assert_eq!(regs[7], 0x2222, "the read after invlpg saw the new frame ({what})");
-        assert_eq!(vm.ram().read_u32(0x20_2008).expect("pte"), 0x30_7023, "the retargeted PTE's A bit ({what})");
-        assert_eq!((s.true_faults, s.mapped_on_present, s.mapped_at_invlpg), (2, 2, 1), "{what}");
+        assert_eq!((regs[0], regs[5]), (0x1111, 0x1111), "reads after retargeting back ({what})");
+        assert_eq!(vm.ram().read_u32(0x20_2008).expect("pte"), 0x30_6023, "the retargeted PTE's A bit ({what})");
+        assert_eq!((s.true_faults, s.mapped_on_present, s.mapped_at_invlpg, s.mapped_at_store), (2, 2, 1, 2), "{what}");
     }
 }

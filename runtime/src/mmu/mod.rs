@@ -343,6 +343,13 @@ pub(crate) struct Shadow {
     retargeted: Vec<Retargeted>,
     /// Pages mapped that way.
     pub mapped_at_invlpg: u64,
+    /// The last page mapped again at an invlpg, and whether the guest
+    /// invalidated it since it was last mapped (`armed`): a guest that retargets
+    /// an entry, invlpgs and uses the page, over and over, has it mapped through
+    /// the new entry at the store itself (one host call, no park).
+    eager: Option<Eager>,
+    /// Pages mapped that way.
+    pub mapped_at_store: u64,
     /// 4 MiB guest pages mapped whole.
     pub large_maps: u64,
     /// Switches where a space took the kernel view of the one before (`handover`).
@@ -447,6 +454,13 @@ struct Retargeted {
     place: Place,
     entry: u32,
     space: (u32, u32, u32),
+}
+
+/// See `Shadow::eager`.
+#[derive(Clone, Copy, Debug)]
+struct Eager {
+    target: Retargeted,
+    armed: bool,
 }
 
 /// Guest-physical memory for a walk that must not change anything: a walk that
@@ -986,9 +1000,32 @@ impl Vm {
     pub(crate) fn entry_changed(&mut self, entry: u32) -> Result<(), VmError> {
         let value = RamPhys(&self.ram).read_u32(entry & !3).unwrap_or(0);
         self.shadow.code.entry_changed(entry & !3, value);
+        if let Some(place) = self.eager_place(entry & !3, value) {
+            // Forgotten first, the page keeps its host mapping through the drop;
+            // mapped over at once through the new entry (or unmapped after all).
+            self.shadow.maps.forget(place);
+            self.drop_entries(core::iter::once(entry & !3))?;
+            if self.map_through(place.0, place.1, entry & !3)? {
+                self.shadow.mapped_at_store += 1;
+            } else {
+                pick_view(&mut self.view, &mut self.user_view, place.0).park(place.1)?;
+            }
+            return Ok(());
+        }
         self.note_retargeted(entry & !3, value);
         self.drop_entries(core::iter::once(entry & !3))?;
         self.map_when_present(entry & !3)
+    }
+
+    /// The page a store to `entry` (now `value`) retargets, if it is to be
+    /// mapped at once (`Shadow::eager`); disarms it.
+    fn eager_place(&mut self, entry: u32, value: u32) -> Option<Place> {
+        let e = self.shadow.eager.as_mut().filter(|e| e.armed && e.target.entry == entry)?;
+        let place = e.target.place;
+        let space = e.target.space;
+        e.armed = false;
+        let m = self.shadow.maps.mappings.get(&place)?;
+        (value & 1 != 0 && m.frame != value >> 12 && space == address_space_key(&self.cpu)).then_some(place)
     }
 
     /// Before the mappings through `entry` go: if the entry stays present with
@@ -1022,6 +1059,9 @@ impl Vm {
     /// follows does not take a hidden fault.
     pub(crate) fn remap_retargeted(&mut self, linear: u32) -> Result<(), VmError> {
         let page = linear & !0xfff;
+        if let Some(e) = self.shadow.eager.as_mut().filter(|e| e.target.place.1 == page) {
+            e.armed = true;
+        }
         if !self.shadow.retargeted.iter().any(|r| r.place.1 == page) {
             return Ok(());
         }
@@ -1036,6 +1076,7 @@ impl Vm {
         for r in hits.into_iter().filter(|r| r.space == space) {
             if self.map_through(r.place.0, page, r.entry)? {
                 self.shadow.mapped_at_invlpg += 1;
+                self.shadow.eager = Some(Eager { target: r, armed: true });
             }
         }
         Ok(())
