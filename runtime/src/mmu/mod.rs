@@ -444,6 +444,8 @@ struct AwaitingPresent {
     pte: u32,
     linear: u32,
     user_view: bool,
+    /// The access that faulted was a write.
+    write: bool,
     space: (u32, u32, u32),
 }
 
@@ -776,7 +778,7 @@ impl Vm {
             Err(WalkError::PageFault { error_code }) => {
                 self.cpu.cr2 = linear;
                 self.shadow.true_faults += 1;
-                self.await_present(linear, user_view);
+                self.await_present(linear, user_view, write);
                 return Ok(FaultAction::PageFault(error_code));
             }
             Err(WalkError::NoRam { .. }) => return Ok(FaultAction::NoRam),
@@ -1086,7 +1088,7 @@ impl Vm {
     /// guest's handler will most likely make it present (or, after a protection
     /// fault such as copy-on-write, point it at a writable page) and return to
     /// the same access.
-    fn await_present(&mut self, linear: u32, user_view: bool) {
+    fn await_present(&mut self, linear: u32, user_view: bool, write: bool) {
         self.shadow.awaiting_present = None;
         let pde_addr = (self.cpu.cr3 & 0xffff_f000) | ((linear >> 22) * 4);
         let Some(pde) = RamPhys(&self.ram).read_u32(pde_addr) else { return };
@@ -1096,7 +1098,7 @@ impl Vm {
         }
         let pte = (pde & 0xffff_f000) | (((linear >> 12) & 0x3ff) * 4);
         let space = address_space_key(&self.cpu);
-        self.shadow.awaiting_present = Some(AwaitingPresent { pte, linear, user_view, space });
+        self.shadow.awaiting_present = Some(AwaitingPresent { pte, linear, user_view, write, space });
     }
 
     /// The store that makes the awaited entry present maps its page, so the
@@ -1111,11 +1113,11 @@ impl Vm {
 
     /// If the entry of the last true fault is present now, maps its page (the
     /// store that made it present, or the handler's iret, which sees a store to
-    /// an untraced table too). The walk is the one the retried access would make:
-    /// a read at the fault's privilege, setting the A bits as it goes (a page
-    /// walk the hardware could make speculatively; only when the translation is
-    /// valid for that access). Read-only unless D is set already: a write then
-    /// takes the usual fault that sets D.
+    /// an untraced table too). The walk is the one the retried access would make,
+    /// as a read at the fault's privilege, setting the A bits as it goes (a walk
+    /// the hardware could make speculatively; only when the translation is valid
+    /// for the access that faulted, a write included). Read-only unless D is set
+    /// already: the retried write takes the usual fault that sets D.
     pub(crate) fn map_awaited(&mut self) -> Result<(), VmError> {
         let Some(a) = self.shadow.awaiting_present else { return Ok(()) };
         if a.space != address_space_key(&self.cpu) {
@@ -1127,6 +1129,14 @@ impl Vm {
             return Ok(());
         }
         self.shadow.awaiting_present = None;
+        if a.write {
+            // Mapped for the read walk (D stays clear), but only if the write
+            // being retried is allowed now: a walk that faults sets no A bit.
+            let access = Access { write: true, user: a.user_view, fetch: false };
+            if walk::walk(&mut DryPhys(&self.ram), &self.paging_mode(), a.linear, access).is_err() {
+                return Ok(());
+            }
+        }
         if !self.map_through(a.user_view, a.linear, a.pte)? {
             return Ok(());
         }
@@ -1149,7 +1159,9 @@ impl Vm {
         // A dry run first: a translation that is not for us here (a large page,
         // another entry, no RAM) must not have its A bits set on our account.
         let usable = |t: &walk::Translation| {
-            t.pte_addr.is_some() && (t.pte_addr == Some(entry) || t.pde_addr == entry) && self.ram.contains(t.phys_page, 0x1000)
+            t.pte_addr.is_some()
+                && (t.pte_addr == Some(entry) || t.pde_addr == entry)
+                && self.ram.contains(t.phys_page, 0x1000)
         };
         if !walk::walk(&mut DryPhys(&self.ram), &mode, linear, access).is_ok_and(|t| usable(&t)) {
             return Ok(false);
