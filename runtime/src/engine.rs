@@ -444,8 +444,20 @@ impl Vm {
             // The rest of this unit may not be mapped the same way any more.
             wrote_code = true;
         } else if site.ins.mnemonic() == iced_x86::Mnemonic::Invlpg {
-            // The shadow is kept coherent by tracing: nothing to drop.
+            // The shadow is kept coherent by tracing: nothing to drop. A page
+            // whose entry a store retargeted is mapped again for the access that
+            // follows.
             self.shadow.invlpgs += 1;
+            if self.paging() && self.cpu.cpl() == 0 {
+                if let Some(r) = crate::emulate::addressing::effective(self.tr.ctx(), &site.ins) {
+                    let base = self.cpu.seg.get(r.seg).map_or(0, |s| s.base);
+                    self.remap_retargeted(base.wrapping_add(r.offset))?;
+                }
+            }
+        } else if matches!(site.ins.mnemonic(), iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd) && self.paging() {
+            // A #PF handler returning to the access that faulted: map the page it
+            // made present (its store may have gone to an untraced table).
+            self.map_awaited()?;
         }
         if self.cpu.cpl() != mode_before.cpl {
             self.stats.ring_transitions += 1;

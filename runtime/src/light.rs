@@ -24,6 +24,9 @@ enum LightOp {
     In(Option<u8>, u8),
     /// `out`: port (None: dx), size in bytes.
     Out(Option<u8>, u8),
+    /// `invlpg` at CPL 0 with paging on, of this linear address (0 until
+    /// `light_site` reads the operand).
+    Invlpg(u32),
 }
 
 /// What the light path made of an exit.
@@ -50,6 +53,7 @@ fn light_op(ins: &Instruction) -> Option<LightOp> {
         Mnemonic::Cpuid if ins.code() == Code::Cpuid => Some(LightOp::Cpuid),
         Mnemonic::In => Some(LightOp::In(port(1)?, size(ins.op_register(0))?)),
         Mnemonic::Out => Some(LightOp::Out(port(0)?, size(ins.op_register(1))?)),
+        Mnemonic::Invlpg => Some(LightOp::Invlpg(0)),
         _ => None,
     }
 }
@@ -99,7 +103,14 @@ impl Vm {
             ctx.eip = next_eip;
             // The instruction after an inline sti has now run.
             ctx.shadow_eip = u32::MAX;
-            if let Some(stop) = self.light_op(op) {
+            if let LightOp::Invlpg(linear) = op {
+                self.shadow.invlpgs += 1;
+                let drops = self.tr.drops();
+                self.remap_retargeted(linear)?;
+                if self.tr.drops() != drops {
+                    return Ok(Light::Done(Next::Dispatch(next_eip)));
+                }
+            } else if let Some(stop) = self.light_op(op) {
                 return Ok(Light::Done(stop.into()));
             }
             let calibrating = self.bus.calibrating();
@@ -173,11 +184,19 @@ impl Vm {
         if site.kind != CalloutKind::Emulate {
             return None;
         }
-        let op = light_op(&site.ins)?;
+        let mut op = light_op(&site.ins)?;
         let iopl = (ctx.sys_flags & crate::cpu::eflags::IOPL) >> 12;
         if matches!(op, LightOp::In(..) | LightOp::Out(..)) && u32::from(self.cpu.cpl()) > iopl {
             // The I/O permission bitmap is read from the TSS: general path.
             return None;
+        }
+        if op == LightOp::Invlpg(0) {
+            if self.cpu.cpl() != 0 || !self.paging() {
+                // #GP, or nothing to map: general path.
+                return None;
+            }
+            let r = crate::emulate::addressing::effective(ctx, &site.ins)?;
+            op = LightOp::Invlpg(self.cpu.seg.get(r.seg)?.base.wrapping_add(r.offset));
         }
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
         *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
@@ -201,6 +220,7 @@ impl Vm {
                 ctx.gpr[0] = merge_accumulator(ctx.gpr[0], v, size);
                 None
             }
+            LightOp::Invlpg(_) => None,
             LightOp::Out(p, size) => {
                 let (port, v) = (port_of(p, ctx.gpr[2]), ctx.gpr[0]);
                 match self.bus.write(port, size, v) {
@@ -232,6 +252,7 @@ mod tests {
         assert_eq!(op(&[0xe6, 0x43]), Some(LightOp::Out(Some(0x43), 1)));
         assert_eq!(op(&[0x6e]), None, "outsb takes the general path");
         assert_eq!(op(&[0x0f, 0x32]), None, "rdmsr takes the general path");
+        assert_eq!(op(&[0x0f, 0x01, 0x38]), Some(LightOp::Invlpg(0)), "invlpg (%eax)");
     }
 
     /// Port I/O and cpuid in a loop run on the light path with the same results

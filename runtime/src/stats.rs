@@ -70,6 +70,12 @@ pub struct PagingReport {
     /// Pages mapped when the guest's #PF handler made their entry present
     /// (the access it returns to does not fault again).
     pub mapped_on_present: u64,
+    /// Pages mapped again at the guest's invlpg after a store changed their
+    /// entry to another present one (the access that follows does not fault).
+    pub mapped_at_invlpg: u64,
+    /// Pages mapped through the new entry at the store that retargeted them (a
+    /// page that the guest keeps retargeting and invlpg'ing).
+    pub mapped_at_store: u64,
     /// 4 MiB guest pages mapped whole by one hidden fault.
     pub large_pages_mapped: u64,
     /// CR3 switches where the new space took the kernel view of the one before.
@@ -81,7 +87,8 @@ pub struct PagingReport {
     /// Times every shadow mapping of every space was dropped (CR0.PG or CR4.PSE
     /// changes).
     pub view_flushes: u64,
-    /// invlpg instructions (no work: tracing keeps the shadow coherent).
+    /// invlpg instructions (tracing keeps the shadow coherent: only the mapping
+    /// of a retargeted entry is made again).
     pub invlpgs: u64,
     /// Times the current space's mappings were dropped to stay under the host's limit.
     pub space_drops: u64,

@@ -331,6 +331,8 @@ impl Vm {
             spaces_cached: self.shadow.spaces_cached() as u64,
             prefetched_pages: self.shadow.prefetched,
             mapped_on_present: self.shadow.mapped_on_present,
+            mapped_at_invlpg: self.shadow.mapped_at_invlpg,
+            mapped_at_store: self.shadow.mapped_at_store,
             large_pages_mapped: self.shadow.large_maps,
             kernel_view_handovers: self.shadow.kernel_handovers,
             host_maps: calls.maps + self.view.calls.maps + self.user_view.calls.maps,

@@ -16,7 +16,7 @@
 
 use crate::mirror::{pages_of, Backing, Mirror};
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use thiserror::Error;
 
 const PAGE: u64 = 4096;
@@ -24,6 +24,8 @@ const FOUR_GIB: u64 = 1 << 32;
 /// Size of the guard below the view and of the wrap alias above it.
 pub const GUARD_BYTES: u64 = 64 * 1024;
 const TAIL_GUARD: u64 = 1 << 20;
+/// Parked pages kept at most (each may be a host VMA of its own).
+const MAX_PARKED: usize = 64;
 
 /// Host mapping failures.
 #[derive(Debug, Error)]
@@ -46,6 +48,11 @@ pub struct View {
     pub calls: ViewCalls,
     /// What the low 4 GiB hold, for a copy in another process (direct execution).
     mirror: Mirror,
+    /// Pages made inaccessible with their host mapping kept (`park`), oldest
+    /// first: (linear, memfd, offset).
+    parked: Vec<(u64, i32, u64)>,
+    /// The file of the last shared mapping made (a view maps one guest-RAM memfd).
+    shared_fd: i32,
 }
 
 /// Host calls a view made (each one a system call, and a TLB flush for unmaps
@@ -71,7 +78,15 @@ impl View {
             mm::mmap_anonymous(core::ptr::null_mut(), len, ProtFlags::empty(), MapFlags::PRIVATE | MapFlags::NORESERVE)
         }
         .map_err(ViewError::Reserve)?;
-        Ok(Self { reservation: p.cast(), len, ram: 0, calls: ViewCalls::default(), mirror: Mirror::default() })
+        Ok(Self {
+            reservation: p.cast(),
+            len,
+            ram: 0,
+            calls: ViewCalls::default(),
+            mirror: Mirror::default(),
+            parked: Vec::new(),
+            shared_fd: -1,
+        })
     }
 
     /// What the view's low 4 GiB hold and what changed there (see `mirror`).
@@ -133,7 +148,15 @@ impl View {
         if len == 0 {
             return Ok(());
         }
+        if len == PAGE && self.unpark(linear, fd.as_raw_fd(), offset, writable)? {
+            return Ok(());
+        }
+        self.drop_parked(linear, len);
+        self.shared_fd = fd.as_raw_fd();
         let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
+        // One page is mapped because it is about to be used: fill its host page
+        // table entry now, rather than take a host page fault on the first access.
+        let populate = if len == PAGE { MapFlags::POPULATE } else { MapFlags::empty() };
         self.calls.maps += 1;
         let addr = self.base() + linear;
         assert!(linear + len <= FOUR_GIB + GUARD_BYTES, "mapping outside the view");
@@ -144,7 +167,7 @@ impl View {
                 addr as *mut _,
                 usize::try_from(len).expect("64-bit host"),
                 prot,
-                MapFlags::SHARED | MapFlags::FIXED,
+                MapFlags::SHARED | MapFlags::FIXED | populate,
                 fd,
                 offset,
             )
@@ -181,6 +204,7 @@ impl View {
     pub fn map_void(&mut self, linear: u32, fd: BorrowedFd<'_>, offset: u32, writable: bool) -> Result<(), ViewError> {
         let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
         let linear = u64::from(linear) & !(PAGE - 1);
+        self.drop_parked(linear, PAGE);
         let mut targets = vec![linear];
         if linear < GUARD_BYTES {
             targets.push(FOUR_GIB + linear);
@@ -219,6 +243,59 @@ impl View {
         Ok(())
     }
 
+    /// Makes the page at `linear` inaccessible, as `unmap` does, but keeps its host
+    /// mapping (PROT_NONE): if the same guest frame is mapped there again (a
+    /// guest making an entry present again, or retargeting it and back), that is
+    /// one mprotect instead of an mmap here and another there (measured here: 3.5k
+    /// against 11–13k cycles for the pair, with the host page fault the mmap
+    /// leaves). Pages that do not map shared guest RAM, and those with an image
+    /// in the wrap alias, are unmapped.
+    pub fn park(&mut self, linear: u32) -> Result<(), ViewError> {
+        let page = u64::from(linear) & !(PAGE - 1);
+        let backing = self.mirror.backing_of(linear >> 12);
+        let Some(b) = backing.filter(|b| !b.private && page >= GUARD_BYTES && self.shared_fd >= 0) else {
+            return self.unmap(linear, PAGE);
+        };
+        if self.parked.len() >= MAX_PARKED {
+            let (oldest, ..) = self.parked.remove(0);
+            self.reserve_range(oldest, PAGE)?;
+        }
+        self.calls.protects += 1;
+        // SAFETY: the page lies inside our reservation and is mapped (its mirror
+        // has a backing for it); PROT_NONE affects no Rust object.
+        unsafe { mm::mprotect((self.base() + page) as *mut _, PAGE as usize, MprotectFlags::empty()) }
+            .map_err(|source| ViewError::Protect { linear: page, source })?;
+        self.mirror.unmap(linear >> 12, 1);
+        self.parked.push((page, self.shared_fd, b.offset));
+        Ok(())
+    }
+
+    /// If `linear` was parked with memfd `fd` at `offset`, makes it accessible
+    /// again with one mprotect; whether it did.
+    fn unpark(&mut self, linear: u64, fd: i32, offset: u64, writable: bool) -> Result<bool, ViewError> {
+        let Some(i) = self.parked.iter().position(|&(l, f, o)| l == linear && f == fd && o == offset) else {
+            return Ok(false);
+        };
+        self.parked.remove(i);
+        let prot = if writable { MprotectFlags::READ | MprotectFlags::WRITE } else { MprotectFlags::READ };
+        self.calls.protects += 1;
+        // SAFETY: the page lies inside our reservation and still maps `fd` at
+        // `offset` (parked, nothing mapped over it since).
+        unsafe { mm::mprotect((self.base() + linear) as *mut _, PAGE as usize, prot) }
+            .map_err(|source| ViewError::Protect { linear, source })?;
+        if let Some((first, pages)) = pages_of(linear, PAGE) {
+            self.mirror.map(first, pages, Backing { offset, writable, private: false });
+        }
+        Ok(true)
+    }
+
+    /// Forgets the parked pages in a range about to be mapped or unmapped over.
+    fn drop_parked(&mut self, linear: u64, len: u64) {
+        if !self.parked.is_empty() {
+            self.parked.retain(|&(l, ..)| l < linear || l >= linear + len);
+        }
+    }
+
     /// Drops every mapping: the view is empty again.
     pub fn unmap_all(&mut self) -> Result<(), ViewError> {
         self.reserve_range(0, FOUR_GIB + GUARD_BYTES)?;
@@ -253,6 +330,7 @@ impl View {
             return Ok(());
         }
         assert!(linear + len <= FOUR_GIB + GUARD_BYTES, "range outside the view");
+        self.drop_parked(linear, len);
         self.calls.unmaps += 1;
         // SAFETY: the range lies inside our reservation; replacing it with a fresh
         // PROT_NONE anonymous mapping affects no Rust object.
@@ -285,5 +363,60 @@ impl Drop for View {
     fn drop(&mut self) {
         // SAFETY: we own the whole reservation; nothing refers to it after drop.
         let _ = unsafe { mm::munmap(self.reservation.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+    use std::os::fd::AsFd;
+
+    /// A parked page is gone from the mirror; mapping the same frame there again
+    /// is one mprotect, another frame an mmap over it; a parked page unmapped
+    /// with its neighbours stays unmapped (not brought back by a later map).
+    #[test]
+    fn parked_page_comes_back_with_one_protect() {
+        let fd = memfd_create("view-test", MemfdFlags::CLOEXEC).expect("memfd");
+        ftruncate(&fd, 0x10_0000).expect("size");
+        let mut v = View::reserve().expect("view");
+        let page = 0x40_1000u32;
+        v.map_page(page, fd.as_fd(), 0x5000, false).expect("map");
+        v.park(page).expect("park");
+        assert_eq!(v.mirror.backing_of(page >> 12), None, "parked: inaccessible");
+        let before = v.calls;
+        v.map_page(page, fd.as_fd(), 0x5000, true).expect("map again");
+        assert_eq!((v.calls.maps, v.calls.protects), (before.maps, before.protects + 1), "one mprotect");
+        let b = v.mirror.backing_of(page >> 12).expect("mapped");
+        assert_eq!((b.offset, b.writable, b.private), (0x5000, true, false));
+        v.park(page).expect("park");
+        let before = v.calls;
+        v.map_page(page, fd.as_fd(), 0x6000, false).expect("another frame");
+        assert_eq!(v.calls.maps, before.maps + 1, "another frame: mapped over");
+        assert_eq!(v.mirror.backing_of(page >> 12).map(|b| b.offset), Some(0x6000));
+        v.park(page).expect("park");
+        v.unmap(page - 0x1000, 0x3000).expect("unmap");
+        let before = v.calls;
+        v.map_page(page, fd.as_fd(), 0x6000, false).expect("map after unmap");
+        assert_eq!(v.calls.maps, before.maps + 1, "no longer parked: a real mapping");
+        // Pages with an image in the wrap alias are unmapped, not parked.
+        v.map_page(0x1000, fd.as_fd(), 0x5000, false).expect("low map");
+        v.park(0x1000).expect("park low");
+        assert!(v.parked.is_empty(), "{:?}", v.parked);
+    }
+
+    /// At most `MAX_PARKED` pages stay parked; the oldest are unmapped.
+    #[test]
+    fn parked_pages_are_bounded() {
+        let fd = memfd_create("view-test", MemfdFlags::CLOEXEC).expect("memfd");
+        ftruncate(&fd, 0x10_0000).expect("size");
+        let mut v = View::reserve().expect("view");
+        for i in 0..(MAX_PARKED as u32 + 10) {
+            let page = 0x100_0000 + i * 0x1000;
+            v.map_page(page, fd.as_fd(), 0x1000 * (i % 16), false).expect("map");
+            v.park(page).expect("park");
+        }
+        assert_eq!(v.parked.len(), MAX_PARKED);
+        assert_eq!(v.parked[0].0, 0x100_0000 + 10 * 0x1000, "the oldest went");
     }
 }

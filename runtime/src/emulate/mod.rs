@@ -16,7 +16,7 @@
 //! Modules: `addressing` (registers, effective addresses, segment checks, memory),
 //! `stack`, `descriptor` (GDT/LDT entries), and one module per instruction family.
 
-mod addressing;
+pub(crate) mod addressing;
 mod control;
 mod cpuid;
 pub(crate) mod delivery;

@@ -57,14 +57,14 @@ impl SpaceMaps {
         out
     }
 
-    /// Rebuilds `dep_frames` from the dependency keys and the code tables.
+    /// Rebuilds `dep_frames` from the dependency keys, the code tables and the hot table.
     fn recount_dep_frames(&mut self) {
         self.dep_frames.clear();
         let keys: Vec<u32> = self.deps.keys().chain(self.large_deps.keys()).copied().collect();
         for key in keys {
             self.count_dep_key(key);
         }
-        let tables: Vec<u32> = self.code_tables.iter().copied().collect();
+        let tables: Vec<u32> = self.code_tables.iter().copied().chain(self.hot_table).collect();
         for table in tables {
             self.count_dep_key(table << 12);
         }

@@ -98,6 +98,13 @@ struct SpaceMaps {
     /// Frames this space stopped tracing since the VMM last looked (their last
     /// dependency went): the VMM updates the global count and protections.
     untraced: Vec<u32>,
+    /// The page table of the last page mapped ahead of an access (`map_through`:
+    /// its entry became present, or was retargeted and invlpg'd): one more
+    /// dependency in `dep_frames`, so the table stays traced when its last
+    /// mapping goes. A guest that keeps changing entries of the same table
+    /// writes it traced, and the page is mapped at once; untracing it and
+    /// tracing it again would cost two host calls each time.
+    hot_table: Option<u32>,
 }
 
 /// A 4 MiB guest page (PSE) mapped as a whole: one host mapping per run of
@@ -125,6 +132,7 @@ impl Default for SpaceMaps {
             large_rmap: HashMap::new(),
             dep_frames: HashMap::new(),
             untraced: Vec::new(),
+            hot_table: None,
         }
     }
 }
@@ -146,14 +154,6 @@ fn pick_view<'v>(view: &'v mut View, user_view: &'v mut View, user: bool) -> &'v
 }
 
 impl SpaceMaps {
-    fn unmap(&mut self, view: &mut View, user_view: &mut View, place: Place) -> Result<(), VmError> {
-        if self.mappings.contains_key(&place) {
-            self.forget(place);
-            pick_view(view, user_view, place.0).unmap(place.1, 0x1000)?;
-        }
-        Ok(())
-    }
-
     /// Forgets the mapping at `place` (the caller unmaps it from its view).
     fn forget(&mut self, place: Place) {
         let Some(m) = self.mappings.remove(&place) else { return };
@@ -202,7 +202,12 @@ impl SpaceMaps {
             while j < places.len() && places[j] == (user, start.wrapping_add(0x1000 * (j - i) as u32)) {
                 j += 1;
             }
-            pick_view(view, user_view, user).unmap(start, 0x1000 * (j - i) as u64)?;
+            if j - i == 1 {
+                // Most likely made present again soon, at the same frame.
+                pick_view(view, user_view, user).park(start)?;
+            } else {
+                pick_view(view, user_view, user).unmap(start, 0x1000 * (j - i) as u64)?;
+            }
             i = j;
         }
         Ok(())
@@ -242,6 +247,18 @@ impl SpaceMaps {
                     self.untraced.push(frame);
                 }
             }
+        }
+    }
+
+    /// Makes `frame` the hot table (see `hot_table`); the one before may stop
+    /// being traced (`untraced`).
+    fn set_hot_table(&mut self, frame: u32) {
+        if self.hot_table == Some(frame) {
+            return;
+        }
+        self.count_dep_key(frame << 12);
+        if let Some(old) = self.hot_table.replace(frame) {
+            self.uncount_dep_key(old << 12);
         }
     }
 
@@ -311,7 +328,7 @@ pub(crate) struct Shadow {
     /// Times the current space's mappings were all dropped to stay under the limit.
     pub space_drops: u64,
     pub view_flushes: u64,
-    /// invlpg executed (nothing to do: tracing keeps the shadow coherent).
+    /// invlpg executed (tracing keeps the shadow coherent; see `retargeted`).
     pub invlpgs: u64,
     /// Pages mapped by a hidden fault next to the one that faulted.
     pub prefetched: u64,
@@ -320,6 +337,19 @@ pub(crate) struct Shadow {
     awaiting_present: Option<AwaitingPresent>,
     /// Pages mapped that way.
     pub mapped_on_present: u64,
+    /// Mappings a store dropped by changing their entry to another present
+    /// value, newest last: the guest's invlpg of the page maps it again
+    /// (`remap_retargeted`).
+    retargeted: Vec<Retargeted>,
+    /// Pages mapped that way.
+    pub mapped_at_invlpg: u64,
+    /// The last page mapped again at an invlpg, and whether the guest
+    /// invalidated it since it was last mapped (`armed`): a guest that retargets
+    /// an entry, invlpgs and uses the page, over and over, has it mapped through
+    /// the new entry at the store itself (one host call, no park).
+    eager: Option<Eager>,
+    /// Pages mapped that way.
+    pub mapped_at_store: u64,
     /// 4 MiB guest pages mapped whole.
     pub large_maps: u64,
     /// Switches where a space took the kernel view of the one before (`handover`).
@@ -431,7 +461,25 @@ struct AwaitingPresent {
     pte: u32,
     linear: u32,
     user_view: bool,
+    /// The access that faulted was a write.
+    write: bool,
     space: (u32, u32, u32),
+}
+
+/// A mapping dropped because a store changed the guest entry `entry` it went
+/// through to another present value, in space `space`.
+#[derive(Clone, Copy, Debug)]
+struct Retargeted {
+    place: Place,
+    entry: u32,
+    space: (u32, u32, u32),
+}
+
+/// See `Shadow::eager`.
+#[derive(Clone, Copy, Debug)]
+struct Eager {
+    target: Retargeted,
+    armed: bool,
 }
 
 /// Guest-physical memory for a walk that must not change anything: a walk that
@@ -445,6 +493,20 @@ impl PhysMem for PeekPhys<'_> {
 
     fn write_u32(&mut self, _phys: u32, _v: u32) -> bool {
         false
+    }
+}
+
+/// Guest-physical memory for a walk that only tells what it would do: its A and
+/// D bit writes go nowhere.
+struct DryPhys<'a>(&'a GuestRam);
+
+impl PhysMem for DryPhys<'_> {
+    fn read_u32(&mut self, phys: u32) -> Option<u32> {
+        RamPhys(self.0).read_u32(phys)
+    }
+
+    fn write_u32(&mut self, _phys: u32, _v: u32) -> bool {
+        true
     }
 }
 
@@ -707,9 +769,9 @@ impl Vm {
             maps.large.clear();
             maps.large_deps.clear();
             maps.large_rmap.clear();
-            // Only the code tables stay, and their tracing.
+            // Only the code tables and the hot table stay, and their tracing.
             maps.dep_frames.clear();
-            let tables: Vec<u32> = maps.code_tables.iter().copied().collect();
+            let tables: Vec<u32> = maps.code_tables.iter().copied().chain(maps.hot_table).collect();
             for table in tables {
                 maps.count_dep_key(table << 12);
             }
@@ -733,7 +795,7 @@ impl Vm {
             Err(WalkError::PageFault { error_code }) => {
                 self.cpu.cr2 = linear;
                 self.shadow.true_faults += 1;
-                self.await_present(linear, user_view);
+                self.await_present(linear, user_view, write);
                 return Ok(FaultAction::PageFault(error_code));
             }
             Err(WalkError::NoRam { .. }) => return Ok(FaultAction::NoRam),
@@ -957,15 +1019,93 @@ impl Vm {
     pub(crate) fn entry_changed(&mut self, entry: u32) -> Result<(), VmError> {
         let value = RamPhys(&self.ram).read_u32(entry & !3).unwrap_or(0);
         self.shadow.code.entry_changed(entry & !3, value);
+        if let Some(place) = self.eager_place(entry & !3, value) {
+            // Forgotten first, the page keeps its host mapping through the drop;
+            // mapped over at once through the new entry (or unmapped after all).
+            self.shadow.maps.forget(place);
+            self.drop_entries(core::iter::once(entry & !3))?;
+            if self.map_through(place.0, place.1, entry & !3)? {
+                self.shadow.mapped_at_store += 1;
+            } else {
+                pick_view(&mut self.view, &mut self.user_view, place.0).park(place.1)?;
+            }
+            return Ok(());
+        }
+        self.note_retargeted(entry & !3, value);
         self.drop_entries(core::iter::once(entry & !3))?;
         self.map_when_present(entry & !3)
+    }
+
+    /// The page a store to `entry` (now `value`) retargets, if it is to be
+    /// mapped at once (`Shadow::eager`); disarms it.
+    fn eager_place(&mut self, entry: u32, value: u32) -> Option<Place> {
+        let e = self.shadow.eager.as_mut().filter(|e| e.armed && e.target.entry == entry)?;
+        let place = e.target.place;
+        let space = e.target.space;
+        e.armed = false;
+        let m = self.shadow.maps.mappings.get(&place)?;
+        (value & 1 != 0 && m.frame != value >> 12 && space == address_space_key(&self.cpu)).then_some(place)
+    }
+
+    /// Before the mappings through `entry` go: if the entry stays present with
+    /// another frame behind it (or with its A bit set: not an OS clearing A to
+    /// see whether the page gets used), remembers the few 4 KiB mappings of the
+    /// current space it had, for the guest's invlpg of them to map them again.
+    fn note_retargeted(&mut self, entry: u32, value: u32) {
+        const MAX_RETARGETED: usize = 8;
+        if value & 1 == 0 || !self.paging() {
+            return;
+        }
+        let maps = &self.shadow.maps;
+        let Some(places) = maps.deps.get(&entry).filter(|l| l.len() <= 2) else { return };
+        let space = address_space_key(&self.cpu);
+        for &place in places {
+            let Some(m) = maps.mappings.get(&place) else { continue };
+            if m.frame == value >> 12 && value & walk::PTE_A == 0 {
+                continue;
+            }
+            let list = &mut self.shadow.retargeted;
+            list.retain(|r| r.place != place);
+            if list.len() >= MAX_RETARGETED {
+                list.remove(0);
+            }
+            list.push(Retargeted { place, entry, space });
+        }
+    }
+
+    /// The guest's invlpg of linear `page`: if a store retargeted its mapping
+    /// (`note_retargeted`), maps it again as it is now, so the access that
+    /// follows does not take a hidden fault.
+    pub(crate) fn remap_retargeted(&mut self, linear: u32) -> Result<(), VmError> {
+        let page = linear & !0xfff;
+        if let Some(e) = self.shadow.eager.as_mut().filter(|e| e.target.place.1 == page) {
+            e.armed = true;
+        }
+        if !self.shadow.retargeted.iter().any(|r| r.place.1 == page) {
+            return Ok(());
+        }
+        let space = address_space_key(&self.cpu);
+        let mut hits = Vec::new();
+        self.shadow.retargeted.retain(|r| {
+            if r.place.1 == page {
+                hits.push(*r);
+            }
+            r.place.1 != page
+        });
+        for r in hits.into_iter().filter(|r| r.space == space) {
+            if self.map_through(r.place.0, page, r.entry)? {
+                self.shadow.mapped_at_invlpg += 1;
+                self.shadow.eager = Some(Eager { target: r, armed: true });
+            }
+        }
+        Ok(())
     }
 
     /// After a true #PF, remembers the page-table entry of the access: the
     /// guest's handler will most likely make it present (or, after a protection
     /// fault such as copy-on-write, point it at a writable page) and return to
     /// the same access.
-    fn await_present(&mut self, linear: u32, user_view: bool) {
+    fn await_present(&mut self, linear: u32, user_view: bool, write: bool) {
         self.shadow.awaiting_present = None;
         let pde_addr = (self.cpu.cr3 & 0xffff_f000) | ((linear >> 22) * 4);
         let Some(pde) = RamPhys(&self.ram).read_u32(pde_addr) else { return };
@@ -975,36 +1115,87 @@ impl Vm {
         }
         let pte = (pde & 0xffff_f000) | (((linear >> 12) & 0x3ff) * 4);
         let space = address_space_key(&self.cpu);
-        self.shadow.awaiting_present = Some(AwaitingPresent { pte, linear, user_view, space });
+        self.shadow.awaiting_present = Some(AwaitingPresent { pte, linear, user_view, write, space });
     }
 
     /// The store that makes the awaited entry present maps its page, so the
     /// access the handler returns to does not fault a second time (a host
-    /// signal, 7 µs here). Only with the A bits already set (Linux sets them in
-    /// its PTEs): mapping must not show the guest an access that has not
-    /// happened yet.
+    /// signal, 7 µs here).
     fn map_when_present(&mut self, entry: u32) -> Result<(), VmError> {
-        let Some(a) = self.shadow.awaiting_present.filter(|a| a.pte == entry) else { return Ok(()) };
+        if self.shadow.awaiting_present.is_some_and(|a| a.pte == entry) {
+            self.map_awaited()?;
+        }
+        Ok(())
+    }
+
+    /// If the entry of the last true fault is present now, maps its page (the
+    /// store that made it present, or the handler's iret, which sees a store to
+    /// an untraced table too). The walk is the one the retried access would make,
+    /// as a read at the fault's privilege, setting the A bits as it goes (a walk
+    /// the hardware could make speculatively; only when the translation is valid
+    /// for the access that faulted, a write included). Read-only unless D is set
+    /// already: the retried write takes the usual fault that sets D.
+    pub(crate) fn map_awaited(&mut self) -> Result<(), VmError> {
+        let Some(a) = self.shadow.awaiting_present else { return Ok(()) };
         if a.space != address_space_key(&self.cpu) {
+            self.shadow.awaiting_present = None;
             return Ok(());
         }
-        let access = Access { write: false, user: a.user_view, fetch: false };
-        let Ok(t) = walk::walk(&mut PeekPhys(&self.ram), &self.paging_mode(), a.linear, access) else {
+        if RamPhys(&self.ram).read_u32(a.pte).is_none_or(|pte| pte & 1 == 0) {
+            // Not yet: the handler may still be on its way.
             return Ok(());
-        };
+        }
         self.shadow.awaiting_present = None;
-        let frame = t.phys_page >> 12;
-        let place = (a.user_view, a.linear & !0xfff);
-        if t.pte_addr != Some(a.pte) || !self.ram.contains(t.phys_page, 0x1000) || self.shadow.maps.mappings.contains_key(&place) {
+        if a.write {
+            // Mapped for the read walk (D stays clear), but only if the write
+            // being retried is allowed now: a walk that faults sets no A bit.
+            let access = Access { write: true, user: a.user_view, fetch: false };
+            if walk::walk(&mut DryPhys(&self.ram), &self.paging_mode(), a.linear, access).is_err() {
+                return Ok(());
+            }
+        }
+        if !self.map_through(a.user_view, a.linear, a.pte)? {
             return Ok(());
         }
+        self.shadow.mapped_on_present += 1;
+        Ok(())
+    }
+
+    /// Maps the 4 KiB page at `linear` in the user or kernel view ahead of an
+    /// access the guest is about to make, if a read at that privilege would walk
+    /// through guest entry `entry` (PDE or PTE) and reach RAM; whether it did. The
+    /// walk sets the A bits as the access would (a walk that fails sets none); the
+    /// page is mapped as a hidden fault would map it (read-only until D is set,
+    /// read-only if it holds code or page tables, dependent on its PDE and PTE).
+    fn map_through(&mut self, user_view: bool, linear: u32, entry: u32) -> Result<bool, VmError> {
+        if self.shadow.maps.mappings.contains_key(&(user_view, linear & !0xfff)) {
+            return Ok(false);
+        }
+        let access = Access { write: false, user: user_view, fetch: false };
+        let mode = self.paging_mode();
+        // A dry run first: a translation that is not for us here (a large page,
+        // another entry, no RAM) must not have its A bits set on our account.
+        let usable = |t: &walk::Translation| {
+            t.pte_addr.is_some()
+                && (t.pte_addr == Some(entry) || t.pde_addr == entry)
+                && self.ram.contains(t.phys_page, 0x1000)
+        };
+        if !walk::walk(&mut DryPhys(&self.ram), &mode, linear, access).is_ok_and(|t| usable(&t)) {
+            return Ok(false);
+        }
+        let Ok(t) = walk::walk(&mut RamPhys(&self.ram), &mode, linear, access) else { return Ok(false) };
         self.trace_tables(&t)?;
+        let frame = t.phys_page >> 12;
         let guest_writable = t.writable && t.dirty;
         let host_writable = guest_writable && !self.protected.contains(&frame) && !self.shadow.is_traced(frame);
         let deps = [Some(t.pde_addr), t.pte_addr];
-        self.map_shadow(a.user_view, a.linear, Mapping { frame, writable: guest_writable }, host_writable, deps)?;
-        self.shadow.mapped_on_present += 1;
-        Ok(())
+        self.map_shadow(user_view, linear, Mapping { frame, writable: guest_writable }, host_writable, deps)?;
+        if let Some(pte) = t.pte_addr {
+            self.shadow.maps.set_hot_table(pte >> 12);
+            let untraced = core::mem::take(&mut self.shadow.maps.untraced);
+            self.release_traces(untraced)?;
+        }
+        Ok(true)
     }
 
     fn drop_entries(&mut self, entries: impl Iterator<Item = u32>) -> Result<(), VmError> {
@@ -1055,7 +1246,8 @@ impl Vm {
         let place = (user_view, linear & !0xfff);
         let maps = &mut self.shadow.maps;
         if maps.mappings.get(&place).is_some_and(|old| old.frame != m.frame) {
-            maps.unmap(&mut self.view, &mut self.user_view, place)?;
+            // The new mapping replaces the old one on the host (MAP_FIXED).
+            maps.forget(place);
         }
         let view = pick_view(&mut self.view, &mut self.user_view, user_view);
         if m.frame == VOID_FRAME {

@@ -39,8 +39,6 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
         Sti => end(b, CalloutKind::Emulate)?,
         Pushfd | Pushf if !b.mode.irregular_stack => super::vflags::pushf(b)?,
         Popfd if b.mode.cpl == 0 && !b.mode.irregular_stack => super::vflags::popf(b)?,
-        // The shadow MMU never holds a stale entry (tracing keeps it coherent).
-        Invlpg if b.mode.cpl == 0 => Flow::Next,
         Salc => salc(b)?,
         // The guest's TSC is the host's: read it (it has no memory effects).
         Rdtsc if b.mode.native_tsc => {
