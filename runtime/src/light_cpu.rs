@@ -183,6 +183,10 @@ impl Vm {
                     if space_after != space_before {
                         // A task gate switched tasks, and with them perhaps CR3.
                         self.paging_controls_changed(space_before, space_after)?;
+                    } else if matches!(site.ins.mnemonic(), Mnemonic::Iret | Mnemonic::Iretd) && self.paging() {
+                        // A #PF handler returning to the access that faulted (as
+                        // on the general path).
+                        self.map_awaited()?;
                     }
                     self.stats.exits_callout += 1;
                     self.stats.light_exits += 1;
