@@ -150,13 +150,7 @@ impl Vm {
                 Next::Resume(h) => h,
                 Next::Done(outcome) => return Ok(outcome),
             };
-            let (bases, view, code_map) = (self.cpu.seg_bases(), self.current_view_base(), self.code_map_address());
-            let ctx = self.tr.ctx_mut();
-            ctx.gs_base = view;
-            ctx.seg_base = bases;
-            ctx.seg_sel = self.cpu.seg.map(|s| s.selector);
-            crate::emulate::segments::prepare_inline_loads(&self.cpu, &mut ctx.seg_reload);
-            ctx.code_map = code_map;
+            self.sync_ctx_for_run();
             if self.stop_requested() {
                 return Ok(RunOutcome::Stopped { eip: self.tr.ctx().eip });
             }
@@ -186,6 +180,19 @@ impl Vm {
                 next = self.interrupt_boundary(next)?;
             }
         }
+    }
+
+    /// Puts what translated code reads of the vCPU's state outside its registers
+    /// into the context: the current view, segment bases and selectors, the
+    /// inline segment-load caches, the code map of the current space and CPL.
+    pub(crate) fn sync_ctx_for_run(&mut self) {
+        let (bases, view, code_map) = (self.cpu.seg_bases(), self.current_view_base(), self.code_map_address());
+        let ctx = self.tr.ctx_mut();
+        ctx.gs_base = view;
+        ctx.seg_base = bases;
+        ctx.seg_sel = self.cpu.seg.map(|s| s.selector);
+        crate::emulate::segments::prepare_inline_loads(&self.cpu, &mut ctx.seg_reload);
+        ctx.code_map = code_map;
     }
 
     /// Runs translated code from `host` until it exits, then takes back the

@@ -93,7 +93,21 @@ impl Vm {
                 }
             }
             if let Some(next) = self.light_cpu()? {
-                return Ok(Light::Done(next));
+                match next {
+                    Next::Dispatch(eip) if self.kernel_entry_stays_light() => {
+                        // Into the guest kernel (a system call, an exception): no
+                        // direct execution to consider, no boundary to keep.
+                        self.note_translated_cpl();
+                        // The instruction after an inline sti (if it was one) has run.
+                        self.tr.ctx_mut().shadow_eip = u32::MAX;
+                        let Some(host) = self.dispatch_hit(eip, false) else { return Ok(Light::Done(next)) };
+                        self.sync_ctx_for_run();
+                        self.run_translated(host)?;
+                        self.stats.guest_exits += 1;
+                        continue;
+                    }
+                    _ => return Ok(Light::Done(next)),
+                }
             }
             let Some((op, next_eip)) = self.light_site() else { return Ok(Light::No) };
             self.stats.exits_callout += 1;
@@ -127,6 +141,23 @@ impl Vm {
             self.run_translated(resume)?;
             self.stats.guest_exits += 1;
         }
+    }
+
+    /// Whether translated code may go on at a dispatch after a light CPU
+    /// instruction without the general loop's instruction boundary: at CPL 0
+    /// (user code is where direct execution may take over), with no trap
+    /// flag, no guest breakpoints, no device touched, no interrupt the guest
+    /// would take now and no stop asked for.
+    fn kernel_entry_stays_light(&self) -> bool {
+        let ctx = self.tr.ctx();
+        self.cpu.cpl() == 0
+            && ctx.sys_flags & crate::cpu::eflags::TF == 0
+            && self.cpu.dr[7] & 0xff == 0
+            && !(ctx.vif == 1 && self.bus.interrupt_pending())
+            && !self.bus.touched()
+            && !self.stop_requested()
+            && self.fpu.is_none()
+            && self.shadow.pending_trace.is_none()
     }
 
     /// An adaptive store's callout (`CalloutKind::TracedWrite`: a store that
