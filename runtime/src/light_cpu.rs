@@ -105,7 +105,7 @@ impl CachedMemory<'_> {
     /// Whether `frame` holds neither translated code nor (paging on) a page
     /// table: a write there must go through the general path's bookkeeping.
     fn holds_neither(&self, frame: u32) -> bool {
-        !self.protected.contains(&frame) && !(self.paging && self.shadow.is_traced(frame))
+        !(self.protected.contains(&frame) || (self.paging && self.shadow.is_traced(frame)))
     }
 }
 
