@@ -94,9 +94,9 @@ impl Vm {
             }
             if let Some(next) = self.light_cpu()? {
                 match next {
-                    Next::Dispatch(eip) if self.kernel_entry_stays_light() => {
-                        // Into the guest kernel (a system call, an exception): no
-                        // direct execution to consider, no boundary to keep.
+                    Next::Dispatch(eip) if self.dispatch_stays_light() => {
+                        // Into the guest kernel (a system call, an exception) or back
+                        // to user code that runs translated: no boundary to keep.
                         self.note_translated_cpl();
                         // The instruction after an inline sti (if it was one) has run.
                         self.tr.ctx_mut().shadow_eip = u32::MAX;
@@ -144,13 +144,14 @@ impl Vm {
     }
 
     /// Whether translated code may go on at a dispatch after a light CPU
-    /// instruction without the general loop's instruction boundary: at CPL 0
-    /// (user code is where direct execution may take over), with no trap
+    /// instruction without the general loop's instruction boundary: at CPL 0,
+    /// or at CPL 3 where direct execution does not take over, with no trap
     /// flag, no guest breakpoints, no device touched, no interrupt the guest
     /// would take now and no stop asked for.
-    fn kernel_entry_stays_light(&self) -> bool {
+    fn dispatch_stays_light(&self) -> bool {
         let ctx = self.tr.ctx();
-        self.cpu.cpl() == 0
+        matches!(self.cpu.cpl(), 0 | 3)
+            && self.cpu.seg[crate::cpu::sreg::CS].base == 0
             && ctx.sys_flags & crate::cpu::eflags::TF == 0
             && self.cpu.dr[7] & 0xff == 0
             && !(ctx.vif == 1 && self.bus.interrupt_pending())
@@ -158,6 +159,7 @@ impl Vm {
             && !self.stop_requested()
             && self.fpu.is_none()
             && self.shadow.pending_trace.is_none()
+            && !(self.cpu.cpl() == 3 && self.direct_wanted())
     }
 
     /// An adaptive store's callout (`CalloutKind::TracedWrite`: a store that
