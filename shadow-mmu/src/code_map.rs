@@ -71,6 +71,9 @@ pub struct CodeMap {
     /// Page directory frames, least recently used first.
     lru: Vec<u32>,
     empty: Box<Leaf>,
+    /// The most recently used space's page directory frame and its two tops'
+    /// addresses: every dispatch asks for them.
+    last_top: Option<(u32, [u64; 2])>,
     /// Times everything was dropped because the leaves grew past their bound.
     pub resets: u64,
 }
@@ -83,16 +86,29 @@ impl Default for CodeMap {
 
 impl CodeMap {
     pub fn new() -> Self {
-        Self { leaves: HashMap::new(), tops: HashMap::new(), lru: Vec::new(), empty: Leaf::zeroed(), resets: 0 }
+        Self {
+            leaves: HashMap::new(),
+            tops: HashMap::new(),
+            lru: Vec::new(),
+            empty: Leaf::zeroed(),
+            last_top: None,
+            resets: 0,
+        }
     }
 
     /// The top translated code reads in the address space whose page directory
     /// is at `pd_frame`, in user mode or not (`VcpuCtx::code_map`). Valid until
     /// the next call of a `&mut self` method.
     pub fn top_address(&mut self, pd_frame: u32, user: bool) -> u64 {
+        if let Some((pd, tops)) = self.last_top.filter(|l| l.0 == pd_frame && self.lru.last() == Some(&l.0)) {
+            debug_assert_eq!(pd, pd_frame);
+            return tops[usize::from(user)];
+        }
         self.touch(pd_frame);
         let tops = self.tops_of(pd_frame);
-        tops[usize::from(user)].0.as_ptr() as u64
+        let addresses = [tops[0].0.as_ptr() as u64, tops[1].0.as_ptr() as u64];
+        self.last_top = Some((pd_frame, addresses));
+        addresses[usize::from(user)]
     }
 
     /// Code at linear `page` was fetched in the space of `pd_frame` through
@@ -196,6 +212,9 @@ impl CodeMap {
         while self.lru.len() > MAX_TOPS {
             let gone = self.lru.remove(0);
             self.tops.remove(&gone);
+            if self.last_top.is_some_and(|l| l.0 == gone) {
+                self.last_top = None;
+            }
         }
     }
 }
@@ -308,5 +327,23 @@ mod tests {
             let _ = map.top_address(pd, false);
         }
         assert!(map.tops.len() <= MAX_TOPS);
+    }
+
+    /// The remembered tops of the last space follow the space: the same
+    /// addresses while it lives, none of its old ones once the bound dropped it.
+    #[test]
+    fn last_tops_go_with_their_space() {
+        let mut map = CodeMap::new();
+        let first = map.top_address(7, false);
+        assert_eq!(map.top_address(7, false), first);
+        assert_ne!(map.top_address(7, true), first, "user and kernel tops differ");
+        for pd in 100..100 + MAX_TOPS as u32 {
+            map.top_address(pd, false);
+        }
+        assert!(!map.tops.contains_key(&7), "space 7 was dropped");
+        assert!(map.last_top.is_some_and(|l| l.0 != 7));
+        map.top_address(7, false);
+        assert_eq!(map.last_top.map(|l| l.0), Some(7));
+        assert!(map.tops.contains_key(&7), "and is back");
     }
 }

@@ -55,6 +55,15 @@ impl LookupTables {
             return false;
         }
         let table = match self.idle.iter().position(|(m, _)| *m == mode) {
+            Some(i) if i + 1 == self.idle.len() => {
+                // Back to the mode before (a ring change and its return): the two
+                // tables trade places, and the most recent stays last.
+                let (m, t) = &mut self.idle[i];
+                *m = self.current;
+                self.current = mode;
+                core::mem::swap(&mut self.table, t);
+                return true;
+            }
             Some(i) => self.idle.remove(i).1,
             None => {
                 if self.idle.len() + 1 >= MAX_TABLES {

@@ -215,8 +215,9 @@ impl Vm {
                 self.direct.user_since = None;
                 let key = self.context_key();
                 let ticks = crate::devices::clock::host_tsc().saturating_sub(since);
-                let ns = u128::from(ticks) * 1_000_000_000 / u128::from(crate::devices::clock::tsc_hz());
-                self.direct.policy.observe(key, false, Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)));
+                // Floating point: a 128-bit division here cost more than the rest.
+                let secs = ticks as f64 / crate::devices::clock::tsc_hz() as f64;
+                self.direct.policy.observe(key, false, Duration::from_secs_f64(secs));
             }
             _ => {}
         }
