@@ -424,7 +424,7 @@ impl Vm {
             .cloned()
             .ok_or_else(|| VmError::Internal(format!("unknown callout site {site_id}")))?;
         if site.kind == CalloutKind::Emulate {
-            *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
+            self.stats.callouts.add(site.ins.mnemonic());
         }
         if site.kind == CalloutKind::FetchFault {
             // The unit bakes in a fetch that failed when it was built: whatever the

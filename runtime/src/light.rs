@@ -232,7 +232,7 @@ impl Vm {
             op = LightOp::Invlpg(self.cpu.seg.get(r.seg)?.base.wrapping_add(r.offset));
         }
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
-        *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
+        self.stats.callouts.add(site.ins.mnemonic());
         Some((op, next_eip))
     }
 

@@ -191,7 +191,7 @@ impl Vm {
                     self.stats.exits_callout += 1;
                     self.stats.light_exits += 1;
                     if site.kind == CalloutKind::Emulate {
-                        *self.stats.callouts.entry(site.ins.mnemonic()).or_default() += 1;
+                        self.stats.callouts.add(site.ins.mnemonic());
                     }
                     return Ok(Some(next));
                 }

@@ -1,7 +1,6 @@
 //! Counters kept by the engine and their report (`--stats`, `--stats json`).
 
 use bt86_translator::Translator;
-use hashbrown::HashMap;
 use iced_x86::Mnemonic;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -19,7 +18,7 @@ pub struct Stats {
     /// Dispatches after an exit that entered through the lookup table, without
     /// a walk or a search (`Vm::dispatch_hit`).
     pub dispatch_hits: u64,
-    pub callouts: HashMap<Mnemonic, u64>,
+    pub callouts: MnemonicCounts,
     pub smc_faults: u64,
     pub smc_data_writes: u64,
     pub exceptions: BTreeMap<u8, u64>,
@@ -27,6 +26,34 @@ pub struct Stats {
     pub interrupts: BTreeMap<u8, u64>,
     pub hlt_nanos: u64,
     pub run_nanos: u64,
+}
+
+/// A count per mnemonic: an array, since one is bumped at every callout.
+pub struct MnemonicCounts(Box<[u64]>);
+
+impl Default for MnemonicCounts {
+    fn default() -> Self {
+        Self(vec![0; Mnemonic::values().len()].into_boxed_slice())
+    }
+}
+
+impl MnemonicCounts {
+    /// One more of `m`.
+    pub fn add(&mut self, m: Mnemonic) {
+        if let Some(n) = self.0.get_mut(m as usize) {
+            *n += 1;
+        }
+    }
+
+    /// The count of `m`, if any.
+    pub fn get(&self, m: &Mnemonic) -> Option<&u64> {
+        self.0.get(*m as usize).filter(|&&n| n > 0)
+    }
+
+    /// The mnemonics counted, with their counts.
+    pub fn iter(&self) -> impl Iterator<Item = (Mnemonic, &u64)> {
+        Mnemonic::values().zip(self.0.iter()).filter(|(_, &n)| n > 0)
+    }
 }
 
 /// Exit counts by reason.
