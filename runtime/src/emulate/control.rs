@@ -35,12 +35,11 @@ fn require_cpl0(m: &Machine<'_>) -> Result<(), Fault> {
     }
 }
 
-/// hlt. Nothing can wake the guest yet, so the run ends (with eip after the hlt,
-/// where the guest would resume after an interrupt).
+/// hlt: the emulation only reports it (eip after the hlt, where the guest
+/// resumes after an interrupt); the engine sleeps until an interrupt the guest
+/// accepts, or ends the run when nothing can wake it (`Vm::halt`).
 pub(crate) fn hlt(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     require_cpl0(m)?;
-    // TODO(PIC/PIT issue): with vif == 1 and an interrupt source, wait for the next
-    // interrupt (PIT tick, UART input) instead of stopping.
     m.ctx.eip = super::next_eip(site);
     Err(Fault::Halted)
 }
@@ -70,7 +69,8 @@ pub(crate) fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
         }
         Mnemonic::Invlpg | Mnemonic::Wbinvd | Mnemonic::Invd => {
             require_cpl0(m)?;
-            // TODO(shadow MMU issue): invlpg drops the page's mappings in the views.
+            // The shadow stays coherent by tracing; the engine maps a page whose
+            // entry a store retargeted at its invlpg (`Vm::remap_retargeted`).
             Ok(Outcome::Continue)
         }
         Mnemonic::Rdtsc => {
@@ -133,7 +133,8 @@ pub(crate) fn mov_cr_dr(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
                     Ok(Outcome::Continue)
                 }
                 3 => {
-                    // TODO(shadow MMU issue): a new address space for the views.
+                    // The engine switches the views to the new space after the
+                    // callout (`Vm::paging_controls_changed`).
                     m.cpu.cr3 = v;
                     Ok(Outcome::Continue)
                 }
