@@ -1,12 +1,19 @@
 //! The shadow MMU: guest linear address spaces realized as host mappings (*views*)
-//! and the write-protection (tracing) of guest pages.
+//! and what they are built from and kept coherent with.
 //!
-//! Today a view maps guest-physical memory one to one (the guest has not enabled
-//! paging); the guest page-table walk, hidden and true faults and page-table tracing
-//! arrive with the shadow-MMU issue and fill views on demand through the same type.
+//! - [`view`]: a view, its guards and wrap alias; mapping, unmapping, parking and
+//!   protecting pages; [`mirror`]: what a view maps, for a copy in another process.
+//! - [`walk`]: the guest's 2-level page walk (permissions, A/D bits, #PF error codes).
+//! - [`code_map`]: the code map translated code's page checks read.
+//! - [`space`]: one address space's bookkeeping: which places of its views map
+//!   which frames, the guest entries each mapping depends on, the frames to trace.
+//!
+//! The VMM's side (faults, CR3 switches, tracing across all cached spaces) is in
+//! the runtime crate's `mmu` module.
 
 pub mod code_map;
 pub mod mirror;
+pub mod space;
 pub mod view;
 pub mod walk;
 

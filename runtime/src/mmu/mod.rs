@@ -27,6 +27,12 @@
 //! copying entries, an exit tearing them down) drops that space's dependent
 //! mappings as precisely as the current one's. Changes of CR0.PG/WP or
 //! CR4.PSE/PGE still drop everything.
+//!
+//! Each space's bookkeeping (its mappings, reverse maps, dependencies on guest
+//! entries, traced frames, large pages) and the operations on it alone are
+//! `bt86_shadow_mmu::space`'s (`SpaceMaps`, `IdleSpace`); this module is the
+//! engine glue: faults, walks through guest RAM, CR3 switches, the cache of
+//! spaces, tracing across spaces, the code map, adaptive stores.
 
 mod handover;
 
@@ -35,6 +41,7 @@ use crate::memory::GuestRam;
 use crate::vm::{Vm, VmError};
 use bt86_shadow_mmu::walk::{self, Access, PagingMode, PhysMem, WalkError};
 use bt86_shadow_mmu::code_map::{CodeMap, Source};
+use bt86_shadow_mmu::space::{pick_view, IdleSpace, LargeMapping, Mapping, Place, SpaceKey, SpaceMaps, VOID_FRAME};
 use bt86_shadow_mmu::View;
 use hashbrown::{HashMap, HashSet};
 use std::collections::BTreeMap;
@@ -51,255 +58,6 @@ const MAX_CACHED_MAPPINGS: usize = 24_000;
 /// (a fork copying it, an exit clearing it), and following each store would
 /// cost more than dropping what depends on it once.
 const UNTRACE_AFTER: u32 = 64;
-
-/// Bytes of a large (PSE) page.
-const LARGE: u64 = 4 << 20;
-
-/// The frame number shadow mappings of non-existent memory carry (the void page).
-const VOID_FRAME: u32 = u32::MAX;
-
-/// A linear page in one of a space's two views.
-type Place = (bool, u32);
-
-/// A shadow mapping: the guest frame, and whether the guest allows writes through
-/// it (R/W, U/S, WP and a set D bit). The host protection may be stricter: code
-/// and page-table frames are mapped read-only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Mapping {
-    frame: u32,
-    writable: bool,
-}
-
-/// One address space's shadow state (its views live with it, or in the `Vm` for
-/// the current space).
-struct SpaceMaps {
-    /// Frame → the places it is mapped, for protection.
-    rmap: HashMap<u32, Vec<Place>>,
-    mappings: HashMap<Place, Mapping>,
-    /// Physical address of a guest PDE or PTE → the mappings whose walk used it.
-    deps: HashMap<u32, Vec<Place>>,
-    /// Frames holding the page directories and page tables its walks used.
-    traced: HashSet<u32>,
-    /// Page directories and tables code was fetched through in this space: the
-    /// code map's entries learnt through them stay valid only while they are
-    /// traced, so each counts as one dependency in `dep_frames` until the space
-    /// goes.
-    code_tables: HashSet<u32>,
-    /// 4 MiB guest pages mapped whole, by place (view, region base).
-    large: HashMap<Place, LargeMapping>,
-    /// Physical address of a PDE → the large mappings it made.
-    large_deps: HashMap<u32, Vec<Place>>,
-    /// Physical 4 MiB region (frame >> 10) → the large mappings of it.
-    large_rmap: HashMap<u32, Vec<Place>>,
-    /// Page-table frame → how many of its entries are keys of `deps` or
-    /// `large_deps`, plus one if it is in `code_tables`: a write to a frame not
-    /// here needs no look-up entry by entry.
-    dep_frames: HashMap<u32, u32>,
-    /// Frames this space stopped tracing since the VMM last looked (their last
-    /// dependency went): the VMM updates the global count and protections.
-    untraced: Vec<u32>,
-    /// The page table of the last page mapped ahead of an access (`map_through`:
-    /// its entry became present, or was retargeted and invlpg'd): one more
-    /// dependency in `dep_frames`, so the table stays traced when its last
-    /// mapping goes. A guest that keeps changing entries of the same table
-    /// writes it traced, and the page is mapped at once; untracing it and
-    /// tracing it again would cost two host calls each time.
-    hot_table: Option<u32>,
-}
-
-/// A 4 MiB guest page (PSE) mapped as a whole: one host mapping per run of
-/// frames with the same protection (code and page-table frames are read-only).
-#[derive(Clone, Copy, Debug)]
-struct LargeMapping {
-    /// The first frame of the page.
-    frame0: u32,
-    /// Whether the guest allows writes through it (R/W, U/S, WP, D).
-    writable: bool,
-    /// Host mappings it took (for the bound on their number).
-    runs: u32,
-}
-
-impl Default for SpaceMaps {
-    fn default() -> Self {
-        Self {
-            rmap: HashMap::new(),
-            mappings: HashMap::new(),
-            deps: HashMap::new(),
-            traced: HashSet::new(),
-            code_tables: HashSet::new(),
-            large: HashMap::new(),
-            large_deps: HashMap::new(),
-            large_rmap: HashMap::new(),
-            dep_frames: HashMap::new(),
-            untraced: Vec::new(),
-            hot_table: None,
-        }
-    }
-}
-
-/// A cached address space that is not current.
-struct IdleSpace {
-    key: SpaceKey,
-    view: View,
-    user_view: View,
-    maps: SpaceMaps,
-}
-
-fn pick_view<'v>(view: &'v mut View, user_view: &'v mut View, user: bool) -> &'v mut View {
-    if user {
-        user_view
-    } else {
-        view
-    }
-}
-
-impl SpaceMaps {
-    /// Forgets the mapping at `place` (the caller unmaps it from its view).
-    fn forget(&mut self, place: Place) {
-        let Some(m) = self.mappings.remove(&place) else { return };
-        if let Some(places) = self.rmap.get_mut(&m.frame) {
-            places.retain(|&p| p != place);
-            if places.is_empty() {
-                self.rmap.remove(&m.frame);
-            }
-        }
-    }
-
-    /// Drops the mappings that depended on any of the guest `entries`, unmapping
-    /// consecutive pages with one host call; returns their linear pages.
-    fn drop_entries(&mut self, view: &mut View, user_view: &mut View, entries: &[u32]) -> Result<(), VmError> {
-        let mut places: Vec<Place> = Vec::new();
-        let mut frame_known = (u32::MAX, false);
-        for &entry in entries {
-            if frame_known.0 != entry >> 12 {
-                frame_known = (entry >> 12, self.dep_frames.contains_key(&(entry >> 12)));
-            }
-            if !frame_known.1 {
-                continue;
-            }
-            if let Some(list) = self.deps.remove(&entry) {
-                self.uncount_dep_key(entry);
-                places.extend(list.into_iter().filter(|p| self.mappings.contains_key(p)));
-            }
-            if let Some(large) = self.large_deps.remove(&entry) {
-                self.uncount_dep_key(entry);
-                for place in large {
-                    if self.forget_large(place) {
-                        pick_view(view, user_view, place.0).unmap(place.1, LARGE)?;
-                    }
-                }
-            }
-        }
-        places.sort_unstable();
-        places.dedup();
-        for &place in &places {
-            self.forget(place);
-        }
-        let mut i = 0;
-        while i < places.len() {
-            let (user, start) = places[i];
-            let mut j = i + 1;
-            while j < places.len() && places[j] == (user, start.wrapping_add(0x1000 * (j - i) as u32)) {
-                j += 1;
-            }
-            if j - i == 1 {
-                // Most likely made present again soon, at the same frame.
-                pick_view(view, user_view, user).park(start)?;
-            } else {
-                pick_view(view, user_view, user).unmap(start, 0x1000 * (j - i) as u64)?;
-            }
-            i = j;
-        }
-        Ok(())
-    }
-
-    /// Sets the host protection of every mapping of `frame`: read-only, or what
-    /// the guest allows.
-    fn protect(&self, view: &mut View, user_view: &mut View, frame: u32, writable: bool) -> Result<(), VmError> {
-        for place in self.rmap.get(&frame).into_iter().flatten() {
-            let allowed = self.mappings.get(place).is_some_and(|m| m.writable);
-            pick_view(view, user_view, place.0).protect_page(place.1, writable && allowed)?;
-        }
-        for place in self.large_rmap.get(&(frame >> 10)).into_iter().flatten() {
-            if let Some(l) = self.large.get(place) {
-                let linear = place.1 + ((frame - l.frame0) << 12);
-                pick_view(view, user_view, place.0).protect_page(linear, writable && l.writable)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// `entry` became a key of one of the dependency maps.
-    fn count_dep_key(&mut self, entry: u32) {
-        *self.dep_frames.entry(entry >> 12).or_insert(0) += 1;
-    }
-
-    /// `entry` stopped being a key of one of the dependency maps.
-    /// When the last dependency on a frame goes, the space stops tracing it
-    /// (a page table the guest took down, and perhaps reuses as data).
-    fn uncount_dep_key(&mut self, entry: u32) {
-        let frame = entry >> 12;
-        if let Some(n) = self.dep_frames.get_mut(&frame) {
-            *n -= 1;
-            if *n == 0 {
-                self.dep_frames.remove(&frame);
-                if self.traced.remove(&frame) {
-                    self.untraced.push(frame);
-                }
-            }
-        }
-    }
-
-    /// Makes `frame` the hot table (see `hot_table`); the one before may stop
-    /// being traced (`untraced`).
-    fn set_hot_table(&mut self, frame: u32) {
-        if self.hot_table == Some(frame) {
-            return;
-        }
-        self.count_dep_key(frame << 12);
-        if let Some(old) = self.hot_table.replace(frame) {
-            self.uncount_dep_key(old << 12);
-        }
-    }
-
-    /// Records that `place` depends on guest entry `entry` (`deps`).
-    fn add_dep(&mut self, entry: u32, place: Place) {
-        match self.deps.entry(entry) {
-            // A page directory entry has a place for every page under it: no
-            // search per insertion; duplicates (a page mapped again) are rare
-            // and removed when the list grows.
-            hashbrown::hash_map::Entry::Occupied(mut o) => {
-                let list = o.get_mut();
-                list.push(place);
-                if list.len().is_power_of_two() && list.len() >= 64 {
-                    list.sort_unstable();
-                    list.dedup();
-                }
-            }
-            hashbrown::hash_map::Entry::Vacant(v) => {
-                v.insert(vec![place]);
-                self.count_dep_key(entry);
-            }
-        }
-    }
-
-    /// Forgets the large mapping at `place`; whether there was one.
-    fn forget_large(&mut self, place: Place) -> bool {
-        let Some(l) = self.large.remove(&place) else { return false };
-        if let Some(places) = self.large_rmap.get_mut(&(l.frame0 >> 10)) {
-            places.retain(|&p| p != place);
-            if places.is_empty() {
-                self.large_rmap.remove(&(l.frame0 >> 10));
-            }
-        }
-        true
-    }
-
-    /// Host mappings this space holds (each may be a host VMA).
-    fn host_mappings(&self) -> usize {
-        self.mappings.len() + self.large.values().map(|l| l.runs as usize).sum::<usize>()
-    }
-}
 
 /// Shadow-paging state of a VM.
 #[derive(Default)]
@@ -517,10 +275,6 @@ pub(crate) fn address_space_key(cpu: &crate::cpu::Cpu) -> (u32, u32, u32) {
     (cpu.cr0 & (cr0::PG | cr0::WP), cpu.cr3 & 0xffff_f000, cpu.cr4 & CR4_PSE)
 }
 
-/// Which cached address space a CR3 value and CR0.WP select: the same page
-/// tables with WP set and clear give different host protections, so each
-/// combination is a space of its own, and toggling WP switches between two.
-type SpaceKey = (u32, bool);
 
 /// What a fault in a view becomes.
 pub(crate) enum FaultAction {
@@ -898,20 +652,7 @@ impl Vm {
         }
         let place = (user_view, region);
         let maps = &mut self.shadow.maps;
-        maps.forget_large(place);
-        maps.large.insert(place, LargeMapping { frame0, writable: guest_writable, runs });
-        maps.large_rmap.entry(frame0 >> 10).or_default().push(place);
-        match maps.large_deps.entry(pde) {
-            hashbrown::hash_map::Entry::Occupied(mut o) => {
-                if !o.get().contains(&place) {
-                    o.get_mut().push(place);
-                }
-            }
-            hashbrown::hash_map::Entry::Vacant(v) => {
-                v.insert(vec![place]);
-                maps.count_dep_key(pde);
-            }
-        }
+        maps.record_large(place, LargeMapping { frame0, writable: guest_writable, runs }, pde);
         self.shadow.large_maps += 1;
         Ok(FaultAction::Retry)
     }
@@ -1255,14 +996,7 @@ impl Vm {
         } else {
             view.map_page(place.1, self.ram.fd(), m.frame << 12, host_writable)?;
         }
-        maps.mappings.insert(place, m);
-        let places = maps.rmap.entry(m.frame).or_default();
-        if !places.contains(&place) {
-            places.push(place);
-        }
-        for entry in deps.into_iter().flatten() {
-            maps.add_dep(entry, place);
-        }
+        maps.record(place, m, deps.into_iter().flatten());
         Ok(())
     }
 }
