@@ -28,6 +28,10 @@ pub const VOID_FRAME: u32 = u32::MAX;
 /// A linear page in one of a space's two views.
 pub type Place = (bool, u32);
 
+/// The places one entry or frame is behind: one or two (a page in both views)
+/// nearly always, kept inline (a fork or an exec makes thousands of lists).
+pub type Places = smallvec::SmallVec<[Place; 2]>;
+
 /// A shadow mapping: the guest frame, and whether the guest allows writes through
 /// it (R/W, U/S, WP and a set D bit). The host protection may be stricter: code
 /// and page-table frames are mapped read-only.
@@ -41,10 +45,10 @@ pub struct Mapping {
 /// the current space).
 pub struct SpaceMaps {
     /// Frame → the places it is mapped, for protection.
-    pub rmap: HashMap<u32, Vec<Place>>,
+    pub rmap: HashMap<u32, Places>,
     pub mappings: HashMap<Place, Mapping>,
     /// Physical address of a guest PDE or PTE → the mappings whose walk used it.
-    pub deps: HashMap<u32, Vec<Place>>,
+    pub deps: HashMap<u32, Places>,
     /// Frames holding the page directories and page tables its walks used.
     pub traced: HashSet<u32>,
     /// Page directories and tables code was fetched through in this space: the
@@ -55,9 +59,9 @@ pub struct SpaceMaps {
     /// 4 MiB guest pages mapped whole, by place (view, region base).
     pub large: HashMap<Place, LargeMapping>,
     /// Physical address of a PDE → the large mappings it made.
-    pub large_deps: HashMap<u32, Vec<Place>>,
+    pub large_deps: HashMap<u32, Places>,
     /// Physical 4 MiB region (frame >> 10) → the large mappings of it.
-    pub large_rmap: HashMap<u32, Vec<Place>>,
+    pub large_rmap: HashMap<u32, Places>,
     /// Page-table frame → how many of its entries are keys of `deps` or
     /// `large_deps`, plus one if it is in `code_tables`: a write to a frame not
     /// here needs no look-up entry by entry.
@@ -126,7 +130,7 @@ impl SpaceMaps {
     pub fn forget(&mut self, place: Place) {
         let Some(m) = self.mappings.remove(&place) else { return };
         if let Some(places) = self.rmap.get_mut(&m.frame) {
-            places.retain(|&p| p != place);
+            places.retain(|p| *p != place);
             if places.is_empty() {
                 self.rmap.remove(&m.frame);
             }
@@ -245,7 +249,7 @@ impl SpaceMaps {
                 }
             }
             hashbrown::hash_map::Entry::Vacant(v) => {
-                v.insert(vec![place]);
+                v.insert(smallvec::smallvec![place]);
                 self.count_dep_key(entry);
             }
         }
@@ -277,7 +281,7 @@ impl SpaceMaps {
                 }
             }
             hashbrown::hash_map::Entry::Vacant(v) => {
-                v.insert(vec![place]);
+                v.insert(smallvec::smallvec![place]);
                 self.count_dep_key(pde);
             }
         }
@@ -287,7 +291,7 @@ impl SpaceMaps {
     pub fn forget_large(&mut self, place: Place) -> bool {
         let Some(l) = self.large.remove(&place) else { return false };
         if let Some(places) = self.large_rmap.get_mut(&(l.frame0 >> 10)) {
-            places.retain(|&p| p != place);
+            places.retain(|p| *p != place);
             if places.is_empty() {
                 self.large_rmap.remove(&(l.frame0 >> 10));
             }
@@ -415,12 +419,12 @@ impl SpaceMaps {
 
 /// Moves the places `take` selects from every list of `source` into `target`.
 fn split_lists(
-    source: &mut hashbrown::HashMap<u32, Vec<Place>>,
-    target: &mut hashbrown::HashMap<u32, Vec<Place>>,
+    source: &mut hashbrown::HashMap<u32, Places>,
+    target: &mut hashbrown::HashMap<u32, Places>,
     take: impl Fn(&Place) -> bool,
 ) {
     source.retain(|key, list| {
-        let (taken, kept): (Vec<Place>, Vec<Place>) = list.iter().partition(|p| take(p));
+        let (taken, kept): (Places, Places) = list.iter().copied().partition(|p| take(p));
         if !taken.is_empty() {
             target.entry(*key).or_default().extend(taken);
         }
@@ -464,11 +468,11 @@ mod tests {
     }
 
     /// Every list of `map` with its places sorted, the keys in order.
-    fn lists(map: &HashMap<u32, Vec<Place>>) -> Vec<(u32, Vec<Place>)> {
+    fn lists(map: &HashMap<u32, Places>) -> Vec<(u32, Vec<Place>)> {
         let mut out: Vec<(u32, Vec<Place>)> = map
             .iter()
             .map(|(&k, v)| {
-                let mut v = v.clone();
+                let mut v = v.to_vec();
                 v.sort_unstable();
                 (k, v)
             })
@@ -601,7 +605,7 @@ mod tests {
         frames.sort_unstable();
         assert!(frames.contains(&(new_pd >> 12)) && frames.contains(&(KERNEL_PT >> 12)), "{frames:x?}");
         assert!(!frames.contains(&(PD >> 12)), "{frames:x?}");
-        assert_eq!(kernel.deps.get(&(new_pd + 0x300 * 4)).map(Vec::len), Some(3), "moved to the new directory");
+        assert_eq!(kernel.deps.get(&(new_pd + 0x300 * 4)).map(|p| p.len()), Some(3), "moved to the new directory");
         assert!(!kernel.deps.contains_key(&KERNEL_PDE) && !kernel.deps.contains_key(&other_pde));
         assert!(!kernel.mappings.contains_key(&other_page), "its PDE differs");
         assert_eq!(backing(&mut views, other_page), None);
