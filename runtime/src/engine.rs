@@ -1049,3 +1049,15 @@ fn is_double_fault(first: u8, second: u8) -> bool {
     let contributory = |v: u8| matches!(v, 0 | 10 | 11 | 12 | 13);
     (contributory(first) && contributory(second)) || (first == 14 && (contributory(second) || second == 14))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pieces_end_at_page_boundaries() {
+        let p: Vec<_> = super::page_pieces(0x1ffe, 6).collect();
+        assert_eq!(p, vec![(0x1ffe, 0, 2), (0x2000, 2, 4)]);
+        assert_eq!(super::page_pieces(0x3000, 0).count(), 0);
+        let wrap: Vec<_> = super::page_pieces(0xffff_fffe, 4).collect();
+        assert_eq!(wrap, vec![(0xffff_fffe, 0, 2), (0, 2, 2)], "wraps at 4 GiB");
+    }
+}

@@ -50,7 +50,27 @@ pub fn run_snippet(snippet: &Snippet) -> Result<SnippetResult, String> {
 
 /// Like `run_snippet`, with units limited to `max_unit_insns` guest instructions.
 pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Result<SnippetResult, String> {
-    use crate::vm::{RunOutcome, Vm, VmConfig};
+    use crate::vm::RunOutcome;
+    let mut vm = snippet_vm(snippet)?;
+    if let Some(n) = max_unit_insns {
+        vm.set_max_unit_insns(n);
+    }
+    map_only_the_region(&mut vm).map_err(|e| e.to_string())?;
+    let outcome = crate::vm::run_with_timeout(&mut vm, std::time::Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let end = snippet_end(snippet)?;
+    let fault = match outcome {
+        RunOutcome::Halted { eip } if eip == end => None,
+        RunOutcome::GuestException { vector, eip, .. } => Some(SnippetFault { vector, eip }),
+        RunOutcome::Unbacked { eip, .. } => Some(SnippetFault { vector: 14, eip }),
+        other => return Err(format!("snippet did not finish: {other:?}")),
+    };
+    snippet_result(&vm, snippet, fault)
+}
+
+/// A VM holding `snippet` (its code followed by `hlt` at `CODE_ADDR`, its data at
+/// `DATA_ADDR`, RAM up to the end of the region) in flat CPL-0 state at its start.
+fn snippet_vm(snippet: &Snippet) -> Result<crate::vm::Vm, String> {
+    use crate::vm::{Vm, VmConfig};
     if snippet.code.len() + 1 > (DATA_ADDR - CODE_ADDR) as usize || snippet.data.len() > (STACK_TOP - DATA_ADDR) as usize {
         return Err("snippet too large".into());
     }
@@ -58,9 +78,6 @@ pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Res
     // native run's #PF does (there is no paging yet to make a hole elsewhere).
     let cfg = VmConfig { mem_bytes: u64::from(CODE_ADDR + REGION_SIZE), ..VmConfig::new(1, Box::new(std::io::sink())) };
     let mut vm = Vm::new(cfg).map_err(|e| e.to_string())?;
-    if let Some(n) = max_unit_insns {
-        vm.set_max_unit_insns(n);
-    }
     let mut code = snippet.code.clone();
     code.push(0xf4);
     vm.ram().write(CODE_ADDR, &code).map_err(|e| e.to_string())?;
@@ -70,15 +87,16 @@ pub fn run_snippet_with(snippet: &Snippet, max_unit_insns: Option<usize>) -> Res
         regs[4] = STACK_TOP;
     }
     vm.set_flat_state(CODE_ADDR, regs, snippet.eflags);
-    map_only_the_region(&mut vm).map_err(|e| e.to_string())?;
-    let outcome = crate::vm::run_with_timeout(&mut vm, std::time::Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    let end = CODE_ADDR + u32::try_from(snippet.code.len()).map_err(|e| e.to_string())?;
-    let fault = match outcome {
-        RunOutcome::Halted { eip } if eip == end => None,
-        RunOutcome::GuestException { vector, eip, .. } => Some(SnippetFault { vector, eip }),
-        RunOutcome::Unbacked { eip, .. } => Some(SnippetFault { vector: 14, eip }),
-        other => return Err(format!("snippet did not finish: {other:?}")),
-    };
+    Ok(vm)
+}
+
+/// Where the snippet's terminating `hlt` is.
+fn snippet_end(snippet: &Snippet) -> Result<u32, String> {
+    Ok(CODE_ADDR + u32::try_from(snippet.code.len()).map_err(|e| e.to_string())?)
+}
+
+/// The registers and the data block after the run.
+fn snippet_result(vm: &crate::vm::Vm, snippet: &Snippet, fault: Option<SnippetFault>) -> Result<SnippetResult, String> {
     let (regs, eflags) = vm.registers();
     let mut data = vec![0u8; snippet.data.len()];
     vm.ram().read(DATA_ADDR, &mut data).map_err(|e| e.to_string())?;
@@ -114,38 +132,22 @@ pub struct UserSnippetResult {
 /// snippet's fault.
 pub fn run_snippet_user(snippet: &Snippet, user_code: crate::UserCode) -> Result<UserSnippetResult, String> {
     use crate::cpu::{sreg, Segment};
-    use crate::vm::{RunOutcome, Vm, VmConfig};
-    if snippet.code.len() + 1 > (DATA_ADDR - CODE_ADDR) as usize || snippet.data.len() > (STACK_TOP - DATA_ADDR) as usize {
-        return Err("snippet too large".into());
-    }
-    let cfg = VmConfig { mem_bytes: u64::from(CODE_ADDR + REGION_SIZE), ..VmConfig::new(1, Box::new(std::io::sink())) };
-    let mut vm = Vm::new(cfg).map_err(|e| e.to_string())?;
+    use crate::vm::RunOutcome;
+    let mut vm = snippet_vm(snippet)?;
     vm.set_user_code(user_code);
-    let mut code = snippet.code.clone();
-    code.push(0xf4);
-    vm.ram().write(CODE_ADDR, &code).map_err(|e| e.to_string())?;
-    vm.ram().write(DATA_ADDR, &snippet.data).map_err(|e| e.to_string())?;
-    let mut regs = snippet.regs;
-    if regs[4] == 0 {
-        regs[4] = STACK_TOP;
-    }
-    vm.set_flat_state(CODE_ADDR, regs, snippet.eflags);
     for (i, s) in vm.cpu.seg.iter_mut().enumerate() {
         *s = if i == sreg::CS { Segment::flat(0x1b, 0xfb) } else { Segment::flat(0x23, 0xf3) };
     }
     vm.tr.ctx_mut().vif = 1;
     map_only_the_region(&mut vm).map_err(|e| e.to_string())?;
     let outcome = crate::vm::run_with_timeout(&mut vm, std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    let end = CODE_ADDR + u32::try_from(snippet.code.len()).map_err(|e| e.to_string())?;
+    let end = snippet_end(snippet)?;
     let fault = match outcome {
         RunOutcome::GuestException { vector: 13, eip, .. } if eip == end => None,
         RunOutcome::GuestException { vector, eip, .. } => Some(SnippetFault { vector, eip }),
         RunOutcome::Unbacked { eip, .. } => Some(SnippetFault { vector: 14, eip }),
         other => return Err(format!("snippet did not finish: {other:?}")),
     };
-    let (regs, eflags) = vm.registers();
-    let mut data = vec![0u8; snippet.data.len()];
-    vm.ram().read(DATA_ADDR, &mut data).map_err(|e| e.to_string())?;
     let direct_entries = vm.stats().direct.map_or(0, |d| d.entries);
-    Ok(UserSnippetResult { result: SnippetResult { regs, eflags, data, fault }, direct_entries })
+    Ok(UserSnippetResult { result: snippet_result(&vm, snippet, fault)?, direct_entries })
 }

@@ -100,8 +100,7 @@ impl CodeMap {
     /// is at `pd_frame`, in user mode or not (`VcpuCtx::code_map`). Valid until
     /// the next call of a `&mut self` method.
     pub fn top_address(&mut self, pd_frame: u32, user: bool) -> u64 {
-        if let Some((pd, tops)) = self.last_top.filter(|l| l.0 == pd_frame && self.lru.last() == Some(&l.0)) {
-            debug_assert_eq!(pd, pd_frame);
+        if let Some((_, tops)) = self.last_top.filter(|l| l.0 == pd_frame && self.lru.last() == Some(&pd_frame)) {
             return tops[usize::from(user)];
         }
         self.touch(pd_frame);

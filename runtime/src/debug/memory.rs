@@ -28,20 +28,6 @@ impl PhysMem for Untouched<'_> {
     }
 }
 
-/// Splits `len` bytes at `linear` at page boundaries: (linear, offset, length).
-fn pieces(linear: u32, len: usize) -> impl Iterator<Item = (u32, usize, usize)> {
-    let mut done = 0;
-    core::iter::from_fn(move || {
-        (done < len).then(|| {
-            let at = linear.wrapping_add(u32::try_from(done).unwrap_or(0));
-            let n = (len - done).min((0x1000 - (at & 0xfff)) as usize);
-            let piece = (at, done, n);
-            done += n;
-            piece
-        })
-    })
-}
-
 impl Vm {
     /// The guest-physical address of `linear` for the debugger, if a present
     /// page with RAM behind it is there.
@@ -59,7 +45,7 @@ impl Vm {
     /// not mapped; returns how many bytes were read.
     pub fn debug_read(&self, linear: u32, buf: &mut [u8]) -> usize {
         let mut read = 0;
-        for (at, off, n) in pieces(linear, buf.len()) {
+        for (at, off, n) in crate::engine::page_pieces(linear, buf.len()) {
             match self.debug_phys(at) {
                 Some(phys) if self.ram.read(phys, &mut buf[off..off + n]).is_ok() => read += n,
                 _ => break,
@@ -71,7 +57,7 @@ impl Vm {
     /// Writes `data` to guest memory at `linear`; nothing is written unless all
     /// of it is mapped.
     pub fn debug_write(&mut self, linear: u32, data: &[u8]) -> Result<(), DebugError> {
-        let targets = pieces(linear, data.len())
+        let targets = crate::engine::page_pieces(linear, data.len())
             .map(|(at, off, n)| self.debug_phys(at).map(|phys| (phys, off, n)).ok_or(DebugError::Unmapped(at)))
             .collect::<Result<Vec<_>, _>>()?;
         for (phys, off, n) in targets {
@@ -99,17 +85,5 @@ impl Vm {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pieces_end_at_page_boundaries() {
-        let p: Vec<_> = pieces(0x1ffe, 6).collect();
-        assert_eq!(p, vec![(0x1ffe, 0, 2), (0x2000, 2, 4)]);
-        assert_eq!(pieces(0x3000, 0).count(), 0);
     }
 }
