@@ -52,7 +52,12 @@ fn user_task_runs_directly_with_the_results_of_translation() {
     // the instruction is entered again: no second exit for it.
     assert!(s.prefaults >= 64 && exits("page_fault_hidden") < 32, "{s:?}");
     assert!(exits("kick") >= 5, "{s:?}");
-    assert!(exits("exception") >= 1 && exits("int3") == 1 && exits("into") == 1, "{s:?}");
+    // int3 and into exit to be run translated; a timer interrupt pending at that
+    // boundary is taken first, and its handler returns to the instruction, which
+    // then runs directly again (the guest still sees one #BP and one #OF: the
+    // comparison above checks that). So once, or twice when the timer came first.
+    let once_or_twice = |k: &str| (1..=2).contains(&exits(k));
+    assert!(exits("exception") >= 1 && once_or_twice("int3") && once_or_twice("into"), "{s:?}");
     assert!(t.stats.direct.as_ref().is_some_and(|s| s.entries == 0));
 }
 
