@@ -215,9 +215,8 @@ impl Vm {
                 self.direct.user_since = None;
                 let key = self.context_key();
                 let ticks = crate::devices::clock::host_tsc().saturating_sub(since);
-                // Floating point: a 128-bit division here cost more than the rest.
-                let secs = ticks as f64 / crate::devices::clock::tsc_hz() as f64;
-                self.direct.policy.observe(key, false, Duration::from_secs_f64(secs));
+                let ns = crate::devices::clock::tsc_ticks_to_ns(ticks);
+                self.direct.policy.observe(key, false, Duration::from_nanos(ns));
             }
             _ => {}
         }

@@ -71,15 +71,15 @@ struct Context {
     direct: bool,
     /// Runs translated from now on: direct execution was seen not to be exact here.
     pinned: bool,
-    /// Average run length, ns.
-    avg: f64,
+    /// Average run length, ns (integer: this is on every system call's path).
+    avg: u64,
     samples: u32,
 }
 
 /// Contexts remembered at most (least recently switched are forgotten).
 const MAX_CONTEXTS: usize = 256;
-/// Weight of a new run in the average.
-const WEIGHT: f64 = 0.125;
+/// Weight of a new run in the average: 1 / 2^WEIGHT_SHIFT.
+const WEIGHT_SHIFT: u32 = 3;
 /// Runs seen in a mode before it may be left.
 const MIN_SAMPLES: u32 = 8;
 
@@ -88,6 +88,9 @@ const MIN_SAMPLES: u32 = 8;
 pub struct Policy {
     pub thresholds: Thresholds,
     contexts: HashMap<u32, Context>,
+    /// The context used last, kept out of the map: every system call under
+    /// translation looks at it twice, and hashing was a third of that cost.
+    current: Option<(u32, Context)>,
     /// Switches between modes.
     pub switches: u64,
     /// Contexts sent back to translation for good because direct execution was not
@@ -98,14 +101,24 @@ pub struct Policy {
 impl Policy {
     /// Whether context `key` runs directly now.
     pub fn direct(&self, key: u32) -> bool {
-        self.contexts.get(&key).is_some_and(|c| c.direct)
+        match &self.current {
+            Some((k, c)) if *k == key => c.direct,
+            _ => self.contexts.get(&key).is_some_and(|c| c.direct),
+        }
     }
 
     fn context(&mut self, key: u32) -> &mut Context {
-        if self.contexts.len() >= MAX_CONTEXTS && !self.contexts.contains_key(&key) {
-            self.contexts.clear();
+        if let Some((k, c)) = self.current.take_if(|(k, _)| *k != key) {
+            self.contexts.insert(k, c);
         }
-        self.contexts.entry(key).or_default()
+        let contexts = &mut self.contexts;
+        let (_, c) = self.current.get_or_insert_with(|| {
+            if contexts.len() >= MAX_CONTEXTS && !contexts.contains_key(&key) {
+                contexts.clear();
+            }
+            (key, contexts.remove(&key).unwrap_or_default())
+        });
+        c
     }
 
     /// Context `key` runs translated from now on (while it is remembered): something
@@ -116,7 +129,7 @@ impl Policy {
             return;
         }
         let was_direct = c.direct;
-        *c = Context { direct: false, pinned: true, avg: 0.0, samples: 0 };
+        *c = Context { direct: false, pinned: true, avg: 0, samples: 0 };
         self.pins += 1;
         if was_direct {
             self.switches += 1;
@@ -130,16 +143,25 @@ impl Policy {
         if c.direct != direct || c.pinned {
             return;
         }
-        #[allow(clippy::cast_precision_loss)]
-        let ns = run.as_nanos().min(u128::from(u64::MAX)) as f64;
-        c.avg = if c.samples == 0 { ns } else { c.avg + WEIGHT * (ns - c.avg) };
+        let ns = u64::try_from(run.as_nanos()).unwrap_or(u64::MAX);
+        c.avg = if c.samples == 0 { ns } else { ewma(c.avg, ns) };
         c.samples = c.samples.saturating_add(1);
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let switch = c.samples >= MIN_SAMPLES
-            && if direct { c.avg < t.to_translate.as_secs_f64() * 1e9 } else { c.avg > t.to_direct.as_secs_f64() * 1e9 };
+            && if direct { c.avg < nanos(t.to_translate) } else { c.avg > nanos(t.to_direct) };
         if switch {
-            *c = Context { direct: !direct, pinned: false, avg: 0.0, samples: 0 };
+            *c = Context { direct: !direct, pinned: false, avg: 0, samples: 0 };
             self.switches += 1;
         }
+    }
+}
+
+/// The average moved towards `x` by 1 / 2^WEIGHT_SHIFT of the difference.
+fn ewma(avg: u64, x: u64) -> u64 {
+    if x >= avg {
+        avg + ((x - avg) >> WEIGHT_SHIFT)
+    } else {
+        avg - ((avg - x) >> WEIGHT_SHIFT)
     }
 }
 
