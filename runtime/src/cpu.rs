@@ -162,7 +162,9 @@ impl Cpu {
 
     /// What translated code depends on.
     pub fn mode(&self) -> Mode {
-        self.mode_inputs().mode()
+        // From the fields themselves: copying them into `ModeInputs` first cost
+        // as much as the computation, on every dispatch.
+        mode_of(&self.seg, self.cr0, self.cr4, self.tsc_offset, self.tsc_calibrating)
     }
 }
 
@@ -177,53 +179,56 @@ pub struct ModeInputs {
 }
 
 impl ModeInputs {
-    fn cpl(&self) -> u8 {
-        (self.seg[sreg::CS].selector & 3) as u8
-    }
-
     /// The translation mode of a CPU in this state.
     pub fn mode(&self) -> Mode {
-        let mut seg_based = 0;
-        for (i, s) in self.seg.iter().enumerate() {
-            if s.base != 0 {
-                seg_based |= 1 << i;
-            }
-        }
-        use bt86_translator::fpu_mode;
-        let mut fpu = 0;
-        for (bit, on) in [
-            (fpu_mode::EM, self.cr0 & cr0::EM != 0),
-            (fpu_mode::TS, self.cr0 & cr0::TS != 0),
-            (fpu_mode::MP, self.cr0 & cr0::MP != 0),
-            (fpu_mode::OSFXSR, self.cr4 & (1 << 9) != 0),
-        ] {
-            if on {
-                fpu |= bit;
-            }
-        }
-        // Checked: usable segments other than writable data expanding up to 4 GiB
-        // (limits, expand-down, read-only data, code read through a prefix).
-        let mut seg_checked = 0;
-        for (i, s) in self.seg.iter().enumerate() {
-            let flat_data = s.attrs & 0x1e == 0x12 && s.limit == 0xffff_ffff;
-            if s.attrs & 0x80 != 0 && !flat_data && i != sreg::CS {
-                seg_checked |= 1 << i;
-            }
-        }
-        if self.seg[sreg::CS].limit != 0xffff_ffff || self.seg[sreg::CS].attrs & 0x2 == 0 {
-            // Data read through cs: needs a readable code segment within its limit.
-            seg_checked |= 1 << sreg::CS;
-        }
-        let ss = self.seg[sreg::SS];
-        let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0 || seg_checked & (1 << sreg::SS) != 0;
-        let tsd = self.cr4 & CR4_TSD != 0 && self.cpl() > 0;
-        let native_tsc = self.tsc_offset == 0 && !tsd && !self.tsc_calibrating;
-        let mut seg_unusable = 0;
-        for r in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
-            if self.seg[r].attrs & 0x80 == 0 {
-                seg_unusable |= 1 << r;
-            }
-        }
-        Mode { seg_based, cpl: self.cpl(), fpu, irregular_stack, native_tsc, seg_unusable, seg_checked }
+        mode_of(&self.seg, self.cr0, self.cr4, self.tsc_offset, self.tsc_calibrating)
     }
+}
+
+/// The translation mode of a CPU with these segments, control registers and
+/// TSC settings.
+fn mode_of(seg: &[Segment; 6], cr0: u32, cr4: u32, tsc_offset: i64, tsc_calibrating: bool) -> Mode {
+    let cpl = (seg[sreg::CS].selector & 3) as u8;
+    let mut seg_based = 0;
+    for (i, s) in seg.iter().enumerate() {
+        if s.base != 0 {
+            seg_based |= 1 << i;
+        }
+    }
+    use bt86_translator::fpu_mode;
+    let mut fpu = 0;
+    for (bit, on) in [
+        (fpu_mode::EM, cr0 & cr0::EM != 0),
+        (fpu_mode::TS, cr0 & cr0::TS != 0),
+        (fpu_mode::MP, cr0 & cr0::MP != 0),
+        (fpu_mode::OSFXSR, cr4 & (1 << 9) != 0),
+    ] {
+        if on {
+            fpu |= bit;
+        }
+    }
+    // Checked: usable segments other than writable data expanding up to 4 GiB
+    // (limits, expand-down, read-only data, code read through a prefix).
+    let mut seg_checked = 0;
+    for (i, s) in seg.iter().enumerate() {
+        let flat_data = s.attrs & 0x1e == 0x12 && s.limit == 0xffff_ffff;
+        if s.attrs & 0x80 != 0 && !flat_data && i != sreg::CS {
+            seg_checked |= 1 << i;
+        }
+    }
+    if seg[sreg::CS].limit != 0xffff_ffff || seg[sreg::CS].attrs & 0x2 == 0 {
+        // Data read through cs: needs a readable code segment within its limit.
+        seg_checked |= 1 << sreg::CS;
+    }
+    let ss = seg[sreg::SS];
+    let irregular_stack = ss.base != 0 || ss.attrs & (1 << 14) == 0 || seg_checked & (1 << sreg::SS) != 0;
+    let tsd = cr4 & CR4_TSD != 0 && cpl > 0;
+    let native_tsc = tsc_offset == 0 && !tsd && !tsc_calibrating;
+    let mut seg_unusable = 0;
+    for r in [sreg::ES, sreg::DS, sreg::FS, sreg::GS] {
+        if seg[r].attrs & 0x80 == 0 {
+            seg_unusable |= 1 << r;
+        }
+    }
+    Mode { seg_based, cpl, fpu, irregular_stack, native_tsc, seg_unusable, seg_checked }
 }

@@ -76,8 +76,11 @@ impl Vm {
             // A debugger or the guest's TF wants every instruction boundary.
             return Ok(Light::No);
         }
+        // Anything may have changed the shadow since the last stay in this loop.
+        self.light_tlb.flush();
         loop {
             if let Some(next) = self.light_traced_write()? {
+                self.light_tlb.flush();
                 let host = match next {
                     Next::Resume(host) => Some(host),
                     Next::Dispatch(eip) => self.dispatch_hit(eip, false),
@@ -118,6 +121,7 @@ impl Vm {
             // The instruction after an inline sti has now run.
             ctx.shadow_eip = u32::MAX;
             if let LightOp::Invlpg(linear) = op {
+                self.light_tlb.flush();
                 self.shadow.invlpgs += 1;
                 let drops = self.tr.drops();
                 self.remap_retargeted(linear)?;

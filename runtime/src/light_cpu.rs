@@ -41,15 +41,40 @@ pub(crate) struct CachedMemory<'a> {
     paging: bool,
     /// The first access with no translation at all: (linear, user).
     missed: Option<(u32, bool)>,
-    /// Pages used so far (an `int` from user mode touches four).
-    recent: [RecentPage; 4],
+    tlb: &'a mut LightTlb,
+}
+
+/// The pages light instructions used, kept across the exits of one stay in the
+/// light loop (`Vm::light_exit`): a system call and its `iret` touch the same
+/// IDT, GDT, TSS and stack pages every time, and looking each up in the
+/// shadow's maps was a tenth of their cost. Valid only while nothing has
+/// changed the shadow: it is flushed when the loop is entered (anything may
+/// have happened on the general path) and after every light exit that can map,
+/// unmap or trace a page (an adaptive store, `invlpg`, a miss, a CR3 change,
+/// a mapped #PF return). Translated code cannot change the shadow without an
+/// exit that leaves the loop (a trace or SMC fault, a host signal).
+#[derive(Clone, Copy)]
+pub(crate) struct LightTlb {
+    pages: [RecentPage; 8],
     used: usize,
 }
 
-/// One page an attempt has used.
+impl Default for LightTlb {
+    fn default() -> Self {
+        Self { pages: [RecentPage { key: u32::MAX, frame: 0, guest_writable: false, may_write: None }; 8], used: 0 }
+    }
+}
+
+impl LightTlb {
+    pub(crate) fn flush(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// One page a light instruction has used.
 #[derive(Clone, Copy)]
 struct RecentPage {
-    /// Linear page | user.
+    /// Linear page | user (u32::MAX: empty; no page key has bits 1..12 set).
     key: u32,
     frame: u32,
     guest_writable: bool,
@@ -61,20 +86,20 @@ impl CachedMemory<'_> {
     /// The physical address of `linear` for this access, or `NotCached`.
     fn phys(&mut self, linear: u32, write: bool, user: bool) -> Result<u32, MemFault> {
         let key = (linear & !0xfff) | u32::from(user);
-        let slot = match self.recent.iter().position(|r| r.key == key) {
+        let slot = match self.tlb.pages.iter().position(|r| r.key == key) {
             Some(i) => i,
             None => {
                 let (frame, guest_writable) = self.frame(linear, user)?;
-                let i = self.used % self.recent.len();
-                self.used += 1;
-                self.recent[i] = RecentPage { key, frame, guest_writable, may_write: None };
+                let i = self.tlb.used % self.tlb.pages.len();
+                self.tlb.used += 1;
+                self.tlb.pages[i] = RecentPage { key, frame, guest_writable, may_write: None };
                 i
             }
         };
-        let page = self.recent[slot];
+        let page = self.tlb.pages[slot];
         if write {
             let allowed = page.may_write.unwrap_or_else(|| page.guest_writable && self.holds_neither(page.frame));
-            self.recent[slot].may_write = Some(allowed);
+            self.tlb.pages[slot].may_write = Some(allowed);
             if !allowed {
                 return Err(MemFault::NotCached);
             }
@@ -182,11 +207,15 @@ impl Vm {
                     let space_after = address_space_key(&self.cpu);
                     if space_after != space_before {
                         // A task gate switched tasks, and with them perhaps CR3.
+                        self.light_tlb.flush();
                         self.paging_controls_changed(space_before, space_after)?;
                     } else if matches!(site.ins.mnemonic(), Mnemonic::Iret | Mnemonic::Iretd) && self.paging() {
                         // A #PF handler returning to the access that faulted (as
                         // on the general path).
-                        self.map_awaited()?;
+                        if self.shadow.awaits_present() {
+                            self.light_tlb.flush();
+                            self.map_awaited()?;
+                        }
                     }
                     self.stats.exits_callout += 1;
                     self.stats.light_exits += 1;
@@ -196,6 +225,7 @@ impl Vm {
                     return Ok(Some(next));
                 }
                 Attempt::Miss(linear, user) => {
+                    self.light_tlb.flush();
                     if !self.paging() || !matches!(self.paging_fault(linear, false, user)?, FaultAction::Retry) {
                         return Ok(None);
                     }
@@ -218,12 +248,20 @@ impl Vm {
             protected: &self.protected,
             paging: self.cpu.cr0 & crate::cpu::cr0::PG != 0,
             missed: None,
-            recent: [RecentPage { key: u32::MAX, frame: 0, guest_writable: false, may_write: None }; 4],
-            used: 0,
+            tlb: &mut self.light_tlb,
         };
         let mut m = Machine { cpu: &mut self.cpu, ctx: self.tr.ctx_mut(), mem: &mut mem, io: &mut self.bus };
+        let iretd = site.kind == CalloutKind::Emulate && site.ins.mnemonic() == Mnemonic::Iretd;
+        if iretd && self.gate_cache.iret(&mut m) {
+            self.stats.kept_gate_checks += 1;
+            let eip = m.ctx.eip;
+            return self.light_cpu_done(Next::Dispatch(eip), cpl_before);
+        }
         let event = match site.kind {
             CalloutKind::RaiseDe => Some((emulate::vector::DE, EventSource::Exception, site.eip)),
+            CalloutKind::Emulate if site.ins.mnemonic() == Mnemonic::Int => {
+                Some((site.ins.immediate8(), EventSource::Software, next_eip))
+            }
             _ => match emulate::emulate(&mut m, site) {
                 Outcome::SoftwareInterrupt { vector } => Some((vector, EventSource::Software, next_eip)),
                 Outcome::Continue => {
@@ -231,6 +269,9 @@ impl Vm {
                     return self.light_cpu_done(Next::Resume(resume), cpl_before);
                 }
                 Outcome::Jump => {
+                    if iretd {
+                        self.gate_cache.record_iret(&mut m, cpl_before);
+                    }
                     let eip = m.ctx.eip;
                     return self.light_cpu_done(Next::Dispatch(eip), cpl_before);
                 }
@@ -244,7 +285,17 @@ impl Vm {
             };
         };
         let mut m = Machine { cpu: &mut self.cpu, ctx: self.tr.ctx_mut(), mem: &mut mem, io: &mut self.bus };
-        match deliver(&mut m, vector, None, source, return_eip) {
+        let delivered = if self.gate_cache.deliver(&mut m, vector, source, return_eip) {
+            self.stats.kept_gate_checks += 1;
+            Ok(())
+        } else {
+            let r = deliver(&mut m, vector, None, source, return_eip);
+            if r.is_ok() {
+                self.gate_cache.record_delivery(&mut m, vector, source, cpl_before);
+            }
+            r
+        };
+        match delivered {
             Ok(()) => {
                 *self.stats.exceptions.entry(vector).or_default() += 1;
                 self.events_raised += 1;
@@ -381,6 +432,8 @@ mod tests {
             // 10 int + 10 iret + #DE + its iret, and the final int $0x81.
             assert!(vm.stats.light_exits >= 23, "light exits {} (paging {paging})", vm.stats.light_exits);
             assert!(vm.stats.ring_transitions >= 24, "ring transitions {}", vm.stats.ring_transitions);
+            // The first call and its iret check everything; the next nine of each reuse it.
+            assert!(vm.stats.kept_gate_checks >= 18, "kept gate checks {}", vm.stats.kept_gate_checks);
         }
     }
 

@@ -250,8 +250,8 @@ impl GuestRam {
             Transfer::Out(buf) => (guest.cast_const(), buf.as_mut_ptr()),
             Transfer::In(data) => (data.as_ptr(), guest),
         };
-        // Constant lengths for the sizes page walks and emulated accesses use: a
-        // move instead of a call to memmove.
+        // Constant lengths for the sizes page walks, emulated accesses, descriptors,
+        // the TSS stack and interrupt frames use: moves instead of a call to memmove.
         // SAFETY: `[phys, phys+len)` is inside the alias mapping (checked above), which
         // stays mapped read-write for the lifetime of `self`. The host buffer is a Rust
         // slice of exactly `len` bytes, and it cannot lie inside the alias because this
@@ -260,6 +260,10 @@ impl GuestRam {
         unsafe {
             match len {
                 4 => ptr::copy_nonoverlapping(src, dst, 4),
+                8 => ptr::copy_nonoverlapping(src, dst, 8),
+                20 => ptr::copy_nonoverlapping(src, dst, 20),
+                12 => ptr::copy_nonoverlapping(src, dst, 12),
+                6 => ptr::copy_nonoverlapping(src, dst, 6),
                 2 => ptr::copy_nonoverlapping(src, dst, 2),
                 1 => ptr::copy_nonoverlapping(src, dst, 1),
                 _ => ptr::copy_nonoverlapping(src, dst, len),

@@ -18,6 +18,9 @@ pub struct Stats {
     /// Dispatches after an exit that entered through the lookup table, without
     /// a walk or a search (`Vm::dispatch_hit`).
     pub dispatch_hits: u64,
+    /// Light deliveries and irets whose checks were those of the one before
+    /// (`emulate::gate_cache`).
+    pub kept_gate_checks: u64,
     pub callouts: MnemonicCounts,
     pub smc_faults: u64,
     pub smc_data_writes: u64,
@@ -144,6 +147,8 @@ pub struct StatsReport {
     pub exceptions: BTreeMap<String, u64>,
     pub ring_transitions: u64,
     pub dispatch_hits: u64,
+    /// Light deliveries and irets that reused the checks of the one before.
+    pub kept_gate_checks: u64,
     /// External interrupts delivered, by vector.
     pub interrupts: BTreeMap<String, u64>,
     /// Time the guest spent halted (waiting for an interrupt).
@@ -193,6 +198,7 @@ impl Stats {
             exceptions,
             ring_transitions: self.ring_transitions,
             dispatch_hits: self.dispatch_hits,
+            kept_gate_checks: self.kept_gate_checks,
             interrupts: self.interrupts.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
             hlt_seconds: self.hlt_nanos as f64 / 1e9,
             devices: None,

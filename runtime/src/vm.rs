@@ -142,6 +142,10 @@ pub struct Vm {
     /// Frames write-protected in the view because they hold translated code
     /// (ordered: the shadow MMU asks for those inside a large page).
     pub(crate) protected: std::collections::BTreeSet<u32>,
+    /// Pages the light path used in its current stay (see `light_cpu::LightTlb`).
+    pub(crate) light_tlb: crate::light_cpu::LightTlb,
+    /// The checks of the last system call and its return (`emulate::gate_cache`).
+    pub(crate) gate_cache: crate::emulate::gate_cache::GateCache,
     pub(crate) stats: Stats,
     pub(crate) stop_flag: Arc<AtomicBool>,
     /// A code frame unprotected for one data write, to protect again after it.
@@ -198,6 +202,8 @@ impl Vm {
             guest_step: None,
             events_raised: 0,
             protected: std::collections::BTreeSet::new(),
+            light_tlb: Default::default(),
+            gate_cache: Default::default(),
             stats: Stats::default(),
             stop_flag: Arc::new(AtomicBool::new(false)),
             reprotect: None,

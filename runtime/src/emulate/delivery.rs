@@ -90,17 +90,35 @@ pub(crate) fn deliver(
     };
     // Commit: nothing below can fault.
     let d = set_type_bits(m, e, ACCESSED)?;
-    m.cpu.seg[sreg::CS] = d.to_segment((selector & !3) | u16::from(new_cpl));
-    if let Some(ss) = new_ss {
+    let cs = d.to_segment((selector & !3) | u16::from(new_cpl));
+    commit_gate(m, GateTarget { offset, cs, ss: new_ss, interrupt_gate: matches!(gate_type, GATE_INT32 | GATE_INT16) }, new_esp);
+    Ok(())
+}
+
+/// Where a delivery through an interrupt or trap gate goes, once checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct GateTarget {
+    pub offset: u32,
+    pub cs: Segment,
+    /// The inner ring's stack segment (None: the same ring's).
+    pub ss: Option<Segment>,
+    /// An interrupt gate (clears IF), not a trap gate.
+    pub interrupt_gate: bool,
+}
+
+/// What a delivery through a gate changes once every check passed and the frame,
+/// ending at `new_esp`, is written.
+pub(super) fn commit_gate(m: &mut Machine<'_>, t: GateTarget, new_esp: u32) {
+    m.cpu.seg[sreg::CS] = t.cs;
+    if let Some(ss) = t.ss {
         m.cpu.seg[sreg::SS] = ss;
     }
     m.ctx.gpr[4] = new_esp;
-    m.ctx.eip = offset;
+    m.ctx.eip = t.offset;
     m.ctx.sys_flags &= !(eflags::TF | eflags::NT | eflags::RF | eflags::VM);
-    if matches!(gate_type, GATE_INT32 | GATE_INT16) {
+    if t.interrupt_gate {
         m.ctx.vif = 0;
     }
-    Ok(())
 }
 
 /// Reads and checks IDT entry `vector`: (offset, selector, gate type).
@@ -166,7 +184,7 @@ pub(crate) fn inner_stack(m: &mut Machine<'_>, ring: u8, ext: u16) -> Result<(Se
 /// Writes `frame` (first element pushed first) in `slot`-byte slots (4, or 2 for a
 /// 16-bit gate) below `esp` in the stack segment at `ss_base`, as a user access if
 /// `user` (the handler runs at CPL 3); returns the new esp.
-fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], slot: u32, user: bool) -> Result<u32, Fault> {
+pub(super) fn write_frame(m: &mut Machine<'_>, ss_base: u32, esp: u32, frame: &[u32], slot: u32, user: bool) -> Result<u32, Fault> {
     let n = frame.len().min(6);
     let size = slot as usize;
     let new_esp = esp.wrapping_sub(u32::try_from(n * size).unwrap_or(0));
@@ -217,6 +235,25 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     };
     // Commit.
     let d = set_type_bits(m, e, ACCESSED)?;
+    let ret = IretFrame { eip, cs: d.to_segment(cs_sel), flags, outer };
+    commit_iret(m, size, &ret, esp.wrapping_add(3 * size));
+    Ok(Outcome::Jump)
+}
+
+/// What an `iret` returns to, popped and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct IretFrame {
+    pub eip: u32,
+    pub cs: Segment,
+    pub flags: u32,
+    /// To an outer ring: its SS and ESP.
+    pub outer: Option<(Segment, u32)>,
+}
+
+/// What an `iret` of `size`-byte words changes once every check passed;
+/// `same_ring_esp` is the stack pointer after the frame when the ring stays.
+pub(super) fn commit_iret(m: &mut Machine<'_>, size: u32, ret: &IretFrame, same_ring_esp: u32) {
+    let cpl = m.cpu.cpl();
     let mut mask = ARITH_FLAGS | eflags::TF | eflags::NT | eflags::AC | eflags::ID;
     if cpl == 0 {
         mask |= eflags::IOPL | FLAG_IF;
@@ -226,18 +263,17 @@ pub(crate) fn iret(m: &mut Machine<'_>, site: &CalloutSite) -> EmuResult {
     if size == 2 {
         mask &= 0xffff;
     }
-    write_eflags(m, flags, mask);
-    m.cpu.seg[sreg::CS] = d.to_segment(cs_sel);
-    m.ctx.eip = eip;
-    match outer {
+    write_eflags(m, ret.flags, mask);
+    m.cpu.seg[sreg::CS] = ret.cs;
+    m.ctx.eip = ret.eip;
+    match ret.outer {
         Some((ss, new_esp)) => {
             m.cpu.seg[sreg::SS] = ss;
             m.ctx.gpr[4] = new_esp;
-            null_inaccessible_data_segments(m, rpl);
+            null_inaccessible_data_segments(m, (ret.cs.selector & 3) as u8);
         }
-        None => m.ctx.gpr[4] = esp.wrapping_add(3 * size),
+        None => m.ctx.gpr[4] = same_ring_esp,
     }
-    Ok(Outcome::Jump)
 }
 
 /// iret with NT set: a return to the task the current TSS's back link names (SDM,
@@ -383,34 +419,8 @@ pub fn deliver_event(
 mod tests {
     use super::super::testutil::*;
     use super::*;
-    use crate::cpu::TableReg;
 
-    const IDT: u32 = 0x3000;
-    const TSS: u32 = 0x4000;
-    const KSTACK: u32 = 0x9000;
-    const HANDLER: u32 = 0x5000;
-
-    /// An IDT with an interrupt gate at 0x20 (DPL 0), a trap gate at 0x80 (DPL 3),
-    /// and a 32-bit TSS (GDT index 5, selector 0x28) whose ring-0 stack is
-    /// 0x10:KSTACK.
-    fn machine() -> TestMachine {
-        let mut t = TestMachine::new();
-        t.cpu.idtr = TableReg { base: IDT, limit: 256 * 8 - 1 };
-        gate(&mut t, 0x20, 0x8e);
-        gate(&mut t, 0x80, 0xef);
-        t.write_u32(TSS + 4, KSTACK);
-        t.write_u32(TSS + 8, u32::from(KDATA));
-        t.set_gdt(5, desc(TSS, 0x67, 0x8b, 0));
-        t.cpu.tr = crate::cpu::Segment { selector: 0x28, base: TSS, limit: 0x67, attrs: 0x8b };
-        t
-    }
-
-    fn gate(t: &mut TestMachine, vector: u32, access: u32) {
-        let lo = (HANDLER & 0xffff) | (u32::from(KCODE) << 16);
-        let hi = (HANDLER & 0xffff_0000) | (access << 8);
-        t.write_u32(IDT + vector * 8, lo);
-        t.write_u32(IDT + vector * 8 + 4, hi);
-    }
+    use super::super::testutil::gates::*;
 
     fn deliver_t(t: &mut TestMachine, vector: u8, error: Option<u32>, source: EventSource) -> Result<(), DeliveryFailure> {
         let mut m = Machine { cpu: &mut t.cpu, ctx: &mut t.ctx, mem: &mut t.mem, io: &mut t.io };

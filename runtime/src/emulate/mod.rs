@@ -20,6 +20,7 @@ pub(crate) mod addressing;
 mod control;
 mod cpuid;
 pub(crate) mod delivery;
+pub(crate) mod gate_cache;
 mod descriptor;
 pub(crate) mod flags;
 mod interrupts;

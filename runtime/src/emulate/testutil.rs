@@ -187,3 +187,37 @@ pub fn exc(vector: u8, error: Option<u32>) -> Outcome {
 pub fn gp(error: u32) -> Outcome {
     exc(13, Some(error))
 }
+
+/// A machine with an IDT and a TSS, for delivery tests.
+pub mod gates {
+    use super::{desc, TestMachine, KCODE, KDATA};
+    use crate::cpu::TableReg;
+
+    pub const IDT: u32 = 0x3000;
+    pub const TSS: u32 = 0x4000;
+    pub const KSTACK: u32 = 0x9000;
+    pub const HANDLER: u32 = 0x5000;
+
+    /// An IDT with an interrupt gate at 0x20 (DPL 0), a trap gate at 0x80 (DPL 3),
+    /// and a 32-bit TSS (GDT index 5, selector 0x28) whose ring-0 stack is
+    /// 0x10:KSTACK.
+    pub fn machine() -> TestMachine {
+        let mut t = TestMachine::new();
+        t.cpu.idtr = TableReg { base: IDT, limit: 256 * 8 - 1 };
+        gate(&mut t, 0x20, 0x8e);
+        gate(&mut t, 0x80, 0xef);
+        t.write_u32(TSS + 4, KSTACK);
+        t.write_u32(TSS + 8, u32::from(KDATA));
+        t.set_gdt(5, desc(TSS, 0x67, 0x8b, 0));
+        t.cpu.tr = crate::cpu::Segment { selector: 0x28, base: TSS, limit: 0x67, attrs: 0x8b };
+        t
+    }
+
+    /// IDT entry `vector`: a gate to HANDLER in KCODE with access byte `access`.
+    pub fn gate(t: &mut TestMachine, vector: u32, access: u32) {
+        let lo = (HANDLER & 0xffff) | (u32::from(KCODE) << 16);
+        let hi = (HANDLER & 0xffff_0000) | (access << 8);
+        t.write_u32(IDT + vector * 8, lo);
+        t.write_u32(IDT + vector * 8 + 4, hi);
+    }
+}

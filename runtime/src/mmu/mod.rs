@@ -155,6 +155,11 @@ impl Shadow {
         (frame != VOID_FRAME).then_some((frame, writable))
     }
 
+    /// Whether a #PF handler's return may map a page (`Vm::map_awaited`).
+    pub(crate) fn awaits_present(&self) -> bool {
+        self.awaiting_present.is_some()
+    }
+
     pub fn is_traced(&self, frame: u32) -> bool {
         self.traced_count.contains_key(&frame)
     }
