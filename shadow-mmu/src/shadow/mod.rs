@@ -38,6 +38,9 @@ mod handover;
 mod spaces;
 mod trace;
 
+#[cfg(test)]
+mod tests;
+
 use crate::code_map::CodeMap;
 use crate::guest::Guest;
 use crate::space::{pick_view, IdleSpace, Mapping, Place, SpaceMaps, VOID_FRAME};
