@@ -11,7 +11,7 @@
 //! Accessed and dirty bits: the walk sets A; a page is mapped read-only until its
 //! D bit is set, and the first write faults, sets D and remaps it writable.
 //!
-//! Tracing ([`trace`]): every frame that held a page directory or page table used
+//! Tracing (`trace.rs`): every frame that held a page directory or page table used
 //! by a walk is mapped read-only wherever it is mapped. A write to it runs alone
 //! in a transient unit with the page writable; the page is then compared with its
 //! old contents and only the mappings whose walks used a changed entry are
@@ -21,7 +21,7 @@
 //! stores, counted here: [`Shadow::count_trace_fault`], [`Shadow::adaptive_outcome`]),
 //! which reports the changed entries without a fault.
 //!
-//! Address spaces ([`spaces`]): the shadow state of the last few CR3 values is
+//! Address spaces (`spaces.rs`): the shadow state of the last few CR3 values is
 //! kept, each with its own pair of views. A CR3 write to a cached space swaps its
 //! views in instead of refilling them page by page. That stays correct because
 //! tracing is global: a frame is traced while any cached space's walks used it,
