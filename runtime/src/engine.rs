@@ -17,7 +17,6 @@ use crate::cpu::eflags;
 use crate::vm::{RunOutcome, Vm, VmError};
 use crate::mmu::{address_space_key, FaultAction, RamPhys};
 use bt86_shadow_mmu::walk::{self, Access, PagingMode, WalkError};
-use bt86_shadow_mmu::View;
 use bt86_translator::abi::ExitReason;
 use bt86_translator::translate::BuildError;
 use bt86_translator::{CalloutKind, CalloutSite, Fixup, GuestCode, TranslatorError, UnitKey};
@@ -165,7 +164,7 @@ impl Vm {
             }
             if let Some(frame) = self.reprotect.take() {
                 if self.tr.has_code_on(frame) {
-                    self.view.set_writable(frame << 12, false)?;
+                    self.shadow.view.set_writable(frame << 12, false)?;
                     self.protected.insert(frame);
                 }
             }
@@ -374,11 +373,10 @@ impl Vm {
         let (tr, cpu, bus) = (&mut self.tr, &mut self.cpu, &mut self.bus);
         let mut mem = LinearMemory {
             ram: &self.ram,
-            view: &mut self.view,
             protected: &mut self.protected,
             invalidate: Vec::new(),
             paging,
-            shadow: &self.shadow,
+            shadow: &mut self.shadow,
             traced_writes: Vec::new(),
             traced_hits: Vec::new(),
             cr2: None,
@@ -679,8 +677,8 @@ impl Vm {
             libc::SIGBUS if f.trapno == 17 => self.raise(17, Some(0), eip, EventSource::Exception),
             // A mapping past the end of guest RAM (never made on purpose): the guest
             // touched memory that does not exist.
-            libc::SIGBUS if self.view.linear_of(f.addr).or(self.user_view.linear_of(f.addr)).is_some() => {
-                let linear = self.view.linear_of(f.addr).or(self.user_view.linear_of(f.addr)).unwrap_or(0);
+            libc::SIGBUS if self.shadow.view.linear_of(f.addr).or(self.shadow.user_view.linear_of(f.addr)).is_some() => {
+                let linear = self.shadow.view.linear_of(f.addr).or(self.shadow.user_view.linear_of(f.addr)).unwrap_or(0);
                 Ok(Next::Done(RunOutcome::Unbacked { eip, linear }))
             }
             _ => Err(VmError::Internal(format!(
@@ -696,7 +694,7 @@ impl Vm {
             return self.emulate_in_place(eip, string_site);
         }
         if self.paging() {
-            let (linear, user_view) = match (self.view.linear_of(addr), self.user_view.linear_of(addr)) {
+            let (linear, user_view) = match (self.shadow.view.linear_of(addr), self.shadow.user_view.linear_of(addr)) {
                 (Some(l), _) => (l, false),
                 (None, Some(l)) => (l, true),
                 (None, None) => {
@@ -715,13 +713,13 @@ impl Vm {
                 FaultAction::NoRam => Ok(Next::Done(RunOutcome::Unbacked { eip, linear })),
             };
         }
-        let Some(linear) = self.view.linear_of(addr) else {
+        let Some(linear) = self.shadow.view.linear_of(addr) else {
             return Err(VmError::Internal(format!("fault at host {addr:#x} outside the view (guest eip {eip:#010x})")));
         };
         let frame = linear >> 12;
         if write && self.protected.contains(&frame) {
             self.stats.smc_faults += 1;
-            self.view.set_writable(frame << 12, true)?;
+            self.shadow.view.set_writable(frame << 12, true)?;
             self.protected.remove(&frame);
             if self.write_misses_code(eip, linear, frame) {
                 // Data that shares a page with code: keep the translations, let the
@@ -789,10 +787,7 @@ impl Vm {
     /// After the third tracing fault at `eip`, retranslate it as a callout that
     /// writes without faulting (if it is a store the emulator takes).
     fn maybe_adapt(&mut self, eip: u32) -> Result<(), VmError> {
-        const ADAPT_AFTER: u32 = 3;
-        let n = self.shadow.trace_counts.entry(eip).or_insert(0);
-        *n += 1;
-        if *n != ADAPT_AFTER {
+        if !self.shadow.count_trace_fault(eip) {
             return Ok(());
         }
         let mut bytes = [0u8; 16];
@@ -806,32 +801,10 @@ impl Vm {
         Ok(())
     }
 
-    /// An adaptive store at `eip` wrote a page table (`hit`) or not. One that keeps
-    /// missing (a copy loop that once touched a page table, a table no longer
-    /// traced) becomes a plain store again: a callout costs an exit every time.
-    /// But only once: a store that became adaptive again after that misses in
-    /// bursts (Linux's `unmap_page_range` clearing a table untraced by a burst of
-    /// writes, then hitting traced tables at the next exit), and each return would
-    /// cost three tracing faults and two retranslations.
+    /// An adaptive store at `eip` wrote a page table (`hit`) or not; one that
+    /// keeps missing becomes a plain store again (`Shadow::adaptive_outcome`).
     pub(crate) fn adaptive_outcome(&mut self, eip: u32, hit: bool) -> Result<(), VmError> {
-        const PLAIN_AFTER: u32 = 32;
-        const MAX_MADE_PLAIN: usize = 4096;
-        if hit {
-            self.shadow.adaptive_misses.remove(&eip);
-            return Ok(());
-        }
-        let misses = self.shadow.adaptive_misses.entry(eip).or_insert(0);
-        *misses += 1;
-        if *misses >= PLAIN_AFTER {
-            self.shadow.adaptive_misses.remove(&eip);
-            if self.shadow.made_plain.contains(&eip) {
-                return Ok(());
-            }
-            if self.shadow.made_plain.len() >= MAX_MADE_PLAIN {
-                self.shadow.made_plain.clear();
-            }
-            self.shadow.made_plain.insert(eip);
-            self.shadow.trace_counts.remove(&eip);
+        if self.shadow.adaptive_outcome(eip, hit) {
             self.tr.make_plain(eip)?;
         }
         Ok(())
@@ -913,11 +886,11 @@ impl GuestCode for CodeFetch<'_> {
 /// make the engine drop its shadow mappings.
 struct LinearMemory<'a> {
     ram: &'a GuestRam,
-    view: &'a mut View,
     protected: &'a mut std::collections::BTreeSet<u32>,
     invalidate: Vec<u32>,
     paging: Option<PagingMode>,
-    shadow: &'a crate::mmu::Shadow,
+    /// Its kernel view is the one RAM is mapped in without paging.
+    shadow: &'a mut bt86_shadow_mmu::Shadow,
     /// (physical address, length) of writes that changed traced page-table frames.
     traced_writes: Vec<(u32, usize)>,
     /// Traced frames written (changed or not).
@@ -1014,7 +987,7 @@ impl GuestMemory for LinearMemory<'_> {
             let frame = phys >> 12;
             if self.protected.remove(&frame) {
                 if self.paging.is_none() {
-                    let _ = self.view.set_writable(frame << 12, true);
+                    let _ = self.shadow.view.set_writable(frame << 12, true);
                 }
                 self.invalidate.push(frame);
             }

@@ -19,7 +19,7 @@ impl Vm {
     /// The linear address a host fault address in a guard around a view means
     /// (wrapped at 4 GiB), if it lies in one.
     pub(crate) fn guard_linear(&self, addr: u64) -> Option<u32> {
-        self.view.wrapped_linear_of(addr).or_else(|| self.user_view.wrapped_linear_of(addr))
+        self.shadow.view.wrapped_linear_of(addr).or_else(|| self.shadow.user_view.wrapped_linear_of(addr))
     }
 
     /// Emulates the instruction at `eip` once, in place of its translation: `site`

@@ -8,7 +8,7 @@ use crate::emulate::Stop;
 use crate::loader::{self, LoadError};
 use crate::memory::{GuestRam, MemoryError};
 use crate::stats::Stats;
-use bt86_shadow_mmu::{View, ViewError};
+use bt86_shadow_mmu::{Shadow, ShadowError, View, ViewError};
 use bt86_translator::{Translator, TranslatorError};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +30,8 @@ pub enum VmError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     View(#[from] ViewError),
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
     #[error("translator: {0}")]
     Translator(#[from] TranslatorError),
     #[error("cannot load the kernel: {0}")]
@@ -123,10 +125,9 @@ impl VmConfig {
 /// One virtual machine with one vCPU.
 pub struct Vm {
     pub(crate) ram: GuestRam,
-    pub(crate) view: View,
-    /// The user view (CPL 3 with paging on): only user-accessible pages.
-    pub(crate) user_view: View,
-    pub(crate) shadow: crate::mmu::Shadow,
+    /// The shadow MMU: the current space's kernel and user views, and the
+    /// cached spaces.
+    pub(crate) shadow: Shadow,
     pub(crate) cpu: Cpu,
     pub(crate) bus: Platform,
     /// Declared before `tr`: it must stop before the poll page it revokes is gone.
@@ -191,9 +192,7 @@ impl Vm {
         let user_view = View::reserve()?;
         Ok(Self {
             ram,
-            view,
-            user_view,
-            shadow: crate::mmu::Shadow::default(),
+            shadow: Shadow::new(view, user_view),
             cpu: Cpu::default(),
             bus,
             alarm,
@@ -341,9 +340,9 @@ impl Vm {
             mapped_at_store: self.shadow.mapped_at_store,
             large_pages_mapped: self.shadow.large_maps,
             kernel_view_handovers: self.shadow.kernel_handovers,
-            host_maps: calls.maps + self.view.calls.maps + self.user_view.calls.maps,
-            host_unmaps: calls.unmaps + self.view.calls.unmaps + self.user_view.calls.unmaps,
-            host_protects: calls.protects + self.view.calls.protects + self.user_view.calls.protects,
+            host_maps: calls.maps + self.shadow.view.calls.maps + self.shadow.user_view.calls.maps,
+            host_unmaps: calls.unmaps + self.shadow.view.calls.unmaps + self.shadow.user_view.calls.unmaps,
+            host_protects: calls.protects + self.shadow.view.calls.protects + self.shadow.user_view.calls.protects,
             untraced_frames: self.shadow.untraced_frames,
             plain_retranslations: self.tr.stats().plain_retranslations,
             view_flushes: self.shadow.view_flushes,

@@ -9,7 +9,7 @@
 //! kernel view's state from one address space to the next
 //! ([`SpaceMaps::take_kernel_view`], [`SpaceMaps::rebind`], [`SpaceMaps::absorb`]).
 //! What fills it (page walks, faults, tracing across all cached spaces, CR3
-//! switches) is the VMM's: `runtime/src/mmu`.
+//! switches) is [`crate::shadow`]'s.
 
 use crate::view::{View, ViewError};
 use hashbrown::{HashMap, HashSet};

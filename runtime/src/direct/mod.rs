@@ -45,6 +45,7 @@ use crate::cpu::{cr0, eflags, sreg};
 use crate::emulate::{EventSource, Outcome};
 use crate::engine::Next;
 use crate::mmu::FaultAction;
+use bt86_shadow_mmu::guest::DryPhys;
 use crate::vm::{RunOutcome, Vm, VmError};
 use bt86_translator::abi::ARITH_FLAGS;
 pub use policy::{Policy, UserCode};
@@ -255,7 +256,7 @@ impl Vm {
                 self.prefault(p.linear, p.write)?;
             }
         }
-        let view_id = if paging { self.user_view.id() } else { self.view.id() };
+        let view_id = if paging { self.shadow.user_view.id() } else { self.shadow.view.id() };
         let slot = match self.direct.slots.iter().position(|s| s.runner.view_id == view_id) {
             Some(i) => {
                 let s = self.direct.slots.remove(i);
@@ -294,7 +295,7 @@ impl Vm {
             return Ok(None);
         };
         let fresh = s.runner.fresh;
-        let maps = if paging { self.user_view.mirror_mut().take_ops(fresh) } else { self.view.mirror_mut().take_ops(fresh) };
+        let maps = if paging { self.shadow.user_view.mirror_mut().take_ops(fresh) } else { self.shadow.view.mirror_mut().take_ops(fresh) };
         let ctx = self.tr.ctx();
         #[allow(clippy::cast_possible_truncation)]
         let flags = (ctx.rflags as u32 & ARITH_FLAGS) | eflags::IF | eflags::FIXED | (ctx.sys_flags & (eflags::NT | eflags::ID));
@@ -585,7 +586,7 @@ impl Vm {
         let page = linear >> 12;
         let low = page < self.direct_min_page();
         // A page the runner should have had: it cannot map it (page 0).
-        if let Some(b) = self.user_view.mirror_mut().backing_of(page) {
+        if let Some(b) = self.shadow.user_view.mirror_mut().backing_of(page) {
             if low || !write || b.writable {
                 return self.direct_transient("page_fault_emulated", eip);
             }
@@ -618,22 +619,12 @@ impl Vm {
     /// entered made this access and faulted: it makes it again at once, so the A and D
     /// bits this sets are those it would set itself.
     fn prefault(&mut self, linear: u32, write: bool) -> Result<(), VmError> {
-        /// Guest RAM read for a walk that must change nothing (no A/D updates).
-        struct Peek<'a>(crate::mmu::RamPhys<'a>);
-        impl bt86_shadow_mmu::walk::PhysMem for Peek<'_> {
-            fn read_u32(&mut self, phys: u32) -> Option<u32> {
-                self.0.read_u32(phys)
-            }
-            fn write_u32(&mut self, _: u32, _: u32) -> bool {
-                true
-            }
-        }
         if linear >> 12 < self.direct_min_page() {
             return Ok(());
         }
         let access = bt86_shadow_mmu::walk::Access { write, user: true, fetch: false };
         let mode = self.paging_mode();
-        let Ok(t) = bt86_shadow_mmu::walk::walk(&mut Peek(crate::mmu::RamPhys(&self.ram)), &mode, linear, access) else {
+        let Ok(t) = bt86_shadow_mmu::walk::walk(&mut DryPhys(&self.ram), &mode, linear, access) else {
             return Ok(());
         };
         let frame = t.phys_page >> 12;

@@ -20,52 +20,54 @@
 //! the view's mappings at every switch (measured: boot 2.4 s → 5 s).
 //!
 //! The state moves with `SpaceMaps::take_kernel_view`, `rebind` and `absorb`
-//! (`bt86_shadow_mmu::space`); here the views are swapped and the traced frames
-//! counted.
+//! (`crate::space`); here the views are swapped and the traced frames counted.
 //!
 //! Measured on the fork+exec loop (Debian 6.1, busybox; per fork+exec): host
 //! system calls 820 → 600, host signals 190 → 150, bt86 CPU time 7.5 → 6.1 ms.
 
-use crate::vm::Vm;
-use crate::vm::VmError;
-use bt86_shadow_mmu::space::{Directory, IdleSpace, SpaceKey};
+use super::Shadow;
+use crate::guest::GuestMemory;
+use crate::space::{Directory, IdleSpace, SpaceKey};
+use crate::view::ViewError;
 
-impl Vm {
+impl Shadow {
     /// Switching from `old` to the new space `incoming`: `incoming` takes the
     /// current kernel view with what holds under its page directory, and the
     /// current space (about to go idle) gets `incoming`'s empty one. Only between
     /// spaces with the same CR0.WP (writability was decided under it).
     /// Returns the frames to protect once `incoming` is current (no space traced
     /// them before), or None if the view was not handed over.
-    pub(super) fn hand_over_kernel_view(&mut self, old: SpaceKey, incoming: &mut IdleSpace) -> Result<Option<Vec<u32>>, VmError> {
+    pub(super) fn hand_over_kernel_view(&mut self, ram: &dyn GuestMemory, old: SpaceKey, incoming: &mut IdleSpace) -> Result<Option<Vec<u32>>, ViewError> {
         if old.1 != incoming.key.1 || old.0 >> 12 == incoming.key.0 >> 12 {
             return Ok(None);
         }
-        let (Some(from), Some(to)) = (self.directory(old.0), self.directory(incoming.key.0)) else { return Ok(None) };
-        let mut moved = self.shadow.maps.take_kernel_view();
+        let (Some(from), Some(to)) = (directory(ram, old.0), directory(ram, incoming.key.0)) else { return Ok(None) };
+        let mut moved = self.maps.take_kernel_view();
         core::mem::swap(&mut self.view, &mut incoming.view);
         let frames = moved.rebind(&mut incoming.view, &mut incoming.user_view, (old.0, &from), (incoming.key.0, &to))?;
         let fresh: Vec<u32> = frames.into_iter().filter(|f| !incoming.maps.traced.contains(f)).collect();
         incoming.maps.absorb(moved);
         let mut newly = Vec::new();
         for &f in &fresh {
-            if !self.shadow.is_traced(f) {
+            if !self.is_traced(f) {
                 newly.push(f);
             }
-            self.shadow.count_trace(f);
+            self.count_trace(f);
         }
-        self.shadow.kernel_handovers += 1;
+        self.kernel_handovers += 1;
         Ok(Some(newly))
     }
+}
 
-    /// The 1024 entries of the page directory CR3 value `cr3` points at, if in RAM.
-    fn directory(&self, cr3: u32) -> Option<Directory> {
-        let mut bytes = [0u8; 4096];
-        self.ram.read(cr3 & !0xfff, &mut bytes).ok()?;
-        let mut d = [0u32; 1024];
-        for (e, b) in d.iter_mut().zip(bytes.chunks_exact(4)) {
-            *e = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        Some(d)
+/// The 1024 entries of the page directory CR3 value `cr3` points at, if in RAM.
+fn directory(ram: &dyn GuestMemory, cr3: u32) -> Option<Directory> {
+    let mut bytes = [0u8; 4096];
+    if !ram.read(cr3 & !0xfff, &mut bytes) {
+        return None;
     }
+    let mut d = [0u32; 1024];
+    for (e, b) in d.iter_mut().zip(bytes.chunks_exact(4)) {
+        *e = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    Some(d)
 }
