@@ -110,6 +110,8 @@ pub struct PagingReport {
     pub large_pages_mapped: u64,
     /// CR3 switches where the new space took the kernel view of the one before.
     pub kernel_view_handovers: u64,
+    /// Handovers that gave a kernel view back to the space that lent it.
+    pub kernel_view_reclaims: u64,
     /// Host calls that changed the views: mappings made, removed, reprotected.
     pub host_maps: u64,
     pub host_unmaps: u64,

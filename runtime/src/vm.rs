@@ -340,6 +340,7 @@ impl Vm {
             mapped_at_store: self.shadow.mapped_at_store,
             large_pages_mapped: self.shadow.large_maps,
             kernel_view_handovers: self.shadow.kernel_handovers,
+            kernel_view_reclaims: self.shadow.kernel_reclaims,
             host_maps: calls.maps + self.shadow.view.calls.maps + self.shadow.user_view.calls.maps,
             host_unmaps: calls.unmaps + self.shadow.view.calls.unmaps + self.shadow.user_view.calls.unmaps,
             host_protects: calls.protects + self.shadow.view.calls.protects + self.shadow.user_view.calls.protects,

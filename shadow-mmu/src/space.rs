@@ -66,6 +66,13 @@ pub struct SpaceMaps {
     /// `large_deps`, plus one if it is in `code_tables`: a write to a frame not
     /// here needs no look-up entry by entry.
     pub dep_frames: HashMap<u32, u32>,
+    /// This space handed its kernel view to a new space and has not run since:
+    /// it holds an empty stand-in (`Shadow::reclaim_kernel_view`).
+    pub lent_kernel_view: bool,
+    /// The space that handed this one its kernel view, while that one has not
+    /// run since (a fork's child got it from the parent, the child's exec from
+    /// the child).
+    pub kernel_view_from: Option<SpaceKey>,
     /// Frames this space stopped tracing since the VMM last looked (their last
     /// dependency went): the VMM updates the global count and protections.
     pub untraced: Vec<u32>,
@@ -104,6 +111,8 @@ impl Default for SpaceMaps {
             dep_frames: HashMap::new(),
             untraced: Vec::new(),
             hot_table: None,
+            lent_kernel_view: false,
+            kernel_view_from: None,
         }
     }
 }

@@ -289,7 +289,8 @@ mod tests {
     /// taken from the cache; the full path then sees the change.
     #[test]
     fn a_changed_input_is_not_kept() {
-        let changes: [(&str, fn(&mut TestMachine)); 5] = [
+        type Change = (&'static str, fn(&mut TestMachine));
+        let changes: [Change; 5] = [
             ("gate DPL 0", |t| gate(t, 0x80, 0x8f)),
             ("gate offset", |t| t.write_u16(IDT + 0x80 * 8, 0x5010)),
             ("handler not present", |t| t.set_gdt(1, desc(0, 0xfffff, 0x1b, 0xc))),

@@ -121,6 +121,9 @@ pub struct Shadow {
     pub large_maps: u64,
     /// Switches where a space took the kernel view of the one before (`handover`).
     pub kernel_handovers: u64,
+    /// Handovers that gave a kernel view back to the space that lent it
+    /// (`handover`; also counted in `kernel_handovers`).
+    pub kernel_reclaims: u64,
     /// Writes to each traced frame since a walk last went through it.
     trace_burst: HashMap<u32, u32>,
     /// Frames no longer traced because of a burst of writes.
@@ -170,6 +173,7 @@ impl Shadow {
             mapped_at_store: 0,
             large_maps: 0,
             kernel_handovers: 0,
+            kernel_reclaims: 0,
             trace_burst: HashMap::new(),
             untraced_frames: 0,
             table_write_hits: 0,

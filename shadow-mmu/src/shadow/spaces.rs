@@ -18,11 +18,16 @@ impl Shadow {
     /// (dropping the least recently used space if the cache is full).
     pub fn switch_space(&mut self, g: &Guest<'_>, old: SpaceKey, new: SpaceKey) -> Result<(), ShadowError> {
         self.cr3_switches += 1;
+        self.note_ran(old);
         let mut handed = None;
         let incoming = match self.idle.iter().position(|s| s.key == new) {
             Some(i) => {
                 self.space_hits += 1;
-                self.idle.remove(i)
+                let mut space = self.idle.remove(i);
+                if space.maps.lent_kernel_view {
+                    handed = self.reclaim_kernel_view(g.ram, old, &mut space)?;
+                }
+                space
             }
             None => {
                 if self.idle.len() + 1 >= MAX_SPACES {
@@ -34,6 +39,10 @@ impl Shadow {
                 };
                 let mut space = IdleSpace { key: new, view, user_view, maps: SpaceMaps::default() };
                 handed = self.hand_over_kernel_view(g.ram, old, &mut space)?;
+                if handed.is_some() {
+                    space.maps.kernel_view_from = Some(old);
+                    self.maps.lent_kernel_view = true;
+                }
                 space
             }
         };
@@ -65,6 +74,7 @@ impl Shadow {
     /// Drops cached space `gone`: its views go back to the spares, and frames only
     /// it traced become writable where the guest allows.
     fn retire_space(&mut self, g: &Guest<'_>, mut gone: IdleSpace) -> Result<(), ViewError> {
+        self.unlink_lender(&gone);
         gone.view.unmap_all()?;
         gone.user_view.unmap_all()?;
         self.spare_views.push((gone.view, gone.user_view));

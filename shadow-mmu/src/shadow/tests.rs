@@ -198,3 +198,32 @@ fn adaptive_stores() {
     assert_eq!(again, [false, false, true], "tracing faults counted from zero again");
     assert!(!(0..64).any(|_| shadow.adaptive_outcome(0x100, false)), "made plain once only");
 }
+
+/// A parent forks (its kernel view goes to the child's new space), the child
+/// execs (on to the exec's space) and exits to the parent: the parent takes
+/// its kernel view back, with no fault; once it has run, nothing is reclaimed
+/// for it again.
+#[test]
+fn a_parent_gets_its_kernel_view_back_from_its_exec_child() {
+    const PD_C: u32 = 0x3_0000;
+    let (ram, code, mut shadow) = (FakeRam::new(), BTreeSet::new(), shadow());
+    tables(&ram);
+    ram.set(PD_C, PT | USER_RW | PTE_A);
+    let (a, b, c) = ((PD_A, true), (PD_B, true), (PD_C, true));
+    shadow.fault(&guest(&ram, &code, PD_A), 0, false, false).expect("fault in A");
+    assert_eq!(shadow.cached_frame(0, false), Some((1, true)));
+
+    shadow.switch_space(&guest(&ram, &code, PD_B), a, b).expect("fork");
+    assert_eq!(shadow.cached_frame(0, false), Some((1, true)), "handed to the child");
+    shadow.switch_space(&guest(&ram, &code, PD_C), b, c).expect("exec");
+    assert_eq!(shadow.cached_frame(0, false), Some((1, true)), "handed on to the exec");
+    shadow.switch_space(&guest(&ram, &code, PD_A), c, a).expect("exit");
+    assert_eq!(shadow.cached_frame(0, false), Some((1, true)), "back in the parent");
+    assert_eq!((shadow.kernel_reclaims, shadow.hidden_faults), (1, 1));
+
+    shadow.switch_space(&guest(&ram, &code, PD_C), a, c).expect("to C");
+    assert_eq!(shadow.cached_frame(0, false), None, "C holds the parent's stand-in");
+    shadow.switch_space(&guest(&ram, &code, PD_A), c, a).expect("to A");
+    assert_eq!(shadow.kernel_reclaims, 1, "A had not lent its view again");
+    assert_eq!(shadow.cached_frame(0, false), Some((1, true)));
+}
