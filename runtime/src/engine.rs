@@ -473,7 +473,7 @@ impl Vm {
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
         match outcome {
             // The check passed: the instruction itself runs next, in the unit.
-            Outcome::Continue if site.kind == CalloutKind::SegmentCheck => {
+            Outcome::Continue if matches!(site.kind, CalloutKind::SegmentCheck | CalloutKind::PageProbe) => {
                 self.tr.ctx_mut().eip = site.eip;
                 Ok(Next::Resume(resume))
             }
@@ -709,7 +709,10 @@ impl Vm {
                     }
                     Ok(Next::Transient(eip))
                 }
-                FaultAction::PageFault(code) => self.raise(14, Some(code), eip, EventSource::Exception),
+                FaultAction::PageFault(code) => {
+                    self.note_true_fault(eip)?;
+                    self.raise(14, Some(code), eip, EventSource::Exception)
+                }
                 FaultAction::NoRam => Ok(Next::Done(RunOutcome::Unbacked { eip, linear })),
             };
         }

@@ -16,6 +16,7 @@ mod light_cpu;
 pub mod loader;
 pub mod memory;
 mod mmu;
+mod page_probe;
 pub mod signals;
 mod slow_path;
 pub mod snippet;

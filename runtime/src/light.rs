@@ -79,6 +79,19 @@ impl Vm {
         // Anything may have changed the shadow since the last stay in this loop.
         self.light_tlb.flush();
         loop {
+            if let Some(next) = self.light_page_probe()? {
+                self.light_tlb.flush();
+                match next {
+                    Next::Resume(host) if !self.bus.touched() && !self.stop_requested() => {
+                        self.run_translated(host)?;
+                        self.stats.guest_exits += 1;
+                        continue;
+                    }
+                    // The guest's #PF handler.
+                    Next::Dispatch(eip) if self.dispatch_stays_light() && self.run_dispatched(eip)? => continue,
+                    _ => return Ok(Light::Done(next)),
+                }
+            }
             if let Some(next) = self.light_traced_write()? {
                 self.light_tlb.flush();
                 let host = match next {
@@ -97,18 +110,9 @@ impl Vm {
             }
             if let Some(next) = self.light_cpu()? {
                 match next {
-                    Next::Dispatch(eip) if self.dispatch_stays_light() => {
-                        // Into the guest kernel (a system call, an exception) or back
-                        // to user code that runs translated: no boundary to keep.
-                        self.note_translated_cpl();
-                        // The instruction after an inline sti (if it was one) has run.
-                        self.tr.ctx_mut().shadow_eip = u32::MAX;
-                        let Some(host) = self.dispatch_hit(eip, false) else { return Ok(Light::Done(next)) };
-                        self.sync_ctx_for_run();
-                        self.run_translated(host)?;
-                        self.stats.guest_exits += 1;
-                        continue;
-                    }
+                    // Into the guest kernel (a system call, an exception) or back to
+                    // user code that runs translated: no boundary to keep.
+                    Next::Dispatch(eip) if self.dispatch_stays_light() && self.run_dispatched(eip)? => continue,
                     _ => return Ok(Light::Done(next)),
                 }
             }
@@ -145,6 +149,20 @@ impl Vm {
             self.run_translated(resume)?;
             self.stats.guest_exits += 1;
         }
+    }
+
+    /// Runs translated code from `eip` after a light ring change or event,
+    /// without the general loop's boundary; false if no unit is entered there
+    /// through the lookup table (the general path dispatches then).
+    fn run_dispatched(&mut self, eip: u32) -> Result<bool, VmError> {
+        self.note_translated_cpl();
+        // The instruction after an inline sti (if it was one) has run.
+        self.tr.ctx_mut().shadow_eip = u32::MAX;
+        let Some(host) = self.dispatch_hit(eip, false) else { return Ok(false) };
+        self.sync_ctx_for_run();
+        self.run_translated(host)?;
+        self.stats.guest_exits += 1;
+        Ok(true)
     }
 
     /// Whether translated code may go on at a dispatch after a light CPU

@@ -285,13 +285,28 @@ impl Vm {
                 None => Attempt::General,
             };
         };
+        self.attempt_delivery(vector, None, source, return_eip)
+    }
+
+    /// Delivers an event once on cached memory (the gate cache's checks where
+    /// it has no error code).
+    fn attempt_delivery(&mut self, vector: u8, error: Option<u32>, source: EventSource, return_eip: u32) -> Attempt {
+        let cpl_before = self.cpu.cpl();
+        let mut mem = CachedMemory {
+            ram: &self.ram,
+            shadow: &self.shadow,
+            protected: &self.protected,
+            paging: self.cpu.cr0 & crate::cpu::cr0::PG != 0,
+            missed: None,
+            tlb: &mut self.light_tlb,
+        };
         let mut m = Machine { cpu: &mut self.cpu, ctx: self.tr.ctx_mut(), mem: &mut mem, io: &mut self.bus };
-        let delivered = if self.gate_cache.deliver(&mut m, vector, source, return_eip) {
+        let delivered = if error.is_none() && self.gate_cache.deliver(&mut m, vector, source, return_eip) {
             self.stats.kept_gate_checks += 1;
             Ok(())
         } else {
-            let r = deliver(&mut m, vector, None, source, return_eip);
-            if r.is_ok() {
+            let r = deliver(&mut m, vector, error, source, return_eip);
+            if r.is_ok() && error.is_none() {
                 self.gate_cache.record_delivery(&mut m, vector, source, cpl_before);
             }
             r
@@ -308,6 +323,28 @@ impl Vm {
                 None => Attempt::General,
             },
         }
+    }
+
+    /// Raises exception `vector` (with `error`) at `eip` on the light path, as
+    /// `Vm::raise` would: where to go next, or None if it needs the general
+    /// path (which has changed nothing then).
+    pub(crate) fn light_raise(&mut self, vector: u8, error: Option<u32>, eip: u32) -> Result<Option<Next>, VmError> {
+        if self.tr.ctx().sys_flags & crate::cpu::eflags::VM != 0 || self.cpu.cr0 & crate::cpu::cr0::PE == 0 {
+            return Ok(None);
+        }
+        for _ in 0..MAX_MISSES {
+            match self.attempt_delivery(vector, error, EventSource::Exception, eip) {
+                Attempt::Done(next) => return Ok(Some(next)),
+                Attempt::Miss(linear, user) => {
+                    self.light_tlb.flush();
+                    if !self.paging() || !matches!(self.paging_fault(linear, false, user)?, FaultAction::Retry) {
+                        return Ok(None);
+                    }
+                }
+                Attempt::General => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// Book-keeping after a light instruction that completed.

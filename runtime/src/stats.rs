@@ -21,6 +21,9 @@ pub struct Stats {
     /// Light deliveries and irets whose checks were those of the one before
     /// (`emulate::gate_cache`).
     pub kept_gate_checks: u64,
+    /// Instructions given a `PageProbe` callout, and probes taken (`page_probe`).
+    pub probes_made: u64,
+    pub page_probes: u64,
     pub callouts: MnemonicCounts,
     pub smc_faults: u64,
     pub smc_data_writes: u64,
@@ -151,6 +154,10 @@ pub struct StatsReport {
     pub dispatch_hits: u64,
     /// Light deliveries and irets that reused the checks of the one before.
     pub kept_gate_checks: u64,
+    /// Instructions that kept taking true page faults and got a `PageProbe`
+    /// callout, and the probes taken (each a light exit instead of a signal).
+    pub probes_made: u64,
+    pub page_probes: u64,
     /// External interrupts delivered, by vector.
     pub interrupts: BTreeMap<String, u64>,
     /// Time the guest spent halted (waiting for an interrupt).
@@ -201,6 +208,8 @@ impl Stats {
             ring_transitions: self.ring_transitions,
             dispatch_hits: self.dispatch_hits,
             kept_gate_checks: self.kept_gate_checks,
+            probes_made: self.probes_made,
+            page_probes: self.page_probes,
             interrupts: self.interrupts.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
             hlt_seconds: self.hlt_nanos as f64 / 1e9,
             devices: None,

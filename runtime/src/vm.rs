@@ -145,6 +145,8 @@ pub struct Vm {
     pub(crate) protected: std::collections::BTreeSet<u32>,
     /// Pages the light path used in its current stay (see `light_cpu::LightTlb`).
     pub(crate) light_tlb: crate::light_cpu::LightTlb,
+    /// Accesses that keep taking true page faults (`page_probe`).
+    pub(crate) page_probes: crate::page_probe::PageProbes,
     /// The checks of the last system call and its return (`emulate::gate_cache`).
     pub(crate) gate_cache: crate::emulate::gate_cache::GateCache,
     pub(crate) stats: Stats,
@@ -202,6 +204,7 @@ impl Vm {
             events_raised: 0,
             protected: std::collections::BTreeSet::new(),
             light_tlb: Default::default(),
+            page_probes: Default::default(),
             gate_cache: Default::default(),
             stats: Stats::default(),
             stop_flag: Arc::new(AtomicBool::new(false)),

@@ -161,6 +161,8 @@ pub struct Translator {
     page_checks: bool,
     /// Guest eips translated as `TracedWrite` callouts.
     adaptive: hashbrown::HashSet<u32>,
+    /// Guest eips translated after a `PageProbe` callout.
+    probed: hashbrown::HashSet<u32>,
     /// The guest CPU's instruction set.
     isa: Isa,
     stats: TranslatorStats,
@@ -216,6 +218,7 @@ impl Translator {
             max_insns: translate::MAX_UNIT_INSNS,
             epoch: 0,
             adaptive: hashbrown::HashSet::new(),
+            probed: hashbrown::HashSet::new(),
             page_checks: false,
             isa,
             stats: TranslatorStats::default(),
@@ -352,6 +355,7 @@ impl Translator {
             first_site_id: first_site,
             max_insns: if transient || self.stops.everywhere { 1 } else { self.max_insns },
             adaptive: &self.adaptive,
+            probed: &self.probed,
             isa: &self.isa,
             entry_frames: (self.page_checks && !transient)
                 .then(|| (key.phys >> 12, frame_of((key.eip & !0xfff).wrapping_add(0x1000)))),
@@ -582,6 +586,16 @@ impl Translator {
         Ok(())
     }
 
+    /// Translates the instruction at `eip` after a `PageProbe` callout from now
+    /// on (`probe`) or without one again: drops the units holding it.
+    pub fn set_probed(&mut self, eip: u32, probe: bool) -> Result<(), TranslatorError> {
+        let changed = if probe { self.probed.insert(eip) } else { self.probed.remove(&eip) };
+        if changed {
+            self.invalidate_linear(eip, 1)?;
+        }
+        Ok(())
+    }
+
     /// For a unit spanning two linear pages: the second page and the frame its
     /// code came from. A unit found by key in another address space is valid only
     /// if that page still maps the same frame there.
@@ -641,6 +655,9 @@ impl Translator {
             // Forgotten whole (with its memory): the stores that still hit page
             // tables learn it again.
             self.adaptive = hashbrown::HashSet::new();
+        }
+        if self.probed.len() > MAX_ADAPTIVE {
+            self.probed = hashbrown::HashSet::new();
         }
         self.epoch += 1;
         self.stats.cache_flushes += 1;

@@ -67,6 +67,12 @@ pub enum CalloutKind {
     /// Nothing to emulate: an instruction boundary (after the site's
     /// instruction) where the VMM delivers a pending interrupt.
     Boundary,
+    /// Check that the pages the instruction accesses are mapped for it in the
+    /// current view, mapping them or raising the guest's #PF as a host fault
+    /// would; the instruction's own code follows the callout, which leaves the
+    /// guest state as it was (adaptive translation of an access that kept
+    /// taking true page faults: a callout costs a fraction of a host signal).
+    PageProbe,
 }
 
 /// The translation-relevant part of the vCPU mode: what translated code bakes in.

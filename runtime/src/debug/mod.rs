@@ -33,7 +33,7 @@
 
 mod memory;
 mod regs;
-mod watch;
+pub(crate) mod watch;
 
 pub use regs::{GuestRegisters, X87Registers};
 pub use watch::{WatchHit, WatchKind, Watchpoint};
@@ -349,7 +349,7 @@ impl Vm {
 
 /// The value of `r` for address computations: a general register (or part of
 /// one), eip, or a segment register's base.
-fn register_value(r: Register, gpr: &[u32; 8], cpu: &crate::cpu::Cpu, eip: u32) -> u64 {
+pub(crate) fn register_value(r: Register, gpr: &[u32; 8], cpu: &crate::cpu::Cpu, eip: u32) -> u64 {
     if r.is_segment_register() {
         return bt86_translator::Mode::seg_index(r).map_or(0, |i| u64::from(cpu.seg[i].base));
     }

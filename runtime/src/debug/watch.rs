@@ -42,7 +42,19 @@ pub struct WatchHit {
 /// The accesses `ins` makes with the register values `reg` gives (for a segment
 /// register: its base). `down`: EFLAGS.DF is set (string instructions go down).
 pub(crate) fn accesses(ins: &Instruction, down: bool, reg: impl Fn(Register) -> u64) -> Vec<MemAccess> {
-    let mut factory = InstructionInfoFactory::new();
+    thread_local! {
+        // One per thread: a new factory allocates, and page probes ask often.
+        static FACTORY: std::cell::RefCell<InstructionInfoFactory> = std::cell::RefCell::new(InstructionInfoFactory::new());
+    }
+    FACTORY.with_borrow_mut(|factory| accesses_with(factory, ins, down, reg))
+}
+
+fn accesses_with(
+    factory: &mut InstructionInfoFactory,
+    ins: &Instruction,
+    down: bool,
+    reg: impl Fn(Register) -> u64,
+) -> Vec<MemAccess> {
     let info = factory.info(ins);
     let repeats = repeat_count(ins, &reg);
     info.used_memory()

@@ -298,7 +298,9 @@ pub fn emulate(m: &mut Machine<'_>, site: &CalloutSite) -> Outcome {
             return Outcome::Exception { vector: 7, error: None, trap: false }
         }
         CalloutKind::RaiseDe => return Outcome::Exception { vector: vector::DE, error: None, trap: false },
-        CalloutKind::Boundary => return Outcome::Continue,
+        // A probe outside the light path (a debugger, the guest's TF): the
+        // instruction runs as it is, its faults taken as host faults.
+        CalloutKind::Boundary | CalloutKind::PageProbe => return Outcome::Continue,
         CalloutKind::SegmentCheck => {
             return match addressing::check_accesses(m, &site.ins, m.cpu.mode().seg_checked) {
                 Ok(()) => Outcome::Continue,

@@ -133,6 +133,7 @@ pub(crate) struct Builder<'a> {
     /// The instruction being translated.
     pub ins: Instruction,
     pub adaptive: &'a hashbrown::HashSet<u32>,
+    pub probed: &'a hashbrown::HashSet<u32>,
     /// The guest's instruction set (what may run IDENT).
     pub isa: &'a Isa,
 }
@@ -209,6 +210,8 @@ pub struct UnitPlacement<'a> {
     pub max_insns: usize,
     /// Guest eips whose stores go through the VMM (adaptive translation).
     pub adaptive: &'a hashbrown::HashSet<u32>,
+    /// Guest eips whose memory accesses the VMM checks first (`PageProbe`).
+    pub probed: &'a hashbrown::HashSet<u32>,
     /// The guest's instruction set.
     pub isa: &'a Isa,
     /// The frame the unit's page maps, and the frame the next page maps: the unit
@@ -229,8 +232,18 @@ pub fn build_unit(
     mode: &Mode,
     place: &UnitPlacement<'_>,
 ) -> Result<BuiltUnit, BuildError> {
-    let UnitPlacement { stubs, host_base, first_slot_id, first_site_id, max_insns, adaptive, isa, entry_frames, stop_before } =
-        *place;
+    let UnitPlacement {
+        stubs,
+        host_base,
+        first_slot_id,
+        first_site_id,
+        max_insns,
+        adaptive,
+        probed,
+        isa,
+        entry_frames,
+        stop_before,
+    } = *place;
     let window = fetch_window(mem, eip);
     if window.is_empty() {
         return Err(BuildError::Fetch(eip));
@@ -245,6 +258,7 @@ pub fn build_unit(
         first_site_id,
         ins: Instruction::default(),
         adaptive,
+        probed,
         isa,
     };
     let page_end = (u64::from(eip) & !0xfff) + 0x1000;
@@ -445,6 +459,11 @@ fn translate_one(b: &mut Builder<'_>) -> Result<Flow, EmitError> {
     if special::uses_checked_segment(&b.ins, b.mode) {
         // Limits and types are checked by the VMM; the instruction runs after.
         b.callout(CalloutKind::SegmentCheck)?;
+    }
+    if b.probed.contains(&b.ins.ip32()) {
+        // Its accesses kept taking true page faults: the VMM checks that their
+        // pages are mapped first (after the segment checks, as the CPU does).
+        b.callout(CalloutKind::PageProbe)?;
     }
     let implicit_stack = matches!(m, Push | Pop | Pushad | Pusha | Popad | Popa | Enter | Leave | Call | Ret);
     if implicit_stack && b.mode.irregular_stack {

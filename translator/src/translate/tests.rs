@@ -34,6 +34,17 @@ pub(super) fn build_with(code: &[u8], mode: Mode, max_insns: usize, isa: &crate:
 }
 
 fn build_placed(code: &[u8], mode: Mode, max_insns: usize, isa: &crate::Isa, stop_before: Option<u32>) -> BuiltUnit {
+    build_probed(code, mode, max_insns, isa, stop_before, &hashbrown::HashSet::new())
+}
+
+fn build_probed(
+    code: &[u8],
+    mode: Mode,
+    max_insns: usize,
+    isa: &crate::Isa,
+    stop_before: Option<u32>,
+    probed: &hashbrown::HashSet<u32>,
+) -> BuiltUnit {
     let s = stubs();
     let adaptive = hashbrown::HashSet::new();
     let place = UnitPlacement {
@@ -43,6 +54,7 @@ fn build_placed(code: &[u8], mode: Mode, max_insns: usize, isa: &crate::Isa, sto
         first_site_id: 0,
         max_insns,
         adaptive: &adaptive,
+        probed,
         isa,
         entry_frames: None,
         stop_before,
@@ -130,6 +142,18 @@ fn accesses_through_an_unusable_segment_raise_gp() {
     // Through ds by default; not through ss.
     assert_eq!(kinds(&[0x8b, 0x03, 0xc3], 1 << 3), vec![(Mov, CalloutKind::RaiseGp)]);
     assert_eq!(kinds(&[0x8b, 0x45, 0x00, 0xc3], 1 << 3), vec![], "(%ebp) is ss");
+}
+
+#[test]
+fn a_probed_instruction_gets_a_page_probe_then_runs_translated() {
+    // mov (%ebx),%eax; mov %eax,4(%ebx); ret: the second is probed.
+    let code = [0x8b, 0x03, 0x89, 0x43, 0x04, 0xc3];
+    let probed: hashbrown::HashSet<u32> = [0x1002].into_iter().collect();
+    let u = build_probed(&code, Mode::default(), MAX_UNIT_INSNS, &crate::Isa::default(), None, &probed);
+    let sites: Vec<_> = u.sites.iter().map(|s| (s.ins.mnemonic(), s.kind, s.eip)).collect();
+    assert_eq!(sites, vec![(iced_x86::Mnemonic::Mov, CalloutKind::PageProbe, 0x1002)]);
+    let l: Vec<String> = host_listing(&u).iter().map(text).collect();
+    assert!(l.iter().any(|s| s.starts_with("mov %eax,%gs:")), "the store is still translated: {l:#?}");
 }
 
 #[test]
