@@ -79,19 +79,6 @@ impl Vm {
         // Anything may have changed the shadow since the last stay in this loop.
         self.light_tlb.flush();
         loop {
-            if let Some(next) = self.light_page_probe()? {
-                self.light_tlb.flush();
-                match next {
-                    Next::Resume(host) if !self.bus.touched() && !self.stop_requested() => {
-                        self.run_translated(host)?;
-                        self.stats.guest_exits += 1;
-                        continue;
-                    }
-                    // The guest's #PF handler.
-                    Next::Dispatch(eip) if self.dispatch_stays_light() && self.run_dispatched(eip)? => continue,
-                    _ => return Ok(Light::Done(next)),
-                }
-            }
             if let Some(next) = self.light_traced_write()? {
                 self.light_tlb.flush();
                 let host = match next {
@@ -112,6 +99,19 @@ impl Vm {
                 match next {
                     // Into the guest kernel (a system call, an exception) or back to
                     // user code that runs translated: no boundary to keep.
+                    Next::Dispatch(eip) if self.dispatch_stays_light() && self.run_dispatched(eip)? => continue,
+                    _ => return Ok(Light::Done(next)),
+                }
+            }
+            if let Some(next) = self.light_page_probe()? {
+                self.light_tlb.flush();
+                match next {
+                    Next::Resume(host) if !self.bus.touched() && !self.stop_requested() => {
+                        self.run_translated(host)?;
+                        self.stats.guest_exits += 1;
+                        continue;
+                    }
+                    // The guest's #PF handler.
                     Next::Dispatch(eip) if self.dispatch_stays_light() && self.run_dispatched(eip)? => continue,
                     _ => return Ok(Light::Done(next)),
                 }
@@ -154,6 +154,7 @@ impl Vm {
     /// Runs translated code from `eip` after a light ring change or event,
     /// without the general loop's boundary; false if no unit is entered there
     /// through the lookup table (the general path dispatches then).
+    #[inline]
     fn run_dispatched(&mut self, eip: u32) -> Result<bool, VmError> {
         self.note_translated_cpl();
         // The instruction after an inline sti (if it was one) has run.

@@ -83,7 +83,11 @@ struct RecentPage {
     may_write: Option<bool>,
 }
 
-impl CachedMemory<'_> {
+impl<'a> CachedMemory<'a> {
+    fn new(ram: &'a GuestRam, shadow: &'a Shadow, protected: &'a BTreeSet<u32>, paging: bool, tlb: &'a mut LightTlb) -> Self {
+        Self { ram, shadow, protected, paging, missed: None, tlb }
+    }
+
     /// The physical address of `linear` for this access, or `NotCached`.
     fn phys(&mut self, linear: u32, write: bool, user: bool) -> Result<u32, MemFault> {
         let key = (linear & !0xfff) | u32::from(user);
@@ -243,14 +247,8 @@ impl Vm {
         let cpl_before = self.cpu.cpl();
         self.tr.ctx_mut().eip = site.eip;
         let next_eip = site.eip.wrapping_add(u32::from(site.len));
-        let mut mem = CachedMemory {
-            ram: &self.ram,
-            shadow: &self.shadow,
-            protected: &self.protected,
-            paging: self.cpu.cr0 & crate::cpu::cr0::PG != 0,
-            missed: None,
-            tlb: &mut self.light_tlb,
-        };
+        let paging = self.cpu.cr0 & crate::cpu::cr0::PG != 0;
+        let mut mem = CachedMemory::new(&self.ram, &self.shadow, &self.protected, paging, &mut self.light_tlb);
         let mut m = Machine { cpu: &mut self.cpu, ctx: self.tr.ctx_mut(), mem: &mut mem, io: &mut self.bus };
         let iretd = site.kind == CalloutKind::Emulate && site.ins.mnemonic() == Mnemonic::Iretd;
         if iretd && self.gate_cache.iret(&mut m) {
@@ -285,28 +283,13 @@ impl Vm {
                 None => Attempt::General,
             };
         };
-        self.attempt_delivery(vector, None, source, return_eip)
-    }
-
-    /// Delivers an event once on cached memory (the gate cache's checks where
-    /// it has no error code).
-    fn attempt_delivery(&mut self, vector: u8, error: Option<u32>, source: EventSource, return_eip: u32) -> Attempt {
-        let cpl_before = self.cpu.cpl();
-        let mut mem = CachedMemory {
-            ram: &self.ram,
-            shadow: &self.shadow,
-            protected: &self.protected,
-            paging: self.cpu.cr0 & crate::cpu::cr0::PG != 0,
-            missed: None,
-            tlb: &mut self.light_tlb,
-        };
         let mut m = Machine { cpu: &mut self.cpu, ctx: self.tr.ctx_mut(), mem: &mut mem, io: &mut self.bus };
-        let delivered = if error.is_none() && self.gate_cache.deliver(&mut m, vector, source, return_eip) {
+        let delivered = if self.gate_cache.deliver(&mut m, vector, source, return_eip) {
             self.stats.kept_gate_checks += 1;
             Ok(())
         } else {
-            let r = deliver(&mut m, vector, error, source, return_eip);
-            if r.is_ok() && error.is_none() {
+            let r = deliver(&mut m, vector, None, source, return_eip);
+            if r.is_ok() {
                 self.gate_cache.record_delivery(&mut m, vector, source, cpl_before);
             }
             r
@@ -325,6 +308,23 @@ impl Vm {
         }
     }
 
+    /// Delivers exception `vector` with `error` once on cached memory. (System
+    /// calls take `attempt_light_cpu`, whose constant error code and gate cache
+    /// made it measurably faster than a path shared with this one.)
+    fn attempt_exception(&mut self, vector: u8, error: Option<u32>, eip: u32) -> Attempt {
+        let cpl_before = self.cpu.cpl();
+        let paging = self.cpu.cr0 & crate::cpu::cr0::PG != 0;
+        let mut mem = CachedMemory::new(&self.ram, &self.shadow, &self.protected, paging, &mut self.light_tlb);
+        let mut m = Machine { cpu: &mut self.cpu, ctx: self.tr.ctx_mut(), mem: &mut mem, io: &mut self.bus };
+        if deliver(&mut m, vector, error, EventSource::Exception, eip).is_err() {
+            return mem.missed.map_or(Attempt::General, |(linear, user)| Attempt::Miss(linear, user));
+        }
+        *self.stats.exceptions.entry(vector).or_default() += 1;
+        self.events_raised += 1;
+        let next = self.tr.ctx().eip;
+        self.light_cpu_done(Next::Dispatch(next), cpl_before)
+    }
+
     /// Raises exception `vector` (with `error`) at `eip` on the light path, as
     /// `Vm::raise` would: where to go next, or None if it needs the general
     /// path (which has changed nothing then).
@@ -333,7 +333,7 @@ impl Vm {
             return Ok(None);
         }
         for _ in 0..MAX_MISSES {
-            match self.attempt_delivery(vector, error, EventSource::Exception, eip) {
+            match self.attempt_exception(vector, error, eip) {
                 Attempt::Done(next) => return Ok(Some(next)),
                 Attempt::Miss(linear, user) => {
                     self.light_tlb.flush();
