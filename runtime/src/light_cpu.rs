@@ -206,29 +206,36 @@ impl Vm {
             return Ok(None);
         }
         let space_before = address_space_key(&self.cpu);
+        let Some(next) = self.retry_misses(|vm| vm.attempt_light_cpu(&site))? else { return Ok(None) };
+        let space_after = address_space_key(&self.cpu);
+        if space_after != space_before {
+            // A task gate switched tasks, and with them perhaps CR3.
+            self.light_tlb.flush();
+            self.paging_controls_changed(space_before, space_after)?;
+        } else if matches!(site.ins.mnemonic(), Mnemonic::Iret | Mnemonic::Iretd) && self.paging() {
+            // A #PF handler returning to the access that faulted (as on the
+            // general path).
+            if self.shadow.awaits_present() {
+                self.light_tlb.flush();
+                self.map_awaited()?;
+            }
+        }
+        self.stats.exits_callout += 1;
+        self.stats.light_exits += 1;
+        if site.kind == CalloutKind::Emulate {
+            self.stats.callouts.add(site.ins.mnemonic());
+        }
+        Ok(Some(next))
+    }
+
+    /// Runs `attempt` until it is done, mapping each page it missed (as a
+    /// hidden fault would, a read) before the next try, at most `MAX_MISSES`
+    /// times; None: the general path takes it.
+    #[inline(always)]
+    fn retry_misses(&mut self, mut attempt: impl FnMut(&mut Vm) -> Attempt) -> Result<Option<Next>, VmError> {
         for _ in 0..MAX_MISSES {
-            match self.attempt_light_cpu(&site) {
-                Attempt::Done(next) => {
-                    let space_after = address_space_key(&self.cpu);
-                    if space_after != space_before {
-                        // A task gate switched tasks, and with them perhaps CR3.
-                        self.light_tlb.flush();
-                        self.paging_controls_changed(space_before, space_after)?;
-                    } else if matches!(site.ins.mnemonic(), Mnemonic::Iret | Mnemonic::Iretd) && self.paging() {
-                        // A #PF handler returning to the access that faulted (as
-                        // on the general path).
-                        if self.shadow.awaits_present() {
-                            self.light_tlb.flush();
-                            self.map_awaited()?;
-                        }
-                    }
-                    self.stats.exits_callout += 1;
-                    self.stats.light_exits += 1;
-                    if site.kind == CalloutKind::Emulate {
-                        self.stats.callouts.add(site.ins.mnemonic());
-                    }
-                    return Ok(Some(next));
-                }
+            match attempt(self) {
+                Attempt::Done(next) => return Ok(Some(next)),
                 Attempt::Miss(linear, user) => {
                     self.light_tlb.flush();
                     if !self.paging() || !matches!(self.paging_fault(linear, false, user)?, FaultAction::Retry) {
@@ -332,19 +339,7 @@ impl Vm {
         if self.tr.ctx().sys_flags & crate::cpu::eflags::VM != 0 || self.cpu.cr0 & crate::cpu::cr0::PE == 0 {
             return Ok(None);
         }
-        for _ in 0..MAX_MISSES {
-            match self.attempt_exception(vector, error, eip) {
-                Attempt::Done(next) => return Ok(Some(next)),
-                Attempt::Miss(linear, user) => {
-                    self.light_tlb.flush();
-                    if !self.paging() || !matches!(self.paging_fault(linear, false, user)?, FaultAction::Retry) {
-                        return Ok(None);
-                    }
-                }
-                Attempt::General => return Ok(None),
-            }
-        }
-        Ok(None)
+        self.retry_misses(|vm| vm.attempt_exception(vector, error, eip))
     }
 
     /// Book-keeping after a light instruction that completed.
