@@ -41,21 +41,15 @@ pub struct Mapping {
     pub writable: bool,
 }
 
-/// One address space's shadow state (its views live with it, or in the `Vm` for
-/// the current space).
-pub struct SpaceMaps {
+/// One view's shadow state: its mappings, what they depend on, and their
+/// reverse maps. Every place in it is in that view.
+#[derive(Default)]
+pub struct ViewMaps {
     /// Frame → the places it is mapped, for protection.
     pub rmap: HashMap<u32, Places>,
     pub mappings: HashMap<Place, Mapping>,
     /// Physical address of a guest PDE or PTE → the mappings whose walk used it.
     pub deps: HashMap<u32, Places>,
-    /// Frames holding the page directories and page tables its walks used.
-    pub traced: HashSet<u32>,
-    /// Page directories and tables code was fetched through in this space: the
-    /// code map's entries learnt through them stay valid only while they are
-    /// traced, so each counts as one dependency in `dep_frames` until the space
-    /// goes.
-    pub code_tables: HashSet<u32>,
     /// 4 MiB guest pages mapped whole, by place (view, region base).
     pub large: HashMap<Place, LargeMapping>,
     /// Physical address of a PDE → the large mappings it made.
@@ -63,9 +57,25 @@ pub struct SpaceMaps {
     /// Physical 4 MiB region (frame >> 10) → the large mappings of it.
     pub large_rmap: HashMap<u32, Places>,
     /// Page-table frame → how many of its entries are keys of `deps` or
-    /// `large_deps`, plus one if it is in `code_tables`: a write to a frame not
-    /// here needs no look-up entry by entry.
+    /// `large_deps`: a write to a frame not here needs no look-up entry by entry.
     pub dep_frames: HashMap<u32, u32>,
+}
+
+/// One address space's shadow state (its views live with it, or in the `Vm` for
+/// the current space). Each view's state is kept apart, so the kernel view's
+/// moves from space to space (`crate::shadow::handover`) take it whole instead
+/// of sorting thousands of entries out of a shared map (measured: 270 µs per
+/// move, a fifth of a fork+exec).
+#[derive(Default)]
+pub struct SpaceMaps {
+    pub kernel: ViewMaps,
+    pub user: ViewMaps,
+    /// Frames holding the page directories and page tables its walks used.
+    pub traced: HashSet<u32>,
+    /// Page directories and tables code was fetched through in this space: the
+    /// code map's entries learnt through them stay valid only while they are
+    /// traced, so they stay traced until the space goes.
+    pub code_tables: HashSet<u32>,
     /// This space handed its kernel view to a new space and has not run since:
     /// it holds an empty stand-in (`Shadow::reclaim_kernel_view`).
     pub lent_kernel_view: bool,
@@ -77,11 +87,10 @@ pub struct SpaceMaps {
     /// dependency went): the VMM updates the global count and protections.
     pub untraced: Vec<u32>,
     /// The page table of the last page mapped ahead of an access (`map_through`:
-    /// its entry became present, or was retargeted and invlpg'd): one more
-    /// dependency in `dep_frames`, so the table stays traced when its last
-    /// mapping goes. A guest that keeps changing entries of the same table
-    /// writes it traced, and the page is mapped at once; untracing it and
-    /// tracing it again would cost two host calls each time.
+    /// its entry became present, or was retargeted and invlpg'd): it stays
+    /// traced when its last mapping goes. A guest that keeps changing entries
+    /// of the same table writes it traced, and the page is mapped at once;
+    /// untracing it and tracing it again would cost two host calls each time.
     pub hot_table: Option<u32>,
 }
 
@@ -95,26 +104,6 @@ pub struct LargeMapping {
     pub writable: bool,
     /// Host mappings it took (for the bound on their number).
     pub runs: u32,
-}
-
-impl Default for SpaceMaps {
-    fn default() -> Self {
-        Self {
-            rmap: HashMap::new(),
-            mappings: HashMap::new(),
-            deps: HashMap::new(),
-            traced: HashSet::new(),
-            code_tables: HashSet::new(),
-            large: HashMap::new(),
-            large_deps: HashMap::new(),
-            large_rmap: HashMap::new(),
-            dep_frames: HashMap::new(),
-            untraced: Vec::new(),
-            hot_table: None,
-            lent_kernel_view: false,
-            kernel_view_from: None,
-        }
-    }
 }
 
 /// A cached address space that is not current.
@@ -134,7 +123,7 @@ pub fn pick_view<'v>(view: &'v mut View, user_view: &'v mut View, user: bool) ->
     }
 }
 
-impl SpaceMaps {
+impl ViewMaps {
     /// Forgets the mapping at `place` (the caller unmaps it from its view).
     pub fn forget(&mut self, place: Place) {
         let Some(m) = self.mappings.remove(&place) else { return };
@@ -146,9 +135,15 @@ impl SpaceMaps {
         }
     }
 
-    /// Drops the mappings that depended on any of the guest `entries`, unmapping
-    /// consecutive pages with one host call; returns their linear pages.
-    pub fn drop_entries(&mut self, view: &mut View, user_view: &mut View, entries: &[u32]) -> Result<(), ViewError> {
+    /// Whether nothing is mapped (or depended on) in this view.
+    pub fn is_empty(&self) -> bool {
+        self.mappings.is_empty() && self.large.is_empty() && self.dep_frames.is_empty()
+    }
+
+    /// Drops the mappings that depended on any of the guest `entries` from `view`,
+    /// unmapping consecutive pages with one host call. Frames with no dependency
+    /// left are added to `emptied`.
+    pub fn drop_entries(&mut self, view: &mut View, entries: &[u32], emptied: &mut Vec<u32>) -> Result<(), ViewError> {
         let mut places: Vec<Place> = Vec::new();
         let mut frame_known = (u32::MAX, false);
         for &entry in entries {
@@ -159,14 +154,14 @@ impl SpaceMaps {
                 continue;
             }
             if let Some(list) = self.deps.remove(&entry) {
-                self.uncount_dep_key(entry);
+                self.uncount_dep_key(entry, emptied);
                 places.extend(list.into_iter().filter(|p| self.mappings.contains_key(p)));
             }
             if let Some(large) = self.large_deps.remove(&entry) {
-                self.uncount_dep_key(entry);
+                self.uncount_dep_key(entry, emptied);
                 for place in large {
                     if self.forget_large(place) {
-                        pick_view(view, user_view, place.0).unmap(place.1, LARGE)?;
+                        view.unmap(place.1, LARGE)?;
                     }
                 }
             }
@@ -178,68 +173,53 @@ impl SpaceMaps {
         }
         let mut i = 0;
         while i < places.len() {
-            let (user, start) = places[i];
+            let start = places[i].1;
             let mut j = i + 1;
-            while j < places.len() && places[j] == (user, start.wrapping_add(0x1000 * (j - i) as u32)) {
+            while j < places.len() && places[j].1 == start.wrapping_add(0x1000 * (j - i) as u32) {
                 j += 1;
             }
             if j - i == 1 {
                 // Most likely made present again soon, at the same frame.
-                pick_view(view, user_view, user).park(start)?;
+                view.park(start)?;
             } else {
-                pick_view(view, user_view, user).unmap(start, 0x1000 * (j - i) as u64)?;
+                view.unmap(start, 0x1000 * (j - i) as u64)?;
             }
             i = j;
         }
         Ok(())
     }
 
-    /// Sets the host protection of every mapping of `frame`: read-only, or what
-    /// the guest allows.
-    pub fn protect(&self, view: &mut View, user_view: &mut View, frame: u32, writable: bool) -> Result<(), ViewError> {
+    /// Sets the host protection of every mapping of `frame` in `view`:
+    /// read-only, or what the guest allows.
+    pub fn protect(&self, view: &mut View, frame: u32, writable: bool) -> Result<(), ViewError> {
         for place in self.rmap.get(&frame).into_iter().flatten() {
             let allowed = self.mappings.get(place).is_some_and(|m| m.writable);
-            pick_view(view, user_view, place.0).protect_page(place.1, writable && allowed)?;
+            view.protect_page(place.1, writable && allowed)?;
         }
         for place in self.large_rmap.get(&(frame >> 10)).into_iter().flatten() {
             if let Some(l) = self.large.get(place) {
                 let linear = place.1 + ((frame - l.frame0) << 12);
-                pick_view(view, user_view, place.0).protect_page(linear, writable && l.writable)?;
+                view.protect_page(linear, writable && l.writable)?;
             }
         }
         Ok(())
     }
 
     /// `entry` became a key of one of the dependency maps.
-    pub fn count_dep_key(&mut self, entry: u32) {
+    fn count_dep_key(&mut self, entry: u32) {
         *self.dep_frames.entry(entry >> 12).or_insert(0) += 1;
     }
 
-    /// `entry` stopped being a key of one of the dependency maps.
-    /// When the last dependency on a frame goes, the space stops tracing it
-    /// (a page table the guest took down, and perhaps reuses as data).
-    fn uncount_dep_key(&mut self, entry: u32) {
+    /// `entry` stopped being a key of one of the dependency maps; its frame
+    /// goes to `emptied` when that was the last one there.
+    fn uncount_dep_key(&mut self, entry: u32, emptied: &mut Vec<u32>) {
         let frame = entry >> 12;
         if let Some(n) = self.dep_frames.get_mut(&frame) {
             *n -= 1;
             if *n == 0 {
                 self.dep_frames.remove(&frame);
-                if self.traced.remove(&frame) {
-                    self.untraced.push(frame);
-                }
+                emptied.push(frame);
             }
-        }
-    }
-
-    /// Makes `frame` the hot table (see `hot_table`); the one before may stop
-    /// being traced (`untraced`).
-    pub fn set_hot_table(&mut self, frame: u32) {
-        if self.hot_table == Some(frame) {
-            return;
-        }
-        self.count_dep_key(frame << 12);
-        if let Some(old) = self.hot_table.replace(frame) {
-            self.uncount_dep_key(old << 12);
         }
     }
 
@@ -308,7 +288,7 @@ impl SpaceMaps {
         true
     }
 
-    /// Host mappings this space holds (each may be a host VMA).
+    /// Host mappings this view holds (each may be a host VMA).
     pub fn host_mappings(&self) -> usize {
         self.mappings.len() + self.large.values().map(|l| l.runs as usize).sum::<usize>()
     }
@@ -317,129 +297,213 @@ impl SpaceMaps {
 /// Page-directory entries of one directory.
 pub type Directory = [u32; 1024];
 
-impl SpaceMaps {
-    /// Moves out everything about the kernel view's mappings (places `(false, _)`).
-    pub fn take_kernel_view(&mut self) -> SpaceMaps {
-        let kernel = |p: &Place| !p.0;
-        let mut out = SpaceMaps::default();
-        self.mappings.retain(|p, m| {
-            if kernel(p) {
-                out.mappings.insert(*p, *m);
-            }
-            !kernel(p)
-        });
-        self.large.retain(|p, l| {
-            if kernel(p) {
-                out.large.insert(*p, *l);
-            }
-            !kernel(p)
-        });
-        for (source, target) in [(&mut self.rmap, &mut out.rmap), (&mut self.deps, &mut out.deps)] {
-            split_lists(source, target, kernel);
-        }
-        split_lists(&mut self.large_deps, &mut out.large_deps, kernel);
-        split_lists(&mut self.large_rmap, &mut out.large_rmap, kernel);
-        self.recount_dep_frames();
-        out.recount_dep_frames();
-        out
-    }
-
-    /// Rebuilds `dep_frames` from the dependency keys, the code tables and the hot table.
-    fn recount_dep_frames(&mut self) {
-        self.dep_frames.clear();
-        let keys: Vec<u32> = self.deps.keys().chain(self.large_deps.keys()).copied().collect();
-        for key in keys {
-            self.count_dep_key(key);
-        }
-        let tables: Vec<u32> = self.code_tables.iter().copied().chain(self.hot_table).collect();
-        for table in tables {
-            self.count_dep_key(table << 12);
-        }
-    }
-
+impl ViewMaps {
     /// Makes kernel-view state taken from the space whose page directory is at
     /// `from` valid for the one at `to`: mappings under entries equal in both move
     /// their dependency to `to`'s entry, the rest are dropped from `view` (host
     /// calls batched). Returns the frames this state now depends on (to trace).
-    pub fn rebind(
-        &mut self,
-        view: &mut View,
-        other: &mut View,
-        (from, old): (u32, &Directory),
-        (to, new): (u32, &Directory),
-    ) -> Result<Vec<u32>, ViewError> {
-        let in_from = |key: u32| key >> 12 == from >> 12;
-        let mut keys: Vec<u32> = self.deps.keys().chain(self.large_deps.keys()).copied().filter(|&k| in_from(k)).collect();
-        keys.sort_unstable();
-        keys.dedup();
+    pub fn rebind(&mut self, view: &mut View, (from, old): (u32, &Directory), (to, new): (u32, &Directory)) -> Result<Vec<u32>, ViewError> {
+        let (from, to) = (from & !0xfff, to & !0xfff);
         let (mut keep, mut drop) = (Vec::new(), Vec::new());
-        for key in keys {
-            let i = ((key & 0xfff) / 4) as usize;
+        for i in 0..1024 {
+            let key = from | (i as u32 * 4);
+            let (deps, large) = (self.deps.get(&key), self.large_deps.get(&key));
+            if deps.is_none() && large.is_none() {
+                continue;
+            }
             // A key in the directory frame used as a page table (a recursive
             // mapping) covers pages outside its region: never carried over.
             let in_region = |p: &Place| (p.1 >> 22) as usize == i;
-            let only_region = self.deps.get(&key).into_iter().chain(self.large_deps.get(&key)).flatten().all(in_region);
+            let only_region = deps.into_iter().chain(large).flatten().all(in_region);
             if old[i] == new[i] && only_region {
                 keep.push(key);
             } else {
                 drop.push(key);
             }
         }
-        self.drop_entries(view, other, &drop)?;
+        let mut emptied = Vec::new();
+        self.drop_entries(view, &drop, &mut emptied)?;
         for key in keep {
-            let moved = (to & !0xfff) | (key & 0xfff);
+            let moved = to | (key & 0xfff);
             if let Some(list) = self.deps.remove(&key) {
-                self.uncount_dep_key(key);
-                self.deps.entry(moved).or_default().extend(list);
-                self.count_dep_key(moved);
+                self.uncount_dep_key(key, &mut emptied);
+                for place in list {
+                    self.add_dep(moved, place);
+                }
             }
             if let Some(list) = self.large_deps.remove(&key) {
-                self.uncount_dep_key(key);
-                self.large_deps.entry(moved).or_default().extend(list);
-                self.count_dep_key(moved);
+                self.uncount_dep_key(key, &mut emptied);
+                match self.large_deps.entry(moved) {
+                    hashbrown::hash_map::Entry::Occupied(mut o) => o.get_mut().extend(list),
+                    hashbrown::hash_map::Entry::Vacant(v) => {
+                        v.insert(list);
+                        self.count_dep_key(moved);
+                    }
+                }
             }
         }
-        self.recount_dep_frames();
-        self.untraced.clear();
-        self.traced = self.dep_frames.keys().copied().collect();
-        Ok(self.traced.iter().copied().collect())
+        Ok(self.dep_frames.keys().copied().collect())
     }
 
-    /// Adds `other`'s state (places this space does not have) to this space.
-    pub fn absorb(&mut self, other: SpaceMaps) {
+    /// Adds `other`'s state (places this view does not have) to this view.
+    fn absorb(&mut self, other: ViewMaps) {
+        if self.is_empty() {
+            *self = other;
+            return;
+        }
         self.mappings.extend(other.mappings);
         self.large.extend(other.large);
         for (k, v) in other.rmap {
             self.rmap.entry(k).or_default().extend(v);
         }
-        for (k, v) in other.deps {
-            self.deps.entry(k).or_default().extend(v);
-        }
-        for (k, v) in other.large_deps {
-            self.large_deps.entry(k).or_default().extend(v);
-        }
         for (k, v) in other.large_rmap {
             self.large_rmap.entry(k).or_default().extend(v);
         }
-        self.traced.extend(other.traced);
-        self.recount_dep_frames();
+        for (k, v) in other.deps {
+            for place in v {
+                self.add_dep(k, place);
+            }
+        }
+        for (k, v) in other.large_deps {
+            match self.large_deps.entry(k) {
+                hashbrown::hash_map::Entry::Occupied(mut o) => o.get_mut().extend(v),
+                hashbrown::hash_map::Entry::Vacant(e) => {
+                    e.insert(v);
+                    *self.dep_frames.entry(k >> 12).or_insert(0) += 1;
+                }
+            }
+        }
     }
 }
 
-/// Moves the places `take` selects from every list of `source` into `target`.
-fn split_lists(
-    source: &mut hashbrown::HashMap<u32, Places>,
-    target: &mut hashbrown::HashMap<u32, Places>,
-    take: impl Fn(&Place) -> bool,
-) {
-    source.retain(|key, list| {
-        let (taken, kept): (Places, Places) = list.iter().copied().partition(|p| take(p));
-        if !taken.is_empty() {
-            target.entry(*key).or_default().extend(taken);
+impl SpaceMaps {
+    /// The state of the user view if `user`, else of the kernel view.
+    pub fn half(&self, user: bool) -> &ViewMaps {
+        if user {
+            &self.user
+        } else {
+            &self.kernel
         }
-        *list = kept;
-        !list.is_empty()
-    });
+    }
+
+    /// As `half`, mutable.
+    pub fn half_mut(&mut self, user: bool) -> &mut ViewMaps {
+        if user {
+            &mut self.user
+        } else {
+            &mut self.kernel
+        }
+    }
+
+    /// The 4 KiB mapping at `place`.
+    pub fn mapping(&self, place: Place) -> Option<&Mapping> {
+        self.half(place.0).mappings.get(&place)
+    }
+
+    /// The large mapping at `place` (a 4 MiB region base).
+    pub fn large_mapping(&self, place: Place) -> Option<&LargeMapping> {
+        self.half(place.0).large.get(&place)
+    }
+
+    /// The places that depend on guest entry `entry`, in either view.
+    pub fn dependents(&self, entry: u32) -> impl Iterator<Item = Place> + '_ {
+        [&self.kernel, &self.user].into_iter().flat_map(move |h| h.deps.get(&entry).into_iter().flatten().copied())
+    }
+
+    /// Forgets the mapping at `place` (the caller unmaps it from its view).
+    pub fn forget(&mut self, place: Place) {
+        self.half_mut(place.0).forget(place);
+    }
+
+    /// Records the mapping `m` at `place` (already made in its view) and its
+    /// dependencies on the guest entries `deps`.
+    pub fn record(&mut self, place: Place, m: Mapping, deps: impl IntoIterator<Item = u32>) {
+        self.half_mut(place.0).record(place, m, deps);
+    }
+
+    /// Records the large mapping `l` at `place` (already made in its view, over
+    /// any large mapping there before) and its dependency on the PDE at `pde`.
+    pub fn record_large(&mut self, place: Place, l: LargeMapping, pde: u32) {
+        self.half_mut(place.0).record_large(place, l, pde);
+    }
+
+    /// Forgets the large mapping at `place`; whether there was one.
+    pub fn forget_large(&mut self, place: Place) -> bool {
+        self.half_mut(place.0).forget_large(place)
+    }
+
+    /// Whether something of this space still needs `frame` traced.
+    fn needs_trace(&self, frame: u32) -> bool {
+        self.kernel.dep_frames.contains_key(&frame)
+            || self.user.dep_frames.contains_key(&frame)
+            || self.code_tables.contains(&frame)
+            || self.hot_table == Some(frame)
+    }
+
+    /// Frames whose last dependency in one view went: those nothing else in the
+    /// space needs stop being traced (`untraced`).
+    fn untrace_unneeded(&mut self, frames: Vec<u32>) {
+        for frame in frames {
+            if !self.needs_trace(frame) && self.traced.remove(&frame) {
+                self.untraced.push(frame);
+            }
+        }
+    }
+
+    /// Drops the mappings that depended on any of the guest `entries`, unmapping
+    /// consecutive pages with one host call.
+    pub fn drop_entries(&mut self, view: &mut View, user_view: &mut View, entries: &[u32]) -> Result<(), ViewError> {
+        let mut emptied = Vec::new();
+        self.kernel.drop_entries(view, entries, &mut emptied)?;
+        self.user.drop_entries(user_view, entries, &mut emptied)?;
+        self.untrace_unneeded(emptied);
+        Ok(())
+    }
+
+    /// Sets the host protection of every mapping of `frame`: read-only, or what
+    /// the guest allows.
+    pub fn protect(&self, view: &mut View, user_view: &mut View, frame: u32, writable: bool) -> Result<(), ViewError> {
+        self.kernel.protect(view, frame, writable)?;
+        self.user.protect(user_view, frame, writable)
+    }
+
+    /// Makes `frame` the hot table (see `hot_table`); the one before may stop
+    /// being traced (`untraced`).
+    pub fn set_hot_table(&mut self, frame: u32) {
+        if let Some(old) = self.hot_table.replace(frame).filter(|&old| old != frame) {
+            self.untrace_unneeded(vec![old]);
+        }
+    }
+
+    /// Host mappings this space holds (each may be a host VMA).
+    pub fn host_mappings(&self) -> usize {
+        self.kernel.host_mappings() + self.user.host_mappings()
+    }
+
+    /// Moves out everything about the kernel view's mappings.
+    pub fn take_kernel_view(&mut self) -> ViewMaps {
+        core::mem::take(&mut self.kernel)
+    }
+
+    /// Adds kernel-view state (`rebind`ed to this space's directory) to this
+    /// space, with the frames it depends on traced.
+    pub fn absorb(&mut self, kernel: ViewMaps, frames: &[u32]) {
+        self.kernel.absorb(kernel);
+        self.traced.extend(frames.iter().copied());
+    }
+
+    /// Forgets every mapping of both views (the caller unmaps them); only the
+    /// code tables and the hot table stay traced. Returns the frames no longer
+    /// traced.
+    pub fn clear_mappings(&mut self) -> Vec<u32> {
+        self.kernel = ViewMaps::default();
+        self.user = ViewMaps::default();
+        let gone: Vec<u32> = self.traced.iter().copied().filter(|&f| !self.needs_trace(f)).collect();
+        for f in &gone {
+            self.traced.remove(f);
+        }
+        gone
+    }
 }
 
 #[cfg(test)]
@@ -528,30 +592,32 @@ mod tests {
     fn drop_entries_drops_dependents_and_untraces() {
         let (fd, mut views) = (ram(), views());
         let mut maps = populated(&mut views, &fd);
-        assert_eq!(sorted(&maps.dep_frames), vec![(0x10, 2), (0x11, 3), (0x12, 1)]);
+        assert_eq!(sorted(&maps.kernel.dep_frames), vec![(0x10, 1), (0x11, 3)]);
+        assert_eq!(sorted(&maps.user.dep_frames), vec![(0x10, 1), (0x12, 1)]);
 
         // An entry in a frame nothing depends on: no change.
         maps.drop_entries(&mut views.0, &mut views.1, &[0x3_0000]).expect("drop");
-        assert_eq!(maps.mappings.len(), 4);
+        assert_eq!(maps.host_mappings(), 4);
 
         let unmaps = views.0.calls.unmaps;
         maps.drop_entries(&mut views.0, &mut views.1, &[KERNEL_PDE]).expect("drop");
         assert_eq!(views.0.calls.unmaps, unmaps + 1, "three consecutive pages: one host call");
-        assert_eq!(maps.mappings.keys().copied().collect::<Vec<_>>(), vec![USER_PAGE]);
-        assert_eq!(lists(&maps.rmap), vec![(4, vec![USER_PAGE])]);
+        assert!(maps.kernel.mappings.is_empty() && maps.kernel.rmap.is_empty());
+        assert_eq!(maps.user.mappings.keys().copied().collect::<Vec<_>>(), vec![USER_PAGE]);
+        assert_eq!(lists(&maps.user.rmap), vec![(4, vec![USER_PAGE])]);
         for i in 0..3 {
             assert_eq!(backing(&mut views, kernel_page(i)), None, "page {i} unmapped");
         }
         assert_eq!(backing(&mut views, USER_PAGE), Some((0x4000, true)));
-        assert!(!maps.deps.contains_key(&KERNEL_PDE));
-        assert_eq!(sorted(&maps.dep_frames), vec![(0x10, 1), (0x11, 3), (0x12, 1)]);
-        assert!(maps.untraced.is_empty());
+        assert!(!maps.kernel.deps.contains_key(&KERNEL_PDE));
+        assert_eq!(sorted(&maps.kernel.dep_frames), vec![(0x11, 3)]);
+        assert!(maps.untraced.is_empty(), "the user page still depends on the directory");
 
         maps.drop_entries(&mut views.0, &mut views.1, &[KERNEL_PT, KERNEL_PT + 4, KERNEL_PT + 8]).expect("drop");
-        assert_eq!(sorted(&maps.dep_frames), vec![(0x10, 1), (0x12, 1)]);
+        assert!(maps.kernel.dep_frames.is_empty());
         assert_eq!(maps.untraced, vec![KERNEL_PT >> 12]);
         assert!(!maps.traced.contains(&(KERNEL_PT >> 12)));
-        assert_eq!(maps.mappings.len(), 1, "the user page stays");
+        assert_eq!(maps.host_mappings(), 1, "the user page stays");
     }
 
     /// A single page dropped by its PTE is parked, its neighbours stay.
@@ -560,36 +626,45 @@ mod tests {
         let (fd, mut views) = (ram(), views());
         let mut maps = populated(&mut views, &fd);
         maps.drop_entries(&mut views.0, &mut views.1, &[KERNEL_PT + 4]).expect("drop");
-        assert!(!maps.mappings.contains_key(&kernel_page(1)));
-        assert!(!maps.rmap.contains_key(&2));
+        assert!(maps.mapping(kernel_page(1)).is_none());
+        assert!(!maps.kernel.rmap.contains_key(&2));
         assert_eq!(backing(&mut views, kernel_page(1)), None);
         assert_eq!(backing(&mut views, kernel_page(0)), Some((0x1000, true)));
         assert_eq!(backing(&mut views, kernel_page(2)), Some((0x3000, true)));
-        assert_eq!(maps.dep_frames.get(&0x11), Some(&2));
+        assert_eq!(maps.kernel.dep_frames.get(&0x11), Some(&2));
     }
 
-    /// Moving the kernel view's state out leaves only user places; adding it
-    /// back gives the same state.
+    /// Moving the kernel view's state out leaves the user view's; adding it
+    /// back to a space whose kernel view is empty takes it whole, and to one
+    /// whose kernel view is not merges the two.
     #[test]
     fn take_kernel_view_and_absorb_round_trip() {
         let (fd, mut views) = (ram(), views());
         let mut maps = populated(&mut views, &fd);
         maps.record_large((false, 0xc040_0000), LargeMapping { frame0: 0x400, writable: true, runs: 1 }, PD + 0x301 * 4);
-        let before = (sorted(&maps.mappings), lists(&maps.rmap), lists(&maps.deps), sorted(&maps.dep_frames));
-        let large_before = (maps.large.len(), lists(&maps.large_deps), lists(&maps.large_rmap));
+        let state = |h: &ViewMaps| (sorted(&h.mappings), lists(&h.rmap), lists(&h.deps), sorted(&h.dep_frames));
+        let before = state(&maps.kernel);
+        let user_before = state(&maps.user);
 
         let kernel = maps.take_kernel_view();
-        assert_eq!(maps.mappings.keys().copied().collect::<Vec<_>>(), vec![USER_PAGE]);
-        assert!(maps.large.is_empty() && maps.large_deps.is_empty() && maps.large_rmap.is_empty());
-        assert!(maps.rmap.values().chain(maps.deps.values()).flatten().all(|p| p.0), "user places only");
-        assert!(kernel.rmap.values().chain(kernel.deps.values()).flatten().all(|p| !p.0), "kernel places only");
-        assert_eq!(sorted(&maps.dep_frames), vec![(0x10, 1), (0x12, 1)]);
+        assert!(maps.kernel.is_empty() && maps.kernel.large_deps.is_empty() && maps.kernel.large_rmap.is_empty());
+        assert_eq!(state(&maps.user), user_before);
+        assert_eq!(state(&kernel), before);
         assert_eq!(sorted(&kernel.dep_frames), vec![(0x10, 2), (0x11, 3)]);
-        assert_eq!(kernel.mappings.len(), 3);
 
-        maps.absorb(kernel);
-        assert_eq!((sorted(&maps.mappings), lists(&maps.rmap), lists(&maps.deps), sorted(&maps.dep_frames)), before);
-        assert_eq!((maps.large.len(), lists(&maps.large_deps), lists(&maps.large_rmap)), large_before);
+        maps.absorb(kernel, &[0x10, 0x11]);
+        assert_eq!(state(&maps.kernel), before);
+
+        // Merging: one page already there, two new ones.
+        let mut other = SpaceMaps::default();
+        map(&mut other, &mut views, &fd, kernel_page(5), rw(6), &[KERNEL_PDE, KERNEL_PT + 20]);
+        let kernel = maps.take_kernel_view();
+        other.absorb(kernel, &[0x10, 0x11]);
+        assert_eq!(other.kernel.mappings.len(), 4);
+        assert_eq!(other.kernel.deps.get(&KERNEL_PDE).map(|l| l.len()), Some(4));
+        assert_eq!(sorted(&other.kernel.dep_frames), vec![(0x10, 2), (0x11, 4)]);
+        assert_eq!(other.kernel.large.len(), 1);
+        assert!(other.traced.contains(&0x11));
     }
 
     /// Kernel-view state moved to another directory keeps the mappings under
@@ -610,7 +685,7 @@ mod tests {
         let new_pd = 0x2_0000;
 
         let mut kernel = maps.take_kernel_view();
-        let mut frames = kernel.rebind(&mut views.0, &mut views.1, (PD, &old), (new_pd, &new)).expect("rebind");
+        let mut frames = kernel.rebind(&mut views.0, (PD, &old), (new_pd, &new)).expect("rebind");
         frames.sort_unstable();
         assert!(frames.contains(&(new_pd >> 12)) && frames.contains(&(KERNEL_PT >> 12)), "{frames:x?}");
         assert!(!frames.contains(&(PD >> 12)), "{frames:x?}");
@@ -620,7 +695,7 @@ mod tests {
         assert_eq!(backing(&mut views, other_page), None);
         assert_eq!(kernel.mappings.len(), 3);
         assert_eq!(backing(&mut views, kernel_page(0)), Some((0x1000, true)));
-        assert_eq!(kernel.traced.iter().copied().collect::<HashSet<_>>(), frames.iter().copied().collect());
+        assert_eq!(kernel.dep_frames.keys().copied().collect::<HashSet<_>>(), frames.iter().copied().collect());
     }
 
     /// `protect` sets every mapping of a frame read-only, or back to what the
@@ -648,15 +723,17 @@ mod tests {
         maps.record_large(a, l, KERNEL_PDE);
         maps.record_large(a, l, KERNEL_PDE);
         maps.record_large(b, l, USER_PDE);
-        assert_eq!(lists(&maps.large_rmap), vec![(1, vec![a, b])]);
-        assert_eq!(lists(&maps.large_deps), vec![(USER_PDE, vec![b]), (KERNEL_PDE, vec![a])]);
-        assert_eq!(sorted(&maps.dep_frames), vec![(0x10, 2)]);
+        assert_eq!(lists(&maps.kernel.large_rmap), vec![(1, vec![a])]);
+        assert_eq!(lists(&maps.user.large_rmap), vec![(1, vec![b])]);
+        assert_eq!(lists(&maps.kernel.large_deps), vec![(KERNEL_PDE, vec![a])]);
+        assert_eq!(lists(&maps.user.large_deps), vec![(USER_PDE, vec![b])]);
+        assert_eq!(sorted(&maps.kernel.dep_frames), vec![(0x10, 1)]);
         assert_eq!(maps.host_mappings(), 4);
         assert!(maps.forget_large(a));
         assert!(!maps.forget_large(a));
-        assert_eq!(lists(&maps.large_rmap), vec![(1, vec![b])]);
+        assert!(maps.kernel.large_rmap.is_empty());
         assert!(maps.forget_large(b));
-        assert!(maps.large_rmap.is_empty() && maps.large.is_empty());
+        assert!(maps.user.large_rmap.is_empty() && maps.user.large.is_empty());
         assert_eq!(maps.host_mappings(), 0);
     }
 }

@@ -170,7 +170,7 @@ impl Shadow {
         let mut run: Option<(u32, u32, u32, bool)> = None; // (linear, frame, pages, host writable)
         for i in 0..GROUP {
             let l = first + i * 0x1000;
-            let next = if self.maps.mappings.contains_key(&(user_view, l)) {
+            let next = if self.maps.mapping((user_view, l)).is_some() {
                 None
             } else {
                 walk::walk(&mut PeekPhys(g.ram), &g.mode, l, access)
@@ -184,12 +184,8 @@ impl Shadow {
             let frame = t.phys_page >> 12;
             let guest_writable = t.writable && t.dirty;
             let host = guest_writable && !g.code.contains(&frame) && !self.is_traced(frame);
-            let maps = &mut self.maps;
-            maps.mappings.insert((user_view, l), Mapping { frame, writable: guest_writable });
-            maps.rmap.entry(frame).or_default().push((user_view, l));
-            for entry in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
-                maps.add_dep(entry, (user_view, l));
-            }
+            let deps = [Some(t.pde_addr), t.pte_addr].into_iter().flatten();
+            self.maps.record((user_view, l), Mapping { frame, writable: guest_writable }, deps);
             self.prefetched += 1;
             run = match run {
                 Some((rl, rf, n, w)) if rf + n == frame && w == host => Some((rl, rf, n + 1, w)),

@@ -198,10 +198,11 @@ impl Shadow {
     #[inline]
     pub fn cached_frame(&self, linear: u32, user: bool) -> Option<(u32, bool)> {
         let maps = &self.maps;
-        let (frame, writable) = match maps.mappings.get(&(user, linear & !0xfff)) {
+        let half = maps.half(user);
+        let (frame, writable) = match half.mappings.get(&(user, linear & !0xfff)) {
             Some(m) => (m.frame, m.writable),
             None => {
-                let l = maps.large.get(&(user, linear & !0x3f_ffff))?;
+                let l = half.large.get(&(user, linear & !0x3f_ffff))?;
                 (l.frame0.checked_add((linear >> 12) & 0x3ff)?, l.writable)
             }
         };
@@ -307,7 +308,7 @@ impl Shadow {
     ) -> Result<(), ViewError> {
         let place: Place = (user_view, linear & !0xfff);
         let maps = &mut self.maps;
-        if maps.mappings.get(&place).is_some_and(|old| old.frame != m.frame) {
+        if maps.mapping(place).is_some_and(|old| old.frame != m.frame) {
             // The new mapping replaces the old one on the host (MAP_FIXED).
             maps.forget(place);
         }

@@ -104,23 +104,8 @@ impl Shadow {
         if self.maps.host_mappings() >= MAX_CACHED_MAPPINGS {
             self.view.unmap_all()?;
             self.user_view.unmap_all()?;
-            let maps = &mut self.maps;
-            maps.mappings.clear();
-            maps.rmap.clear();
-            maps.deps.clear();
-            maps.large.clear();
-            maps.large_deps.clear();
-            maps.large_rmap.clear();
             // Only the code tables and the hot table stay, and their tracing.
-            maps.dep_frames.clear();
-            let tables: Vec<u32> = maps.code_tables.iter().copied().chain(maps.hot_table).collect();
-            for table in tables {
-                maps.count_dep_key(table << 12);
-            }
-            let gone: Vec<u32> = maps.traced.iter().copied().filter(|f| !maps.dep_frames.contains_key(f)).collect();
-            for f in &gone {
-                maps.traced.remove(f);
-            }
+            let gone = self.maps.clear_mappings();
             self.release_traces(g, gone)?;
             self.space_drops += 1;
         }

@@ -52,9 +52,7 @@ impl Shadow {
         self.trace_tables(g, t)?;
         let maps = &mut self.maps;
         for table in [Some(t.pde_addr), t.pte_addr].into_iter().flatten() {
-            if maps.code_tables.insert(table >> 12) {
-                maps.count_dep_key(table & !0xfff);
-            }
+            maps.code_tables.insert(table >> 12);
         }
         let source = match (t.large, t.pte_addr) {
             (Some(base), _) => Source::Large(base >> 12),
@@ -172,7 +170,7 @@ impl Shadow {
         let place = e.target.place;
         let space = e.target.space;
         e.armed = false;
-        let m = self.maps.mappings.get(&place)?;
+        let m = self.maps.mapping(place)?;
         (value & 1 != 0 && m.frame != value >> 12 && space == g.space).then_some(place)
     }
 
@@ -186,9 +184,12 @@ impl Shadow {
             return;
         }
         let maps = &self.maps;
-        let Some(places) = maps.deps.get(&entry).filter(|l| l.len() <= 2) else { return };
-        for &place in places {
-            let Some(m) = maps.mappings.get(&place) else { continue };
+        let places: crate::space::Places = maps.dependents(entry).collect();
+        if places.len() > 2 {
+            return;
+        }
+        for place in places {
+            let Some(m) = maps.mapping(place) else { continue };
             if m.frame == value >> 12 && value & walk::PTE_A == 0 {
                 continue;
             }
@@ -294,7 +295,7 @@ impl Shadow {
     /// page is mapped as a hidden fault would map it (read-only until D is set,
     /// read-only if it holds code or page tables, dependent on its PDE and PTE).
     fn map_through(&mut self, g: &Guest<'_>, user_view: bool, linear: u32, entry: u32) -> Result<bool, ViewError> {
-        if self.maps.mappings.contains_key(&(user_view, linear & !0xfff)) {
+        if self.maps.mapping((user_view, linear & !0xfff)).is_some() {
             return Ok(false);
         }
         let access = Access { write: false, user: user_view, fetch: false };
