@@ -140,8 +140,8 @@ fn main() {
     let kernel = PathBuf::from(NANO_GUEST);
     let bt86 = find_bt86();
     let qemu = find_qemu();
-    let runs = env_usize("BT86_BENCH_RUNS").unwrap_or(3).max(1);
-    let qemu_runs = env_usize("BT86_BENCH_QEMU_RUNS").unwrap_or(3);
+    let runs = env_usize("BT86_BENCH_RUNS").unwrap_or(5).max(1);
+    let qemu_runs = env_usize("BT86_BENCH_QEMU_RUNS").unwrap_or(5);
     let timeout =
         env_usize("BT86_BENCH_TIMEOUT").map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(s as u64));
     let perf = match find_perf() {
