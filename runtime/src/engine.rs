@@ -198,6 +198,7 @@ impl Vm {
     /// state it may have changed outside the context (segment registers it
     /// loaded inline).
     pub(crate) fn run_translated(&mut self, host: u64) -> Result<(), VmError> {
+        self.tr.ctx_mut().cr2 = self.cpu.cr2;
         self.tr.run(host)?;
         let ctx = self.tr.ctx();
         crate::emulate::segments::finish_inline_loads(&mut self.cpu, &ctx.seg_sel, &ctx.seg_reload);

@@ -132,6 +132,10 @@ pub struct VcpuCtx {
     /// The guest's CPUID answers that translated `cpuid` reads inline
     /// (`translate::cpuid`): one row per leaf 0–15 and 0x8000_0000–0x8000_000f.
     pub cpuid: CpuidTable,
+    /// The guest's CR2 (copied before entry): translated `mov %cr2, r32` at CPL 0
+    /// reads it (`translate::special`). Only the VMM writes CR2 (a #PF it
+    /// delivers, a guest `mov` to CR2 through a callout).
+    pub cr2: u32,
 }
 
 /// Rows of `VcpuCtx::cpuid`: leaf `l` (basic or extended, low nibble `n`) is row
@@ -261,6 +265,7 @@ impl Default for VcpuCtx {
             seg_reload: SegReload::default(),
             fpu_image: FpuImage([0; 512]),
             cpuid: CpuidTable::default(),
+            cr2: 0,
         }
     }
 }
@@ -301,6 +306,7 @@ pub mod off {
     pub const KNOWN_DESC_ADDR: i32 = o(KNOWN + offset_of!(KnownSelector, desc_addr));
     pub const CODE_MAP: i32 = o(offset_of!(VcpuCtx, code_map));
     pub const CPUID: i32 = o(offset_of!(VcpuCtx, cpuid));
+    pub const CR2: i32 = o(offset_of!(VcpuCtx, cr2));
 }
 
 /// Guest arithmetic flags kept in host rflags: CF PF AF ZF SF DF OF.

@@ -9,6 +9,7 @@
 //! and into are expressed inline.
 
 use super::{Builder, Flow};
+use crate::abi::off;
 use crate::emit::{ice, EmitError};
 use crate::CalloutKind;
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
@@ -60,6 +61,11 @@ pub(super) fn translate(b: &mut Builder<'_>) -> Result<Option<Flow>, EmitError> 
             Some(flow) => flow,
             None => end(b, CalloutKind::Emulate)?,
         },
+        // A #PF handler's first instruction: no exit for it at CPL 0.
+        Mov if b.mode.cpl == 0 && reads_cr2(&i) => {
+            b.a.load_ctx32(super::stack::host_reg(i.op0_register()), off::CR2)?;
+            Flow::Next
+        }
         Mov if touches_cr_dr(&i) => end(b, CalloutKind::Emulate)?,
         Lds | Les | Lfs | Lgs | Lss => end(b, CalloutKind::Emulate)?,
         Pushfd | Pushf | In | Out | Insb | Insw | Insd | Outsb | Outsw | Outsd | Lgdt | Sgdt | Lidt
@@ -108,6 +114,11 @@ fn is_far(i: &Instruction) -> bool {
 
 fn touches_sreg(i: &Instruction) -> bool {
     (0..i.op_count()).any(|op| i.op_kind(op) == OpKind::Register && i.op_register(op).is_segment_register())
+}
+
+/// `mov %cr2, r32` (with no lock prefix: on AMD that makes it a CR8 access).
+fn reads_cr2(i: &Instruction) -> bool {
+    i.code() == Code::Mov_r32_cr && i.op1_register() == Register::CR2 && !i.has_lock_prefix()
 }
 
 fn touches_cr_dr(i: &Instruction) -> bool {

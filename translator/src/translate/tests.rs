@@ -317,3 +317,23 @@ fn pushf_is_inline_and_flag_free() {
     let l: Vec<String> = host_listing(&u).iter().map(text).collect();
     assert!(!l.iter().any(|s| s.starts_with("popf")), "{l:#?}");
 }
+
+/// `mov %cr2, r32` at CPL 0 (a page-fault handler's first instruction) is a load
+/// from the context, into the host register holding the guest's; at CPL 3 (#GP),
+/// with a lock prefix (CR8 on AMD) and for other control registers it is a callout.
+#[test]
+fn a_cr2_read_at_cpl0_is_inline() {
+    let kernel = Mode::default();
+    let u = build(&[0x0f, 0x20, 0xd4, 0xc3], kernel); // mov %cr2,%esp; ret
+    assert!(u.sites.iter().all(|s| s.eip != 0x1000), "no callout for the read");
+    let load = host_listing(&u).into_iter().find(|i| i.memory_displacement64() == off::CR2 as u64 && i.memory_base() == Register::R15);
+    assert_eq!(load.map(|i| (i.code(), i.op0_register())), Some((iced_x86::Code::Mov_r32_rm32, Register::R8D)), "guest esp is r8d");
+
+    let user = Mode { cpl: 3, ..Mode::default() };
+    let lock = [0xf0, 0x0f, 0x20, 0xd0, 0xc3]; // lock mov %cr2,%eax: mov %cr8,%eax on AMD
+    let cr3 = [0x0f, 0x20, 0xd8, 0xc3]; // mov %cr3,%eax
+    for (code, mode) in [(&[0x0f, 0x20, 0xd0, 0xc3][..], user), (&lock, kernel), (&cr3, kernel)] {
+        let u = build(code, mode);
+        assert!(u.sites.iter().any(|s| s.eip == 0x1000), "{code:02x?} at CPL {}: a callout", mode.cpl);
+    }
+}
