@@ -1037,4 +1037,33 @@ mod tests {
         let wrap: Vec<_> = super::page_pieces(0xffff_fffe, 4).collect();
         assert_eq!(wrap, vec![(0xffff_fffe, 0, 2), (0, 2, 2)], "wraps at 4 GiB");
     }
+
+    /// The host's MXCSR as it is now.
+    fn host_mxcsr() -> u32 {
+        let mut v = 0u32;
+        // SAFETY: stmxcsr stores the 4-byte register at a valid, aligned local.
+        unsafe { core::arch::asm!("stmxcsr [{}]", in(reg) &mut v, options(nostack)) };
+        v
+    }
+
+    /// The world switch loads MXCSR only when guest and host differ: a guest
+    /// that sets its own (rounding down) keeps it, and the host gets its own back.
+    #[test]
+    fn guest_and_host_keep_their_own_mxcsr() {
+        use crate::vm::{RunOutcome, Vm, VmConfig};
+        let mut vm = Vm::new(VmConfig::new(2, Box::new(std::io::sink()))).unwrap();
+        // mov %cr4,%eax; or $0x200,%eax (OSFXSR); mov %eax,%cr4; ldmxcsr 0x2000;
+        // mov $0xf4,%dx; mov $7,%eax; out %eax,(%dx)
+        let code = [
+            0x0f, 0x20, 0xe0, 0x0d, 0x00, 0x02, 0, 0, 0x0f, 0x22, 0xe0, 0x0f, 0xae, 0x15, 0x00, 0x20, 0, 0, 0x66, 0xba,
+            0xf4, 0x00, 0xb8, 7, 0, 0, 0, 0xef,
+        ];
+        vm.ram().write(0x1000, &code).unwrap();
+        vm.ram().write(0x2000, &0x3f80u32.to_le_bytes()).unwrap();
+        vm.set_flat_state(0x1000, [0; 8], 0);
+        let before = host_mxcsr();
+        assert_eq!(vm.run().unwrap(), RunOutcome::GuestExit(7));
+        assert_eq!(host_mxcsr(), before, "the host's MXCSR is back");
+        assert_eq!(vm.tr.ctx().guest_mxcsr, 0x3f80, "the guest's is kept");
+    }
 }

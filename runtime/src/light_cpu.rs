@@ -141,6 +141,11 @@ impl<'a> CachedMemory<'a> {
 
 impl GuestMemory for CachedMemory<'_> {
     fn read(&mut self, linear: u32, buf: &mut [u8], user: bool) -> Result<(), MemFault> {
+        // Descriptors, gate entries and stack frames nearly always lie in one page.
+        if within_page(linear, buf.len()) {
+            let phys = self.phys(linear, false, user)?;
+            return self.ram.read(phys, buf).map_err(|_| MemFault::NotCached);
+        }
         for (at, off, n) in crate::engine::page_pieces(linear, buf.len()) {
             let phys = self.phys(at, false, user)?;
             self.ram.read(phys, &mut buf[off..off + n]).map_err(|_| MemFault::NotCached)?;
@@ -149,6 +154,10 @@ impl GuestMemory for CachedMemory<'_> {
     }
 
     fn write(&mut self, linear: u32, data: &[u8], user: bool) -> Result<(), MemFault> {
+        if within_page(linear, data.len()) {
+            let phys = self.phys(linear, true, user)?;
+            return self.ram.write(phys, data).map_err(|_| MemFault::NotCached);
+        }
         for (at, _, _) in crate::engine::page_pieces(linear, data.len()) {
             self.phys(at, true, user)?;
         }
@@ -158,6 +167,11 @@ impl GuestMemory for CachedMemory<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `len` bytes at `linear` lie in one page.
+fn within_page(linear: u32, len: usize) -> bool {
+    (linear & 0xfff) as usize + len <= 0x1000
 }
 
 /// Whether the instruction at an `Emulate` callout changes only CPU state and

@@ -69,8 +69,7 @@ fn emit_enter(a: &mut Asm) -> Result<(), EmitError> {
     a.ins(&Instruction::with2(Code::Sub_rm64_imm8, Register::RSP, 8).map_err(ice)?)?;
     a.mov_rr(Register::R15, Register::RDI)?;
     a.store_ctx64(off::HOST_RSP, Register::RSP)?;
-    a.ins(&Instruction::with1(Code::Stmxcsr_m32, ctx(off::HOST_MXCSR)).map_err(ice)?)?;
-    a.ins(&Instruction::with1(Code::Ldmxcsr_m32, ctx(off::GUEST_MXCSR)).map_err(ice)?)?;
+    switch_mxcsr(a, off::HOST_MXCSR, off::GUEST_MXCSR)?;
     for i in 0..8 {
         let x = xmm(i);
         a.ins(&ins2rm(Code::Movdqu_xmm_xmmm128, x, ctx(off::XMM + 16 * i)))?;
@@ -87,6 +86,20 @@ fn emit_enter(a: &mut Asm) -> Result<(), EmitError> {
     a.ins(&Instruction::with1(Code::Jmp_rm64, ctx(off::RESUME)).map_err(ice)?)
 }
 
+/// Saves MXCSR at `save` and loads the one at `load`, only if they differ:
+/// guest and host nearly always hold the default, and `ldmxcsr` costs more
+/// than the comparison. Clobbers eax and the flags.
+fn switch_mxcsr(a: &mut Asm, save: i32, load: i32) -> Result<(), EmitError> {
+    a.ins(&Instruction::with1(Code::Stmxcsr_m32, ctx(save)).map_err(ice)?)?;
+    a.load_ctx32(Register::EAX, save)?;
+    a.ins(&ins2rm(Code::Cmp_r32_rm32, Register::EAX, ctx(load)))?;
+    a.bytes(&[0x74, 0x00]); // je same
+    let same = a.pos() - 1;
+    a.ins(&Instruction::with1(Code::Ldmxcsr_m32, ctx(load)).map_err(ice)?)?;
+    a.patch_rel8_here(same);
+    Ok(())
+}
+
 fn emit_exit_common(a: &mut Asm) -> Result<(), EmitError> {
     a.ins(&Instruction::with(Code::Pushfq))?;
     a.ins(&Instruction::with1(Code::Pop_rm64, ctx(off::RFLAGS)).map_err(ice)?)?;
@@ -96,8 +109,7 @@ fn emit_exit_common(a: &mut Asm) -> Result<(), EmitError> {
     for i in 0..8 {
         a.ins(&ins2m(Code::Movdqu_xmmm128_xmm, ctx(off::XMM + 16 * i), xmm(i)))?;
     }
-    a.ins(&Instruction::with1(Code::Stmxcsr_m32, ctx(off::GUEST_MXCSR)).map_err(ice)?)?;
-    a.ins(&Instruction::with1(Code::Ldmxcsr_m32, ctx(off::HOST_MXCSR)).map_err(ice)?)?;
+    switch_mxcsr(a, off::GUEST_MXCSR, off::HOST_MXCSR)?;
     // The System V ABI wants DF clear in Rust code; the guest's DF is saved above.
     a.ins(&Instruction::with(Code::Cld))?;
     a.load_ctx64(Register::RSP, off::HOST_RSP)?;
