@@ -76,6 +76,9 @@ struct Slot {
 }
 
 /// Direct-execution state of a VM.
+/// `Direct::user_since` of a run at CPL 3 that is not timed.
+const UNTIMED: u64 = u64::MAX;
+
 #[derive(Default)]
 pub(crate) struct Direct {
     pub mode: UserCode,
@@ -84,7 +87,8 @@ pub(crate) struct Direct {
     /// Why direct execution is off for good (the host refused a runner).
     pub disabled: Option<String>,
     /// When (host TSC: cheaper than the clock, at every ring change) the guest
-    /// last entered CPL 3 under translation.
+    /// last entered CPL 3 under translation; `UNTIMED` if that run is not timed
+    /// (`Policy::time_next`).
     user_since: Option<u64>,
     /// No direct execution before this (an entry the host refused: a new runner
     /// per instruction would crawl).
@@ -205,13 +209,18 @@ impl Vm {
     }
 
     /// At a dispatch: note CPL changes under translation for the policy.
+    #[inline]
     pub(crate) fn note_translated_cpl(&mut self) {
         if self.direct.mode != UserCode::Auto {
             return;
         }
         let user = self.cpu.cpl() == 3;
         match (user, self.direct.user_since) {
-            (true, None) => self.direct.user_since = Some(crate::devices::clock::host_tsc()),
+            (true, None) => {
+                let timed = self.direct.policy.time_next(self.context_key());
+                self.direct.user_since = Some(if timed { crate::devices::clock::host_tsc() } else { UNTIMED });
+            }
+            (false, Some(UNTIMED)) => self.direct.user_since = None,
             (false, Some(since)) => {
                 self.direct.user_since = None;
                 let key = self.context_key();

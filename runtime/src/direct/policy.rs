@@ -74,6 +74,8 @@ struct Context {
     /// Average run length, ns (integer: this is on every system call's path).
     avg: u64,
     samples: u32,
+    /// Translated runs not timed since the last timed one (`Policy::time_next`).
+    untimed: u32,
 }
 
 /// Contexts remembered at most (least recently switched are forgotten).
@@ -82,6 +84,10 @@ const MAX_CONTEXTS: usize = 256;
 const WEIGHT_SHIFT: u32 = 3;
 /// Runs seen in a mode before it may be left.
 const MIN_SAMPLES: u32 = 8;
+/// A translated context whose runs average below `to_direct` / `SHORT_RUNS`
+/// (system calls back to back) has only one run in `UNTIMED_RUNS` timed.
+const SHORT_RUNS: u64 = 64;
+const UNTIMED_RUNS: u32 = 8;
 
 /// The per-context state.
 #[derive(Debug, Default)]
@@ -129,11 +135,31 @@ impl Policy {
             return;
         }
         let was_direct = c.direct;
-        *c = Context { direct: false, pinned: true, avg: 0, samples: 0 };
+        *c = Context { direct: false, pinned: true, ..Context::default() };
         self.pins += 1;
         if was_direct {
             self.switches += 1;
         }
+    }
+
+    /// Whether the next translated run of context `key` is to be timed. Reading
+    /// the TSC twice was a twentieth of a system call's cost; where runs are far
+    /// too short to go direct, one in `UNTIMED_RUNS` is enough: when the
+    /// context starts computing, its first timed run lifts the average above
+    /// the bound and every run is timed again, so it goes direct at most
+    /// `UNTIMED_RUNS` runs later than before.
+    pub fn time_next(&mut self, key: u32) -> bool {
+        let short = u64::try_from(self.thresholds.to_direct.as_nanos()).unwrap_or(u64::MAX) / SHORT_RUNS;
+        let c = self.context(key);
+        if c.direct || c.samples < MIN_SAMPLES || c.avg >= short {
+            return true;
+        }
+        c.untimed += 1;
+        if c.untimed < UNTIMED_RUNS {
+            return false;
+        }
+        c.untimed = 0;
+        true
     }
 
     /// A run of `run` guest time in context `key`, direct or translated.
@@ -150,7 +176,7 @@ impl Policy {
         let switch = c.samples >= MIN_SAMPLES
             && if direct { c.avg < nanos(t.to_translate) } else { c.avg > nanos(t.to_direct) };
         if switch {
-            *c = Context { direct: !direct, pinned: false, avg: 0, samples: 0 };
+            *c = Context { direct: !direct, ..Context::default() };
             self.switches += 1;
         }
     }
@@ -208,6 +234,37 @@ mod tests {
         assert_eq!("auto".parse::<UserCode>(), Ok(UserCode::Auto));
         assert_eq!(UserCode::default(), UserCode::Auto);
         assert!("x".parse::<UserCode>().is_err());
+    }
+
+    /// Runs far too short to go direct are timed one in `UNTIMED_RUNS`, after the
+    /// first `MIN_SAMPLES`; the first long run timed brings back timing every
+    /// run, and the context goes direct.
+    #[test]
+    fn short_translated_runs_are_timed_one_in_eight() {
+        let mut p = Policy::default();
+        let mut timed = 0;
+        for _ in 0..MIN_SAMPLES {
+            assert!(p.time_next(5), "every run is timed until the average means something");
+            p.observe(5, false, Duration::from_micros(1));
+        }
+        for _ in 0..64 {
+            if p.time_next(5) {
+                timed += 1;
+                p.observe(5, false, Duration::from_micros(1));
+            }
+        }
+        assert_eq!(timed, 64 / UNTIMED_RUNS);
+        // The context starts computing: its runs last 4 ms.
+        let mut runs = 0;
+        while !p.direct(5) {
+            runs += 1;
+            assert!(runs <= UNTIMED_RUNS + 2, "goes direct within {UNTIMED_RUNS} runs of the change");
+            if p.time_next(5) {
+                p.observe(5, false, Duration::from_millis(4));
+                assert!(p.direct(5) || p.time_next(5), "a long run timed: the next is timed too");
+            }
+        }
+        assert!(p.time_next(5), "a direct context's translated runs are always timed");
     }
 
     #[test]
