@@ -875,3 +875,26 @@ fn item8_translation_flood_memory_is_bounded() {
     let grew = flood_growth_mib(15_000, 64);
     assert!(grew < 192, "grew by {grew} MiB: the code cache is 64 MiB");
 }
+
+/// `fuzz/corpus/fxsave-area-jump-past-fill` (seed 2051, case 115): a `rep movsw`
+/// of 2 MiB copied code bytes over the probe area, then a random `jp` landed in
+/// the probe item past its fill loop and its `fxsave`, on the `repz scas` that
+/// checks the fill. The oracle took the copied bytes for what the save wrote;
+/// bytes 416..512, which no FXSAVE writes, show the fill never ran, and the
+/// area is no longer judged then.
+#[test]
+fn item2_fxsave_area_never_filled_is_not_judged() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/fxsave-area-jump-past-fill.json");
+    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
+    let verdict = exec::run_case(&case);
+    assert_eq!(verdict.failure, None, "{verdict:?}");
+    let g = corpus_guest("fxsave-area-jump-past-fill");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    let p = g.probes[0];
+    let area = &run.ram[p.addr as usize..][..1024];
+    assert_eq!(ram32(&run, p.addr + h::probe::MARKER), h::probe::MAGIC, "the check ran");
+    assert!(area[416..512].iter().any(|&b| b != p.fill), "the fill did not");
+    if let Some(q) = qemu_agrees(&g, &run) {
+        assert_eq!(&q.ram[p.addr as usize..][288..512], &area[288..512], "QEMU leaves the same bytes");
+    }
+}
