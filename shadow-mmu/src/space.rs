@@ -3,11 +3,12 @@
 //! page-table entries each mapping depends on, the frames its walks used (to
 //! trace), and its 4 MiB (PSE) mappings.
 //!
-//! [`SpaceMaps`] keeps that state consistent with the views it describes:
-//! dropping the mappings that depended on changed entries ([`SpaceMaps::drop_entries`]),
-//! protecting every mapping of a frame ([`SpaceMaps::protect`]), and moving the
-//! kernel view's state from one address space to the next
-//! ([`SpaceMaps::take_kernel_view`], [`SpaceMaps::rebind`], [`SpaceMaps::absorb`]).
+//! [`SpaceMaps`] keeps that state consistent with the views it describes, each
+//! view's part in a [`ViewMaps`] of its own: dropping the mappings that depended
+//! on changed entries ([`SpaceMaps::drop_entries`]), protecting every mapping of
+//! a frame ([`SpaceMaps::protect`]), and moving the kernel view's state from one
+//! address space to the next ([`SpaceMaps::take_kernel_view`], [`ViewMaps::rebind`],
+//! [`SpaceMaps::absorb`]).
 //! What fills it (page walks, faults, tracing across all cached spaces, CR3
 //! switches) is [`crate::shadow`]'s.
 
