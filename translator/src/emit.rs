@@ -71,12 +71,6 @@ impl Asm {
         self.rel32(target)
     }
 
-    /// `call rel32` to `target`.
-    pub fn call(&mut self, target: u64) {
-        self.buf.push(0xe8);
-        self.rel32(target);
-    }
-
     fn rel32(&mut self, target: u64) -> usize {
         let at = self.buf.len();
         let rel = rel32_for(self.base + at as u64, target);

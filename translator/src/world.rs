@@ -7,8 +7,10 @@
 //!   base) and jumps to `ctx.resume`.
 //! - `exit_common`: stores the guest state back and returns from `enter`. Units jump
 //!   here after storing the exit reason; nothing on the way changes rflags.
-//! - `exit_callout`: reached by `call`, records the return address as the resume
-//!   point, then exits.
+//! - `exit_callout`: a callout's exit; the site stored its resume point in the
+//!   context (`lea` + `mov`, then `jmp`: a `call` would leave a return-stack entry
+//!   that the `ret` from `enter` does not match, and every return after it would
+//!   be mispredicted).
 //! - `exit_fault`: where the signal handler redirects a faulting unit.
 //! - `lookup_miss`: where the inline indirect-branch lookup (`emit_lookup`) goes
 //!   when the target is not in the table.
@@ -49,8 +51,6 @@ pub fn emit_stubs(a: &mut Asm) -> Result<Stubs, EmitError> {
     s.exit_common = a.here();
     emit_exit_common(a)?;
     s.exit_callout = a.here();
-    // pop qword [r15+RESUME]: the return address pushed by the unit's `call`.
-    a.ins(&Instruction::with1(Code::Pop_rm64, ctx(off::RESUME)).map_err(ice)?)?;
     a.store_ctx_imm32(off::EXIT_REASON, ExitReason::Callout as u32)?;
     a.jmp(s.exit_common);
     s.exit_fault = a.here();

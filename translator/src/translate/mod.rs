@@ -180,7 +180,18 @@ impl Builder<'_> {
         let len = u8::try_from(self.ins.len()).expect("instruction length");
         self.sites.push(CalloutSite { eip: self.eip(), len, ins: self.ins, kind });
         self.a.store_ctx_imm32(off::EXIT_ARG, id)?;
-        self.a.call(self.stubs.exit_callout);
+        // The resume address goes to the context, not on the host stack: a
+        // `call` here pushed a return-stack entry that the world switch's `ret`
+        // never consumed, so every return the VMM made after the exit was
+        // mispredicted. lea r11, [rip + resume] (r11 is scratch: nothing in it
+        // survives an exit anyway).
+        self.a.bytes(&[0x4c, 0x8d, 0x1d]);
+        let disp = self.a.pos();
+        self.a.bytes(&[0; 4]);
+        self.a.store_ctx64(off::RESUME, iced_x86::Register::R11)?;
+        self.a.jmp(self.stubs.exit_callout);
+        let resume = self.a.here();
+        self.a.patch_rel32(disp, resume);
         Ok(())
     }
 

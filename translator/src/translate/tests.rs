@@ -194,7 +194,7 @@ pub(super) fn assert_confined(u: &BuiltUnit) {
                 && (m.base() == Register::None || m.base().size() == 4)
                 && (m.index() == Register::None || m.index().size() == 4 || m.index() == Register::AL);
             let string = matches!(m.base(), Register::RSI | Register::RDI) && m.index() == Register::None && m.displacement() == 0;
-            let stack = m.base() == Register::RSP; // call into exit_callout pushes on the host stack
+            let stack = m.base() == Register::RSP; // pushfq/popfq of the host's flags
             assert!(vmm || gs32 || string || stack, "unconfined access in `{}`: {m:?}", text(&i));
         }
     }
@@ -336,4 +336,21 @@ fn a_cr2_read_at_cpl0_is_inline() {
         let u = build(code, mode);
         assert!(u.sites.iter().any(|s| s.eip == 0x1000), "{code:02x?} at CPL {}: a callout", mode.cpl);
     }
+}
+
+/// A callout stores its resume address in the context and jumps to the exit
+/// stub: a `call` left a return-stack entry the world switch's `ret` never
+/// consumed, so every return the VMM made after an exit was mispredicted (a
+/// system call and its `iret`: 822 → 633 cycles when it went).
+#[test]
+fn a_callout_exits_without_a_call() {
+    let u = build(&[0xf4, 0xc3], Mode::default()); // hlt; ret
+    assert!(!u.sites.is_empty());
+    let l = host_listing(&u);
+    assert!(!l.iter().any(|i| i.mnemonic() == iced_x86::Mnemonic::Call), "{:#?}", l.iter().map(text).collect::<Vec<_>>());
+    let lea = l.iter().position(|i| i.mnemonic() == iced_x86::Mnemonic::Lea && i.memory_base() == Register::RIP).expect("lea of the resume address");
+    let (store, jmp) = (&l[lea + 1], &l[lea + 2]);
+    assert_eq!((store.memory_base(), store.memory_displacement64()), (Register::R15, off::RESUME as u64), "stored as the resume point");
+    assert_eq!(jmp.near_branch_target(), stubs().exit_callout, "to the exit stub");
+    assert_eq!(l[lea].ip_rel_memory_address(), jmp.next_ip(), "resuming right after the jump");
 }
