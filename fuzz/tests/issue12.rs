@@ -898,3 +898,25 @@ fn item2_fxsave_area_never_filled_is_not_judged() {
         assert_eq!(&q.ram[p.addr as usize..][288..512], &area[288..512], "QEMU leaves the same bytes");
     }
 }
+
+/// `fuzz/corpus/xsave-area-never-written` (seed 2054, case 6714): at CPL 3 the
+/// probe item's fill went through ES, the `xsave` was #UD, and a random `jecxz`
+/// landed on the code that writes the marker. The area's head was still zeros,
+/// which the oracle took for a save; an FXSAVE or XSAVE image always holds a
+/// non-zero MXCSR_MASK, so it no longer does. QEMU leaves the same area.
+#[test]
+fn item2_xsave_area_never_written_is_no_leak() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/xsave-area-never-written.json");
+    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
+    let verdict = exec::run_case(&case);
+    assert_eq!(verdict.failure, None, "{verdict:?}");
+    let g = corpus_guest("xsave-area-never-written");
+    let run = exec::run_guest_detailed(&g).expect("the VM runs");
+    let p = g.probes[0];
+    assert!(vectors(&run).contains(&6), "the xsave was #UD: {:?}", run.events);
+    assert_eq!(ram32(&run, p.addr + h::probe::MARKER), h::probe::MAGIC, "the marker was written");
+    assert!(run.ram[p.addr as usize..][..32].iter().all(|&b| b == 0), "nothing wrote the head");
+    if let Some(q) = qemu_agrees(&g, &run) {
+        assert_eq!(&q.ram[p.addr as usize..][..1024], &run.ram[p.addr as usize..][..1024], "QEMU leaves the same area");
+    }
+}
