@@ -146,11 +146,7 @@ fn item2_fxsave_after_a_self_modifying_store_leaves_bytes_288_to_512() {
 /// longer judges the area of a probe item whose code was rewritten.
 #[test]
 fn item2_fxsave_area_after_smc_is_the_guests_own_store() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/fxsave-area-after-smc.json");
-    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
-    let verdict = exec::run_case(&case);
-    assert_eq!(verdict.failure, None, "{verdict:?}");
-    let g = corpus_guest("fxsave-area-after-smc");
+    let g = judged_clean("fxsave-area-after-smc");
     let run = exec::run_guest_detailed(&g).expect("the VM runs");
     assert!(done(&run), "{:?}", run.outcome);
     // The rewritten code ran: a single stosb of AL at AREA+288, nothing else past
@@ -173,11 +169,7 @@ fn item2_fxsave_area_after_smc_is_the_guests_own_store() {
 /// MXCSR never has bits 16..31 set, so it no longer does.
 #[test]
 fn item2_xsave_probe_overwritten_by_a_string_store_is_no_leak() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/xsave-probe-overwritten.json");
-    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
-    let verdict = exec::run_case(&case);
-    assert_eq!(verdict.failure, None, "{verdict:?}");
-    let g = corpus_guest("xsave-probe-overwritten");
+    let g = judged_clean("xsave-probe-overwritten");
     let run = exec::run_guest_detailed(&g).expect("the VM runs");
     let save = g.items[1].addr + 0x23; // the xsaveopt
     assert_eq!(&run.ram[save as usize..][..3], &[0x0f, 0xae, 0x35]);
@@ -192,10 +184,7 @@ fn item2_xsave_probe_overwritten_by_a_string_store_is_no_leak() {
 /// leak; the oracle now judges only copies that match the image.
 #[test]
 fn item2_probe_copy_stored_by_a_jump_into_the_item_is_no_leak() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/probe-copy-reentered.json");
-    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
-    assert_eq!(exec::run_case(&case).failure, None);
-    let g = corpus_guest("probe-copy-reentered");
+    let g = judged_clean("probe-copy-reentered");
     let run = exec::run_guest_detailed(&g).expect("the VM runs");
     let area = g.probes[0].addr;
     assert_eq!(ram32(&run, area + 12) & 0xffff, 0, "the image's FCS is scrubbed");
@@ -761,6 +750,16 @@ fn far_calls_through_call_gates() {
 }
 
 /// The guest of a corpus reproducer.
+/// The corpus reproducer `name` run as a campaign case: the oracle finds no
+/// failure in it. Returns its guest, to look closer.
+fn judged_clean(name: &str) -> GuestCase {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(format!("{name}.json"));
+    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
+    let verdict = exec::run_case(&case);
+    assert_eq!(verdict.failure, None, "{name}: {verdict:?}");
+    corpus_guest(name)
+}
+
 fn corpus_guest(name: &str) -> GuestCase {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(format!("{name}.json"));
     match bt86_fuzz::case::load(&path).expect("the reproducer loads").0.body {
@@ -884,11 +883,7 @@ fn item8_translation_flood_memory_is_bounded() {
 /// area is no longer judged then.
 #[test]
 fn item2_fxsave_area_never_filled_is_not_judged() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/fxsave-area-jump-past-fill.json");
-    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
-    let verdict = exec::run_case(&case);
-    assert_eq!(verdict.failure, None, "{verdict:?}");
-    let g = corpus_guest("fxsave-area-jump-past-fill");
+    let g = judged_clean("fxsave-area-jump-past-fill");
     let run = exec::run_guest_detailed(&g).expect("the VM runs");
     let p = g.probes[0];
     let area = &run.ram[p.addr as usize..][..1024];
@@ -906,11 +901,7 @@ fn item2_fxsave_area_never_filled_is_not_judged() {
 /// non-zero MXCSR_MASK, so it no longer does. QEMU leaves the same area.
 #[test]
 fn item2_xsave_area_never_written_is_no_leak() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/xsave-area-never-written.json");
-    let case = bt86_fuzz::case::load(&path).expect("the reproducer loads").0;
-    let verdict = exec::run_case(&case);
-    assert_eq!(verdict.failure, None, "{verdict:?}");
-    let g = corpus_guest("xsave-area-never-written");
+    let g = judged_clean("xsave-area-never-written");
     let run = exec::run_guest_detailed(&g).expect("the VM runs");
     let p = g.probes[0];
     assert!(vectors(&run).contains(&6), "the xsave was #UD: {:?}", run.events);
